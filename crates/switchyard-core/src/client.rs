@@ -1,0 +1,296 @@
+//! The client (seed 000's sender): typed calls with a deadline, and publishing.
+
+use std::any::type_name;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::codec::Codec;
+use crate::context::{self, trace};
+use crate::error::{CallError, TransportError};
+use crate::message::{header, Envelope, Headers};
+use crate::service::CallRequest;
+use crate::transport::Transport;
+use crate::values::{from_values, Args, Reply};
+
+/// Default time a call waits for its reply: finite, so that a lost reply never hangs a caller.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Calls routes and publishes events on one transport. Cheap to clone.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::{sync::Arc, time::Duration};
+/// use switchyard_core::{client::Client, handler::rpc, mem::MemTransport, service::Service, transport::Responder};
+/// async fn int3(a: f64, key: i64) -> (f64, i64, f64) { (a + key as f64, key * key, a * a) }
+/// let bus = Arc::new(MemTransport::new("client-doc"));
+/// let _s = bus.serve(Arc::new(Service::new("app1").route("/int3", rpc(int3).params(["a", "key"])))).await.unwrap();
+/// let client = Client::new(bus).with_timeout(Duration::from_secs(2));
+/// let (x, y, z): (f64, i64, f64) = client.request("/int3").arg(3.1427).kwarg("key", 1000000000).send().await.unwrap();
+/// assert_eq!(y, 1000000000000000000);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    transport: Arc<dyn Transport>,
+    timeout: Duration,
+    tokens: Arc<HashMap<String, String>>,
+    codec: Codec,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("transport", &self.transport.url())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client on `transport` with the default timeout ([`DEFAULT_TIMEOUT`]).
+    pub fn new(transport: Arc<dyn Transport>) -> Self {
+        Self {
+            transport,
+            timeout: DEFAULT_TIMEOUT,
+            tokens: Arc::default(),
+            codec: Codec::Json,
+        }
+    }
+
+    /// Sets how long calls wait for a reply.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends `token` with every call of `route` (seed 000's `setRule`).
+    pub fn with_token(mut self, route: impl Into<String>, token: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.tokens).insert(route.into(), token.into());
+        self
+    }
+
+    /// Sets the codec of published events (default JSON).
+    pub fn with_codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+
+    /// Calls `route` with `args` (a tuple for several arguments, `()` for none) and decodes
+    /// the reply as `R` (a tuple for several returned values).
+    pub async fn call<A, R>(&self, route: &str, args: A) -> Result<R, CallError>
+    where
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + 'static,
+    {
+        let reply = self
+            .send(route, Args::local(args), None, self.timeout)
+            .await?;
+        decode(route, reply)
+    }
+
+    /// Starts a call with positional and keyword arguments.
+    pub fn request(&self, route: &str) -> CallBuilder<'_> {
+        CallBuilder {
+            client: self,
+            route: route.to_string(),
+            args: Vec::new(),
+            kwargs: Map::new(),
+            token: None,
+            timeout: self.timeout,
+            error: None,
+        }
+    }
+
+    async fn send(
+        &self,
+        route: &str,
+        args: Args,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
+        let mut deadline = Instant::now() + timeout;
+        let mut headers = Headers::new();
+        if let Some(parent) = context::current() {
+            // Inside a handler: pass on the trace and never wait past the caller's deadline.
+            if let Some(tp) = parent.traceparent() {
+                headers.insert(header::TRACEPARENT, trace::child_traceparent(Some(tp)));
+            }
+            if let Some(ts) = parent.headers.get(header::TRACESTATE) {
+                headers.insert(header::TRACESTATE, ts);
+            }
+            if let Some(d) = parent.deadline {
+                deadline = deadline.min(d);
+            }
+        }
+        let token = token.or_else(|| self.tokens.get(route).cloned());
+        let request = CallRequest {
+            route: route.to_string(),
+            args,
+            token,
+            headers,
+            deadline: Some(deadline),
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(wait, self.transport.request(request)).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout {
+                route: route.to_string(),
+                after: wait,
+            }),
+        }
+    }
+
+    /// Publishes `value` on `topic`, encoded with the client's codec.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<(), TransportError> {
+        self.publish_envelope(self.event(topic, value)?).await
+    }
+
+    /// An event envelope for `value` on `topic`, to add headers (an ordering key…) before
+    /// [`Client::publish_envelope`].
+    pub fn event<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<Envelope, TransportError> {
+        let payload = self
+            .codec
+            .encode(value)
+            .map_err(|e| TransportError::Other(Box::new(e)))?;
+        let mut env = Envelope::new(topic, payload);
+        env.headers
+            .insert(header::CONTENT_TYPE, self.codec.content_type());
+        if let Some(tp) = context::current().and_then(|c| c.traceparent().map(str::to_string)) {
+            env.headers
+                .insert(header::TRACEPARENT, trace::child_traceparent(Some(&tp)));
+        }
+        Ok(env)
+    }
+
+    /// Publishes a ready envelope.
+    pub async fn publish_envelope(&self, envelope: Envelope) -> Result<(), TransportError> {
+        self.transport.publish(envelope).await
+    }
+}
+
+fn decode<R: DeserializeOwned + 'static>(route: &str, reply: Reply) -> Result<R, CallError> {
+    reply.decode::<R>().map_err(|reason| CallError::Decode {
+        route: route.to_string(),
+        expected: type_name::<R>(),
+        reason,
+    })
+}
+
+/// A call being put together: positional arguments, keyword arguments, token, timeout.
+#[derive(Debug)]
+#[must_use = "a call does nothing until `.send()` is awaited"]
+pub struct CallBuilder<'a> {
+    client: &'a Client,
+    route: String,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+    token: Option<String>,
+    timeout: Duration,
+    error: Option<CallError>,
+}
+
+impl CallBuilder<'_> {
+    fn encode<T: Serialize>(&mut self, value: T) -> Option<Value> {
+        match serde_json::to_value(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error.get_or_insert(CallError::Encode {
+                    route: self.route.clone(),
+                    reason: e.to_string(),
+                });
+                None
+            }
+        }
+    }
+
+    /// Adds a positional argument.
+    pub fn arg<T: Serialize>(mut self, value: T) -> Self {
+        if let Some(v) = self.encode(value) {
+            self.args.push(v);
+        }
+        self
+    }
+
+    /// Adds several positional arguments already in JSON form.
+    pub fn args(mut self, values: impl IntoIterator<Item = Value>) -> Self {
+        self.args.extend(values);
+        self
+    }
+
+    /// Adds a keyword argument.
+    pub fn kwarg<T: Serialize>(mut self, name: &str, value: T) -> Self {
+        if let Some(v) = self.encode(value) {
+            self.kwargs.insert(name.to_string(), v);
+        }
+        self
+    }
+
+    /// Sends this token (overrides the client's token for the route).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Waits at most `timeout` for this call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends the call and decodes the reply as `R`.
+    pub async fn send<R: DeserializeOwned + 'static>(self) -> Result<R, CallError> {
+        let route = self.route.clone();
+        let reply = self.send_raw().await?;
+        decode(&route, reply)
+    }
+
+    /// Sends the call and returns the reply's wire values (one per returned value).
+    pub async fn send_values(self) -> Result<Vec<Value>, CallError> {
+        let route = self.route.clone();
+        let reply = self.send_raw().await?;
+        match reply {
+            Reply::Wire(v) => Ok(v),
+            local => local.into_values().map_err(|e| CallError::Decode {
+                route,
+                expected: "JSON values",
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    async fn send_raw(self) -> Result<Reply, CallError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let args = Args::Wire {
+            args: self.args,
+            kwargs: self.kwargs,
+        };
+        self.client
+            .send(&self.route, args, self.token, self.timeout)
+            .await
+    }
+}
+
+/// Decodes reply values as `R` (re-exported for transports that get raw values).
+pub fn decode_values<R: DeserializeOwned>(values: Vec<Value>) -> Result<R, serde_json::Error> {
+    from_values(values)
+}

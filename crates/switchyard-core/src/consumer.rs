@@ -1,0 +1,143 @@
+//! The consumer loop every transport uses to feed a service's event handlers: ack after the
+//! handler succeeds, nack with backoff when it fails, dead-letter after too many attempts or
+//! at once for a message that cannot decode, and drain in-flight work on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::error::ErrorCode;
+use crate::message::header;
+use crate::service::Service;
+use crate::transport::{Delivery, Publisher, Subscription};
+
+/// Retry and dead-letter policy of a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerPolicy {
+    /// Deliveries before a failing message goes to the dead-letter topic (default 5).
+    pub max_attempts: u32,
+    /// Delay before the second delivery (default 100 ms); doubles each attempt.
+    pub initial_backoff: Duration,
+    /// Longest delay between deliveries (default 10 s).
+    pub max_backoff: Duration,
+    /// Suffix of the dead-letter topic (default `.dlq`: `orders` → `orders.dlq`).
+    pub dead_letter_suffix: String,
+    /// Handlers running at once (default 64).
+    pub concurrency: usize,
+}
+
+impl Default for ConsumerPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            dead_letter_suffix: ".dlq".into(),
+            concurrency: 64,
+        }
+    }
+}
+
+impl ConsumerPolicy {
+    /// The delay before delivery number `attempt + 1`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchyard_core::consumer::ConsumerPolicy;
+    /// let p = ConsumerPolicy::default();
+    /// assert_eq!(p.backoff(1), Duration::from_millis(100));
+    /// assert_eq!(p.backoff(3), Duration::from_millis(400));
+    /// assert_eq!(p.backoff(30), Duration::from_secs(10));
+    /// ```
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.initial_backoff
+            .checked_mul(factor)
+            .unwrap_or(self.max_backoff)
+            .min(self.max_backoff)
+    }
+}
+
+/// Runs `service`'s handler for every delivery of `subscription` until `stop` fires or the
+/// stream ends; then waits for the handlers in flight and settles them.
+pub async fn run(
+    service: Arc<Service>,
+    mut subscription: Subscription,
+    dead_letters: Arc<dyn Publisher>,
+    policy: ConsumerPolicy,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let permits = Arc::new(Semaphore::new(policy.concurrency.max(1)));
+    let policy = Arc::new(policy);
+    let mut in_flight = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let next = tokio::select! {
+            _ = &mut stop => break,
+            n = subscription.next() => n,
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                let (service, dl, policy) = (service.clone(), dead_letters.clone(), policy.clone());
+                in_flight.spawn(async move {
+                    handle_one(&service, delivery, dl.as_ref(), &policy).await;
+                    drop(permit);
+                });
+            }
+            Some(Err(e)) => {
+                tracing::warn!(target: "switchyard", error = %e, "subscription error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None => break,
+        }
+        while in_flight.try_join_next().is_some() {}
+    }
+    // Graceful shutdown: no new deliveries; the ones already taken finish and are settled.
+    while in_flight.join_next().await.is_some() {}
+}
+
+async fn handle_one(
+    service: &Service,
+    delivery: Delivery,
+    dead_letters: &dyn Publisher,
+    policy: &ConsumerPolicy,
+) {
+    let env = delivery.envelope.clone();
+    let attempt = env.headers.attempt();
+    if service.hub().has_subscribers(&env.subject) {
+        if let Ok(text) = std::str::from_utf8(&env.payload) {
+            service.hub().push(&env.subject, text);
+        }
+    }
+    let outcome = service.handle_event(env.clone()).await;
+    let settled = match outcome {
+        Ok(()) => delivery.ack().await,
+        Err(e) if e.code() == ErrorCode::BadRequest || attempt >= policy.max_attempts => {
+            // A poison message (does not decode) is not retried: it could never succeed.
+            let mut dead = env;
+            dead.headers.insert(header::ERROR, e.message());
+            dead.headers.insert("x-original-topic", dead.subject.clone());
+            dead.subject = format!("{}{}", dead.subject, policy.dead_letter_suffix);
+            match dead_letters.publish(dead).await {
+                Ok(()) => delivery.ack().await,
+                Err(pe) => {
+                    tracing::error!(target: "switchyard", error = %pe, "dead-letter publish failed; message will be redelivered");
+                    delivery.nack(Some(policy.backoff(attempt))).await
+                }
+            }
+        }
+        Err(e) => {
+            tracing::debug!(target: "switchyard", error = %e, attempt, "handler failed; redelivering");
+            delivery.nack(Some(policy.backoff(attempt))).await
+        }
+    };
+    if let Err(e) = settled {
+        tracing::warn!(target: "switchyard", error = %e, "could not settle delivery");
+    }
+}

@@ -1,0 +1,472 @@
+//! Handlers: plain async functions with typed arguments, registered by route.
+//!
+//! Any `async fn` (or closure returning a future) whose arguments implement
+//! `DeserializeOwned` and whose result implements [`IntoReply`] is a [`Handler`] (up to eight
+//! arguments). Wrap it with [`rpc`] to register it positionally, add `.params([...])` so
+//! callers can also pass arguments by keyword, and `.token(...)` to protect it.
+
+use std::any::Any;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::HandlerError;
+use crate::values::{short_type_name, Args, IntoReply, Reply};
+
+/// The future a handler returns once erased.
+pub type ReplyFuture = BoxFuture<'static, Result<Reply, HandlerError>>;
+
+/// A handler with its types erased, as a service stores it.
+pub trait ErasedHandler: Send + Sync + 'static {
+    /// Runs the handler. `params` are the argument names (may be empty).
+    fn call(&self, args: Args, params: &[String]) -> ReplyFuture;
+}
+
+/// A function usable as an RPC handler. `T` is the tuple of its argument types; generally
+/// you don't need to worry about it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a switchyard handler",
+    note = "a handler is an async fn with up to 8 arguments that implement `serde::de::DeserializeOwned`, returning a type that implements `IntoReply`"
+)]
+pub trait Handler<T>: Clone + Send + Sync + Sized + 'static {
+    /// Number of arguments.
+    const ARITY: usize;
+    /// Runs the handler.
+    fn call(&self, args: Args, params: &[String]) -> ReplyFuture;
+}
+
+/// Reads wire arguments one by one, positional first, then by keyword.
+struct WireArgs<'a> {
+    args: std::vec::IntoIter<Value>,
+    kwargs: Map<String, Value>,
+    names: &'a [String],
+    index: usize,
+}
+
+impl<'a> WireArgs<'a> {
+    fn new(
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        names: &'a [String],
+        arity: usize,
+    ) -> Result<Self, HandlerError> {
+        if args.len() > arity {
+            return Err(HandlerError::bad_request(format!(
+                "takes {arity} argument(s) but {} were given",
+                args.len()
+            )));
+        }
+        for key in kwargs.keys() {
+            match names.iter().position(|n| n == key) {
+                Some(i) if i < args.len() => {
+                    return Err(HandlerError::bad_request(format!(
+                        "got multiple values for argument '{key}'"
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    return Err(HandlerError::bad_request(format!(
+                        "unexpected keyword argument '{key}'"
+                    )))
+                }
+            }
+        }
+        Ok(Self {
+            args: args.into_iter(),
+            kwargs,
+            names,
+            index: 0,
+        })
+    }
+
+    fn next<T: DeserializeOwned>(&mut self) -> Result<T, HandlerError> {
+        let i = self.index;
+        self.index += 1;
+        let name = self.names.get(i);
+        let (value, present) = match self.args.next() {
+            Some(v) => (v, true),
+            None => match name.and_then(|n| self.kwargs.remove(n)) {
+                Some(v) => (v, true),
+                None => (Value::Null, false),
+            },
+        };
+        serde_json::from_value::<T>(value).map_err(|e| {
+            let label = match name {
+                Some(n) => format!("argument '{n}' (position {})", i + 1),
+                None => format!("argument {}", i + 1),
+            };
+            if present {
+                HandlerError::bad_request(format!(
+                    "{label}: expected {}: {e}",
+                    short_type_name::<T>()
+                ))
+            } else {
+                HandlerError::bad_request(format!(
+                    "missing {label}: expected {}",
+                    short_type_name::<T>()
+                ))
+            }
+        })
+    }
+}
+
+macro_rules! impl_handler {
+    ($arity:expr; $($A:ident),*) => {
+        #[allow(non_snake_case, unused_mut, unused_variables)]
+        impl<F, Fut, R, $($A,)*> Handler<($($A,)*)> for F
+        where
+            F: Fn($($A),*) -> Fut + Clone + Send + Sync + 'static,
+            Fut: Future<Output = R> + Send + 'static,
+            R: IntoReply,
+            $($A: DeserializeOwned + Send + 'static,)*
+        {
+            const ARITY: usize = $arity;
+
+            fn call(&self, args: Args, params: &[String]) -> ReplyFuture {
+                let extracted: Result<($($A,)*), HandlerError> = match args {
+                    // Same process, same types: no serialization at all.
+                    Args::Local(v) if v.as_any().is::<($($A,)*)>() => v
+                        .into_any()
+                        .downcast::<($($A,)*)>()
+                        .map(|b| *b)
+                        .map_err(|_| HandlerError::internal("argument type changed")),
+                    Args::Local(v) if $arity == 1 && single_matches::<($($A,)*)>(v.as_any()) => {
+                        let any: Box<dyn Any> = v.into_any();
+                        wrap_single::<($($A,)*)>(any)
+                    }
+                    other => (|| {
+                        let (args, kwargs) = other
+                            .into_wire()
+                            .map_err(|e| HandlerError::bad_request(format!("arguments do not encode: {e}")))?;
+                        let mut wire = WireArgs::new(args, kwargs, params, $arity)?;
+                        $(let $A = wire.next::<$A>()?;)*
+                        Ok(($($A,)*))
+                    })(),
+                };
+                match extracted {
+                    Ok(($($A,)*)) => {
+                        let fut = self($($A),*);
+                        Box::pin(async move { fut.await.into_reply() })
+                    }
+                    Err(e) => Box::pin(async move { Err(e) }),
+                }
+            }
+        }
+    };
+}
+
+/// Whether a one-argument tuple type `T = (A,)` has `A` equal to the value's type, so that
+/// `client.call("/r", "x".to_string())` reaches `fn(String)` without serialization.
+fn single_matches<T: SingleTuple>(value: &dyn Any) -> bool {
+    T::matches(value)
+}
+
+fn wrap_single<T: SingleTuple>(value: Box<dyn Any>) -> Result<T, HandlerError> {
+    T::wrap(value).ok_or_else(|| HandlerError::internal("argument type changed"))
+}
+
+/// Tuples for which [`single_matches`] can look inside; only one-tuples match.
+trait SingleTuple: Sized {
+    fn matches(_: &dyn Any) -> bool {
+        false
+    }
+    fn wrap(_: Box<dyn Any>) -> Option<Self> {
+        None
+    }
+}
+
+impl<A: 'static> SingleTuple for (A,) {
+    fn matches(value: &dyn Any) -> bool {
+        value.is::<A>()
+    }
+    fn wrap(value: Box<dyn Any>) -> Option<Self> {
+        value.downcast::<A>().ok().map(|a| (*a,))
+    }
+}
+impl SingleTuple for () {}
+macro_rules! no_single {
+    ($(($($A:ident),*);)*) => {$(impl<$($A),*> SingleTuple for ($($A,)*) {})*};
+}
+no_single! {
+    (A, B); (A, B, C); (A, B, C, D); (A, B, C, D, E); (A, B, C, D, E, F); (A, B, C, D, E, F, G);
+    (A, B, C, D, E, F, G, H);
+}
+
+impl_handler!(0;);
+impl_handler!(1; A1);
+impl_handler!(2; A1, A2);
+impl_handler!(3; A1, A2, A3);
+impl_handler!(4; A1, A2, A3, A4);
+impl_handler!(5; A1, A2, A3, A4, A5);
+impl_handler!(6; A1, A2, A3, A4, A5, A6);
+impl_handler!(7; A1, A2, A3, A4, A5, A6, A7);
+impl_handler!(8; A1, A2, A3, A4, A5, A6, A7, A8);
+
+struct Positional<H, T> {
+    handler: H,
+    _types: PhantomData<fn() -> T>,
+}
+
+impl<H: Handler<T>, T: 'static> ErasedHandler for Positional<H, T> {
+    fn call(&self, args: Args, params: &[String]) -> ReplyFuture {
+        self.handler.call(args, params)
+    }
+}
+
+/// How a route takes its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// Positional and keyword arguments (`{"args": [...], "kwargs": {...}}`).
+    Rpc,
+    /// A JSON endpoint: the body is one object of keyword arguments, on any method.
+    Json,
+}
+
+/// A handler ready to be registered, with its argument names and token.
+#[derive(Clone)]
+pub struct Route {
+    pub(crate) handler: Arc<dyn ErasedHandler>,
+    pub(crate) params: Vec<String>,
+    pub(crate) token: Option<String>,
+    pub(crate) arity: Option<usize>,
+    pub(crate) kind: RouteKind,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("params", &self.params)
+            .field("protected", &self.token.is_some())
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl Route {
+    /// Names the arguments, in order, so callers may pass them by keyword.
+    pub fn params<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.params = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Requires this token on every call (seed 000's `typing(rule, token=...)`). Compared in
+    /// constant time.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// How this route takes its arguments.
+    pub fn kind(&self) -> RouteKind {
+        self.kind
+    }
+
+    /// The argument names.
+    pub fn param_names(&self) -> &[String] {
+        &self.params
+    }
+
+    /// Whether a token is required.
+    pub fn is_protected(&self) -> bool {
+        self.token.is_some()
+    }
+}
+
+/// An RPC route from a plain async function.
+///
+/// ```
+/// use switchyard_core::{handler::rpc, service::Service};
+/// async fn add(a: i64, key: i64) -> i64 { a + key }
+/// let svc = Service::new("calc").route("/int", rpc(add).params(["a", "key"]));
+/// assert!(svc.has_route("/int"));
+/// ```
+pub fn rpc<H: Handler<T>, T: 'static>(handler: H) -> Route {
+    Route {
+        handler: Arc::new(Positional {
+            handler,
+            _types: PhantomData,
+        }),
+        params: Vec::new(),
+        token: None,
+        arity: Some(H::ARITY),
+        kind: RouteKind::Rpc,
+    }
+}
+
+struct KeywordOnly<F, T> {
+    f: F,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<F, Fut, T, R> ErasedHandler for KeywordOnly<F, T>
+where
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoReply,
+    T: DeserializeOwned + Send + 'static,
+{
+    fn call(&self, args: Args, _params: &[String]) -> ReplyFuture {
+        let input = match args {
+            Args::Local(v) if v.as_any().is::<T>() => v
+                .into_any()
+                .downcast::<T>()
+                .map(|b| *b)
+                .map_err(|_| HandlerError::internal("argument type changed")),
+            other => other
+                .into_wire()
+                .map_err(|e| HandlerError::bad_request(e.to_string()))
+                .and_then(|(args, kwargs)| {
+                    let object = match (args.len(), kwargs.is_empty()) {
+                        (0, _) => Value::Object(kwargs),
+                        // A local caller passing one struct or map.
+                        (1, true) => args.into_iter().next().unwrap_or(Value::Null),
+                        _ => {
+                            return Err(HandlerError::bad_request(
+                                "a JSON endpoint takes keyword arguments only",
+                            ))
+                        }
+                    };
+                    serde_json::from_value::<T>(object).map_err(|e| {
+                        HandlerError::bad_request(format!(
+                            "body does not match {}: {e}",
+                            short_type_name::<T>()
+                        ))
+                    })
+                }),
+        };
+        match input {
+            Ok(t) => {
+                let fut = (self.f)(t);
+                Box::pin(async move { fut.await.into_reply() })
+            }
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+}
+
+/// A JSON endpoint (seed 000's `@Micro.json`): the request body is one object of keyword
+/// arguments, deserialized into `T`; the reply uses the same array form as RPC. Served on
+/// GET, POST, PUT and DELETE.
+pub fn json<F, Fut, T, R>(f: F) -> Route
+where
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoReply,
+    T: DeserializeOwned + Send + 'static,
+{
+    Route {
+        handler: Arc::new(KeywordOnly { f, _t: PhantomData }),
+        params: Vec::new(),
+        token: None,
+        arity: None,
+        kind: RouteKind::Json,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn wire(args: Value, kwargs: Value) -> Args {
+        Args::Wire {
+            args: serde_json::from_value(args).unwrap(),
+            kwargs: serde_json::from_value(kwargs).unwrap(),
+        }
+    }
+
+    async fn string1(a: String, key: String) -> String {
+        format!("{a}-{key}")
+    }
+
+    #[tokio::test]
+    async fn positional_and_keyword_arguments_bind_by_name() {
+        let route = rpc(string1).params(["a", "key"]);
+        let r = route
+            .handler
+            .call(wire(json!(["x"]), json!({"key": "y"})), &route.params)
+            .await
+            .unwrap();
+        assert_eq!(r.decode::<String>().unwrap(), "x-y");
+    }
+
+    #[tokio::test]
+    async fn wrong_arguments_are_bad_requests_naming_the_argument() {
+        let route = rpc(string1).params(["a", "key"]);
+        let call = |args, kwargs| route.handler.call(wire(args, kwargs), &route.params);
+        let e = call(json!(["x", 5]), json!({})).await.unwrap_err();
+        assert_eq!(e.code(), crate::error::ErrorCode::BadRequest);
+        assert!(e.message().contains("'key'") && e.message().contains("String"), "{e}");
+        let e = call(json!(["x"]), json!({})).await.unwrap_err();
+        assert!(e.message().starts_with("missing argument 'key'"), "{e}");
+        let e = call(json!(["x", "y", "z"]), json!({})).await.unwrap_err();
+        assert!(e.message().contains("takes 2 argument(s) but 3"), "{e}");
+        let e = call(json!(["x"]), json!({"other": 1})).await.unwrap_err();
+        assert!(e.message().contains("unexpected keyword argument 'other'"), "{e}");
+        let e = call(json!(["x", "y"]), json!({"key": "z"})).await.unwrap_err();
+        assert!(e.message().contains("multiple values for argument 'key'"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn local_arguments_skip_serialization_and_fall_back_when_types_differ() {
+        let route = rpc(string1);
+        let r = route
+            .handler
+            .call(Args::local(("a".to_string(), "b".to_string())), &[])
+            .await
+            .unwrap();
+        assert!(matches!(r, Reply::Local(_)));
+        assert_eq!(r.decode::<String>().unwrap(), "a-b");
+        // &str instead of String: converted through JSON, still works.
+        let r = route.handler.call(Args::local(("a", "b")), &[]).await.unwrap();
+        assert_eq!(r.decode::<String>().unwrap(), "a-b");
+    }
+
+    #[tokio::test]
+    async fn single_argument_needs_no_tuple() {
+        async fn hello(name: String) -> String {
+            format!("Welcome {name}")
+        }
+        let route = rpc(hello);
+        let r = route
+            .handler
+            .call(Args::local("Mr. Developer".to_string()), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.decode::<String>().unwrap(), "Welcome Mr. Developer");
+    }
+
+    #[tokio::test]
+    async fn json_routes_take_a_keyword_object() {
+        #[derive(serde::Deserialize)]
+        struct In {
+            #[serde(default = "one")]
+            a: i64,
+            b: String,
+        }
+        fn one() -> i64 {
+            1
+        }
+        let route = json(|i: In| async move { json!({"1": i.a, "2": i.b}) });
+        let r = route
+            .handler
+            .call(wire(json!([]), json!({"b": "t"})), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.into_values().unwrap(), vec![json!({"1": 1, "2": "t"})]);
+        let e = route
+            .handler
+            .call(wire(json!([]), json!({"a": 2})), &[])
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("missing field `b`"), "{e}");
+    }
+}

@@ -1,0 +1,36 @@
+//! Core of switchyard: the message model, codecs, handler and service model, the client, the
+//! transport traits, and the in-process transport.
+//!
+//! Transport authors depend on this crate; applications depend on `switchyard`, which
+//! re-exports it. Until 1.0 this crate follows the version of `switchyard` exactly (the
+//! workspace pins it with `=`), so a transport crate and the facade always agree.
+//!
+//! How a message flows: a [`client::Client`] turns a call into a [`service::CallRequest`] and
+//! hands it to a [`transport::Requester`]; the serving side's transport decodes it and calls
+//! [`service::Service::dispatch`], which finds the [`handler::Route`], checks its token, and
+//! runs the handler within the caller's deadline. Events go through a
+//! [`transport::Publisher`] and come back from a [`transport::Subscriber`] as
+//! [`transport::Delivery`]s, which [`consumer::run`] feeds to the service's event handlers.
+
+pub mod client;
+pub mod codec;
+pub mod consumer;
+pub mod context;
+pub mod error;
+pub mod handler;
+pub mod mem;
+pub mod message;
+pub mod service;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod transport;
+pub mod values;
+
+pub use client::Client;
+pub use codec::Codec;
+pub use error::{CallError, ErrorCode, HandlerError, RemoteError, TransportError};
+pub use handler::{json, rpc};
+pub use message::{Envelope, Headers};
+pub use service::Service;
+pub use transport::{Capabilities, Transport};
+pub use values::Json;

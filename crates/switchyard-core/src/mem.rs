@@ -1,0 +1,329 @@
+//! The in-process transport (`mem://NAME`): services and callers in one process, through the
+//! same API, with no serialization and no network. Every `MemTransport` made from the same
+//! URL shares one bus.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use tokio::sync::oneshot;
+
+use crate::consumer::{self, ConsumerPolicy};
+use crate::error::{CallError, TransportError};
+use crate::message::{header, Envelope};
+use crate::service::{CallRequest, Service};
+use crate::transport::{
+    Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
+    ServeHandle, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
+};
+use crate::values::Reply;
+
+/// Default largest in-process message: 1 MiB, as on the wire transports, so that code tested
+/// in process does not fail later on a broker.
+pub const DEFAULT_MAX_MESSAGE: usize = 1024 * 1024;
+
+#[derive(Default)]
+struct Bus {
+    services: RwLock<Vec<Arc<Service>>>,
+    next: AtomicUsize,
+    topics: Mutex<HashMap<String, Topic>>,
+}
+
+#[derive(Default)]
+struct Topic {
+    groups: HashMap<String, (async_channel::Sender<Envelope>, async_channel::Receiver<Envelope>)>,
+    broadcast: Vec<async_channel::Sender<Envelope>>,
+}
+
+static BUSES: LazyLock<Mutex<HashMap<String, Arc<Bus>>>> = LazyLock::new(Default::default);
+
+/// The in-process transport.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::sync::Arc;
+/// use switchyard_core::{client::Client, handler::rpc, mem::MemTransport, service::Service, transport::Responder};
+/// async fn hello(name: String) -> String { format!("Welcome {name}") }
+/// let bus = Arc::new(MemTransport::new("doc-example"));
+/// let _server = bus.serve(Arc::new(Service::new("app1").route("/helloworld", rpc(hello)))).await.unwrap();
+/// let reply: String = Client::new(bus).call("/helloworld", "Mr. Developer".to_string()).await.unwrap();
+/// assert_eq!(reply, "Welcome Mr. Developer");
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MemTransport {
+    name: String,
+    bus: Arc<Bus>,
+    max_message: usize,
+    policy: ConsumerPolicy,
+}
+
+impl std::fmt::Debug for MemTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemTransport").field("name", &self.name).finish()
+    }
+}
+
+impl MemTransport {
+    /// The bus named `name` (created on first use).
+    pub fn new(name: &str) -> Self {
+        let bus = BUSES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        Self {
+            name: name.to_string(),
+            bus,
+            max_message: DEFAULT_MAX_MESSAGE,
+            policy: ConsumerPolicy::default(),
+        }
+    }
+
+    /// The bus of a `mem://NAME` URL (`mem://` alone is the bus named `default`).
+    pub fn from_url(url: &str) -> Result<Self, TransportError> {
+        let rest = url
+            .strip_prefix("mem://")
+            .ok_or_else(|| TransportError::InvalidUrl {
+                url: url.to_string(),
+                reason: "expected mem://NAME".into(),
+            })?;
+        let name = rest.trim_matches('/');
+        Ok(Self::new(if name.is_empty() { "default" } else { name }))
+    }
+
+    /// Sets the largest message accepted by `publish`.
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
+    /// Sets the retry and dead-letter policy of served event handlers.
+    pub fn consumer_policy(mut self, policy: ConsumerPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+struct MemAcker {
+    envelope: Option<Envelope>,
+    queue: async_channel::Sender<Envelope>,
+}
+
+impl MemAcker {
+    fn requeue(envelope: Envelope, queue: async_channel::Sender<Envelope>, delay: Option<Duration>) {
+        let mut env = envelope;
+        let attempt = env.headers.attempt() + 1;
+        env.headers.insert(header::ATTEMPT, attempt.to_string());
+        match delay {
+            Some(d) if !d.is_zero() => {
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    let _ = queue.send(env).await;
+                });
+            }
+            _ => {
+                let _ = queue.try_send(env);
+            }
+        }
+    }
+}
+
+impl Acker for MemAcker {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.envelope = None;
+        Box::pin(async { Ok(()) })
+    }
+
+    fn nack(mut self: Box<Self>, delay: Option<Duration>) -> BoxFuture<'static, Result<(), TransportError>> {
+        if let Some(env) = self.envelope.take() {
+            Self::requeue(env, self.queue.clone(), delay);
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Drop for MemAcker {
+    fn drop(&mut self) {
+        // Dropped without ack or nack: the consumer died mid-message. Put it back for another.
+        if let Some(env) = self.envelope.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                Self::requeue(env, self.queue.clone(), None);
+            } else {
+                let mut env = env;
+                let attempt = env.headers.attempt() + 1;
+                env.headers.insert(header::ATTEMPT, attempt.to_string());
+                let _ = self.queue.try_send(env);
+            }
+        }
+    }
+}
+
+impl Publisher for MemTransport {
+    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            if envelope.payload.len() > self.max_message {
+                return Err(TransportError::PayloadTooLarge {
+                    size: envelope.payload.len(),
+                    limit: self.max_message,
+                });
+            }
+            let mut topics = self.bus.topics.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(topic) = topics.get_mut(&envelope.subject) {
+                for (tx, _) in topic.groups.values() {
+                    // Unbounded: the queue is the group's backlog; a full queue would lose
+                    // messages that publish already confirmed.
+                    let _ = tx.try_send(envelope.clone());
+                }
+                topic
+                    .broadcast
+                    .retain(|tx| tx.try_send(envelope.clone()).is_ok());
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Subscriber for MemTransport {
+    fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<Subscription, TransportError>> {
+        let topic = topic.to_string();
+        Box::pin(async move {
+            let mut topics = self.bus.topics.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = topics.entry(topic).or_default();
+            let (tx, rx) = match options.mode {
+                SubscriptionMode::Group(name) => entry
+                    .groups
+                    .entry(name)
+                    .or_insert_with(async_channel::unbounded)
+                    .clone(),
+                SubscriptionMode::Broadcast => {
+                    let (tx, rx) = async_channel::unbounded();
+                    entry.broadcast.push(tx.clone());
+                    (tx, rx)
+                }
+                #[allow(unreachable_patterns)]
+                _ => {
+                    return Err(TransportError::Unsupported {
+                        transport: "mem",
+                        operation: "this subscription mode",
+                    })
+                }
+            };
+            let stream = rx.map(move |envelope| {
+                Ok(Delivery::new(
+                    envelope.clone(),
+                    Box::new(MemAcker {
+                        envelope: Some(envelope),
+                        queue: tx.clone(),
+                    }),
+                ))
+            });
+            Ok(Box::pin(stream) as Subscription)
+        })
+    }
+}
+
+impl Requester for MemTransport {
+    fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
+        Box::pin(async move {
+            let service = {
+                let services = self.bus.services.read().unwrap_or_else(|p| p.into_inner());
+                match services.len() {
+                    0 => None,
+                    1 => Some(services[0].clone()),
+                    n => Some(services[self.bus.next.fetch_add(1, AtomicOrdering::Relaxed) % n].clone()),
+                }
+            };
+            let Some(service) = service else {
+                return Err(CallError::Unreachable {
+                    target: format!("mem://{}", self.name),
+                    source: "no service is serving on this bus".into(),
+                });
+            };
+            let route = request.route.clone();
+            service
+                .dispatch(request)
+                .await
+                .map_err(|e| CallError::Remote {
+                    route,
+                    error: e.into_remote(),
+                })
+        })
+    }
+}
+
+impl Responder for MemTransport {
+    fn serve(&self, service: Arc<Service>) -> BoxFuture<'_, Result<ServeHandle, TransportError>> {
+        Box::pin(async move {
+            service.validate().map_err(|e| TransportError::Other(Box::new(e)))?;
+            self.bus
+                .services
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(service.clone());
+            let mut stops = Vec::new();
+            let mut consumers = Vec::new();
+            for topic in service.topics() {
+                let sub = self
+                    .subscribe(topic, SubscribeOptions::group(service.name()))
+                    .await?;
+                let (tx, rx) = oneshot::channel();
+                stops.push(tx);
+                let publisher: Arc<dyn Publisher> = Arc::new(self.clone());
+                consumers.push(tokio::spawn(consumer::run(
+                    service.clone(),
+                    sub,
+                    publisher,
+                    self.policy.clone(),
+                    rx,
+                )));
+            }
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            let bus = self.bus.clone();
+            let task = tokio::spawn(async move {
+                let _ = stop_rx.await;
+                bus.services
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|s| !Arc::ptr_eq(s, &service));
+                for s in stops {
+                    let _ = s.send(());
+                }
+                for c in consumers {
+                    let _ = c.await;
+                }
+            });
+            Ok(ServeHandle::new(stop_tx, task, format!("mem://{}", self.name)))
+        })
+    }
+}
+
+impl Transport for MemTransport {
+    fn name(&self) -> &'static str {
+        "mem"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: false,
+            ordering: Ordering::None,
+            delivery: DeliveryGuarantee::AtLeastOnce,
+            request_reply: true,
+            consumer_groups: true,
+            broadcast: true,
+            redelivery: true,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mem://{}", self.name)
+    }
+}

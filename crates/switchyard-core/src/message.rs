@@ -1,0 +1,245 @@
+//! The message model: one [`Envelope`] type travels on every transport.
+//!
+//! An envelope is an id, a subject (the route of a call or the topic of an event), string
+//! [`Headers`] and opaque payload bytes, as in Watermill's `Message`. Well-known headers have
+//! typed accessors; everything else stays a plain string pair so that a transport can carry it
+//! in its native header mechanism (HTTP headers, AMQP properties, Kafka record headers…).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// Header names that switchyard itself understands. Transports map them onto their native
+/// equivalents (for events, the CloudEvents binding of that protocol).
+pub mod header {
+    /// MIME type of the payload (`application/json`, `application/msgpack`).
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// Id that ties a reply to its request.
+    pub const CORRELATION_ID: &str = "correlation-id";
+    /// Where a reply should be sent (broker transports).
+    pub const REPLY_TO: &str = "reply-to";
+    /// Time the sender still allows, in milliseconds. Relative, not absolute, so that clock skew
+    /// between hosts does not matter (the choice tarpc makes).
+    pub const DEADLINE_MS: &str = "x-deadline-ms";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace state.
+    pub const TRACESTATE: &str = "tracestate";
+    /// Per-route token of seed 000's `setRule`.
+    pub const TOKEN: &str = "x-token";
+    /// Version of the service that produced the message.
+    pub const SERVICE_VERSION: &str = "x-service-version";
+    /// Key whose messages must stay in order (partition key).
+    pub const ORDERING_KEY: &str = "x-ordering-key";
+    /// Delivery attempt, starting at 1.
+    pub const ATTEMPT: &str = "x-attempt";
+    /// Why a message went to a dead-letter destination.
+    pub const ERROR: &str = "x-error";
+    /// CloudEvents `source` attribute.
+    pub const CE_SOURCE: &str = "ce-source";
+    /// CloudEvents `type` attribute.
+    pub const CE_TYPE: &str = "ce-type";
+    /// CloudEvents `specversion` attribute.
+    pub const CE_SPECVERSION: &str = "ce-specversion";
+    /// CloudEvents `time` attribute.
+    pub const CE_TIME: &str = "ce-time";
+    /// CloudEvents `subject` attribute.
+    pub const CE_SUBJECT: &str = "ce-subject";
+}
+
+/// String headers of a message, kept sorted so that encodings are deterministic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(BTreeMap<String, String>);
+
+impl Headers {
+    /// An empty header set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value of `name`, if set. Names are case-insensitive (stored lower-case).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.0.get(&name.to_ascii_lowercase()).map(String::as_str)
+        } else {
+            self.0.get(name).map(String::as_str)
+        }
+    }
+
+    /// Sets `name` to `value`, replacing any earlier value.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let mut name = name.into();
+        name.make_ascii_lowercase();
+        self.0.insert(name, value.into());
+    }
+
+    /// Removes `name`, returning its value.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        self.0.remove(&name.to_ascii_lowercase())
+    }
+
+    /// All headers, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The remaining time the sender allows, from [`header::DEADLINE_MS`].
+    pub fn deadline(&self) -> Option<Duration> {
+        self.get(header::DEADLINE_MS)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis)
+    }
+
+    /// Sets the remaining time the sender allows.
+    pub fn set_deadline(&mut self, remaining: Duration) {
+        self.insert(header::DEADLINE_MS, remaining.as_millis().to_string());
+    }
+
+    /// The delivery attempt (1 for the first delivery).
+    pub fn attempt(&self) -> u32 {
+        self.get(header::ATTEMPT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut h = Headers::new();
+        for (k, v) in iter {
+            h.insert(k, v);
+        }
+        h
+    }
+}
+
+/// One message: what every transport moves.
+///
+/// ```
+/// use switchyard_core::message::{Envelope, header};
+/// let env = Envelope::new("orders", br#"{"id":1}"#.to_vec())
+///     .with_header(header::ORDERING_KEY, "customer-7");
+/// assert_eq!(env.subject, "orders");
+/// assert_eq!(env.headers.get("x-ordering-key"), Some("customer-7"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Unique id of this message (CloudEvents `id`). Redeliveries keep the id.
+    pub id: String,
+    /// The route of a call or the topic of an event.
+    pub subject: String,
+    /// Metadata.
+    pub headers: Headers,
+    /// The encoded body.
+    pub payload: Bytes,
+}
+
+impl Envelope {
+    /// A message with a fresh id and a JSON content type.
+    pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        let mut headers = Headers::new();
+        headers.insert(header::CONTENT_TYPE, crate::codec::Codec::Json.content_type());
+        Self {
+            id: new_id(),
+            subject: subject.into(),
+            headers,
+            payload: payload.into(),
+        }
+    }
+
+    /// Adds a header (builder style).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// The ordering key, if any.
+    pub fn ordering_key(&self) -> Option<&str> {
+        self.headers.get(header::ORDERING_KEY)
+    }
+
+    /// The CloudEvents 1.0 context attributes of this message as `(attribute, value)` pairs
+    /// (without the `ce-` prefix). `type` defaults to the subject and `source` to
+    /// `/switchyard`, so that every event we send is a well-formed CloudEvent.
+    pub fn cloud_event_attributes(&self) -> Vec<(&'static str, String)> {
+        let mut attrs = vec![
+            ("specversion", "1.0".to_string()),
+            ("id", self.id.clone()),
+            (
+                "type",
+                self.headers
+                    .get(header::CE_TYPE)
+                    .unwrap_or(&self.subject)
+                    .to_string(),
+            ),
+            (
+                "source",
+                self.headers
+                    .get(header::CE_SOURCE)
+                    .unwrap_or("/switchyard")
+                    .to_string(),
+            ),
+        ];
+        if let Some(t) = self.headers.get(header::CE_TIME) {
+            attrs.push(("time", t.to_string()));
+        }
+        if let Some(s) = self.headers.get(header::CE_SUBJECT) {
+            attrs.push(("subject", s.to_string()));
+        }
+        if let Some(ct) = self.headers.get(header::CONTENT_TYPE) {
+            attrs.push(("datacontenttype", ct.to_string()));
+        }
+        attrs
+    }
+}
+
+/// A new random message id (UUID v4, hyphenated).
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_are_case_insensitive() {
+        let mut h = Headers::new();
+        h.insert("Content-Type", "application/json");
+        assert_eq!(h.get("content-type"), Some("application/json"));
+        assert_eq!(h.get("CONTENT-TYPE"), Some("application/json"));
+        assert_eq!(h.remove("Content-type").as_deref(), Some("application/json"));
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn deadline_round_trips_as_relative_millis() {
+        let mut h = Headers::new();
+        h.set_deadline(Duration::from_millis(1500));
+        assert_eq!(h.get(header::DEADLINE_MS), Some("1500"));
+        assert_eq!(h.deadline(), Some(Duration::from_millis(1500)));
+        h.insert(header::DEADLINE_MS, "soon");
+        assert_eq!(h.deadline(), None, "garbage is ignored, not a panic");
+    }
+
+    #[test]
+    fn cloud_event_attributes_default_type_to_subject() {
+        let env = Envelope::new("user.joined", "{}");
+        let attrs = env.cloud_event_attributes();
+        assert!(attrs.contains(&("type", "user.joined".to_string())));
+        assert!(attrs.contains(&("specversion", "1.0".to_string())));
+        assert!(attrs.contains(&("id", env.id.clone())));
+        assert!(attrs.contains(&("datacontenttype", "application/json".to_string())));
+    }
+}

@@ -1,0 +1,615 @@
+//! A service: named routes answered by handlers, event handlers by topic, WebSocket routes.
+//! The same `Service` value is served on any transport.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+use tokio::sync::broadcast;
+
+use crate::codec::Codec;
+use crate::context::{self, Context};
+use crate::error::{ErrorCode, HandlerError};
+use crate::handler::Route;
+use crate::message::{header, Envelope, Headers};
+use crate::values::{short_type_name, Args, Reply};
+
+/// Default largest accepted request body: 1 MiB.
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+
+/// One call to a route, as a transport hands it to [`Service::dispatch`].
+#[derive(Debug)]
+pub struct CallRequest {
+    /// The route, e.g. `/helloworld`.
+    pub route: String,
+    /// The arguments.
+    pub args: Args,
+    /// The token the caller sent, if any.
+    pub token: Option<String>,
+    /// The call's headers (trace context, version…).
+    pub headers: Headers,
+    /// When the caller stops waiting. Wire transports send it as the relative
+    /// `x-deadline-ms` header; in process it stays an `Instant`.
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl CallRequest {
+    /// A call of `route` with `args` and no token or headers.
+    pub fn new(route: impl Into<String>, args: Args) -> Self {
+        Self {
+            route: route.into(),
+            args,
+            token: None,
+            headers: Headers::new(),
+            deadline: None,
+        }
+    }
+}
+
+/// A mistake in how a service was put together, reported when it is served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// Two handlers for one route.
+    #[error("route {0} is registered twice")]
+    DuplicateRoute(String),
+    /// Two handlers for one topic.
+    #[error("topic {0} has two event handlers")]
+    DuplicateTopic(String),
+    /// `.params([...])` names a different number of arguments than the handler takes.
+    #[error("route {route} names {named} parameters but its handler takes {arity}")]
+    ParamCount {
+        /// The route.
+        route: String,
+        /// Names given.
+        named: usize,
+        /// Arguments the handler takes.
+        arity: usize,
+    },
+    /// A route must start with `/`.
+    #[error("route {0:?} must start with '/'")]
+    BadRoute(String),
+}
+
+type EventFn = Arc<dyn Fn(Envelope) -> BoxFuture<'static, Result<(), HandlerError>> + Send + Sync>;
+type WsFn = Arc<dyn Fn(WsMessage) -> BoxFuture<'static, Option<String>> + Send + Sync>;
+
+/// A text frame received on a WebSocket route, with the route's path parameters.
+#[derive(Debug, Clone)]
+pub struct WsMessage {
+    /// The frame's text.
+    pub text: String,
+    /// Values of the `<name>` segments of the route pattern.
+    pub params: HashMap<String, String>,
+}
+
+/// What a WebSocket handler may answer: a frame, or nothing.
+pub trait IntoWsReply: Send + 'static {
+    /// The frame to send back, if any.
+    fn into_ws_reply(self) -> Option<String>;
+}
+impl IntoWsReply for String {
+    fn into_ws_reply(self) -> Option<String> {
+        Some(self)
+    }
+}
+impl IntoWsReply for Option<String> {
+    fn into_ws_reply(self) -> Option<String> {
+        self
+    }
+}
+impl IntoWsReply for () {
+    fn into_ws_reply(self) -> Option<String> {
+        None
+    }
+}
+
+/// A route pattern with `<name>` segments, as in seed 000 (`/user/<name>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePattern {
+    segments: Vec<Segment>,
+    raw: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+impl RoutePattern {
+    /// Parses `pattern`.
+    ///
+    /// ```
+    /// use switchyard_core::service::RoutePattern;
+    /// let p = RoutePattern::new("/user/<name>");
+    /// assert_eq!(p.matches("/user/ann").unwrap()["name"], "ann");
+    /// assert!(p.matches("/user").is_none());
+    /// ```
+    pub fn new(pattern: &str) -> Self {
+        let segments = pattern
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| match s.strip_prefix('<').and_then(|s| s.strip_suffix('>')) {
+                Some(name) => Segment::Param(name.to_string()),
+                None => Segment::Literal(s.to_string()),
+            })
+            .collect();
+        Self {
+            segments,
+            raw: pattern.to_string(),
+        }
+    }
+
+    /// The parameters if `path` matches.
+    pub fn matches(&self, path: &str) -> Option<HashMap<String, String>> {
+        let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        if parts.len() != self.segments.len() {
+            return None;
+        }
+        let mut params = HashMap::new();
+        for (seg, part) in self.segments.iter().zip(parts) {
+            match seg {
+                Segment::Literal(l) if l == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(name) => {
+                    params.insert(name.clone(), part.to_string());
+                }
+            }
+        }
+        Some(params)
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+}
+
+/// What a WebSocket route does.
+#[derive(Clone)]
+pub enum WsRoute {
+    /// Each text frame goes to a handler; its answer, if any, comes back as a frame.
+    Handler(WsFn),
+    /// The socket receives every event pushed on the topic named by the `<topic>` segment (or
+    /// the fixed topic given).
+    Events {
+        /// A fixed topic; `None` takes it from the `<topic>` path parameter.
+        topic: Option<String>,
+    },
+}
+
+/// Fan-out of events to WebSocket subscribers (server push).
+#[derive(Default)]
+pub struct PushHub {
+    topics: Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>,
+}
+
+impl PushHub {
+    /// Subscribes to `topic`; the receiver lags (drops the oldest) if it reads too slowly.
+    pub fn subscribe(&self, topic: &str) -> broadcast::Receiver<Arc<str>> {
+        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        topics
+            .entry(topic.to_string())
+            .or_insert_with(|| broadcast::channel(1024).0)
+            .subscribe()
+    }
+
+    /// Sends `text` to every subscriber of `topic`; returns how many there were.
+    pub fn push(&self, topic: &str, text: impl Into<Arc<str>>) -> usize {
+        let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        match topics.get(topic) {
+            Some(tx) => tx.send(text.into()).unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// Whether anyone listens on `topic`.
+    pub fn has_subscribers(&self, topic: &str) -> bool {
+        let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        topics.get(topic).is_some_and(|tx| tx.receiver_count() > 0)
+    }
+}
+
+/// A service: what a listener answers. Build it once, serve it on any transport.
+///
+/// ```
+/// use switchyard_core::{handler::rpc, service::Service};
+/// async fn helloworld(name: String) -> String { format!("Welcome {name}") }
+/// let service = Service::new("app1").route("/helloworld", rpc(helloworld));
+/// assert!(service.has_route("/helloworld"));
+/// ```
+pub struct Service {
+    name: String,
+    version: Option<String>,
+    routes: HashMap<String, Route>,
+    events: HashMap<String, EventFn>,
+    ws: Vec<(RoutePattern, WsRoute)>,
+    errors: Vec<ServiceError>,
+    max_body: usize,
+    codec: Codec,
+    hub: PushHub,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("routes", &self.routes.keys().collect::<Vec<_>>())
+            .field("topics", &self.events.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Service {
+    /// A service named `name` with no routes.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            version: None,
+            routes: HashMap::new(),
+            events: HashMap::new(),
+            ws: Vec::new(),
+            errors: Vec::new(),
+            max_body: DEFAULT_MAX_BODY,
+            codec: Codec::Json,
+            hub: PushHub::default(),
+        }
+    }
+
+    /// Sets the version this service reports (`x-service-version`).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// Sets the largest request body accepted (default [`DEFAULT_MAX_BODY`]).
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Sets the codec for events this service publishes and for replies when the caller does
+    /// not say (default JSON).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Registers an RPC or JSON route.
+    pub fn route(mut self, path: &str, route: Route) -> Self {
+        if !path.starts_with('/') {
+            self.errors.push(ServiceError::BadRoute(path.to_string()));
+        }
+        if let Some(arity) = route.arity {
+            if !route.params.is_empty() && route.params.len() != arity {
+                self.errors.push(ServiceError::ParamCount {
+                    route: path.to_string(),
+                    named: route.params.len(),
+                    arity,
+                });
+            }
+        }
+        if self.routes.insert(path.to_string(), route).is_some() {
+            self.errors
+                .push(ServiceError::DuplicateRoute(path.to_string()));
+        }
+        self
+    }
+
+    /// Registers an event handler for `topic`. The payload decodes into `T` with the codec
+    /// named by its content type; a payload that does not decode is a `BadRequest` (the
+    /// consumer sends it to the dead-letter destination instead of retrying it).
+    pub fn on_event<F, Fut, T, O>(mut self, topic: &str, handler: F) -> Self
+    where
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = O> + Send + 'static,
+        T: DeserializeOwned + Send + 'static,
+        O: EventOutcome,
+    {
+        let handler = Arc::new(handler);
+        let f: EventFn = Arc::new(move |env: Envelope| {
+            let codec = env
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(Codec::from_content_type)
+                .unwrap_or_default();
+            match codec.decode::<T>(&env.payload) {
+                Ok(value) => {
+                    let fut = handler(value);
+                    Box::pin(async move { fut.await.into_outcome() })
+                }
+                Err(e) => {
+                    let msg = format!("event does not decode as {}: {e}", short_type_name::<T>());
+                    Box::pin(async move { Err(HandlerError::bad_request(msg)) })
+                }
+            }
+        });
+        if self.events.insert(topic.to_string(), f).is_some() {
+            self.errors
+                .push(ServiceError::DuplicateTopic(topic.to_string()));
+        }
+        self
+    }
+
+    /// Registers a WebSocket route (seed 000's minisocket): each text frame goes to `handler`,
+    /// and its answer, if any, is sent back.
+    pub fn ws<F, Fut>(mut self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(WsMessage) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: IntoWsReply,
+    {
+        let f: WsFn = Arc::new(move |m| {
+            let fut = handler(m);
+            Box::pin(async move { fut.await.into_ws_reply() })
+        });
+        self.ws.push((RoutePattern::new(pattern), WsRoute::Handler(f)));
+        self
+    }
+
+    /// Registers a WebSocket route that streams events to the socket: `topic` fixed, or
+    /// `None` to take it from the pattern's `<topic>` segment.
+    pub fn ws_events(mut self, pattern: &str, topic: Option<&str>) -> Self {
+        self.ws.push((
+            RoutePattern::new(pattern),
+            WsRoute::Events {
+                topic: topic.map(str::to_string),
+            },
+        ));
+        self
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The service's version, if set.
+    pub fn service_version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+
+    /// The largest request body accepted.
+    pub fn body_limit(&self) -> usize {
+        self.max_body
+    }
+
+    /// The codec this service prefers.
+    pub fn preferred_codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Whether `path` is a route.
+    pub fn has_route(&self, path: &str) -> bool {
+        self.routes.contains_key(path)
+    }
+
+    /// The route at `path`.
+    pub fn route_at(&self, path: &str) -> Option<&Route> {
+        self.routes.get(path)
+    }
+
+    /// All route paths, sorted.
+    pub fn route_paths(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.routes.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Topics with event handlers, sorted.
+    pub fn topics(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.events.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Whether `topic` has a handler.
+    pub fn handles_topic(&self, topic: &str) -> bool {
+        self.events.contains_key(topic)
+    }
+
+    /// The WebSocket route matching `path`, with its parameters.
+    pub fn ws_route(&self, path: &str) -> Option<(&WsRoute, HashMap<String, String>)> {
+        self.ws
+            .iter()
+            .find_map(|(p, r)| p.matches(path).map(|params| (r, params)))
+    }
+
+    /// The server-push hub.
+    pub fn hub(&self) -> &PushHub {
+        &self.hub
+    }
+
+    /// Pushes `value` as JSON to every WebSocket subscribed to `topic`.
+    pub fn push<T: Serialize>(&self, topic: &str, value: &T) -> Result<usize, serde_json::Error> {
+        Ok(self.hub.push(topic, serde_json::to_string(value)?))
+    }
+
+    /// Checks how the service was put together; transports call this before serving.
+    pub fn validate(&self) -> Result<(), ServiceError> {
+        match self.errors.first() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Answers one call: finds the route, checks the token, runs the handler within the
+    /// caller's deadline, and turns a panic into a 500 for this call only.
+    pub async fn dispatch(&self, req: CallRequest) -> Result<Reply, HandlerError> {
+        let route = self.routes.get(&req.route).ok_or_else(|| {
+            HandlerError::new(ErrorCode::NotFound, format!("no route {}", req.route))
+        })?;
+        if let Some(expected) = &route.token {
+            let given = req.token.as_deref().or(req.headers.get(header::TOKEN));
+            let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())));
+            if !ok {
+                let what = if given.is_some() { "invalid" } else { "missing" };
+                return Err(HandlerError::new(
+                    ErrorCode::Unauthorized,
+                    format!("{what} token for {}", req.route),
+                ));
+            }
+        }
+        let mut ctx = Context::from_headers(req.headers);
+        if req.deadline.is_some() {
+            ctx.deadline = req.deadline;
+        }
+        let remaining = ctx.remaining();
+        let handler = route.handler.clone();
+        let params = &route.params;
+        let run = AssertUnwindSafe(async move {
+            let fut = handler.call(req.args, params);
+            context::scope(ctx, fut).await
+        })
+        .catch_unwind();
+        let outcome = match remaining {
+            Some(d) => match tokio::time::timeout(d, run).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(HandlerError::new(
+                        ErrorCode::DeadlineExceeded,
+                        format!("{} did not finish within the caller's deadline", req.route),
+                    ))
+                }
+            },
+            None => run.await,
+        };
+        outcome.unwrap_or_else(|panic| Err(panic_error(&req.route, panic)))
+    }
+
+    /// Handles one event. Returns `NotFound` if no handler takes the topic.
+    pub async fn handle_event(&self, env: Envelope) -> Result<(), HandlerError> {
+        let topic = env.subject.clone();
+        let handler = self.events.get(&topic).cloned().ok_or_else(|| {
+            HandlerError::new(ErrorCode::NotFound, format!("no handler for topic {topic}"))
+        })?;
+        let mut headers = env.headers.clone();
+        headers.insert("ce-id", env.id.clone());
+        let ctx = Context::from_headers(headers);
+        let run = AssertUnwindSafe(context::scope(ctx, handler(env))).catch_unwind();
+        run.await
+            .unwrap_or_else(|panic| Err(panic_error(&topic, panic)))
+    }
+}
+
+fn panic_error(what: &str, panic: Box<dyn std::any::Any + Send>) -> HandlerError {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    tracing::error!(target: "switchyard", %what, panic = %msg, "handler panicked");
+    HandlerError::internal(format!("handler for {what} panicked: {msg}"))
+}
+
+/// What an event handler may return: `()` or `Result<(), E>`.
+pub trait EventOutcome: Send + 'static {
+    /// Success, or the error that makes the consumer retry (or dead-letter) the event.
+    fn into_outcome(self) -> Result<(), HandlerError>;
+}
+impl EventOutcome for () {
+    fn into_outcome(self) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+impl<E: Into<HandlerError> + Send + 'static> EventOutcome for Result<(), E> {
+    fn into_outcome(self) -> Result<(), HandlerError> {
+        self.map_err(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::rpc;
+    use std::time::Duration;
+
+    async fn protected(a: i64) -> i64 {
+        a * 2
+    }
+
+    fn svc() -> Service {
+        Service::new("t")
+            .route("/p", rpc(protected).token("123456"))
+            .route("/panic", rpc(|| async { panic!("boom") as i64 }))
+            .route(
+                "/slow",
+                rpc(|| async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }),
+            )
+    }
+
+    #[tokio::test]
+    async fn tokens_are_enforced() {
+        let s = svc();
+        let mut req = CallRequest::new("/p", Args::local(2i64));
+        let e = s.dispatch(req).await.unwrap_err();
+        assert_eq!((e.code(), e.message()), (ErrorCode::Unauthorized, "missing token for /p"));
+        req = CallRequest::new("/p", Args::local(2i64));
+        req.token = Some("12345".into());
+        assert_eq!(s.dispatch(req).await.unwrap_err().code(), ErrorCode::Unauthorized);
+        req = CallRequest::new("/p", Args::local(2i64));
+        req.headers.insert(header::TOKEN, "123456");
+        assert_eq!(s.dispatch(req).await.unwrap().decode::<i64>().unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_panic_fails_only_that_call() {
+        let s = svc();
+        let e = s
+            .dispatch(CallRequest::new("/panic", Args::local(())))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Internal);
+        assert!(e.message().contains("boom"));
+        let mut ok = CallRequest::new("/p", Args::local(1i64));
+        ok.token = Some("123456".into());
+        assert!(s.dispatch(ok).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_stops_a_slow_handler() {
+        let s = svc();
+        let mut req = CallRequest::new("/slow", Args::local(()));
+        req.headers.set_deadline(Duration::from_millis(50));
+        let e = s.dispatch(req).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::DeadlineExceeded);
+        let mut req = CallRequest::new("/slow", Args::local(()));
+        req.deadline = Some(std::time::Instant::now() + Duration::from_millis(50));
+        let e = s.dispatch(req).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::DeadlineExceeded);
+    }
+
+    #[test]
+    fn assembly_mistakes_are_reported_not_panicked() {
+        let s = Service::new("t")
+            .route("/a", rpc(protected))
+            .route("/a", rpc(protected));
+        assert_eq!(s.validate(), Err(ServiceError::DuplicateRoute("/a".into())));
+        let s = Service::new("t").route("/a", rpc(protected).params(["x", "y"]));
+        assert!(matches!(s.validate(), Err(ServiceError::ParamCount { named: 2, arity: 1, .. })));
+    }
+
+    #[tokio::test]
+    async fn undecodable_events_are_bad_requests() {
+        let s = Service::new("t").on_event("n", |_v: u32| async {});
+        let e = s
+            .handle_event(Envelope::new("n", "\"text\""))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadRequest);
+        assert!(s.handle_event(Envelope::new("n", "7")).await.is_ok());
+        assert_eq!(
+            s.handle_event(Envelope::new("other", "7")).await.unwrap_err().code(),
+            ErrorCode::NotFound
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Transport traits. Every transport — in-process, HTTP, and the brokers — implements the same
+//! four small traits and declares what it guarantees in [`Capabilities`].
+//!
+//! # Acknowledgement contract
+//! A [`Delivery`] must be settled exactly once: [`Delivery::ack`] after the handler succeeded,
+//! or [`Delivery::nack`] to have it redelivered (after an optional delay). A delivery dropped
+//! without either counts as a consumer that died mid-message: transports that declare
+//! [`DeliveryGuarantee::AtLeastOnce`] redeliver it, to this or another consumer of the group.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::Stream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::error::{CallError, TransportError};
+use crate::message::Envelope;
+use crate::service::{CallRequest, Service};
+use crate::values::Reply;
+
+/// Order in which a subscriber sees messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ordering {
+    /// No order is promised.
+    None,
+    /// Messages with the same ordering key arrive in publish order.
+    PerKey,
+    /// All messages of a topic arrive in publish order.
+    Global,
+}
+
+/// How often a published message reaches a consumer group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeliveryGuarantee {
+    /// At most once: a consumer failure may lose it.
+    AtMostOnce,
+    /// At least once: redelivered until acknowledged, so duplicates are possible.
+    AtLeastOnce,
+}
+
+/// What a transport guarantees. Deliberately no `Default`: every transport states every field,
+/// and a new field makes every transport decide (Watermill's bool-defaults-to-false lesson).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Messages survive a restart of the broker or process.
+    pub durable: bool,
+    /// Ordering of messages.
+    pub ordering: Ordering,
+    /// Delivery guarantee towards a consumer group.
+    pub delivery: DeliveryGuarantee,
+    /// Request/reply (RPC) is supported.
+    pub request_reply: bool,
+    /// Competing consumers share a group's messages.
+    pub consumer_groups: bool,
+    /// Every broadcast subscriber gets every message.
+    pub broadcast: bool,
+    /// A nack (or a dropped delivery) leads to redelivery.
+    pub redelivery: bool,
+}
+
+/// How a subscriber joins a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubscriptionMode {
+    /// Competing consumers: each message goes to one member of the named group.
+    Group(String),
+    /// Every subscriber gets every message published while it is subscribed.
+    Broadcast,
+}
+
+/// Options of a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Group or broadcast.
+    pub mode: SubscriptionMode,
+    /// Most unacknowledged deliveries in flight (prefetch); the concurrency bound.
+    pub prefetch: usize,
+}
+
+impl SubscribeOptions {
+    /// A member of consumer group `name`, with a prefetch of 64.
+    pub fn group(name: impl Into<String>) -> Self {
+        Self {
+            mode: SubscriptionMode::Group(name.into()),
+            prefetch: 64,
+        }
+    }
+
+    /// A broadcast subscriber, with a prefetch of 64.
+    pub fn broadcast() -> Self {
+        Self {
+            mode: SubscriptionMode::Broadcast,
+            prefetch: 64,
+        }
+    }
+
+    /// Sets the prefetch.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n.max(1);
+        self
+    }
+}
+
+/// Settles one delivery; implemented by each transport.
+pub trait Acker: Send + 'static {
+    /// Acknowledges: the message is done.
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>>;
+    /// Rejects: redeliver, after `delay` if given.
+    fn nack(self: Box<Self>, delay: Option<Duration>) -> BoxFuture<'static, Result<(), TransportError>>;
+}
+
+/// One received message and the means to settle it.
+pub struct Delivery {
+    /// The message. Its `x-attempt` header counts deliveries, from 1.
+    pub envelope: Envelope,
+    acker: Box<dyn Acker>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("envelope", &self.envelope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    /// A delivery settled through `acker`.
+    pub fn new(envelope: Envelope, acker: Box<dyn Acker>) -> Self {
+        Self { envelope, acker }
+    }
+
+    /// Acknowledges the message.
+    pub async fn ack(self) -> Result<(), TransportError> {
+        self.acker.ack().await
+    }
+
+    /// Rejects the message for redelivery, after `delay` if given.
+    pub async fn nack(self, delay: Option<Duration>) -> Result<(), TransportError> {
+        self.acker.nack(delay).await
+    }
+}
+
+/// A stream of deliveries.
+pub type Subscription = Pin<Box<dyn Stream<Item = Result<Delivery, TransportError>> + Send>>;
+
+/// Sends events. Must be safe to call from many tasks at once.
+pub trait Publisher: Send + Sync {
+    /// Publishes `envelope` on the topic `envelope.subject`. Returns once the transport has
+    /// taken responsibility for it (a broker confirm, an HTTP 2xx).
+    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>>;
+}
+
+/// Receives events.
+pub trait Subscriber: Send + Sync {
+    /// Subscribes to `topic`. To get the next message of a group, settle the previous ones
+    /// (up to `prefetch` may be in flight).
+    fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<Subscription, TransportError>>;
+}
+
+/// Sends calls and waits for replies.
+pub trait Requester: Send + Sync {
+    /// Sends `request` and waits for its reply. The caller bounds the wait; transports send
+    /// `request.deadline` to the server so that it can give up too.
+    fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>>;
+}
+
+/// Serves a [`Service`]: its routes, and its event handlers through a consumer.
+pub trait Responder: Send + Sync {
+    /// Starts serving `service` until the returned handle is shut down.
+    fn serve(&self, service: Arc<Service>) -> BoxFuture<'_, Result<ServeHandle, TransportError>>;
+}
+
+/// A complete transport, chosen by URL scheme.
+pub trait Transport: Publisher + Subscriber + Requester + Responder {
+    /// Short name (`mem`, `http`, `amqp`…).
+    fn name(&self) -> &'static str;
+    /// What this transport guarantees.
+    fn capabilities(&self) -> Capabilities;
+    /// The URL it was made from, credentials removed.
+    fn url(&self) -> String;
+}
+
+/// A running server; shut it down to stop taking new work and finish what is in flight.
+#[derive(Debug)]
+pub struct ServeHandle {
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    url: String,
+}
+
+impl ServeHandle {
+    /// A handle for a server task that stops when `shutdown` fires.
+    pub fn new(shutdown: oneshot::Sender<()>, task: JoinHandle<()>, url: impl Into<String>) -> Self {
+        Self {
+            shutdown: Some(shutdown),
+            task: Some(task),
+            url: url.into(),
+        }
+    }
+
+    /// Where the service can be reached (for `http://127.0.0.1:0` the port actually bound).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops taking new work and waits for in-flight work to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the server stops by itself (or forever).
+    pub async fn wait(mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ServeHandle {
+    fn drop(&mut self) {
+        // Dropping the handle stops the server, like dropping a tokio JoinHandle's owner would
+        // leak it otherwise.
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
