@@ -1,0 +1,22 @@
+//! HTTP and WebSocket transport for switchyard (`http://HOST:PORT`).
+//!
+//! Not for direct use; see the `switchyard` crate.
+//!
+//! # Wire format
+//! RPC is the format of microservices_connector 0.3.7, so its Python clients and servers
+//! interoperate: `POST <route>` with `Content-Type: application/json` and body
+//! `{"args": [...], "kwargs": {...}, "token": null}`; the reply is `200` with
+//! `Content-Type: application/json` and a JSON array holding one element per returned value.
+//! The token may also come as `Authorization: Bearer <token>`. Errors are
+//! `{"error": {"code": "...", "message": "..."}}` with the matching status. A body in
+//! `application/msgpack` gets a MessagePack reply.
+//!
+//! Events follow the CloudEvents HTTP binding (binary and structured modes): `POST /<topic>`.
+//! WebSocket routes share the port: `ws://HOST:PORT/<route>`.
+
+mod client;
+mod server;
+mod ws;
+
+pub use client::HttpTransport;
+pub use server::router;

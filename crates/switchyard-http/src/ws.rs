@@ -1,0 +1,109 @@
+//! WebSocket routes (seed 000's minisocket) on the same port as RPC.
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request};
+use axum::response::{IntoResponse, Response};
+use switchyard_core::service::{WsMessage, WsRoute};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::server::ServerState;
+
+/// The frame an unknown path gets before the socket closes, as seed 000 sends it.
+pub(crate) const NO_PATH: &str = "Websocket close: path does not exist";
+
+pub(crate) async fn upgrade(state: ServerState, req: Request, path: String) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(u) => u,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let service = state.service.clone();
+    let route = service
+        .as_ref()
+        .and_then(|s| s.ws_route(&path).map(|(r, p)| (r.clone(), p)));
+    upgrade.on_upgrade(move |socket| async move {
+        match route {
+            None => not_found(socket).await,
+            Some((WsRoute::Handler(f), params)) => {
+                let f = move |text| f(WsMessage { text, params: params.clone() });
+                handler_loop(socket, f).await
+            }
+            Some((WsRoute::Events { topic }, params)) => {
+                let topic = topic.or_else(|| params.get("topic").cloned());
+                match (topic, service) {
+                    (Some(topic), Some(service)) => {
+                        let rx = service.hub().subscribe(&topic);
+                        events_loop(socket, rx).await
+                    }
+                    _ => not_found(socket).await,
+                }
+            }
+            #[allow(unreachable_patterns)]
+            Some(_) => not_found(socket).await,
+        }
+    })
+}
+
+async fn not_found(mut socket: WebSocket) {
+    let _ = socket.send(Message::Text(NO_PATH.into())).await;
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+async fn handler_loop<F, Fut>(mut socket: WebSocket, handler: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
+    while let Some(Ok(msg)) = socket.recv().await {
+        match msg {
+            Message::Text(text) => {
+                if text.as_str() == "exit" {
+                    let _ = socket.send(Message::Close(None)).await;
+                    break;
+                }
+                if let Some(reply) = handler(text.to_string()).await {
+                    if socket.send(Message::Text(reply.into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Message::Binary(_) => {
+                let _ = socket
+                    .send(Message::Text("error: binary frames are not supported; send text".into()))
+                    .await;
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+}
+
+async fn events_loop(mut socket: WebSocket, mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<str>>) {
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Ok(text) => {
+                    if socket.send(Message::Text(text.as_ref().into())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    let note = format!("{{\"warning\": \"{n} events dropped: reading too slowly\"}}");
+                    if socket.send(Message::Text(note.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(RecvError::Closed) => break,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(t))) if t.as_str() == "exit" => {
+                    let _ = socket.send(Message::Close(None)).await;
+                    break;
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                _ => {}
+            }
+        }
+    }
+}
+

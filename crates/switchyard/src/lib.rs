@@ -1,0 +1,125 @@
+//! # switchyard
+//!
+//! Typed RPC and events between services. A service answers named routes with plain async
+//! functions; a caller gets typed values back. The transport — in-process, HTTP/WebSocket,
+//! and (soon) RabbitMQ, NATS, Redis, MQTT, Kafka — is chosen by a URL, in code, in a config
+//! file or in the environment, with no change to service code.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use switchyard::{rpc, Client, Service};
+//!
+//! async fn helloworld(name: String) -> String {
+//!     format!("Welcome {name}")
+//! }
+//!
+//! // The listener (seed 000's app1)…
+//! let transport = switchyard::connect("mem://quickstart")?;
+//! let service = Service::new("app1").route("/helloworld", rpc(helloworld));
+//! let _server = switchyard::serve(&transport, service).await?;
+//!
+//! // …and the sender (app2). Change the URL to http://127.0.0.1:5000 and nothing else changes.
+//! let message: String = Client::new(transport).call("/helloworld", "Mr. Developer".to_string()).await?;
+//! assert_eq!(message, "Welcome Mr. Developer");
+//! # Ok(()) }
+//! ```
+//!
+//! ## Typed contracts
+//! One trait serves both sides:
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! #[switchyard::service]
+//! pub trait Calculator {
+//!     async fn add(&self, a: i64, b: i64) -> i64;
+//!     async fn div(&self, a: i64, b: i64) -> Result<i64, switchyard::HandlerError>;
+//! }
+//!
+//! struct Calc;
+//! impl Calculator for Calc {
+//!     async fn add(&self, a: i64, b: i64) -> i64 { a + b }
+//!     async fn div(&self, a: i64, b: i64) -> Result<i64, switchyard::HandlerError> {
+//!         a.checked_div(b).ok_or_else(|| switchyard::HandlerError::bad_request("division by zero"))
+//!     }
+//! }
+//!
+//! let transport = switchyard::connect("mem://calc-doc")?;
+//! let _server = switchyard::serve(&transport, Calc.into_service("calc")).await?;
+//! let calc = CalculatorClient::new(switchyard::Client::new(transport));
+//! assert_eq!(calc.add(2, 3).await?, 5);
+//! assert_eq!(calc.div(1, 0).await.unwrap_err().remote_code(), Some(switchyard::ErrorCode::BadRequest));
+//! # Ok(()) }
+//! ```
+//!
+//! ## Features
+//! | feature | what it adds | default |
+//! |---|---|---|
+//! | `http` | `http://` and `ws://`: RPC in microservices_connector's wire format, JSON endpoints, CloudEvents over HTTP, WebSocket routes | yes |
+//! | `macros` | `#[switchyard::service]` | yes |
+//! | `testkit` | the conformance suite every transport passes | no |
+
+use std::sync::Arc;
+
+pub use switchyard_core::{
+    client, codec, consumer, context, error, handler, mem, message, service, transport, values,
+};
+pub use switchyard_core::{
+    json, rpc, CallError, Capabilities, Client, Codec, Envelope, ErrorCode, HandlerError, Headers,
+    Json, RemoteError, Service, Transport, TransportError,
+};
+#[cfg(feature = "testkit")]
+pub use switchyard_core::testkit;
+
+#[cfg(feature = "http")]
+pub use switchyard_http as http;
+
+#[cfg(feature = "macros")]
+pub use switchyard_macros::service;
+
+mod config;
+pub use config::{Config, ConfigError, QueueConfig, CONFIG_ENV, URL_ENV};
+
+use switchyard_core::transport::ServeHandle;
+
+/// The URL schemes compiled into this build.
+pub fn schemes() -> &'static [&'static str] {
+    &[
+        "mem",
+        #[cfg(feature = "http")]
+        "http",
+        #[cfg(feature = "http")]
+        "ws",
+    ]
+}
+
+/// A transport for `url`, chosen by its scheme (seed 001's switch).
+///
+/// ```
+/// let t = switchyard::connect("mem://example").unwrap();
+/// assert_eq!(t.name(), "mem");
+/// let err = switchyard::connect("carrier-pigeon://coop").unwrap_err();
+/// assert!(err.to_string().contains("carrier-pigeon"));
+/// ```
+pub fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+    match scheme {
+        "mem" => Ok(Arc::new(mem::MemTransport::from_url(url)?)),
+        #[cfg(feature = "http")]
+        "http" | "https" | "ws" | "wss" => Ok(Arc::new(http::HttpTransport::from_url(url)?)),
+        "" => Err(TransportError::InvalidUrl {
+            url: error::redact_url(url),
+            reason: "expected SCHEME://…".into(),
+        }),
+        other => Err(TransportError::UnsupportedScheme {
+            scheme: other.to_string(),
+            available: schemes().join(", "),
+        }),
+    }
+}
+
+/// Serves `service` on `transport` until the handle is shut down or dropped.
+pub async fn serve(
+    transport: &Arc<dyn Transport>,
+    service: Service,
+) -> Result<ServeHandle, TransportError> {
+    transport.serve(Arc::new(service)).await
+}
