@@ -1,1 +1,221 @@
-fn main() {}
+//! `yard`: run the demo, serve the example listener, and call, publish to or subscribe to any
+//! service on any transport URL — a curl for services.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use switchyard::transport::SubscribeOptions;
+use switchyard::{Client, Codec};
+use switchyard_cli::tutorial;
+
+mod demo;
+
+#[derive(Parser)]
+#[command(name = "yard", version, about = "switchyard: typed RPC and events between services")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Starts the example listener and a sender on loopback and runs seed 000's quickstart and
+    /// typed examples, printing results and timings. Needs no broker.
+    Demo {
+        /// Sequential calls for the timing at the end.
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+    },
+    /// Serves a built-in service.
+    Serve {
+        /// Which service: `example` (seed 000's tutorial listener).
+        #[arg(value_parser = ["example"])]
+        which: String,
+        /// Address to listen on (HTTP and WebSocket on one port).
+        #[arg(long, default_value = "127.0.0.1:5000")]
+        listen: String,
+        /// Serve on this transport URL instead (e.g. mem://x, http://0.0.0.0:8080).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Calls ROUTE on the service at URL and prints the reply as JSON. Each ARG is JSON; text
+    /// that is not JSON is sent as a string.
+    Call {
+        /// Transport URL, e.g. http://127.0.0.1:5000.
+        url: String,
+        /// Route, e.g. /helloworld.
+        route: String,
+        /// Positional arguments.
+        args: Vec<String>,
+        /// Keyword argument KEY=JSON (repeatable).
+        #[arg(long = "kw", value_name = "KEY=JSON")]
+        kwargs: Vec<String>,
+        /// Token for the route.
+        #[arg(long)]
+        token: Option<String>,
+        /// Seconds to wait for the reply.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// Publishes one event (JSON) on TOPIC.
+    Publish {
+        /// Transport URL.
+        url: String,
+        /// Topic.
+        topic: String,
+        /// The event as JSON (text that is not JSON is sent as a string).
+        data: String,
+        /// Ordering key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Encode as MessagePack instead of JSON.
+        #[arg(long)]
+        msgpack: bool,
+    },
+    /// Prints every event on TOPIC as one JSON line.
+    Subscribe {
+        /// Transport URL.
+        url: String,
+        /// Topic.
+        topic: String,
+        /// Join this consumer group (competing consumers) instead of broadcast.
+        #[arg(long)]
+        group: Option<String>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+}
+
+fn parse_json_arg(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("yard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run(cli: Cli) -> Result<(), BoxError> {
+    match cli.command {
+        Command::Demo { calls } => demo::run(calls).await,
+        Command::Serve { which: _, listen, url } => {
+            let url = url.unwrap_or_else(|| format!("http://{listen}"));
+            let transport = switchyard::connect(&url)?;
+            let handle = switchyard::serve(&transport, tutorial::service()).await?;
+            println!("serving example on {}", handle.url());
+            tokio::signal::ctrl_c().await?;
+            handle.shutdown().await;
+            Ok(())
+        }
+        Command::Call {
+            url,
+            route,
+            args,
+            kwargs,
+            token,
+            timeout,
+        } => {
+            let client = Client::new(switchyard::connect(&url)?);
+            let mut call = client
+                .request(&route)
+                .args(args.iter().map(|a| parse_json_arg(a)))
+                .timeout(Duration::from_secs_f64(timeout));
+            for kw in &kwargs {
+                let (k, v) = kw
+                    .split_once('=')
+                    .ok_or_else(|| format!("--kw takes KEY=JSON, got {kw:?}"))?;
+                call = call.kwarg(k, parse_json_arg(v));
+            }
+            if let Some(t) = token {
+                call = call.token(t);
+            }
+            let values = call.send_values().await?;
+            let out = match values.len() {
+                1 => values.into_iter().next().unwrap_or(Value::Null),
+                _ => Value::Array(values),
+            };
+            println!("{out}");
+            Ok(())
+        }
+        Command::Publish {
+            url,
+            topic,
+            data,
+            key,
+            msgpack,
+        } => {
+            let codec = if msgpack { Codec::MsgPack } else { Codec::Json };
+            let client = Client::new(switchyard::connect(&url)?).with_codec(codec);
+            let mut env = client.event(&topic, &parse_json_arg(&data))?;
+            if let Some(k) = key {
+                env.headers
+                    .insert(switchyard::message::header::ORDERING_KEY, k);
+            }
+            let id = env.id.clone();
+            client.publish_envelope(env).await?;
+            eprintln!("published {id} on {topic}");
+            Ok(())
+        }
+        Command::Subscribe {
+            url,
+            topic,
+            group,
+            count,
+        } => {
+            let transport = switchyard::connect(&url)?;
+            let opts = match group {
+                Some(g) => SubscribeOptions::group(g),
+                None => SubscribeOptions::broadcast(),
+            };
+            let mut sub = transport.subscribe(&topic, opts).await?;
+            eprintln!("subscribed to {topic} on {}", transport.url());
+            let mut seen = 0usize;
+            while let Some(delivery) = sub.next().await {
+                let delivery = delivery?;
+                let env = &delivery.envelope;
+                let codec = env
+                    .headers
+                    .get("content-type")
+                    .and_then(Codec::from_content_type);
+                let data = codec
+                    .and_then(|c| c.decode::<Value>(&env.payload).ok())
+                    .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&env.payload).into_owned()));
+                let headers: serde_json::Map<String, Value> = env
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"id": env.id, "topic": env.subject, "headers": headers, "data": data})
+                );
+                delivery.ack().await?;
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+

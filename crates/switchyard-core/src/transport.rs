@@ -241,3 +241,9 @@ impl Drop for ServeHandle {
         }
     }
 }
+
+impl fmt::Debug for dyn Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Transport({})", self.url())
+    }
+}

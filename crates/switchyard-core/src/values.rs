@@ -403,7 +403,8 @@ into_reply_plain!(
     f64,
     String,
     &'static str,
-    Value
+    Value,
+    Map<String, Value>
 );
 
 macro_rules! into_reply_generic {

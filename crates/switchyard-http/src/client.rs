@@ -16,6 +16,7 @@ use switchyard_core::transport::{
     SubscribeOptions, Subscriber, Subscription, Transport,
 };
 use switchyard_core::values::Reply;
+use axum::serve::ListenerExt;
 use tokio::sync::{oneshot, Mutex};
 
 use crate::server::{router_with, ServerState, Subscriptions};
@@ -129,6 +130,10 @@ impl HttpTransport {
             let shutdown = async {
                 let _ = rx.await;
             };
+            // Small request/reply frames: without TCP_NODELAY, Nagle's algorithm holds them back.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await

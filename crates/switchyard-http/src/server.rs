@@ -304,7 +304,7 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
             }
         },
         RouteKind::Json => {
-            let kwargs = match parsed {
+            let kwargs = match unwrap_rpc_envelope(parsed) {
                 Value::Object(mut m) if m.is_empty() => {
                     // No body (typical of GET): keyword arguments from the query string.
                     for (k, v) in url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
@@ -338,6 +338,25 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
             Err(e) => error_response(ErrorCode::Internal, format!("reply does not encode: {e}")),
         },
         Err(e) => error_response(e.code(), e.message()),
+    }
+}
+
+/// A switchyard client calls JSON endpoints with the RPC body
+/// (`{"args": [], "kwargs": {...}, "token": ...}`); plain HTTP clients send the keyword object
+/// itself. Accept both: an object whose only keys are those three, with `kwargs` an object and
+/// `args` empty, is the RPC form.
+fn unwrap_rpc_envelope(body: Value) -> Value {
+    let is_rpc = match &body {
+        Value::Object(m) => {
+            m.get("kwargs").is_some_and(Value::is_object)
+                && m.keys().all(|k| k == "args" || k == "kwargs" || k == "token")
+                && m.get("args").is_none_or(|a| a.as_array().is_some_and(Vec::is_empty))
+        }
+        _ => false,
+    };
+    match body {
+        Value::Object(mut m) if is_rpc => m.remove("kwargs").unwrap_or_default(),
+        other => other,
     }
 }
 
