@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::codec::Codec;
 use crate::context::{self, trace};
-use crate::error::{CallError, TransportError};
+use crate::error::{CallError, ErrorCode, TransportError};
 use crate::message::{header, Envelope, Headers};
 use crate::service::CallRequest;
 use crate::transport::Transport;
@@ -142,6 +142,13 @@ impl Client {
         };
         let wait = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(wait, self.transport.request(request)).await {
+            // The server gave up on our deadline a moment before we did: same outcome.
+            Ok(Err(CallError::Remote { error, .. })) if error.code == ErrorCode::DeadlineExceeded => {
+                Err(CallError::Timeout {
+                    route: route.to_string(),
+                    after: wait,
+                })
+            }
             Ok(r) => r,
             Err(_) => Err(CallError::Timeout {
                 route: route.to_string(),

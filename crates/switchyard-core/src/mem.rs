@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
-use crate::consumer::{self, ConsumerPolicy};
+use crate::consumer;
 use crate::error::{CallError, TransportError};
 use crate::message::{header, Envelope};
 use crate::service::{CallRequest, Service};
@@ -58,7 +58,6 @@ pub struct MemTransport {
     name: String,
     bus: Arc<Bus>,
     max_message: usize,
-    policy: ConsumerPolicy,
 }
 
 impl std::fmt::Debug for MemTransport {
@@ -80,7 +79,6 @@ impl MemTransport {
             name: name.to_string(),
             bus,
             max_message: DEFAULT_MAX_MESSAGE,
-            policy: ConsumerPolicy::default(),
         }
     }
 
@@ -99,12 +97,6 @@ impl MemTransport {
     /// Sets the largest message accepted by `publish`.
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes;
-        self
-    }
-
-    /// Sets the retry and dead-letter policy of served event handlers.
-    pub fn consumer_policy(mut self, policy: ConsumerPolicy) -> Self {
-        self.policy = policy;
         self
     }
 }
@@ -282,7 +274,7 @@ impl Responder for MemTransport {
                     service.clone(),
                     sub,
                     publisher,
-                    self.policy.clone(),
+                    service.policy().clone(),
                     rx,
                 )));
             }

@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 
 use crate::codec::Codec;
+use crate::consumer::ConsumerPolicy;
 use crate::context::{self, Context};
 use crate::error::{ErrorCode, HandlerError};
 use crate::handler::Route;
@@ -235,6 +236,7 @@ pub struct Service {
     max_body: usize,
     codec: Codec,
     hub: PushHub,
+    policy: ConsumerPolicy,
 }
 
 impl std::fmt::Debug for Service {
@@ -260,7 +262,20 @@ impl Service {
             max_body: DEFAULT_MAX_BODY,
             codec: Codec::Json,
             hub: PushHub::default(),
+            policy: ConsumerPolicy::default(),
         }
+    }
+
+    /// Sets how the service's event handlers are retried and dead-lettered on transports that
+    /// redeliver (default [`ConsumerPolicy::default`]).
+    pub fn consumer_policy(mut self, policy: ConsumerPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The retry and dead-letter policy of the event handlers.
+    pub fn policy(&self) -> &ConsumerPolicy {
+        &self.policy
     }
 
     /// Sets the version this service reports (`x-service-version`).

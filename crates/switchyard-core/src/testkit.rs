@@ -1,0 +1,521 @@
+//! The conformance suite: every transport must pass it before it is considered ready
+//! (Watermill's `TestPubSub`, in Rust). A transport supplies a [`Harness`] and invokes
+//! [`conformance_suite!`](crate::conformance_suite); each case checks the transport's declared
+//! [`Capabilities`] and says loudly when and why it skips.
+//!
+//! ```ignore
+//! fn harness() -> switchyard_core::testkit::Harness {
+//!     Harness::new(|| format!("mem://conformance-{}", uuid()), |url| Ok(Arc::new(MemTransport::from_url(url)?)))
+//! }
+//! switchyard_core::conformance_suite!(harness());
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::client::Client;
+use crate::consumer::ConsumerPolicy;
+use crate::error::{CallError, TransportError};
+use crate::handler::rpc;
+use crate::message::{header, Envelope};
+use crate::service::Service;
+use crate::transport::{
+    Capabilities, DeliveryGuarantee, Ordering, SubscribeOptions, Subscription, Transport,
+};
+
+/// The result of one case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The transport did what it promised.
+    Passed,
+    /// The case does not apply; the reason names the capability or harness setting.
+    Skipped(String),
+}
+
+/// How a case reaches the transport under test. Test settings live here, not in
+/// [`Capabilities`].
+#[derive(Clone)]
+pub struct Harness {
+    fresh_url: Arc<dyn Fn() -> String + Send + Sync>,
+    connect: Arc<dyn Fn(&str) -> Result<Arc<dyn Transport>, TransportError> + Send + Sync>,
+    /// Messages in the round-trip case (default 10,000).
+    pub messages: usize,
+    /// Restarts the server for the reconnect case; `None` skips that case.
+    pub restart: Option<Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>>,
+    /// How long a case waits for messages before it fails (default 60 s).
+    pub patience: Duration,
+}
+
+impl Harness {
+    /// A harness: `fresh_url` gives a URL no other case uses (a new bus, port or vhost);
+    /// `connect` opens a transport on a URL (called several times per case for publishers,
+    /// subscribers and servers).
+    pub fn new(
+        fresh_url: impl Fn() -> String + Send + Sync + 'static,
+        connect: impl Fn(&str) -> Result<Arc<dyn Transport>, TransportError> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            fresh_url: Arc::new(fresh_url),
+            connect: Arc::new(connect),
+            messages: 10_000,
+            restart: None,
+            patience: Duration::from_secs(60),
+        }
+    }
+
+    fn open(&self) -> (String, Arc<dyn Transport>) {
+        let url = (self.fresh_url)();
+        let t = self.connect(&url);
+        (url, t)
+    }
+
+    fn connect(&self, url: &str) -> Arc<dyn Transport> {
+        match (self.connect)(url) {
+            Ok(t) => t,
+            Err(e) => panic!("harness cannot connect to {url}: {e}"),
+        }
+    }
+}
+
+/// Fails the test on error; prints skips so that no capability gap goes unnoticed.
+pub fn check(case: &str, outcome: Outcome) {
+    match outcome {
+        Outcome::Passed => {}
+        Outcome::Skipped(why) => {
+            // Straight to stderr: the test harness captures `eprintln!` of passing tests, and
+            // a skip must be seen.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED conformance case {case}: {why}");
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Numbered {
+    n: usize,
+    key: Option<String>,
+}
+
+fn numbered(topic: &str, n: usize, key: Option<String>) -> Envelope {
+    let mut env = Envelope::new(
+        topic,
+        serde_json::to_vec(&Numbered { n, key: key.clone() }).unwrap_or_default(),
+    );
+    if let Some(k) = key {
+        env.headers.insert(header::ORDERING_KEY, k);
+    }
+    env
+}
+
+fn number_of(env: &Envelope) -> Option<Numbered> {
+    serde_json::from_slice(&env.payload).ok()
+}
+
+/// Reads `sub`, acking everything, recording the numbers until `want` distinct ones arrived or
+/// patience runs out.
+async fn collect(mut sub: Subscription, want: usize, patience: Duration, ack_delay: Duration) -> Vec<Numbered> {
+    let mut seen = Vec::new();
+    let mut distinct = HashSet::new();
+    let deadline = Instant::now() + patience;
+    while distinct.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, sub.next()).await {
+            Ok(Some(Ok(d))) => {
+                if let Some(num) = number_of(&d.envelope) {
+                    distinct.insert(num.n);
+                    seen.push(num);
+                }
+                if !ack_delay.is_zero() {
+                    tokio::time::sleep(ack_delay).await;
+                }
+                let _ = d.ack().await;
+            }
+            Ok(Some(Err(e))) => panic!("subscription failed: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    seen
+}
+
+async fn publish_all(t: &Arc<dyn Transport>, envs: Vec<Envelope>, concurrency: usize) {
+    futures::stream::iter(envs)
+        .for_each_concurrent(concurrency, |env| {
+            let t = t.clone();
+            async move {
+                let n = env.subject.clone();
+                if let Err(e) = t.publish(env).await {
+                    panic!("publish on {n} failed: {e}");
+                }
+            }
+        })
+        .await;
+}
+
+fn topic(name: &str) -> String {
+    format!("conformance.{name}.{}", &crate::message::new_id()[..8])
+}
+
+/// Publish/subscribe round trip of `h.messages` messages: none lost, none duplicated beyond
+/// the declared guarantee.
+pub async fn round_trip(h: &Harness) -> Outcome {
+    let (url, publisher) = h.open();
+    let subscriber = h.connect(&url);
+    let t = topic("round_trip");
+    let sub = subscriber
+        .subscribe(&t, SubscribeOptions::group("g"))
+        .await
+        .expect("subscribe");
+    let n = h.messages;
+    let reader = tokio::spawn(collect(sub, n, h.patience, Duration::ZERO));
+    publish_all(&publisher, (0..n).map(|i| numbered(&t, i, None)).collect(), 64).await;
+    let seen = reader.await.expect("reader");
+    let distinct: HashSet<usize> = seen.iter().map(|x| x.n).collect();
+    let missing: Vec<usize> = (0..n).filter(|i| !distinct.contains(i)).take(10).collect();
+    assert!(missing.is_empty(), "{} of {n} messages lost, first: {missing:?}", n - distinct.len());
+    let duplicates = seen.len() - distinct.len();
+    if publisher.capabilities().delivery == DeliveryGuarantee::AtMostOnce {
+        assert_eq!(duplicates, 0, "an at-most-once transport delivered duplicates");
+    }
+    Outcome::Passed
+}
+
+/// Messages with the same ordering key arrive in publish order.
+pub async fn per_key_order(h: &Harness) -> Outcome {
+    let (url, publisher) = h.open();
+    let caps: Capabilities = publisher.capabilities();
+    if caps.ordering == Ordering::None {
+        return Outcome::Skipped("capabilities.ordering is None".into());
+    }
+    let subscriber = h.connect(&url);
+    let t = topic("order");
+    let sub = subscriber
+        .subscribe(&t, SubscribeOptions::group("g").prefetch(1))
+        .await
+        .expect("subscribe");
+    let per_key = 200;
+    let keys = 5;
+    let reader = tokio::spawn(collect(sub, per_key * keys, h.patience, Duration::ZERO));
+    let envs = (0..per_key * keys)
+        .map(|i| numbered(&t, i, Some(format!("k{}", i % keys))))
+        .collect();
+    publish_all(&publisher, envs, 1).await;
+    let seen = reader.await.expect("reader");
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for m in seen {
+        let key = m.key.unwrap_or_default();
+        if let Some(prev) = last.get(&key) {
+            assert!(m.n > *prev, "key {key}: {} arrived after {prev}", m.n);
+        }
+        last.insert(key, m.n);
+    }
+    Outcome::Passed
+}
+
+/// Two members of one group share the messages, and each message is handled once.
+pub async fn competing_consumers(h: &Harness) -> Outcome {
+    let (url, publisher) = h.open();
+    if !publisher.capabilities().consumer_groups {
+        return Outcome::Skipped("capabilities.consumer_groups is false".into());
+    }
+    let t = topic("competing");
+    let a = h.connect(&url).subscribe(&t, SubscribeOptions::group("workers").prefetch(1)).await.expect("subscribe a");
+    let b = h.connect(&url).subscribe(&t, SubscribeOptions::group("workers").prefetch(1)).await.expect("subscribe b");
+    let n = 200;
+    let total = Arc::new(AtomicUsize::new(0));
+    let spawn_reader = |sub: Subscription, total: Arc<AtomicUsize>, patience: Duration| {
+        tokio::spawn(async move {
+            let mut sub = sub;
+            let mut mine = Vec::new();
+            let deadline = Instant::now() + patience;
+            while total.load(AtomicOrdering::SeqCst) < n {
+                let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
+                match tokio::time::timeout(left, sub.next()).await {
+                    Ok(Some(Ok(d))) => {
+                        if let Some(m) = number_of(&d.envelope) {
+                            mine.push(m.n);
+                        }
+                        total.fetch_add(1, AtomicOrdering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        let _ = d.ack().await;
+                    }
+                    Ok(Some(Err(e))) => panic!("subscription failed: {e}"),
+                    Ok(None) => break,
+                    Err(_) if Instant::now() >= deadline => break,
+                    Err(_) => {}
+                }
+            }
+            mine
+        })
+    };
+    let ra = spawn_reader(a, total.clone(), h.patience);
+    let rb = spawn_reader(b, total.clone(), h.patience);
+    publish_all(&publisher, (0..n).map(|i| numbered(&t, i, None)).collect(), 8).await;
+    let (got_a, got_b) = (ra.await.expect("reader a"), rb.await.expect("reader b"));
+    let mut all: Vec<usize> = got_a.iter().chain(&got_b).copied().collect();
+    all.sort_unstable();
+    let distinct: Vec<usize> = {
+        let mut d = all.clone();
+        d.dedup();
+        d
+    };
+    assert_eq!(distinct.len(), n, "messages lost: got {} of {n}", distinct.len());
+    if publisher.capabilities().delivery == DeliveryGuarantee::AtMostOnce {
+        assert_eq!(all.len(), n, "a message went to both members of the group");
+    }
+    assert!(!got_a.is_empty() && !got_b.is_empty(), "one member got everything: {} vs {}", got_a.len(), got_b.len());
+    Outcome::Passed
+}
+
+/// Every broadcast subscriber gets every message.
+pub async fn broadcast(h: &Harness) -> Outcome {
+    let (url, publisher) = h.open();
+    if !publisher.capabilities().broadcast {
+        return Outcome::Skipped("capabilities.broadcast is false".into());
+    }
+    let t = topic("broadcast");
+    let n = 50;
+    let a = h.connect(&url).subscribe(&t, SubscribeOptions::broadcast()).await.expect("subscribe a");
+    let b = h.connect(&url).subscribe(&t, SubscribeOptions::broadcast()).await.expect("subscribe b");
+    let ra = tokio::spawn(collect(a, n, h.patience, Duration::ZERO));
+    let rb = tokio::spawn(collect(b, n, h.patience, Duration::ZERO));
+    publish_all(&publisher, (0..n).map(|i| numbered(&t, i, None)).collect(), 1).await;
+    for (name, r) in [("a", ra), ("b", rb)] {
+        let got: HashSet<usize> = r.await.expect("reader").into_iter().map(|m| m.n).collect();
+        assert_eq!(got.len(), n, "broadcast subscriber {name} got {} of {n}", got.len());
+    }
+    Outcome::Passed
+}
+
+async fn echo(text: String) -> String {
+    text
+}
+
+/// RPC round trip, and a call to a slow handler times out on time.
+pub async fn rpc_with_timeout(h: &Harness) -> Outcome {
+    let (_url, transport) = h.open();
+    if !transport.capabilities().request_reply {
+        return Outcome::Skipped("capabilities.request_reply is false".into());
+    }
+    let service = Service::new("conformance-rpc")
+        .route("/echo", rpc(echo))
+        .route("/slow", rpc(|| async { tokio::time::sleep(Duration::from_secs(30)).await }));
+    let server = transport.serve(Arc::new(service)).await.expect("serve");
+    let client = Client::new(h.connect(server.url())).with_timeout(Duration::from_secs(10));
+    let reply: String = client.call("/echo", "ping".to_string()).await.expect("echo");
+    assert_eq!(reply, "ping");
+    let started = Instant::now();
+    let err = client
+        .request("/slow")
+        .timeout(Duration::from_millis(300))
+        .send::<()>()
+        .await
+        .expect_err("the slow call must time out");
+    let took = started.elapsed();
+    assert!(matches!(err, CallError::Timeout { .. }), "expected a timeout, got {err}");
+    assert!(took < Duration::from_secs(3), "timeout fired after {took:?}");
+    let missing = client.call::<_, ()>("/no-such-route", ()).await.expect_err("unknown route");
+    assert_eq!(missing.remote_code(), Some(crate::error::ErrorCode::NotFound), "{missing}");
+    server.shutdown().await;
+    Outcome::Passed
+}
+
+/// A call to a service that is not there fails fast with a clear error, not a timeout.
+pub async fn rpc_to_absent_service_fails_fast(h: &Harness) -> Outcome {
+    let (_url, transport) = h.open();
+    if !transport.capabilities().request_reply {
+        return Outcome::Skipped("capabilities.request_reply is false".into());
+    }
+    let client = Client::new(transport).with_timeout(Duration::from_secs(20));
+    let started = Instant::now();
+    let err = client.call::<_, String>("/echo", "x".to_string()).await.expect_err("nobody serves");
+    assert!(matches!(err, CallError::Unreachable { .. }), "expected Unreachable, got {err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    Outcome::Passed
+}
+
+/// A failing handler is retried with backoff; after `max_attempts` the message goes to the
+/// dead-letter topic with the error in its headers. A payload that cannot decode goes there
+/// at once.
+pub async fn retry_then_dead_letter(h: &Harness) -> Outcome {
+    let (url, transport) = h.open();
+    if !transport.capabilities().redelivery {
+        return Outcome::Skipped("capabilities.redelivery is false".into());
+    }
+    let t = topic("dlq");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let service = Service::new("conformance-dlq")
+        .consumer_policy(ConsumerPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(20),
+            ..ConsumerPolicy::default()
+        })
+        .on_event(&t, move |_m: Numbered| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, AtomicOrdering::SeqCst);
+                Err::<(), _>(crate::error::HandlerError::internal("always fails"))
+            }
+        });
+    let watcher = h.connect(&url);
+    let mut dead = watcher
+        .subscribe(&format!("{t}.dlq"), SubscribeOptions::group("watch"))
+        .await
+        .expect("subscribe dlq");
+    let server = transport.serve(Arc::new(service)).await.expect("serve");
+    let publisher = h.connect(&url);
+    publisher.publish(numbered(&t, 7, None)).await.expect("publish");
+    let d = tokio::time::timeout(h.patience, dead.next())
+        .await
+        .expect("dead letter within patience")
+        .expect("stream open")
+        .expect("delivery");
+    assert_eq!(number_of(&d.envelope).map(|m| m.n), Some(7));
+    assert_eq!(d.envelope.headers.get(header::ERROR), Some("always fails"));
+    assert_eq!(calls.load(AtomicOrdering::SeqCst), 3, "handler attempts");
+    let _ = d.ack().await;
+    // Poison: does not decode, so no retry.
+    let mut poison = Envelope::new(&t, "not json at all");
+    poison.headers.insert(header::CONTENT_TYPE, "application/json");
+    publisher.publish(poison).await.expect("publish poison");
+    let d = tokio::time::timeout(h.patience, dead.next())
+        .await
+        .expect("poison dead letter")
+        .expect("stream open")
+        .expect("delivery");
+    let why = d.envelope.headers.get(header::ERROR).unwrap_or_default().to_string();
+    assert!(why.contains("does not decode"), "error header: {why}");
+    assert_eq!(d.envelope.headers.attempt(), 1, "poison was retried");
+    assert_eq!(calls.load(AtomicOrdering::SeqCst), 3, "the poison message reached the handler");
+    let _ = d.ack().await;
+    server.shutdown().await;
+    Outcome::Passed
+}
+
+/// A consumer that drops a delivery without settling it (dies mid-message): the message goes
+/// to another member of the group.
+pub async fn dropped_delivery_is_redelivered(h: &Harness) -> Outcome {
+    let (url, publisher) = h.open();
+    let caps = publisher.capabilities();
+    if !caps.redelivery || caps.delivery != DeliveryGuarantee::AtLeastOnce {
+        return Outcome::Skipped("needs redelivery and at-least-once delivery".into());
+    }
+    let t = topic("crash");
+    let mut dying = h.connect(&url).subscribe(&t, SubscribeOptions::group("g").prefetch(1)).await.expect("subscribe");
+    publisher.publish(numbered(&t, 1, None)).await.expect("publish");
+    let d = tokio::time::timeout(h.patience, dying.next()).await.expect("first delivery").expect("open").expect("ok");
+    drop(d);
+    drop(dying);
+    let survivor = h.connect(&url).subscribe(&t, SubscribeOptions::group("g")).await.expect("subscribe");
+    let got = collect(survivor, 1, h.patience, Duration::ZERO).await;
+    assert_eq!(got.first().map(|m| m.n), Some(1), "message lost with its consumer");
+    Outcome::Passed
+}
+
+/// Shutdown lets in-flight handlers finish (and settles them) and takes no new work.
+pub async fn graceful_shutdown(h: &Harness) -> Outcome {
+    let (_url, transport) = h.open();
+    let t = topic("shutdown");
+    let started = Arc::new(tokio::sync::Notify::new());
+    let finished = Arc::new(Mutex::new(Vec::new()));
+    let (s, f) = (started.clone(), finished.clone());
+    let service = Service::new("conformance-shutdown").on_event(&t, move |m: Numbered| {
+        let (s, f) = (s.clone(), f.clone());
+        async move {
+            s.notify_one();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            f.lock().unwrap_or_else(|p| p.into_inner()).push(m.n);
+        }
+    });
+    let server = transport.serve(Arc::new(service)).await.expect("serve");
+    let publisher = h.connect(server.url());
+    let p = publisher.clone();
+    let topic_name = t.clone();
+    // Over HTTP the publish returns only when the handler is done, so it runs beside us.
+    let first = tokio::spawn(async move { p.publish(numbered(&topic_name, 1, None)).await });
+    tokio::time::timeout(h.patience, started.notified()).await.expect("handler started");
+    server.shutdown().await;
+    assert_eq!(*finished.lock().unwrap_or_else(|p| p.into_inner()), vec![1], "in-flight handler did not finish before shutdown returned");
+    let _ = first.await;
+    let _ = publisher.publish(numbered(&t, 2, None)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(*finished.lock().unwrap_or_else(|p| p.into_inner()), vec![1], "a stopped service took new work");
+    Outcome::Passed
+}
+
+/// A message over the transport's size limit is refused at publish with a clear error.
+pub async fn oversized_publish_is_rejected(h: &Harness) -> Outcome {
+    let (_url, publisher) = h.open();
+    let big = Envelope::new(topic("big"), vec![b'x'; 16 * 1024 * 1024]);
+    match publisher.publish(big).await {
+        Err(TransportError::PayloadTooLarge { size, limit }) => {
+            assert!(size > limit);
+            Outcome::Passed
+        }
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+}
+
+/// After the server restarts, the client reconnects by itself and every confirmed publish is
+/// delivered.
+pub async fn reconnect_after_restart(h: &Harness) -> Outcome {
+    let Some(restart) = h.restart.clone() else {
+        return Outcome::Skipped("harness.restart is None (no server to restart)".into());
+    };
+    let (url, publisher) = h.open();
+    if !publisher.capabilities().durable {
+        return Outcome::Skipped("capabilities.durable is false".into());
+    }
+    let t = topic("restart");
+    let sub = h.connect(&url).subscribe(&t, SubscribeOptions::group("g")).await.expect("subscribe");
+    let reader = tokio::spawn(collect(sub, 20, h.patience, Duration::ZERO));
+    let mut confirmed = BTreeMap::new();
+    for i in 0..10 {
+        if publisher.publish(numbered(&t, i, None)).await.is_ok() {
+            confirmed.insert(i, ());
+        }
+    }
+    restart().await;
+    for i in 10..20 {
+        let deadline = Instant::now() + h.patience;
+        while Instant::now() < deadline {
+            if publisher.publish(numbered(&t, i, None)).await.is_ok() {
+                confirmed.insert(i, ());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let got: HashSet<usize> = reader.await.expect("reader").into_iter().map(|m| m.n).collect();
+    for i in confirmed.keys() {
+        assert!(got.contains(i), "confirmed message {i} was lost across the restart");
+    }
+    Outcome::Passed
+}
+
+/// Generates one `#[tokio::test]` per conformance case for the harness expression given.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($harness:expr) => {
+        $crate::conformance_suite!(@cases $harness;
+            round_trip, per_key_order, competing_consumers, broadcast, rpc_with_timeout,
+            rpc_to_absent_service_fails_fast, retry_then_dead_letter,
+            dropped_delivery_is_redelivered, graceful_shutdown, oversized_publish_is_rejected,
+            reconnect_after_restart);
+    };
+    (@cases $harness:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let h = $harness;
+                $crate::testkit::check(stringify!($case), $crate::testkit::$case(&h).await);
+            }
+        )*
+    };
+}
