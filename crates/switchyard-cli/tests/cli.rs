@@ -1,0 +1,131 @@
+//! `yard` as a user runs it: the demo, `serve example` answered by a plain Python `requests`
+//! client, and `call`, `publish`, `subscribe`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const YARD: &str = env!("CARGO_BIN_EXE_yard");
+
+struct Running(Child);
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Starts `yard serve example` and waits until it says where it listens.
+fn serve_example() -> (Running, String) {
+    let port = free_port();
+    let mut child = Command::new(YARD)
+        .args(["serve", "example", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn yard serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("first line");
+    assert!(line.starts_with("serving example on http://"), "{line}");
+    (Running(child), format!("http://127.0.0.1:{port}"))
+}
+
+fn yard(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(YARD).args(args).output().expect("run yard");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+#[test]
+fn demo_runs_and_checks_every_result() {
+    let (ok, out, err) = yard(&["demo", "--calls", "50"]);
+    assert!(ok, "demo failed: {err}\n{out}");
+    assert!(out.contains("Welcome Mr. Developer"), "{out}");
+    assert!(out.contains("demo finished: every result matched"), "{out}");
+}
+
+#[test]
+fn yard_call_prints_decoded_replies_and_fails_clearly() {
+    let (_server, url) = serve_example();
+    let (ok, out, _) = yard(&["call", &url, "/helloworld", "Mr. Developer"]);
+    assert!(ok);
+    assert_eq!(out, r#""Welcome Mr. Developer""#);
+    let (ok, out, _) = yard(&["call", &url, "/int3", "3.1427", "--kw", "key=1000000000"]);
+    assert!(ok);
+    assert_eq!(out, "[1000000003.1427,1000000000000000000,9.87656329]");
+    let (ok, out, _) = yard(&["call", &url, "/class", "{\"a\":1}", "--kw", "key=2", "--token", "123456"]);
+    assert!(ok);
+    assert_eq!(out, r#"{"Purpose":"For test only","empty":null,"name":"test","value":{"a":1}}"#);
+    let (ok, _, err) = yard(&["call", &url, "/class", "1", "--kw", "key=2"]);
+    assert!(!ok);
+    assert!(err.contains("unauthorized: missing token for /class"), "{err}");
+    let (ok, _, err) = yard(&["call", &url, "/int", "x", "--kw", "key=1"]);
+    assert!(!ok);
+    assert!(err.contains("bad_request") && err.contains("'a'"), "{err}");
+    let (ok, _, err) = yard(&["call", "nats+carrier://x", "/r"]);
+    assert!(!ok);
+    assert!(err.contains("no transport for scheme"), "{err}");
+}
+
+#[test]
+fn publish_reaches_subscribe_over_http() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let sub = Command::new(YARD)
+        .args(["subscribe", &url, "greetings", "--count", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn subscribe");
+    // Wait until the subscriber listens.
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "subscriber never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, _, err) = yard(&["publish", &url, "greetings", r#"{"hello":"world"}"#]);
+    assert!(ok, "publish failed: {err}");
+    let out = sub.wait_with_output().expect("subscriber exits after one event");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let event: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    assert_eq!(event["topic"], "greetings");
+    assert_eq!(event["data"], serde_json::json!({"hello": "world"}));
+    assert_eq!(event["headers"]["ce-source"], "/switchyard");
+}
+
+#[test]
+fn a_plain_python_requests_client_gets_the_documented_replies() {
+    let python_ok = Command::new("python3")
+        .args(["-c", "import requests"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !python_ok {
+        assert!(
+            std::env::var_os("SWITCHYARD_REQUIRE_ALL").is_none(),
+            "python3 with `requests` is required (SWITCHYARD_REQUIRE_ALL is set)"
+        );
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED python interop test: python3 with `requests` not found (pip install requests)");
+        return;
+    }
+    let (_server, url) = serve_example();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/seed000_client.py");
+    let out = Command::new("python3").args([script, &url]).output().expect("run python");
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all seed 000 results match"));
+}
