@@ -1,0 +1,62 @@
+//! Every example runs and prints what its doc says (watermill's `.validate_example.yml`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn example(name: &str) -> String {
+    // Cargo builds the examples before it runs tests: target/<profile>/examples/<name>.
+    let mut path: PathBuf = std::env::current_exe().expect("test binary path");
+    path.pop();
+    path.pop();
+    path.push("examples");
+    path.push(name);
+    let out = Command::new(&path)
+        .env_remove("SWITCHYARD_URL")
+        .env_remove("SWITCHYARD_CONFIG")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "example {name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn quickstart() {
+    assert_eq!(example("quickstart").trim(), "Welcome Mr. Developer");
+}
+
+#[test]
+fn typed_contract() {
+    let out = example("typed_contract");
+    assert!(out.contains("books on the shelf: 2"), "{out}");
+    assert!(out.contains(r#"last read: [Book { title: "Release It!", pages: 350 }]"#), "{out}");
+    assert!(out.contains(r#"find Dune: /find failed remotely: not_found: no book "Dune""#), "{out}");
+}
+
+#[test]
+fn switch_transport() {
+    let out = example("switch_transport");
+    assert!(out.contains("mem      SAME CODE"), "{out}");
+    assert!(out.contains("http     SAME CODE"), "{out}");
+}
+
+#[test]
+fn events() {
+    let out = example("events");
+    assert!(out.contains("order 1 handled: book"), "{out}");
+    assert_eq!(out.matches("failed (will be retried)").count(), 2, "{out}");
+    assert!(out.contains("dead letter: event does not decode as Order"), "{out}");
+}
+
+#[test]
+fn websocket() {
+    let out = example("websocket");
+    assert!(out.contains("< ok:Mr. Developer"), "{out}");
+    assert!(out.contains("< ann says hi"), "{out}");
+    assert!(out.contains(r#"pushed < {"headline":"switchyard ships"}"#), "{out}");
+    assert!(out.contains("< Websocket close: path does not exist"), "{out}");
+}
