@@ -40,26 +40,48 @@ fn runtime(threads: usize) -> tokio::runtime::Runtime {
 }
 
 fn in_process(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     let (client, typed, _servers) = rt.block_on(async {
         let t = switchyard::connect("mem://bench").expect("mem");
-        let s1 = switchyard::serve(&t, Service::new("b").route("/helloworld", rpc(helloworld))).await.expect("serve");
+        let s1 = switchyard::serve(&t, Service::new("b").route("/helloworld", rpc(helloworld)))
+            .await
+            .expect("serve");
         let t2 = switchyard::connect("mem://bench-typed").expect("mem");
-        let s2 = switchyard::serve(&t2, G.into_service("g")).await.expect("serve");
-        (Client::new(t), GreeterClient::new(Client::new(t2)), (s1, s2))
+        let s2 = switchyard::serve(&t2, G.into_service("g"))
+            .await
+            .expect("serve");
+        (
+            Client::new(t),
+            GreeterClient::new(Client::new(t2)),
+            (s1, s2),
+        )
     });
     let mut g = c.benchmark_group("in_process");
     g.bench_function("direct_async_fn (baseline)", |b| {
-        b.to_async(&rt).iter(|| async { black_box(helloworld(black_box("Mr. Developer".to_string())).await) })
+        b.to_async(&rt)
+            .iter(|| async { black_box(helloworld(black_box("Mr. Developer".to_string())).await) })
     });
     g.bench_function("client_call_mem", |b| {
         b.to_async(&rt).iter(|| async {
-            let r: String = client.call("/helloworld", black_box("Mr. Developer".to_string())).await.expect("call");
+            let r: String = client
+                .call("/helloworld", black_box("Mr. Developer".to_string()))
+                .await
+                .expect("call");
             black_box(r)
         })
     });
     g.bench_function("typed_client_mem", |b| {
-        b.to_async(&rt).iter(|| async { black_box(typed.hello(black_box("Mr. Developer".to_string())).await.expect("call")) })
+        b.to_async(&rt).iter(|| async {
+            black_box(
+                typed
+                    .hello(black_box("Mr. Developer".to_string()))
+                    .await
+                    .expect("call"),
+            )
+        })
     });
     g.finish();
 }
@@ -71,7 +93,9 @@ async fn raw_server() -> (String, tokio::task::JoinHandle<()>) {
         axum::Json(json!([format!("Welcome {name}")]))
     }
     let app = axum::Router::new().route("/helloworld", post(raw));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|t| {
@@ -84,12 +108,24 @@ async fn raw_server() -> (String, tokio::task::JoinHandle<()>) {
 }
 
 fn raw_client() -> reqwest::Client {
-    reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(256).build().expect("client")
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("client")
 }
 
 async fn raw_call(http: &reqwest::Client, url: &str) -> String {
     let body = json!({"args": ["Mr. Developer"], "kwargs": {}, "token": null});
-    let v: Vec<Value> = http.post(url).json(&body).send().await.expect("send").json().await.expect("json");
+    let v: Vec<Value> = http
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
     v[0].as_str().unwrap_or_default().to_string()
 }
 
@@ -111,11 +147,15 @@ fn http(c: &mut Criterion) {
     let mut g = c.benchmark_group("http_sequential");
     g.measurement_time(Duration::from_secs(8));
     g.bench_function("raw_axum_reqwest (baseline)", |b| {
-        b.to_async(&rt).iter(|| async { black_box(raw_call(&raw_http, &raw_url).await) })
+        b.to_async(&rt)
+            .iter(|| async { black_box(raw_call(&raw_http, &raw_url).await) })
     });
     g.bench_function("switchyard", |b| {
         b.to_async(&rt).iter(|| async {
-            let r: String = sy_client.call("/helloworld", "Mr. Developer".to_string()).await.expect("call");
+            let r: String = sy_client
+                .call("/helloworld", "Mr. Developer".to_string())
+                .await
+                .expect("call");
             black_box(r)
         })
     });
@@ -147,7 +187,10 @@ fn http(c: &mut Criterion) {
                 concurrently(iters, move || {
                     let client = client.clone();
                     async move {
-                        let r: String = client.call("/helloworld", "Mr. Developer".to_string()).await.expect("call");
+                        let r: String = client
+                            .call("/helloworld", "Mr. Developer".to_string())
+                            .await
+                            .expect("call");
                         black_box(r);
                     }
                 })

@@ -41,15 +41,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Ok(())
             }
         });
-    let mut dead = transport.subscribe("orders.dlq", SubscribeOptions::group("ops")).await?;
+    let mut dead = transport
+        .subscribe("orders.dlq", SubscribeOptions::group("ops"))
+        .await?;
     let server = switchyard::serve(&transport, service).await?;
 
     let client = Client::new(transport.clone());
-    client.publish("orders", &Order { id: 1, item: "book".into() }).await?;
-    client.publish_envelope(Envelope::new("orders", "{\"id\": \"not a number\"}")).await?;
+    client
+        .publish(
+            "orders",
+            &Order {
+                id: 1,
+                item: "book".into(),
+            },
+        )
+        .await?;
+    client
+        .publish_envelope(Envelope::new("orders", "{\"id\": \"not a number\"}"))
+        .await?;
 
-    let letter = tokio::time::timeout(Duration::from_secs(5), dead.next()).await?.ok_or("closed")??;
-    println!("dead letter: {}", letter.envelope.headers.get("x-error").unwrap_or("?"));
+    let letter = tokio::time::timeout(Duration::from_secs(5), dead.next())
+        .await?
+        .ok_or("closed")??;
+    println!(
+        "dead letter: {}",
+        letter.envelope.headers.get("x-error").unwrap_or("?")
+    );
     letter.ack().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.shutdown().await;

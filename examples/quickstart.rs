@@ -21,7 +21,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // app2: the sender, on whatever address the listener actually got.
     let friend = Client::new(switchyard::connect(server.url())?);
-    let message: String = friend.call("/helloworld", "Mr. Developer".to_string()).await?;
+    let message: String = friend
+        .call("/helloworld", "Mr. Developer".to_string())
+        .await?;
     println!("{message}");
 
     server.shutdown().await;

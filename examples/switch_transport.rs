@@ -22,7 +22,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for url in urls {
         let server = switchyard::serve(&switchyard::connect(&url)?, service()).await?;
         let client = Client::new(switchyard::connect(server.url())?);
-        let reply: String = client.request("/shout").kwarg("text", "same code").send().await?;
+        let reply: String = client
+            .request("/shout")
+            .kwarg("text", "same code")
+            .send()
+            .await?;
         println!("{:<8} {reply}", client.transport().name());
         server.shutdown().await;
     }

@@ -41,7 +41,12 @@ impl Bookshelf for Shelf {
             .iter()
             .find(|b| b.title == title)
             .cloned()
-            .ok_or_else(|| HandlerError::new(switchyard::ErrorCode::NotFound, format!("no book {title:?}")))
+            .ok_or_else(|| {
+                HandlerError::new(
+                    switchyard::ErrorCode::NotFound,
+                    format!("no book {title:?}"),
+                )
+            })
     }
 }
 
@@ -54,8 +59,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     let shelf = BookshelfClient::new(switchyard::Client::new(switchyard::connect(server.url())?));
 
-    shelf.add(Book { title: "Antifragile Software".into(), pages: 200 }).await?;
-    let count = shelf.add(Book { title: "Release It!".into(), pages: 350 }).await?;
+    shelf
+        .add(Book {
+            title: "Antifragile Software".into(),
+            pages: 200,
+        })
+        .await?;
+    let count = shelf
+        .add(Book {
+            title: "Release It!".into(),
+            pages: 350,
+        })
+        .await?;
     println!("books on the shelf: {count}");
     println!("last read: {:?}", shelf.last(1).await?);
     match shelf.find("Dune".into()).await {

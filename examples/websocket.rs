@@ -13,7 +13,10 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let service = Service::new("sockets")
-        .ws("/hello", |m: WsMessage| async move { format!("ok:{}", m.text) })
+        .ws(
+            "/hello",
+            |m: WsMessage| async move { format!("ok:{}", m.text) },
+        )
         .ws("/user/<name>", |m: WsMessage| async move {
             format!("{} says {}", m.params["name"], m.text)
         })
@@ -35,7 +38,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Client::new(switchyard::connect(server.url())?)
         .publish("news", &serde_json::json!({"headline": "switchyard ships"}))
         .await?;
-    println!("pushed < {}", news.next().await.ok_or("closed")??.to_text()?);
+    println!(
+        "pushed < {}",
+        news.next().await.ok_or("closed")??.to_text()?
+    );
 
     let (mut nowhere, _) = tokio_tungstenite::connect_async(format!("{ws}/nowhere")).await?;
     println!("< {}", nowhere.next().await.ok_or("closed")??.to_text()?);

@@ -33,8 +33,14 @@ fn quickstart() {
 fn typed_contract() {
     let out = example("typed_contract");
     assert!(out.contains("books on the shelf: 2"), "{out}");
-    assert!(out.contains(r#"last read: [Book { title: "Release It!", pages: 350 }]"#), "{out}");
-    assert!(out.contains(r#"find Dune: /find failed remotely: not_found: no book "Dune""#), "{out}");
+    assert!(
+        out.contains(r#"last read: [Book { title: "Release It!", pages: 350 }]"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"find Dune: /find failed remotely: not_found: no book "Dune""#),
+        "{out}"
+    );
 }
 
 #[test]
@@ -49,7 +55,10 @@ fn events() {
     let out = example("events");
     assert!(out.contains("order 1 handled: book"), "{out}");
     assert_eq!(out.matches("failed (will be retried)").count(), 2, "{out}");
-    assert!(out.contains("dead letter: event does not decode as Order"), "{out}");
+    assert!(
+        out.contains("dead letter: event does not decode as Order"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -57,6 +66,12 @@ fn websocket() {
     let out = example("websocket");
     assert!(out.contains("< ok:Mr. Developer"), "{out}");
     assert!(out.contains("< ann says hi"), "{out}");
-    assert!(out.contains(r#"pushed < {"headline":"switchyard ships"}"#), "{out}");
-    assert!(out.contains("< Websocket close: path does not exist"), "{out}");
+    assert!(
+        out.contains(r#"pushed < {"headline":"switchyard ships"}"#),
+        "{out}"
+    );
+    assert!(
+        out.contains("< Websocket close: path does not exist"),
+        "{out}"
+    );
 }

@@ -14,7 +14,11 @@ use switchyard_cli::tutorial;
 mod demo;
 
 #[derive(Parser)]
-#[command(name = "yard", version, about = "switchyard: typed RPC and events between services")]
+#[command(
+    name = "yard",
+    version,
+    about = "switchyard: typed RPC and events between services"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -98,8 +102,7 @@ fn parse_json_arg(text: &str) -> Value {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -117,7 +120,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::Demo { calls } => demo::run(calls).await,
-        Command::Serve { which: _, listen, url } => {
+        Command::Serve {
+            which: _,
+            listen,
+            url,
+        } => {
             let url = url.unwrap_or_else(|| format!("http://{listen}"));
             let transport = switchyard::connect(&url)?;
             let handle = switchyard::serve(&transport, tutorial::service()).await?;
@@ -198,7 +205,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                     .and_then(Codec::from_content_type);
                 let data = codec
                     .and_then(|c| c.decode::<Value>(&env.payload).ok())
-                    .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&env.payload).into_owned()));
+                    .unwrap_or_else(|| {
+                        Value::String(String::from_utf8_lossy(&env.payload).into_owned())
+                    });
                 let headers: serde_json::Map<String, Value> = env
                     .headers
                     .iter()
@@ -218,4 +227,3 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         }
     }
 }
-

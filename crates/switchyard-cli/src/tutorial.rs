@@ -120,9 +120,18 @@ pub fn service() -> Service {
         .route("/dict", rpc(dict1).params(["a", "key"]))
         .route("/list3", rpc(list3).params(["a", "key"]))
         .route("/None", rpc(none_value).params(["a", "key"]))
-        .route("/class", rpc(class1).params(["a", "key"]).token(CLASS_TOKEN))
-        .route("/class2", rpc(class2).params(["a", "key"]).token(CLASS_TOKEN))
-        .route("/class3", rpc(class3).params(["a", "key"]).token(CLASS_TOKEN))
+        .route(
+            "/class",
+            rpc(class1).params(["a", "key"]).token(CLASS_TOKEN),
+        )
+        .route(
+            "/class2",
+            rpc(class2).params(["a", "key"]).token(CLASS_TOKEN),
+        )
+        .route(
+            "/class3",
+            rpc(class3).params(["a", "key"]).token(CLASS_TOKEN),
+        )
         .route(
             "/json",
             json(|k: JsonArgs| async move { json!({"1": k.a, "2": k.b, "3": k.c}) }),
@@ -131,9 +140,12 @@ pub fn service() -> Service {
         .ws("/hello", |m: switchyard::service::WsMessage| async move {
             format!("ok:{}", m.text)
         })
-        .ws("/user/<name>", |m: switchyard::service::WsMessage| async move {
-            let name = m.params.get("name").cloned().unwrap_or_default();
-            format!("{name}: {}", m.text)
-        })
+        .ws(
+            "/user/<name>",
+            |m: switchyard::service::WsMessage| async move {
+                let name = m.params.get("name").cloned().unwrap_or_default();
+                format!("{name}: {}", m.text)
+            },
+        )
         .ws_events("/events/<topic>", None)
 }

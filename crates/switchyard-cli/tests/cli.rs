@@ -32,7 +32,9 @@ fn serve_example() -> (Running, String) {
         .expect("spawn yard serve");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("first line");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("first line");
     assert!(line.starts_with("serving example on http://"), "{line}");
     (Running(child), format!("http://127.0.0.1:{port}"))
 }
@@ -63,12 +65,27 @@ fn yard_call_prints_decoded_replies_and_fails_clearly() {
     let (ok, out, _) = yard(&["call", &url, "/int3", "3.1427", "--kw", "key=1000000000"]);
     assert!(ok);
     assert_eq!(out, "[1000000003.1427,1000000000000000000,9.87656329]");
-    let (ok, out, _) = yard(&["call", &url, "/class", "{\"a\":1}", "--kw", "key=2", "--token", "123456"]);
+    let (ok, out, _) = yard(&[
+        "call",
+        &url,
+        "/class",
+        "{\"a\":1}",
+        "--kw",
+        "key=2",
+        "--token",
+        "123456",
+    ]);
     assert!(ok);
-    assert_eq!(out, r#"{"Purpose":"For test only","empty":null,"name":"test","value":{"a":1}}"#);
+    assert_eq!(
+        out,
+        r#"{"Purpose":"For test only","empty":null,"name":"test","value":{"a":1}}"#
+    );
     let (ok, _, err) = yard(&["call", &url, "/class", "1", "--kw", "key=2"]);
     assert!(!ok);
-    assert!(err.contains("unauthorized: missing token for /class"), "{err}");
+    assert!(
+        err.contains("unauthorized: missing token for /class"),
+        "{err}"
+    );
     let (ok, _, err) = yard(&["call", &url, "/int", "x", "--kw", "key=1"]);
     assert!(!ok);
     assert!(err.contains("bad_request") && err.contains("'a'"), "{err}");
@@ -90,12 +107,17 @@ fn publish_reaches_subscribe_over_http() {
     // Wait until the subscriber listens.
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "subscriber never listened");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "subscriber never listened"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let (ok, _, err) = yard(&["publish", &url, "greetings", r#"{"hello":"world"}"#]);
     assert!(ok, "publish failed: {err}");
-    let out = sub.wait_with_output().expect("subscriber exits after one event");
+    let out = sub
+        .wait_with_output()
+        .expect("subscriber exits after one event");
     let line = String::from_utf8_lossy(&out.stdout);
     let event: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
     assert_eq!(event["topic"], "greetings");
@@ -115,12 +137,21 @@ fn a_plain_python_requests_client_gets_the_documented_replies() {
             "python3 with `requests` is required (SWITCHYARD_REQUIRE_ALL is set)"
         );
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED python interop test: python3 with `requests` not found (pip install requests)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED python interop test: python3 with `requests` not found (pip install requests)"
+        );
         return;
     }
     let (_server, url) = serve_example();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/seed000_client.py");
-    let out = Command::new("python3").args([script, &url]).output().expect("run python");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/seed000_client.py"
+    );
+    let out = Command::new("python3")
+        .args([script, &url])
+        .output()
+        .expect("run python");
     assert!(
         out.status.success(),
         "python client failed:\n{}\n{}",

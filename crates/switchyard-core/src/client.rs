@@ -143,7 +143,9 @@ impl Client {
         let wait = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(wait, self.transport.request(request)).await {
             // The server gave up on our deadline a moment before we did: same outcome.
-            Ok(Err(CallError::Remote { error, .. })) if error.code == ErrorCode::DeadlineExceeded => {
+            Ok(Err(CallError::Remote { error, .. }))
+                if error.code == ErrorCode::DeadlineExceeded =>
+            {
                 Err(CallError::Timeout {
                     route: route.to_string(),
                     after: wait,

@@ -104,7 +104,9 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(Codec::Json.decode::<serde_json::Value>(b"{not json").is_err());
+        assert!(Codec::Json
+            .decode::<serde_json::Value>(b"{not json")
+            .is_err());
         assert!(Codec::MsgPack.decode::<serde_json::Value>(&[0xc1]).is_err());
     }
 }

@@ -53,7 +53,9 @@ impl ConsumerPolicy {
     /// assert_eq!(p.backoff(30), Duration::from_secs(10));
     /// ```
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         self.initial_backoff
             .checked_mul(factor)
             .unwrap_or(self.max_backoff)
@@ -122,7 +124,8 @@ async fn handle_one(
             // A poison message (does not decode) is not retried: it could never succeed.
             let mut dead = env;
             dead.headers.insert(header::ERROR, e.message());
-            dead.headers.insert("x-original-topic", dead.subject.clone());
+            dead.headers
+                .insert("x-original-topic", dead.subject.clone());
             dead.subject = format!("{}{}", dead.subject, policy.dead_letter_suffix);
             match dead_letters.publish(dead).await {
                 Ok(()) => delivery.ack().await,

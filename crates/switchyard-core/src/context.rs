@@ -85,7 +85,8 @@ pub mod trace {
         let (version, trace, span, flags) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        (hex(version, 2) && hex(trace, 32) && hex(span, 16) && hex(flags, 2)).then_some((trace, flags))
+        (hex(version, 2) && hex(trace, 32) && hex(span, 16) && hex(flags, 2))
+            .then_some((trace, flags))
     }
 }
 

@@ -404,15 +404,26 @@ mod tests {
         let call = |args, kwargs| route.handler.call(wire(args, kwargs), &route.params);
         let e = call(json!(["x", 5]), json!({})).await.unwrap_err();
         assert_eq!(e.code(), crate::error::ErrorCode::BadRequest);
-        assert!(e.message().contains("'key'") && e.message().contains("String"), "{e}");
+        assert!(
+            e.message().contains("'key'") && e.message().contains("String"),
+            "{e}"
+        );
         let e = call(json!(["x"]), json!({})).await.unwrap_err();
         assert!(e.message().starts_with("missing argument 'key'"), "{e}");
         let e = call(json!(["x", "y", "z"]), json!({})).await.unwrap_err();
         assert!(e.message().contains("takes 2 argument(s) but 3"), "{e}");
         let e = call(json!(["x"]), json!({"other": 1})).await.unwrap_err();
-        assert!(e.message().contains("unexpected keyword argument 'other'"), "{e}");
-        let e = call(json!(["x", "y"]), json!({"key": "z"})).await.unwrap_err();
-        assert!(e.message().contains("multiple values for argument 'key'"), "{e}");
+        assert!(
+            e.message().contains("unexpected keyword argument 'other'"),
+            "{e}"
+        );
+        let e = call(json!(["x", "y"]), json!({"key": "z"}))
+            .await
+            .unwrap_err();
+        assert!(
+            e.message().contains("multiple values for argument 'key'"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -426,7 +437,11 @@ mod tests {
         assert!(matches!(r, Reply::Local(_)));
         assert_eq!(r.decode::<String>().unwrap(), "a-b");
         // &str instead of String: converted through JSON, still works.
-        let r = route.handler.call(Args::local(("a", "b")), &[]).await.unwrap();
+        let r = route
+            .handler
+            .call(Args::local(("a", "b")), &[])
+            .await
+            .unwrap();
         assert_eq!(r.decode::<String>().unwrap(), "a-b");
     }
 

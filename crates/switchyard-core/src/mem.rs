@@ -34,7 +34,13 @@ struct Bus {
 
 #[derive(Default)]
 struct Topic {
-    groups: HashMap<String, (async_channel::Sender<Envelope>, async_channel::Receiver<Envelope>)>,
+    groups: HashMap<
+        String,
+        (
+            async_channel::Sender<Envelope>,
+            async_channel::Receiver<Envelope>,
+        ),
+    >,
     broadcast: Vec<async_channel::Sender<Envelope>>,
 }
 
@@ -62,7 +68,9 @@ pub struct MemTransport {
 
 impl std::fmt::Debug for MemTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemTransport").field("name", &self.name).finish()
+        f.debug_struct("MemTransport")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -107,7 +115,11 @@ struct MemAcker {
 }
 
 impl MemAcker {
-    fn requeue(envelope: Envelope, queue: async_channel::Sender<Envelope>, delay: Option<Duration>) {
+    fn requeue(
+        envelope: Envelope,
+        queue: async_channel::Sender<Envelope>,
+        delay: Option<Duration>,
+    ) {
         let mut env = envelope;
         let attempt = env.headers.attempt() + 1;
         env.headers.insert(header::ATTEMPT, attempt.to_string());
@@ -131,7 +143,10 @@ impl Acker for MemAcker {
         Box::pin(async { Ok(()) })
     }
 
-    fn nack(mut self: Box<Self>, delay: Option<Duration>) -> BoxFuture<'static, Result<(), TransportError>> {
+    fn nack(
+        mut self: Box<Self>,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
         if let Some(env) = self.envelope.take() {
             Self::requeue(env, self.queue.clone(), delay);
         }
@@ -231,7 +246,9 @@ impl Requester for MemTransport {
                 match services.len() {
                     0 => None,
                     1 => Some(services[0].clone()),
-                    n => Some(services[self.bus.next.fetch_add(1, AtomicOrdering::Relaxed) % n].clone()),
+                    n => Some(
+                        services[self.bus.next.fetch_add(1, AtomicOrdering::Relaxed) % n].clone(),
+                    ),
                 }
             };
             let Some(service) = service else {
@@ -255,7 +272,9 @@ impl Requester for MemTransport {
 impl Responder for MemTransport {
     fn serve(&self, service: Arc<Service>) -> BoxFuture<'_, Result<ServeHandle, TransportError>> {
         Box::pin(async move {
-            service.validate().map_err(|e| TransportError::Other(Box::new(e)))?;
+            service
+                .validate()
+                .map_err(|e| TransportError::Other(Box::new(e)))?;
             self.bus
                 .services
                 .write()
@@ -293,7 +312,11 @@ impl Responder for MemTransport {
                     let _ = c.await;
                 }
             });
-            Ok(ServeHandle::new(stop_tx, task, format!("mem://{}", self.name)))
+            Ok(ServeHandle::new(
+                stop_tx,
+                task,
+                format!("mem://{}", self.name),
+            ))
         })
     }
 }

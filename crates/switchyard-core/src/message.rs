@@ -149,7 +149,10 @@ impl Envelope {
     /// A message with a fresh id and a JSON content type.
     pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         let mut headers = Headers::new();
-        headers.insert(header::CONTENT_TYPE, crate::codec::Codec::Json.content_type());
+        headers.insert(
+            header::CONTENT_TYPE,
+            crate::codec::Codec::Json.content_type(),
+        );
         Self {
             id: new_id(),
             subject: subject.into(),
@@ -219,7 +222,10 @@ mod tests {
         h.insert("Content-Type", "application/json");
         assert_eq!(h.get("content-type"), Some("application/json"));
         assert_eq!(h.get("CONTENT-TYPE"), Some("application/json"));
-        assert_eq!(h.remove("Content-type").as_deref(), Some("application/json"));
+        assert_eq!(
+            h.remove("Content-type").as_deref(),
+            Some("application/json")
+        );
         assert!(h.is_empty());
     }
 

@@ -137,10 +137,12 @@ impl RoutePattern {
         let segments = pattern
             .split('/')
             .filter(|s| !s.is_empty())
-            .map(|s| match s.strip_prefix('<').and_then(|s| s.strip_suffix('>')) {
-                Some(name) => Segment::Param(name.to_string()),
-                None => Segment::Literal(s.to_string()),
-            })
+            .map(
+                |s| match s.strip_prefix('<').and_then(|s| s.strip_suffix('>')) {
+                    Some(name) => Segment::Param(name.to_string()),
+                    None => Segment::Literal(s.to_string()),
+                },
+            )
             .collect();
         Self {
             segments,
@@ -365,7 +367,8 @@ impl Service {
             let fut = handler(m);
             Box::pin(async move { fut.await.into_ws_reply() })
         });
-        self.ws.push((RoutePattern::new(pattern), WsRoute::Handler(f)));
+        self.ws
+            .push((RoutePattern::new(pattern), WsRoute::Handler(f)));
         self
     }
 
@@ -465,7 +468,11 @@ impl Service {
             let given = req.token.as_deref().or(req.headers.get(header::TOKEN));
             let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())));
             if !ok {
-                let what = if given.is_some() { "invalid" } else { "missing" };
+                let what = if given.is_some() {
+                    "invalid"
+                } else {
+                    "missing"
+                };
                 return Err(HandlerError::new(
                     ErrorCode::Unauthorized,
                     format!("{what} token for {}", req.route),
@@ -567,10 +574,16 @@ mod tests {
         let s = svc();
         let mut req = CallRequest::new("/p", Args::local(2i64));
         let e = s.dispatch(req).await.unwrap_err();
-        assert_eq!((e.code(), e.message()), (ErrorCode::Unauthorized, "missing token for /p"));
+        assert_eq!(
+            (e.code(), e.message()),
+            (ErrorCode::Unauthorized, "missing token for /p")
+        );
         req = CallRequest::new("/p", Args::local(2i64));
         req.token = Some("12345".into());
-        assert_eq!(s.dispatch(req).await.unwrap_err().code(), ErrorCode::Unauthorized);
+        assert_eq!(
+            s.dispatch(req).await.unwrap_err().code(),
+            ErrorCode::Unauthorized
+        );
         req = CallRequest::new("/p", Args::local(2i64));
         req.headers.insert(header::TOKEN, "123456");
         assert_eq!(s.dispatch(req).await.unwrap().decode::<i64>().unwrap(), 4);
@@ -610,7 +623,14 @@ mod tests {
             .route("/a", rpc(protected));
         assert_eq!(s.validate(), Err(ServiceError::DuplicateRoute("/a".into())));
         let s = Service::new("t").route("/a", rpc(protected).params(["x", "y"]));
-        assert!(matches!(s.validate(), Err(ServiceError::ParamCount { named: 2, arity: 1, .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(ServiceError::ParamCount {
+                named: 2,
+                arity: 1,
+                ..
+            })
+        ));
     }
 
     #[tokio::test]
@@ -623,7 +643,10 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::BadRequest);
         assert!(s.handle_event(Envelope::new("n", "7")).await.is_ok());
         assert_eq!(
-            s.handle_event(Envelope::new("other", "7")).await.unwrap_err().code(),
+            s.handle_event(Envelope::new("other", "7"))
+                .await
+                .unwrap_err()
+                .code(),
             ErrorCode::NotFound
         );
     }

@@ -38,12 +38,14 @@ pub enum Outcome {
     Skipped(String),
 }
 
+type ConnectFn = dyn Fn(&str) -> Result<Arc<dyn Transport>, TransportError> + Send + Sync;
+
 /// How a case reaches the transport under test. Test settings live here, not in
 /// [`Capabilities`].
 #[derive(Clone)]
 pub struct Harness {
     fresh_url: Arc<dyn Fn() -> String + Send + Sync>,
-    connect: Arc<dyn Fn(&str) -> Result<Arc<dyn Transport>, TransportError> + Send + Sync>,
+    connect: Arc<ConnectFn>,
     /// Messages in the round-trip case (default 10,000).
     pub messages: usize,
     /// Restarts the server for the reconnect case; `None` skips that case.
@@ -105,7 +107,11 @@ struct Numbered {
 fn numbered(topic: &str, n: usize, key: Option<String>) -> Envelope {
     let mut env = Envelope::new(
         topic,
-        serde_json::to_vec(&Numbered { n, key: key.clone() }).unwrap_or_default(),
+        serde_json::to_vec(&Numbered {
+            n,
+            key: key.clone(),
+        })
+        .unwrap_or_default(),
     );
     if let Some(k) = key {
         env.headers.insert(header::ORDERING_KEY, k);
@@ -119,7 +125,12 @@ fn number_of(env: &Envelope) -> Option<Numbered> {
 
 /// Reads `sub`, acking everything, recording the numbers until `want` distinct ones arrived or
 /// patience runs out.
-async fn collect(mut sub: Subscription, want: usize, patience: Duration, ack_delay: Duration) -> Vec<Numbered> {
+async fn collect(
+    mut sub: Subscription,
+    want: usize,
+    patience: Duration,
+    ack_delay: Duration,
+) -> Vec<Numbered> {
     let mut seen = Vec::new();
     let mut distinct = HashSet::new();
     let deadline = Instant::now() + patience;
@@ -173,14 +184,26 @@ pub async fn round_trip(h: &Harness) -> Outcome {
         .expect("subscribe");
     let n = h.messages;
     let reader = tokio::spawn(collect(sub, n, h.patience, Duration::ZERO));
-    publish_all(&publisher, (0..n).map(|i| numbered(&t, i, None)).collect(), 64).await;
+    publish_all(
+        &publisher,
+        (0..n).map(|i| numbered(&t, i, None)).collect(),
+        64,
+    )
+    .await;
     let seen = reader.await.expect("reader");
     let distinct: HashSet<usize> = seen.iter().map(|x| x.n).collect();
     let missing: Vec<usize> = (0..n).filter(|i| !distinct.contains(i)).take(10).collect();
-    assert!(missing.is_empty(), "{} of {n} messages lost, first: {missing:?}", n - distinct.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {n} messages lost, first: {missing:?}",
+        n - distinct.len()
+    );
     let duplicates = seen.len() - distinct.len();
     if publisher.capabilities().delivery == DeliveryGuarantee::AtMostOnce {
-        assert_eq!(duplicates, 0, "an at-most-once transport delivered duplicates");
+        assert_eq!(
+            duplicates, 0,
+            "an at-most-once transport delivered duplicates"
+        );
     }
     Outcome::Passed
 }
@@ -224,8 +247,16 @@ pub async fn competing_consumers(h: &Harness) -> Outcome {
         return Outcome::Skipped("capabilities.consumer_groups is false".into());
     }
     let t = topic("competing");
-    let a = h.connect(&url).subscribe(&t, SubscribeOptions::group("workers").prefetch(1)).await.expect("subscribe a");
-    let b = h.connect(&url).subscribe(&t, SubscribeOptions::group("workers").prefetch(1)).await.expect("subscribe b");
+    let a = h
+        .connect(&url)
+        .subscribe(&t, SubscribeOptions::group("workers").prefetch(1))
+        .await
+        .expect("subscribe a");
+    let b = h
+        .connect(&url)
+        .subscribe(&t, SubscribeOptions::group("workers").prefetch(1))
+        .await
+        .expect("subscribe b");
     let n = 200;
     let total = Arc::new(AtomicUsize::new(0));
     let spawn_reader = |sub: Subscription, total: Arc<AtomicUsize>, patience: Duration| {
@@ -234,7 +265,9 @@ pub async fn competing_consumers(h: &Harness) -> Outcome {
             let mut mine = Vec::new();
             let deadline = Instant::now() + patience;
             while total.load(AtomicOrdering::SeqCst) < n {
-                let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(200));
                 match tokio::time::timeout(left, sub.next()).await {
                     Ok(Some(Ok(d))) => {
                         if let Some(m) = number_of(&d.envelope) {
@@ -255,7 +288,12 @@ pub async fn competing_consumers(h: &Harness) -> Outcome {
     };
     let ra = spawn_reader(a, total.clone(), h.patience);
     let rb = spawn_reader(b, total.clone(), h.patience);
-    publish_all(&publisher, (0..n).map(|i| numbered(&t, i, None)).collect(), 8).await;
+    publish_all(
+        &publisher,
+        (0..n).map(|i| numbered(&t, i, None)).collect(),
+        8,
+    )
+    .await;
     let (got_a, got_b) = (ra.await.expect("reader a"), rb.await.expect("reader b"));
     let mut all: Vec<usize> = got_a.iter().chain(&got_b).copied().collect();
     all.sort_unstable();
@@ -264,11 +302,21 @@ pub async fn competing_consumers(h: &Harness) -> Outcome {
         d.dedup();
         d
     };
-    assert_eq!(distinct.len(), n, "messages lost: got {} of {n}", distinct.len());
+    assert_eq!(
+        distinct.len(),
+        n,
+        "messages lost: got {} of {n}",
+        distinct.len()
+    );
     if publisher.capabilities().delivery == DeliveryGuarantee::AtMostOnce {
         assert_eq!(all.len(), n, "a message went to both members of the group");
     }
-    assert!(!got_a.is_empty() && !got_b.is_empty(), "one member got everything: {} vs {}", got_a.len(), got_b.len());
+    assert!(
+        !got_a.is_empty() && !got_b.is_empty(),
+        "one member got everything: {} vs {}",
+        got_a.len(),
+        got_b.len()
+    );
     Outcome::Passed
 }
 
@@ -280,14 +328,32 @@ pub async fn broadcast(h: &Harness) -> Outcome {
     }
     let t = topic("broadcast");
     let n = 50;
-    let a = h.connect(&url).subscribe(&t, SubscribeOptions::broadcast()).await.expect("subscribe a");
-    let b = h.connect(&url).subscribe(&t, SubscribeOptions::broadcast()).await.expect("subscribe b");
+    let a = h
+        .connect(&url)
+        .subscribe(&t, SubscribeOptions::broadcast())
+        .await
+        .expect("subscribe a");
+    let b = h
+        .connect(&url)
+        .subscribe(&t, SubscribeOptions::broadcast())
+        .await
+        .expect("subscribe b");
     let ra = tokio::spawn(collect(a, n, h.patience, Duration::ZERO));
     let rb = tokio::spawn(collect(b, n, h.patience, Duration::ZERO));
-    publish_all(&publisher, (0..n).map(|i| numbered(&t, i, None)).collect(), 1).await;
+    publish_all(
+        &publisher,
+        (0..n).map(|i| numbered(&t, i, None)).collect(),
+        1,
+    )
+    .await;
     for (name, r) in [("a", ra), ("b", rb)] {
         let got: HashSet<usize> = r.await.expect("reader").into_iter().map(|m| m.n).collect();
-        assert_eq!(got.len(), n, "broadcast subscriber {name} got {} of {n}", got.len());
+        assert_eq!(
+            got.len(),
+            n,
+            "broadcast subscriber {name} got {} of {n}",
+            got.len()
+        );
     }
     Outcome::Passed
 }
@@ -304,10 +370,16 @@ pub async fn rpc_with_timeout(h: &Harness) -> Outcome {
     }
     let service = Service::new("conformance-rpc")
         .route("/echo", rpc(echo))
-        .route("/slow", rpc(|| async { tokio::time::sleep(Duration::from_secs(30)).await }));
+        .route(
+            "/slow",
+            rpc(|| async { tokio::time::sleep(Duration::from_secs(30)).await }),
+        );
     let server = transport.serve(Arc::new(service)).await.expect("serve");
     let client = Client::new(h.connect(server.url())).with_timeout(Duration::from_secs(10));
-    let reply: String = client.call("/echo", "ping".to_string()).await.expect("echo");
+    let reply: String = client
+        .call("/echo", "ping".to_string())
+        .await
+        .expect("echo");
     assert_eq!(reply, "ping");
     let started = Instant::now();
     let err = client
@@ -317,10 +389,23 @@ pub async fn rpc_with_timeout(h: &Harness) -> Outcome {
         .await
         .expect_err("the slow call must time out");
     let took = started.elapsed();
-    assert!(matches!(err, CallError::Timeout { .. }), "expected a timeout, got {err}");
-    assert!(took < Duration::from_secs(3), "timeout fired after {took:?}");
-    let missing = client.call::<_, ()>("/no-such-route", ()).await.expect_err("unknown route");
-    assert_eq!(missing.remote_code(), Some(crate::error::ErrorCode::NotFound), "{missing}");
+    assert!(
+        matches!(err, CallError::Timeout { .. }),
+        "expected a timeout, got {err}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "timeout fired after {took:?}"
+    );
+    let missing = client
+        .call::<_, ()>("/no-such-route", ())
+        .await
+        .expect_err("unknown route");
+    assert_eq!(
+        missing.remote_code(),
+        Some(crate::error::ErrorCode::NotFound),
+        "{missing}"
+    );
     server.shutdown().await;
     Outcome::Passed
 }
@@ -333,9 +418,19 @@ pub async fn rpc_to_absent_service_fails_fast(h: &Harness) -> Outcome {
     }
     let client = Client::new(transport).with_timeout(Duration::from_secs(20));
     let started = Instant::now();
-    let err = client.call::<_, String>("/echo", "x".to_string()).await.expect_err("nobody serves");
-    assert!(matches!(err, CallError::Unreachable { .. }), "expected Unreachable, got {err}");
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let err = client
+        .call::<_, String>("/echo", "x".to_string())
+        .await
+        .expect_err("nobody serves");
+    assert!(
+        matches!(err, CallError::Unreachable { .. }),
+        "expected Unreachable, got {err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     Outcome::Passed
 }
 
@@ -370,7 +465,10 @@ pub async fn retry_then_dead_letter(h: &Harness) -> Outcome {
         .expect("subscribe dlq");
     let server = transport.serve(Arc::new(service)).await.expect("serve");
     let publisher = h.connect(&url);
-    publisher.publish(numbered(&t, 7, None)).await.expect("publish");
+    publisher
+        .publish(numbered(&t, 7, None))
+        .await
+        .expect("publish");
     let d = tokio::time::timeout(h.patience, dead.next())
         .await
         .expect("dead letter within patience")
@@ -382,17 +480,28 @@ pub async fn retry_then_dead_letter(h: &Harness) -> Outcome {
     let _ = d.ack().await;
     // Poison: does not decode, so no retry.
     let mut poison = Envelope::new(&t, "not json at all");
-    poison.headers.insert(header::CONTENT_TYPE, "application/json");
+    poison
+        .headers
+        .insert(header::CONTENT_TYPE, "application/json");
     publisher.publish(poison).await.expect("publish poison");
     let d = tokio::time::timeout(h.patience, dead.next())
         .await
         .expect("poison dead letter")
         .expect("stream open")
         .expect("delivery");
-    let why = d.envelope.headers.get(header::ERROR).unwrap_or_default().to_string();
+    let why = d
+        .envelope
+        .headers
+        .get(header::ERROR)
+        .unwrap_or_default()
+        .to_string();
     assert!(why.contains("does not decode"), "error header: {why}");
     assert_eq!(d.envelope.headers.attempt(), 1, "poison was retried");
-    assert_eq!(calls.load(AtomicOrdering::SeqCst), 3, "the poison message reached the handler");
+    assert_eq!(
+        calls.load(AtomicOrdering::SeqCst),
+        3,
+        "the poison message reached the handler"
+    );
     let _ = d.ack().await;
     server.shutdown().await;
     Outcome::Passed
@@ -407,14 +516,33 @@ pub async fn dropped_delivery_is_redelivered(h: &Harness) -> Outcome {
         return Outcome::Skipped("needs redelivery and at-least-once delivery".into());
     }
     let t = topic("crash");
-    let mut dying = h.connect(&url).subscribe(&t, SubscribeOptions::group("g").prefetch(1)).await.expect("subscribe");
-    publisher.publish(numbered(&t, 1, None)).await.expect("publish");
-    let d = tokio::time::timeout(h.patience, dying.next()).await.expect("first delivery").expect("open").expect("ok");
+    let mut dying = h
+        .connect(&url)
+        .subscribe(&t, SubscribeOptions::group("g").prefetch(1))
+        .await
+        .expect("subscribe");
+    publisher
+        .publish(numbered(&t, 1, None))
+        .await
+        .expect("publish");
+    let d = tokio::time::timeout(h.patience, dying.next())
+        .await
+        .expect("first delivery")
+        .expect("open")
+        .expect("ok");
     drop(d);
     drop(dying);
-    let survivor = h.connect(&url).subscribe(&t, SubscribeOptions::group("g")).await.expect("subscribe");
+    let survivor = h
+        .connect(&url)
+        .subscribe(&t, SubscribeOptions::group("g"))
+        .await
+        .expect("subscribe");
     let got = collect(survivor, 1, h.patience, Duration::ZERO).await;
-    assert_eq!(got.first().map(|m| m.n), Some(1), "message lost with its consumer");
+    assert_eq!(
+        got.first().map(|m| m.n),
+        Some(1),
+        "message lost with its consumer"
+    );
     Outcome::Passed
 }
 
@@ -439,13 +567,23 @@ pub async fn graceful_shutdown(h: &Harness) -> Outcome {
     let topic_name = t.clone();
     // Over HTTP the publish returns only when the handler is done, so it runs beside us.
     let first = tokio::spawn(async move { p.publish(numbered(&topic_name, 1, None)).await });
-    tokio::time::timeout(h.patience, started.notified()).await.expect("handler started");
+    tokio::time::timeout(h.patience, started.notified())
+        .await
+        .expect("handler started");
     server.shutdown().await;
-    assert_eq!(*finished.lock().unwrap_or_else(|p| p.into_inner()), vec![1], "in-flight handler did not finish before shutdown returned");
+    assert_eq!(
+        *finished.lock().unwrap_or_else(|p| p.into_inner()),
+        vec![1],
+        "in-flight handler did not finish before shutdown returned"
+    );
     let _ = first.await;
     let _ = publisher.publish(numbered(&t, 2, None)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(*finished.lock().unwrap_or_else(|p| p.into_inner()), vec![1], "a stopped service took new work");
+    assert_eq!(
+        *finished.lock().unwrap_or_else(|p| p.into_inner()),
+        vec![1],
+        "a stopped service took new work"
+    );
     Outcome::Passed
 }
 
@@ -473,7 +611,11 @@ pub async fn reconnect_after_restart(h: &Harness) -> Outcome {
         return Outcome::Skipped("capabilities.durable is false".into());
     }
     let t = topic("restart");
-    let sub = h.connect(&url).subscribe(&t, SubscribeOptions::group("g")).await.expect("subscribe");
+    let sub = h
+        .connect(&url)
+        .subscribe(&t, SubscribeOptions::group("g"))
+        .await
+        .expect("subscribe");
     let reader = tokio::spawn(collect(sub, 20, h.patience, Duration::ZERO));
     let mut confirmed = BTreeMap::new();
     for i in 0..10 {
@@ -492,9 +634,17 @@ pub async fn reconnect_after_restart(h: &Harness) -> Outcome {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let got: HashSet<usize> = reader.await.expect("reader").into_iter().map(|m| m.n).collect();
+    let got: HashSet<usize> = reader
+        .await
+        .expect("reader")
+        .into_iter()
+        .map(|m| m.n)
+        .collect();
     for i in confirmed.keys() {
-        assert!(got.contains(i), "confirmed message {i} was lost across the restart");
+        assert!(
+            got.contains(i),
+            "confirmed message {i} was lost across the restart"
+        );
     }
     Outcome::Passed
 }

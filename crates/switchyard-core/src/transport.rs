@@ -112,7 +112,10 @@ pub trait Acker: Send + 'static {
     /// Acknowledges: the message is done.
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>>;
     /// Rejects: redeliver, after `delay` if given.
-    fn nack(self: Box<Self>, delay: Option<Duration>) -> BoxFuture<'static, Result<(), TransportError>>;
+    fn nack(
+        self: Box<Self>,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>>;
 }
 
 /// One received message and the means to settle it.
@@ -201,7 +204,11 @@ pub struct ServeHandle {
 
 impl ServeHandle {
     /// A handle for a server task that stops when `shutdown` fires.
-    pub fn new(shutdown: oneshot::Sender<()>, task: JoinHandle<()>, url: impl Into<String>) -> Self {
+    pub fn new(
+        shutdown: oneshot::Sender<()>,
+        task: JoinHandle<()>,
+        url: impl Into<String>,
+    ) -> Self {
         Self {
             shutdown: Some(shutdown),
             task: Some(task),

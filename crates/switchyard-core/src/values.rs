@@ -464,10 +464,17 @@ mod tests {
 
     #[test]
     fn replies_have_one_wire_value_per_returned_value() {
-        assert_eq!(to_values(&("a", 1, 2.5)).unwrap(), vec![json!("a"), json!(1), json!(2.5)]);
+        assert_eq!(
+            to_values(&("a", 1, 2.5)).unwrap(),
+            vec![json!("a"), json!(1), json!(2.5)]
+        );
         assert_eq!(to_values(&Option::<u8>::None).unwrap(), vec![json!(null)]);
         assert_eq!(
-            to_values(&Item { name: "x".into(), n: 1 }).unwrap(),
+            to_values(&Item {
+                name: "x".into(),
+                n: 1
+            })
+            .unwrap(),
             vec![json!({"name": "x", "n": 1})]
         );
         assert_eq!(to_values(&vec![vec![1]]).unwrap(), vec![json!([[1]])]);
@@ -476,7 +483,13 @@ mod tests {
     #[test]
     fn typed_replies_decode_from_wire_values() {
         let item: Item = from_values(vec![json!({"name": "x", "n": 1})]).unwrap();
-        assert_eq!(item, Item { name: "x".into(), n: 1 });
+        assert_eq!(
+            item,
+            Item {
+                name: "x".into(),
+                n: 1
+            }
+        );
         let (x, y, z): (Value, Vec<String>, Option<u8>) =
             from_values(vec![json!({"k": 1}), json!(["a"]), json!(null)]).unwrap();
         assert_eq!((x, y, z), (json!({"k": 1}), vec!["a".to_string()], None));
@@ -501,7 +514,10 @@ mod tests {
     #[test]
     fn type_names_are_short() {
         assert_eq!(short_type_name::<String>(), "String");
-        assert_eq!(short_type_name::<Vec<Option<String>>>(), "Vec<Option<String>>");
+        assert_eq!(
+            short_type_name::<Vec<Option<String>>>(),
+            "Vec<Option<String>>"
+        );
         assert_eq!(short_type_name::<(i64, f64)>(), "(i64, f64)");
     }
 }

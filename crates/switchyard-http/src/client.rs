@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use serde::Serialize;
@@ -16,7 +17,6 @@ use switchyard_core::transport::{
     SubscribeOptions, Subscriber, Subscription, Transport,
 };
 use switchyard_core::values::Reply;
-use axum::serve::ListenerExt;
 use tokio::sync::{oneshot, Mutex};
 
 use crate::server::{router_with, ServerState, Subscriptions};
@@ -77,10 +77,12 @@ impl HttpTransport {
                 })
             }
         };
-        let host = parsed.host_str().ok_or_else(|| TransportError::InvalidUrl {
-            url: redact_url(url),
-            reason: "no host".into(),
-        })?;
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| TransportError::InvalidUrl {
+                url: redact_url(url),
+                reason: "no host".into(),
+            })?;
         let port = parsed.port_or_known_default().unwrap_or(80);
         let prefix = parsed.path().trim_end_matches('/');
         let base = format!("{scheme}://{host}:{port}{prefix}");
@@ -110,14 +112,17 @@ impl HttpTransport {
         rest.split('/').next().unwrap_or(rest).to_string()
     }
 
-    async fn start_server(&self, service: Option<Arc<Service>>) -> Result<ServeHandle, TransportError> {
+    async fn start_server(
+        &self,
+        service: Option<Arc<Service>>,
+    ) -> Result<ServeHandle, TransportError> {
         let addr = self.bind_addr();
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|e| TransportError::Unreachable {
+        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
+            TransportError::Unreachable {
                 url: format!("http://{addr}"),
                 source: Box::new(e),
-            })?;
+            }
+        })?;
         let local = listener
             .local_addr()
             .map_err(|e| TransportError::Other(Box::new(e)))?;
@@ -157,7 +162,13 @@ fn remote_error(status: u16, body: &[u8]) -> RemoteError {
         Ok(b) => b.error,
         Err(_) => RemoteError::new(
             ErrorCode::from_http_status(status),
-            format!("HTTP {status}: {}", String::from_utf8_lossy(body).chars().take(500).collect::<String>()),
+            format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(body)
+                    .chars()
+                    .take(500)
+                    .collect::<String>()
+            ),
         ),
     }
 }
@@ -234,9 +245,11 @@ impl Publisher for HttpTransport {
                 });
             }
             // CloudEvents HTTP binary mode: attributes as ce-* headers, data as the body.
-            let mut rb = self
-                .http
-                .post(format!("{}/{}", self.base, envelope.subject.trim_start_matches('/')));
+            let mut rb = self.http.post(format!(
+                "{}/{}",
+                self.base,
+                envelope.subject.trim_start_matches('/')
+            ));
             for (attr, value) in envelope.cloud_event_attributes() {
                 let name = if attr == "datacontenttype" {
                     "content-type".to_string()

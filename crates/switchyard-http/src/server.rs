@@ -31,23 +31,31 @@ pub(crate) struct Subscriptions {
 
 #[derive(Default)]
 struct TopicSubscribers {
-    groups: HashMap<String, (async_channel::Sender<Delivery>, async_channel::Receiver<Delivery>)>,
+    groups: HashMap<
+        String,
+        (
+            async_channel::Sender<Delivery>,
+            async_channel::Receiver<Delivery>,
+        ),
+    >,
     broadcast: Vec<async_channel::Sender<Delivery>>,
 }
 
 impl Subscriptions {
-    pub(crate) fn add(&self, topic: &str, mode: SubscriptionMode) -> async_channel::Receiver<Delivery> {
+    pub(crate) fn add(
+        &self,
+        topic: &str,
+        mode: SubscriptionMode,
+    ) -> async_channel::Receiver<Delivery> {
         let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
         let entry = topics.entry(topic.to_string()).or_default();
         match mode {
-            SubscriptionMode::Group(name) => {
-                entry
-                    .groups
-                    .entry(name)
-                    .or_insert_with(|| async_channel::bounded(1))
-                    .1
-                    .clone()
-            }
+            SubscriptionMode::Group(name) => entry
+                .groups
+                .entry(name)
+                .or_insert_with(|| async_channel::bounded(1))
+                .1
+                .clone(),
             _ => {
                 let (tx, rx) = async_channel::bounded(1024);
                 entry.broadcast.push(tx);
@@ -132,7 +140,8 @@ const JSON: &str = "application/json";
 
 pub(crate) fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
     let body = serde_json::json!({"error": RemoteError::new(code, message)});
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
         [(header::CONTENT_TYPE, HeaderValue::from_static(JSON))],
@@ -145,7 +154,10 @@ fn ok_response(values: &[Value], codec: Codec) -> Response {
     match codec.encode(values) {
         Ok(bytes) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, HeaderValue::from_static(codec.content_type()))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(codec.content_type()),
+            )],
             bytes,
         )
             .into_response(),
@@ -170,14 +182,23 @@ fn is_websocket_upgrade(req: &Request) -> bool {
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
+/// A request refused before it reached a handler.
+struct Rejection(ErrorCode, String);
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        error_response(self.0, self.1)
+    }
+}
+
 /// Reads the body, refusing anything over `limit` before reading it when the length is known.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Response> {
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Rejection> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     let too_large = || {
-        error_response(
+        Rejection(
             ErrorCode::PayloadTooLarge,
             format!("request body exceeds the limit of {limit} bytes"),
         )
@@ -207,14 +228,19 @@ fn context_headers(headers: &HeaderMap) -> Headers {
     out
 }
 
-fn request_codec(headers: &HeaderMap) -> Result<Codec, Response> {
-    match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+fn request_codec(headers: &HeaderMap) -> Result<Codec, Rejection> {
+    match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
         // Seed 000's clients always send JSON; a missing type is read as JSON too.
         None => Ok(Codec::Json),
         Some(ct) => Codec::from_content_type(ct).ok_or_else(|| {
-            error_response(
+            Rejection(
                 ErrorCode::BadRequest,
-                format!("unsupported content type {ct:?}: use application/json or application/msgpack"),
+                format!(
+                    "unsupported content type {ct:?}: use application/json or application/msgpack"
+                ),
             )
         }),
     }
@@ -257,14 +283,21 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
     let method = req.method().clone();
     let allowed = match kind {
         RouteKind::Rpc => method == Method::POST,
-        RouteKind::Json => matches!(method, Method::GET | Method::POST | Method::PUT | Method::DELETE),
+        RouteKind::Json => matches!(
+            method,
+            Method::GET | Method::POST | Method::PUT | Method::DELETE
+        ),
     };
     if !allowed {
         let mut resp = error_response(
             ErrorCode::MethodNotAllowed,
             format!("{path} does not accept {method}"),
         );
-        let allow = if kind == RouteKind::Rpc { "POST" } else { "GET, POST, PUT, DELETE" };
+        let allow = if kind == RouteKind::Rpc {
+            "POST"
+        } else {
+            "GET, POST, PUT, DELETE"
+        };
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allow));
         return resp;
@@ -272,18 +305,23 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let codec = match request_codec(&parts.headers) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let bytes = match read_body(body, &parts.headers, service.body_limit()).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let parsed: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Map::new())
     } else {
         match codec.decode::<Value>(&bytes) {
             Ok(v) => v,
-            Err(e) => return error_response(ErrorCode::BadRequest, format!("malformed request body: {e}")),
+            Err(e) => {
+                return error_response(
+                    ErrorCode::BadRequest,
+                    format!("malformed request body: {e}"),
+                )
+            }
         }
     };
     let mut token = bearer(&parts.headers);
@@ -299,7 +337,9 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
             Err(e) => {
                 return error_response(
                     ErrorCode::BadRequest,
-                    format!(r#"request body must be {{"args": [...], "kwargs": {{...}}, "token": null}}: {e}"#),
+                    format!(
+                        r#"request body must be {{"args": [...], "kwargs": {{...}}, "token": null}}: {e}"#
+                    ),
                 )
             }
         },
@@ -307,8 +347,11 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
             let kwargs = match unwrap_rpc_envelope(parsed) {
                 Value::Object(mut m) if m.is_empty() => {
                     // No body (typical of GET): keyword arguments from the query string.
-                    for (k, v) in url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
-                        let value = serde_json::from_str(&v).unwrap_or(Value::String(v.into_owned()));
+                    for (k, v) in
+                        url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+                    {
+                        let value =
+                            serde_json::from_str(&v).unwrap_or(Value::String(v.into_owned()));
                         m.insert(k.into_owned(), value);
                     }
                     m
@@ -317,11 +360,17 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
                 other => {
                     return error_response(
                         ErrorCode::BadRequest,
-                        format!("a JSON endpoint takes an object of keyword arguments, not {}", kind_of(&other)),
+                        format!(
+                            "a JSON endpoint takes an object of keyword arguments, not {}",
+                            kind_of(&other)
+                        ),
                     )
                 }
             };
-            Args::Wire { args: Vec::new(), kwargs }
+            Args::Wire {
+                args: Vec::new(),
+                kwargs,
+            }
         }
     };
     let headers = context_headers(&parts.headers);
@@ -349,8 +398,10 @@ fn unwrap_rpc_envelope(body: Value) -> Value {
     let is_rpc = match &body {
         Value::Object(m) => {
             m.get("kwargs").is_some_and(Value::is_object)
-                && m.keys().all(|k| k == "args" || k == "kwargs" || k == "token")
-                && m.get("args").is_none_or(|a| a.as_array().is_some_and(Vec::is_empty))
+                && m.keys()
+                    .all(|k| k == "args" || k == "kwargs" || k == "token")
+                && m.get("args")
+                    .is_none_or(|a| a.as_array().is_some_and(Vec::is_empty))
         }
         _ => false,
     };
@@ -381,7 +432,12 @@ fn decode_cloud_event(headers: &HeaderMap, body: Bytes, topic: &str) -> Result<E
     if structured {
         let mut ce: Map<String, Value> = match serde_json::from_slice(&body) {
             Ok(Value::Object(m)) => m,
-            Ok(other) => return Err(format!("a structured CloudEvent must be an object, not {}", kind_of(&other))),
+            Ok(other) => {
+                return Err(format!(
+                    "a structured CloudEvent must be an object, not {}",
+                    kind_of(&other)
+                ))
+            }
             Err(e) => return Err(format!("malformed CloudEvent: {e}")),
         };
         let mut attr = |name: &str| -> Result<String, String> {
@@ -391,7 +447,12 @@ fn decode_cloud_event(headers: &HeaderMap, body: Bytes, topic: &str) -> Result<E
                 None => Err(format!("CloudEvent lacks required attribute {name:?}")),
             }
         };
-        let (spec, id, ty, source) = (attr("specversion")?, attr("id")?, attr("type")?, attr("source")?);
+        let (spec, id, ty, source) = (
+            attr("specversion")?,
+            attr("id")?,
+            attr("type")?,
+            attr("source")?,
+        );
         if spec != "1.0" {
             return Err(format!("unsupported CloudEvents specversion {spec:?}"));
         }
@@ -400,7 +461,9 @@ fn decode_cloud_event(headers: &HeaderMap, body: Bytes, topic: &str) -> Result<E
         }
         let data = ce.remove("data").unwrap_or(Value::Null);
         let payload = match (&data, ce.get("datacontenttype").and_then(Value::as_str)) {
-            (Value::String(s), Some(ct)) if Codec::from_content_type(ct).is_none() => Bytes::from(s.clone()),
+            (Value::String(s), Some(ct)) if Codec::from_content_type(ct).is_none() => {
+                Bytes::from(s.clone())
+            }
             _ => Bytes::from(serde_json::to_vec(&data).map_err(|e| e.to_string())?),
         };
         let content_type = ce
@@ -416,7 +479,12 @@ fn decode_cloud_event(headers: &HeaderMap, body: Bytes, topic: &str) -> Result<E
             }
         }
         ctx.remove("ce-specversion");
-        return Ok(Envelope { id, subject: topic.to_string(), headers: ctx, payload });
+        return Ok(Envelope {
+            id,
+            subject: topic.to_string(),
+            headers: ctx,
+            payload,
+        });
     }
     let required = |name: &str| {
         ctx.get(name)
@@ -434,9 +502,13 @@ fn decode_cloud_event(headers: &HeaderMap, body: Bytes, topic: &str) -> Result<E
     if ctx.get(h::CONTENT_TYPE).is_none() {
         ctx.insert(h::CONTENT_TYPE, JSON);
     }
-    Ok(Envelope { id, subject: topic.to_string(), headers: ctx, payload: body })
+    Ok(Envelope {
+        id,
+        subject: topic.to_string(),
+        headers: ctx,
+        payload: body,
+    })
 }
-
 
 async fn handle_event(state: ServerState, req: Request, path: String) -> Response {
     if req.method() != Method::POST {
@@ -449,7 +521,7 @@ async fn handle_event(state: ServerState, req: Request, path: String) -> Respons
     let (parts, body) = req.into_parts();
     let bytes = match read_body(body, &parts.headers, limit).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let topic = path.trim_start_matches('/');
     let env = match decode_cloud_event(&parts.headers, bytes, topic) {
@@ -476,7 +548,13 @@ async fn handle_event(state: ServerState, req: Request, path: String) -> Respons
     }
     match state.subscriptions.deliver(env).await {
         Some(true) => accepted(),
-        Some(false) => error_response(ErrorCode::Unavailable, "the subscriber did not acknowledge the event; retry"),
-        None => error_response(ErrorCode::NotFound, format!("no subscriber for topic {topic}")),
+        Some(false) => error_response(
+            ErrorCode::Unavailable,
+            "the subscriber did not acknowledge the event; retry",
+        ),
+        None => error_response(
+            ErrorCode::NotFound,
+            format!("no subscriber for topic {topic}"),
+        ),
     }
 }

@@ -25,7 +25,12 @@ pub(crate) async fn upgrade(state: ServerState, req: Request, path: String) -> R
         match route {
             None => not_found(socket).await,
             Some((WsRoute::Handler(f), params)) => {
-                let f = move |text| f(WsMessage { text, params: params.clone() });
+                let f = move |text| {
+                    f(WsMessage {
+                        text,
+                        params: params.clone(),
+                    })
+                };
                 handler_loop(socket, f).await
             }
             Some((WsRoute::Events { topic }, params)) => {
@@ -69,7 +74,9 @@ where
             }
             Message::Binary(_) => {
                 let _ = socket
-                    .send(Message::Text("error: binary frames are not supported; send text".into()))
+                    .send(Message::Text(
+                        "error: binary frames are not supported; send text".into(),
+                    ))
                     .await;
             }
             Message::Close(_) => break,
@@ -78,7 +85,10 @@ where
     }
 }
 
-async fn events_loop(mut socket: WebSocket, mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<str>>) {
+async fn events_loop(
+    mut socket: WebSocket,
+    mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
+) {
     loop {
         tokio::select! {
             event = rx.recv() => match event {
@@ -106,4 +116,3 @@ async fn events_loop(mut socket: WebSocket, mut rx: tokio::sync::broadcast::Rece
         }
     }
 }
-

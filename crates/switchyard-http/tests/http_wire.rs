@@ -46,7 +46,15 @@ fn service() -> Service {
         .route("/int3", rpc(int3).params(["a", "key"]))
         .route("/none", rpc(|_a: Value| async {}).params(["a"]))
         .route("/list", rpc(|| async { vec![1, 2, 3] }))
-        .route("/thing", rpc(|| async { Json(Thing { name: "x".into(), n: 2 }) }))
+        .route(
+            "/thing",
+            rpc(|| async {
+                Json(Thing {
+                    name: "x".into(),
+                    n: 2,
+                })
+            }),
+        )
         .route("/echo", rpc(|s: String| async move { s }).params(["s"]))
         .route("/secret", rpc(|| async { "opened" }).token("123456"))
         .route("/panic", rpc(|| async { panic!("handler exploded") as u8 }))
@@ -68,7 +76,10 @@ fn service() -> Service {
                 Ok(())
             }
         })
-        .ws("/hello", |m: WsMessage| async move { format!("ok:{}", m.text) })
+        .ws(
+            "/hello",
+            |m: WsMessage| async move { format!("ok:{}", m.text) },
+        )
         .ws("/user/<name>", |m: WsMessage| async move {
             format!("{}:{}", m.params["name"], m.text)
         })
@@ -107,13 +118,30 @@ fn message(body: &str) -> String {
 #[tokio::test]
 async fn replies_are_json_arrays_with_one_element_per_value() {
     let (_h, url) = start().await;
-    let (status, ct, body) = post(&url, "/int3", r#"{"args": [3.1427], "kwargs": {"key": 1000000000}, "token": null}"#).await;
-    assert_eq!((status, ct.as_str()), (200, "application/json"), "exactly that content type");
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!([1000000003.1427, 1000000000000000000i64, 9.87656329]));
+    let (status, ct, body) = post(
+        &url,
+        "/int3",
+        r#"{"args": [3.1427], "kwargs": {"key": 1000000000}, "token": null}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, ct.as_str()),
+        (200, "application/json"),
+        "exactly that content type"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!([1000000003.1427, 1000000000000000000i64, 9.87656329])
+    );
     assert_eq!(post(&url, "/none", r#"{"args": [1]}"#).await.2, "[null]");
     assert_eq!(post(&url, "/list", "{}").await.2, "[[1,2,3]]");
     // Keys come out sorted, as Flask's jsonify sorted them for seed 000's clients.
-    assert_eq!(post(&url, "/thing", r#"{"args": [], "kwargs": {}}"#).await.2, r#"[{"n":2,"name":"x"}]"#);
+    assert_eq!(
+        post(&url, "/thing", r#"{"args": [], "kwargs": {}}"#)
+            .await
+            .2,
+        r#"[{"n":2,"name":"x"}]"#
+    );
 }
 
 #[tokio::test]
@@ -121,20 +149,32 @@ async fn malformed_and_mistyped_requests_are_400_naming_the_problem() {
     let (_h, url) = start().await;
     let (status, _, body) = post(&url, "/int3", r#"{"args": [1,"#).await;
     assert_eq!(status, 400);
-    assert!(message(&body).starts_with("malformed request body"), "{body}");
+    assert!(
+        message(&body).starts_with("malformed request body"),
+        "{body}"
+    );
     let (status, _, body) = post(&url, "/int3", r#"{"args": [1.5, "many"]}"#).await;
     assert_eq!(status, 400);
     let m = message(&body);
     assert!(m.contains("'key'") && m.contains("i64"), "{m}");
     let (status, _, body) = post(&url, "/int3", r#"{"args": [1, 2, 3]}"#).await;
     assert_eq!(status, 400);
-    assert!(message(&body).contains("takes 2 argument(s) but 3"), "{body}");
+    assert!(
+        message(&body).contains("takes 2 argument(s) but 3"),
+        "{body}"
+    );
     let (status, _, body) = post(&url, "/int3", r#"[1, 2]"#).await;
     assert_eq!(status, 400);
-    assert!(message(&body).contains(r#"request body must be {"args""#), "{body}");
+    assert!(
+        message(&body).contains(r#"request body must be {"args""#),
+        "{body}"
+    );
     let (status, _, body) = post(&url, "/int3", r#"{"args": [1], "kwargs": {"nope": 1}}"#).await;
     assert_eq!(status, 400);
-    assert!(message(&body).contains("unexpected keyword argument 'nope'"), "{body}");
+    assert!(
+        message(&body).contains("unexpected keyword argument 'nope'"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -173,7 +213,10 @@ async fn chunked_bodies_over_the_limit_are_413_too() {
 async fn tokens_are_checked_from_body_or_bearer_header() {
     let (_h, url) = start().await;
     let (status, _, body) = post(&url, "/secret", "{}").await;
-    assert_eq!((status, message(&body).as_str()), (401, "missing token for /secret"));
+    assert_eq!(
+        (status, message(&body).as_str()),
+        (401, "missing token for /secret")
+    );
     let (status, _, _) = post(&url, "/secret", r#"{"token": "654321"}"#).await;
     assert_eq!(status, 401);
     let (status, _, body) = post(&url, "/secret", r#"{"token": "123456"}"#).await;
@@ -212,21 +255,42 @@ async fn a_slow_handler_times_out_and_leaks_nothing() {
     while IN_FLIGHT.load(Ordering::SeqCst) != 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(IN_FLIGHT.load(Ordering::SeqCst), 0, "the slow handler is still running");
+    assert_eq!(
+        IN_FLIGHT.load(Ordering::SeqCst),
+        0,
+        "the slow handler is still running"
+    );
 }
 
 #[tokio::test]
 async fn typed_client_gets_typed_values_and_typed_errors() {
     let (_h, url) = start().await;
     let client = Client::new(Arc::new(HttpTransport::from_url(&url).unwrap()));
-    let (a, b, c): (f64, i64, f64) = client.request("/int3").arg(3.1427).kwarg("key", 1_000_000_000).send().await.unwrap();
-    assert_eq!((a, b, c), (1000000003.1427, 1000000000000000000, 3.1427 * 3.1427));
+    let (a, b, c): (f64, i64, f64) = client
+        .request("/int3")
+        .arg(3.1427)
+        .kwarg("key", 1_000_000_000)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (a, b, c),
+        (1000000003.1427, 1000000000000000000, 3.1427 * 3.1427)
+    );
     let e = client.call::<_, String>("/secret", ()).await.unwrap_err();
     assert_eq!(e.remote_code(), Some(ErrorCode::Unauthorized));
-    let e = client.call::<_, u32>("/echo", "text".to_string()).await.unwrap_err();
+    let e = client
+        .call::<_, u32>("/echo", "text".to_string())
+        .await
+        .unwrap_err();
     assert!(matches!(e, CallError::Decode { .. }), "{e}");
-    let dead = Client::new(Arc::new(HttpTransport::from_url("http://127.0.0.1:9").unwrap()));
-    let e = dead.call::<_, String>("/echo", "x".to_string()).await.unwrap_err();
+    let dead = Client::new(Arc::new(
+        HttpTransport::from_url("http://127.0.0.1:9").unwrap(),
+    ));
+    let e = dead
+        .call::<_, String>("/echo", "x".to_string())
+        .await
+        .unwrap_err();
     assert!(matches!(e, CallError::Unreachable { .. }), "{e}");
 }
 
@@ -234,13 +298,32 @@ async fn typed_client_gets_typed_values_and_typed_errors() {
 async fn json_endpoints_take_keyword_objects_on_get_post_put_delete() {
     let (_h, url) = start().await;
     let http = reqwest::Client::new();
-    for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {
-        let r = http.request(method.clone(), format!("{url}/json")).json(&json!({"a": 12, "b": "t"})).send().await.unwrap();
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let r = http
+            .request(method.clone(), format!("{url}/json"))
+            .json(&json!({"a": 12, "b": "t"}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200, "{method}");
-        assert_eq!(r.json::<Value>().await.unwrap(), json!([{"a": 12, "b": "t"}]));
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!([{"a": 12, "b": "t"}])
+        );
     }
-    let r = http.get(format!("{url}/json?a=12&b=text")).send().await.unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap(), json!([{"a": 12, "b": "text"}]));
+    let r = http
+        .get(format!("{url}/json?a=12&b=text"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!([{"a": 12, "b": "text"}])
+    );
     let r = http.patch(format!("{url}/json")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 405);
     let (status, _, body) = post(&url, "/json", "[1]").await;
@@ -281,12 +364,33 @@ async fn cloud_events_in_binary_and_structured_mode() {
         }
         rb.send()
     };
-    assert_eq!(binary(Some("1"), r#""hi""#).await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        binary(Some("1"), r#""hi""#)
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
     let r = binary(None, r#""hi""#).await.unwrap();
     assert_eq!(r.status().as_u16(), 400);
     assert!(r.text().await.unwrap().contains("ce-id"));
-    assert_eq!(binary(Some("2"), r#""fail""#).await.unwrap().status().as_u16(), 503);
-    assert_eq!(binary(Some("3"), "{not json").await.unwrap().status().as_u16(), 400);
+    assert_eq!(
+        binary(Some("2"), r#""fail""#)
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        503
+    );
+    assert_eq!(
+        binary(Some("3"), "{not json")
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        400
+    );
     let structured = json!({"specversion": "1.0", "id": "4", "type": "greeting", "source": "/t", "data": "hello"});
     let r = http
         .post(format!("{url}/greetings"))
@@ -322,18 +426,33 @@ async fn cloud_events_in_binary_and_structured_mode() {
 async fn websocket_routes_reply_close_on_exit_and_reject_unknown_paths() {
     let (_h, url) = start().await;
     let ws = url.replacen("http://", "ws://", 1);
-    let (mut s, _) = tokio_tungstenite::connect_async(format!("{ws}/hello")).await.unwrap();
+    let (mut s, _) = tokio_tungstenite::connect_async(format!("{ws}/hello"))
+        .await
+        .unwrap();
     s.send(Message::Text("Mr. Developer".into())).await.unwrap();
-    assert_eq!(s.next().await.unwrap().unwrap().to_text().unwrap(), "ok:Mr. Developer");
+    assert_eq!(
+        s.next().await.unwrap().unwrap().to_text().unwrap(),
+        "ok:Mr. Developer"
+    );
     s.send(Message::Text("exit".into())).await.unwrap();
     assert!(matches!(s.next().await, Some(Ok(Message::Close(_))) | None));
 
-    let (mut s, _) = tokio_tungstenite::connect_async(format!("{ws}/user/ann")).await.unwrap();
+    let (mut s, _) = tokio_tungstenite::connect_async(format!("{ws}/user/ann"))
+        .await
+        .unwrap();
     s.send(Message::Text("hi".into())).await.unwrap();
-    assert_eq!(s.next().await.unwrap().unwrap().to_text().unwrap(), "ann:hi");
+    assert_eq!(
+        s.next().await.unwrap().unwrap().to_text().unwrap(),
+        "ann:hi"
+    );
 
-    let (mut s, _) = tokio_tungstenite::connect_async(format!("{ws}/no/such/path")).await.unwrap();
-    assert_eq!(s.next().await.unwrap().unwrap().to_text().unwrap(), "Websocket close: path does not exist");
+    let (mut s, _) = tokio_tungstenite::connect_async(format!("{ws}/no/such/path"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.next().await.unwrap().unwrap().to_text().unwrap(),
+        "Websocket close: path does not exist"
+    );
     assert!(matches!(s.next().await, Some(Ok(Message::Close(_))) | None));
 }
 
@@ -341,11 +460,23 @@ async fn websocket_routes_reply_close_on_exit_and_reject_unknown_paths() {
 async fn subscribed_sockets_receive_pushed_events() {
     let (_h, url) = start().await;
     let ws = url.replacen("http://", "ws://", 1);
-    let (mut s, _) = tokio_tungstenite::connect_async(format!("{ws}/events/greetings")).await.unwrap();
+    let (mut s, _) = tokio_tungstenite::connect_async(format!("{ws}/events/greetings"))
+        .await
+        .unwrap();
     // The subscription is registered when the upgrade completes; give it a moment.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let client = Client::new(Arc::new(HttpTransport::from_url(&url).unwrap()));
-    client.publish("greetings", &json!({"hello": "socket"})).await.unwrap();
-    let frame = tokio::time::timeout(Duration::from_secs(5), s.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(serde_json::from_str::<Value>(frame.to_text().unwrap()).unwrap(), json!({"hello": "socket"}));
+    client
+        .publish("greetings", &json!({"hello": "socket"}))
+        .await
+        .unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(frame.to_text().unwrap()).unwrap(),
+        json!({"hello": "socket"})
+    );
 }

@@ -3,7 +3,10 @@
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
 use quote::{format_ident, quote};
-use syn::{parse_macro_input, FnArg, GenericArgument, ItemTrait, Pat, PathArguments, ReturnType, TraitItem, Type};
+use syn::{
+    parse_macro_input, FnArg, GenericArgument, ItemTrait, Pat, PathArguments, ReturnType,
+    TraitItem, Type,
+};
 
 /// Turns a trait of `async fn`s into a typed contract: the trait (with `Send` futures), a
 /// provided `into_service(self, name)` that registers every method as a route `/<method>`
@@ -12,9 +15,12 @@ use syn::{parse_macro_input, FnArg, GenericArgument, ItemTrait, Pat, PathArgumen
 #[proc_macro_attribute]
 pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
-        return syn::Error::new(proc_macro2::Span::call_site(), "#[switchyard::service] takes no arguments")
-            .to_compile_error()
-            .into();
+        return syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "#[switchyard::service] takes no arguments",
+        )
+        .to_compile_error()
+        .into();
     }
     let input = parse_macro_input!(item as ItemTrait);
     match expand(input) {
@@ -38,7 +44,9 @@ fn result_ok_type(ty: &Type) -> Option<Type> {
     if last.ident != "Result" {
         return None;
     }
-    let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
     match args.args.first()? {
         GenericArgument::Type(t) => Some(t.clone()),
         _ => None,
@@ -53,25 +61,44 @@ fn expand(input: ItemTrait) -> syn::Result<TokenStream2> {
     let mut methods = Vec::new();
     for item in &input.items {
         let TraitItem::Fn(f) = item else {
-            return Err(syn::Error::new_spanned(item, "a switchyard service trait holds only async methods"));
+            return Err(syn::Error::new_spanned(
+                item,
+                "a switchyard service trait holds only async methods",
+            ));
         };
         let sig = &f.sig;
         if sig.asyncness.is_none() {
-            return Err(syn::Error::new_spanned(sig, "service methods must be `async fn`"));
+            return Err(syn::Error::new_spanned(
+                sig,
+                "service methods must be `async fn`",
+            ));
         }
         if f.default.is_some() {
-            return Err(syn::Error::new_spanned(f, "service methods have no default body"));
+            return Err(syn::Error::new_spanned(
+                f,
+                "service methods have no default body",
+            ));
         }
         let mut inputs = sig.inputs.iter();
         match inputs.next() {
             Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() => {}
-            _ => return Err(syn::Error::new_spanned(sig, "service methods take `&self` first")),
+            _ => {
+                return Err(syn::Error::new_spanned(
+                    sig,
+                    "service methods take `&self` first",
+                ))
+            }
         }
         let mut args = Vec::new();
         for arg in inputs {
-            let FnArg::Typed(pt) = arg else { unreachable!("only the first argument is a receiver") };
+            let FnArg::Typed(pt) = arg else {
+                unreachable!("only the first argument is a receiver")
+            };
             let Pat::Ident(id) = &*pt.pat else {
-                return Err(syn::Error::new_spanned(&pt.pat, "arguments must be plain names (they become keyword names)"));
+                return Err(syn::Error::new_spanned(
+                    &pt.pat,
+                    "arguments must be plain names (they become keyword names)",
+                ));
             };
             args.push((id.ident.clone(), (*pt.ty).clone()));
         }
@@ -136,7 +163,9 @@ fn expand(input: ItemTrait) -> syn::Result<TokenStream2> {
         }
     });
 
-    let client_doc = format!("Typed client of [`{trait_name}`]: each method calls its route on the client's transport.");
+    let client_doc = format!(
+        "Typed client of [`{trait_name}`]: each method calls its route on the client's transport."
+    );
     Ok(quote! {
         #(#trait_attrs)*
         #vis trait #trait_name: ::core::marker::Send + ::core::marker::Sync + 'static {

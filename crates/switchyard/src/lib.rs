@@ -59,6 +59,8 @@
 
 use std::sync::Arc;
 
+#[cfg(feature = "testkit")]
+pub use switchyard_core::testkit;
 pub use switchyard_core::{
     client, codec, consumer, context, error, handler, mem, message, service, transport, values,
 };
@@ -66,8 +68,6 @@ pub use switchyard_core::{
     json, rpc, CallError, Capabilities, Client, Codec, Envelope, ErrorCode, HandlerError, Headers,
     Json, RemoteError, Service, Transport, TransportError,
 };
-#[cfg(feature = "testkit")]
-pub use switchyard_core::testkit;
 
 #[cfg(feature = "http")]
 pub use switchyard_http as http;
