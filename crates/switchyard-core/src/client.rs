@@ -10,10 +10,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::codec::Codec;
-use crate::context::{self, trace};
-use crate::error::{CallError, ErrorCode, TransportError};
+use crate::context::{self, first_poll_or_timeout, trace};
+use crate::error::{CallError, ErrorCode, RemoteError, TransportError};
 use crate::message::{header, Envelope, Headers};
-use crate::service::CallRequest;
+use crate::service::{CallParts, CallRequest};
 use crate::transport::Transport;
 use crate::values::{from_values, Args, Reply};
 
@@ -115,10 +115,11 @@ impl Client {
         &self,
         route: &str,
         args: Args,
-        token: Option<String>,
+        token: Option<&str>,
         timeout: Duration,
     ) -> Result<Reply, CallError> {
-        let mut deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        let mut deadline = now + timeout;
         let mut headers = Headers::new();
         if let Some(parent) = context::current() {
             // Inside a handler: pass on the trace and never wait past the caller's deadline.
@@ -132,30 +133,47 @@ impl Client {
                 deadline = deadline.min(d);
             }
         }
-        let token = token.or_else(|| self.tokens.get(route).cloned());
+        let wait = deadline.saturating_duration_since(now);
+        let token = token.or_else(|| self.tokens.get(route).map(String::as_str));
+        let timed_out = || CallError::Timeout {
+            route: route.to_string(),
+            after: wait,
+        };
+        let remote = |error: RemoteError| match error.code {
+            // The server gave up on our deadline a moment before we did: same outcome.
+            ErrorCode::DeadlineExceeded => timed_out(),
+            _ => CallError::Remote {
+                route: route.to_string(),
+                error,
+            },
+        };
+        if let Some(service) = self.transport.local_service() {
+            // In process: call the service directly, in this task; our timeout bounds it.
+            let call = CallParts {
+                route,
+                args,
+                token,
+                headers,
+                deadline: Some(deadline),
+            };
+            let outcome = first_poll_or_timeout(wait, service.dispatch_parts(call, false)).await;
+            return match outcome {
+                Some(Ok(reply)) => Ok(reply),
+                Some(Err(e)) => Err(remote(e.into_remote())),
+                None => Err(timed_out()),
+            };
+        }
         let request = CallRequest {
             route: route.to_string(),
             args,
-            token,
+            token: token.map(str::to_string),
             headers,
             deadline: Some(deadline),
         };
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(wait, self.transport.request(request)).await {
-            // The server gave up on our deadline a moment before we did: same outcome.
-            Ok(Err(CallError::Remote { error, .. }))
-                if error.code == ErrorCode::DeadlineExceeded =>
-            {
-                Err(CallError::Timeout {
-                    route: route.to_string(),
-                    after: wait,
-                })
-            }
-            Ok(r) => r,
-            Err(_) => Err(CallError::Timeout {
-                route: route.to_string(),
-                after: wait,
-            }),
+        match first_poll_or_timeout(wait, self.transport.request(request)).await {
+            Some(Err(CallError::Remote { error, .. })) => Err(remote(error)),
+            Some(r) => r,
+            None => Err(timed_out()),
         }
     }
 
@@ -294,7 +312,7 @@ impl CallBuilder<'_> {
             kwargs: self.kwargs,
         };
         self.client
-            .send(&self.route, args, self.token, self.timeout)
+            .send(&self.route, args, self.token.as_deref(), self.timeout)
             .await
     }
 }

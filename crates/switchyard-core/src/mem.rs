@@ -238,33 +238,36 @@ impl Subscriber for MemTransport {
     }
 }
 
+impl MemTransport {
+    fn pick_service(&self) -> Option<Arc<Service>> {
+        let services = self.bus.services.read().unwrap_or_else(|p| p.into_inner());
+        match services.len() {
+            0 => None,
+            1 => Some(services[0].clone()),
+            n => {
+                let i = self.bus.next.fetch_add(1, AtomicOrdering::Relaxed) % n;
+                Some(services[i].clone())
+            }
+        }
+    }
+
+    fn no_service(&self) -> CallError {
+        CallError::Unreachable {
+            target: format!("mem://{}", self.name),
+            source: "no service is serving on this bus".into(),
+        }
+    }
+}
+
 impl Requester for MemTransport {
     fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
         Box::pin(async move {
-            let service = {
-                let services = self.bus.services.read().unwrap_or_else(|p| p.into_inner());
-                match services.len() {
-                    0 => None,
-                    1 => Some(services[0].clone()),
-                    n => Some(
-                        services[self.bus.next.fetch_add(1, AtomicOrdering::Relaxed) % n].clone(),
-                    ),
-                }
-            };
-            let Some(service) = service else {
-                return Err(CallError::Unreachable {
-                    target: format!("mem://{}", self.name),
-                    source: "no service is serving on this bus".into(),
-                });
-            };
+            let service = self.pick_service().ok_or_else(|| self.no_service())?;
             let route = request.route.clone();
-            service
-                .dispatch(request)
-                .await
-                .map_err(|e| CallError::Remote {
-                    route,
-                    error: e.into_remote(),
-                })
+            service.dispatch(request).await.map_err(|e| CallError::Remote {
+                route,
+                error: e.into_remote(),
+            })
         })
     }
 }
@@ -340,5 +343,9 @@ impl Transport for MemTransport {
 
     fn url(&self) -> String {
         format!("mem://{}", self.name)
+    }
+
+    fn local_service(&self) -> Option<Arc<Service>> {
+        self.pick_service()
     }
 }

@@ -53,6 +53,15 @@ impl CallRequest {
     }
 }
 
+/// A call with its route and token borrowed from the caller (the in-process fast path).
+pub(crate) struct CallParts<'a> {
+    pub(crate) route: &'a str,
+    pub(crate) args: Args,
+    pub(crate) token: Option<&'a str>,
+    pub(crate) headers: Headers,
+    pub(crate) deadline: Option<std::time::Instant>,
+}
+
 /// A mistake in how a service was put together, reported when it is served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -461,49 +470,80 @@ impl Service {
     /// Answers one call: finds the route, checks the token, runs the handler within the
     /// caller's deadline, and turns a panic into a 500 for this call only.
     pub async fn dispatch(&self, req: CallRequest) -> Result<Reply, HandlerError> {
-        let route = self.routes.get(&req.route).ok_or_else(|| {
-            HandlerError::new(ErrorCode::NotFound, format!("no route {}", req.route))
+        let CallRequest {
+            route,
+            args,
+            token,
+            headers,
+            deadline,
+        } = req;
+        let call = CallParts {
+            route: &route,
+            args,
+            token: token.as_deref(),
+            headers,
+            deadline,
+        };
+        self.dispatch_parts(call, true).await
+    }
+
+    /// Dispatches a call whose route and token are borrowed. `enforce_deadline` is false for
+    /// a caller that runs the handler inside its own future and bounds it by its own timeout
+    /// (an in-process call): no second timer is armed then.
+    pub(crate) async fn dispatch_parts(
+        &self,
+        call: CallParts<'_>,
+        enforce_deadline: bool,
+    ) -> Result<Reply, HandlerError> {
+        let CallParts {
+            route: path,
+            args,
+            token,
+            headers,
+            deadline,
+        } = call;
+        let route = self.routes.get(path).ok_or_else(|| {
+            HandlerError::new(ErrorCode::NotFound, format!("no route {path}"))
         })?;
         if let Some(expected) = &route.token {
-            let given = req.token.as_deref().or(req.headers.get(header::TOKEN));
+            let given = token.or(headers.get(header::TOKEN));
             let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())));
             if !ok {
-                let what = if given.is_some() {
-                    "invalid"
-                } else {
-                    "missing"
-                };
+                let what = if given.is_some() { "invalid" } else { "missing" };
                 return Err(HandlerError::new(
                     ErrorCode::Unauthorized,
-                    format!("{what} token for {}", req.route),
+                    format!("{what} token for {path}"),
                 ));
             }
         }
-        let mut ctx = Context::from_headers(req.headers);
-        if req.deadline.is_some() {
-            ctx.deadline = req.deadline;
+        let mut ctx = Context::from_headers(headers);
+        if deadline.is_some() {
+            ctx.deadline = deadline;
         }
-        let remaining = ctx.remaining();
-        let handler = route.handler.clone();
-        let params = &route.params;
+        let remaining = if enforce_deadline {
+            ctx.remaining()
+        } else {
+            None
+        };
+        // The handler is called inside the guarded block: a closure that panics before it
+        // returns its future fails this call only, like one that panics while polled.
         let run = AssertUnwindSafe(async move {
-            let fut = handler.call(req.args, params);
-            context::scope(ctx, fut).await
+            context::scope(ctx, route.handler.call(args, &route.params)).await
         })
         .catch_unwind();
         let outcome = match remaining {
-            Some(d) => match tokio::time::timeout(d, run).await {
-                Ok(r) => r,
-                Err(_) => {
+            Some(d) => match context::first_poll_or_timeout(d, run).await {
+                Some(r) => r,
+                None => {
                     return Err(HandlerError::new(
                         ErrorCode::DeadlineExceeded,
-                        format!("{} did not finish within the caller's deadline", req.route),
+                        format!("{path} did not finish within the caller's deadline"),
                     ))
                 }
             },
             None => run.await,
         };
-        outcome.unwrap_or_else(|panic| Err(panic_error(&req.route, panic)))
+        outcome.unwrap_or_else(|panic| Err(panic_error(path, panic)))
     }
 
     /// Handles one event. Returns `NotFound` if no handler takes the topic.
@@ -562,6 +602,10 @@ mod tests {
             .route("/p", rpc(protected).token("123456"))
             .route("/panic", rpc(|| async { panic!("boom") as i64 }))
             .route(
+                "/panic-early",
+                rpc(|| -> std::future::Ready<i64> { panic!("before the future") }),
+            )
+            .route(
                 "/slow",
                 rpc(|| async {
                     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -598,6 +642,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code(), ErrorCode::Internal);
         assert!(e.message().contains("boom"));
+        let e = s
+            .dispatch(CallRequest::new("/panic-early", Args::local(())))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("before the future"), "{e}");
         let mut ok = CallRequest::new("/p", Args::local(1i64));
         ok.token = Some("123456".into());
         assert!(s.dispatch(ok).await.is_ok());

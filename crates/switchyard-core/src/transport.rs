@@ -192,6 +192,13 @@ pub trait Transport: Publisher + Subscriber + Requester + Responder {
     fn capabilities(&self) -> Capabilities;
     /// The URL it was made from, credentials removed.
     fn url(&self) -> String;
+
+    /// A service in this very process that answers calls made through this transport, for a
+    /// client to call without boxing a transport future (the in-process fast path). Only the
+    /// in-process transport returns one.
+    fn local_service(&self) -> Option<Arc<Service>> {
+        None
+    }
 }
 
 /// A running server; shut it down to stop taking new work and finish what is in flight.
