@@ -59,7 +59,10 @@ pub async fn scope<F: Future>(ctx: Context, fut: F) -> F::Output {
 /// Awaits `fut` for at most `wait`; `None` on timeout. A future that is ready on its first
 /// poll (an in-process handler that never waits) is answered without arming a timer, which
 /// would cost more than the whole call.
-pub(crate) async fn first_poll_or_timeout<F: std::future::Future>(wait: Duration, fut: F) -> Option<F::Output> {
+pub(crate) async fn first_poll_or_timeout<F: std::future::Future>(
+    wait: Duration,
+    fut: F,
+) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
     match futures::poll!(fut.as_mut()) {
         std::task::Poll::Ready(v) => Some(v),

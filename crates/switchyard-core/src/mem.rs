@@ -264,10 +264,13 @@ impl Requester for MemTransport {
         Box::pin(async move {
             let service = self.pick_service().ok_or_else(|| self.no_service())?;
             let route = request.route.clone();
-            service.dispatch(request).await.map_err(|e| CallError::Remote {
-                route,
-                error: e.into_remote(),
-            })
+            service
+                .dispatch(request)
+                .await
+                .map_err(|e| CallError::Remote {
+                    route,
+                    error: e.into_remote(),
+                })
         })
     }
 }

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use switchyard_core::codec::Codec;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
 use switchyard_core::message::{header as h, Envelope};
 use switchyard_core::service::{CallRequest, Service, DEFAULT_MAX_BODY};
@@ -34,6 +35,7 @@ use crate::server::{router_with, ServerState, Subscriptions};
 /// ```
 pub struct HttpTransport {
     base: String,
+    codec: Codec,
     http: reqwest::Client,
     max_message: usize,
     subscriptions: Arc<Subscriptions>,
@@ -85,6 +87,20 @@ impl HttpTransport {
             })?;
         let port = parsed.port_or_known_default().unwrap_or(80);
         let prefix = parsed.path().trim_end_matches('/');
+        // `?codec=msgpack` makes this client send MessagePack calls (JSON is the default).
+        let mut codec = Codec::Json;
+        for (k, v) in parsed.query_pairs() {
+            match (k.as_ref(), Codec::from_name(&v)) {
+                ("codec", Some(c)) => codec = c,
+                ("codec", None) => {
+                    return Err(TransportError::InvalidUrl {
+                        url: redact_url(url),
+                        reason: format!("unknown codec {v:?}: use json or msgpack"),
+                    })
+                }
+                _ => {}
+            }
+        }
         let base = format!("{scheme}://{host}:{port}{prefix}");
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
@@ -94,6 +110,7 @@ impl HttpTransport {
             .map_err(|e| TransportError::Other(Box::new(e)))?;
         Ok(Self {
             base,
+            codec,
             http,
             max_message: DEFAULT_MAX_BODY,
             subscriptions: Arc::default(),
@@ -181,19 +198,21 @@ impl Requester for HttpTransport {
                 route: route.clone(),
                 reason: e.to_string(),
             })?;
-            let body = serde_json::to_vec(&RpcBody {
-                args: &args,
-                kwargs: &kwargs,
-                token: request.token.as_deref(),
-            })
-            .map_err(|e| CallError::Encode {
-                route: route.clone(),
-                reason: e.to_string(),
-            })?;
+            let body = self
+                .codec
+                .encode(&RpcBody {
+                    args: &args,
+                    kwargs: &kwargs,
+                    token: request.token.as_deref(),
+                })
+                .map_err(|e| CallError::Encode {
+                    route: route.clone(),
+                    reason: e.to_string(),
+                })?;
             let mut rb = self
                 .http
                 .post(format!("{}{}", self.base, route))
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(reqwest::header::CONTENT_TYPE, self.codec.content_type())
                 .body(body);
             if let Some(deadline) = request.deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -219,7 +238,7 @@ impl Requester for HttpTransport {
                 .map_err(|e| CallError::Transport(self.unreachable(e)))?;
             if status == 200 {
                 let values: Vec<Value> =
-                    serde_json::from_slice(&bytes).map_err(|e| CallError::Decode {
+                    self.codec.decode(&bytes).map_err(|e| CallError::Decode {
                         route: route.clone(),
                         expected: "a JSON array of returned values",
                         reason: e.to_string(),

@@ -345,6 +345,19 @@ async fn msgpack_requests_get_msgpack_replies() {
     assert_eq!(r.headers()["content-type"], "application/msgpack");
     let v: Value = rmp_serde::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(v, json!(["packed"]));
+    // The same through a client configured for MessagePack.
+    let client = Client::new(Arc::new(
+        HttpTransport::from_url(&format!("{url}?codec=msgpack")).unwrap(),
+    ));
+    let (a, b, c): (f64, i64, f64) = client
+        .request("/int3")
+        .arg(1.5)
+        .kwarg("key", 2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((a, b, c), (3.5, 4, 2.25));
+    assert!(HttpTransport::from_url(&format!("{url}?codec=xml")).is_err());
 }
 
 #[tokio::test]
