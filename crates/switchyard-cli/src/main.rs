@@ -12,6 +12,7 @@ use switchyard::{Client, Codec};
 use switchyard_cli::tutorial;
 
 mod demo;
+mod events;
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +80,11 @@ enum Command {
         #[arg(long)]
         msgpack: bool,
     },
+    /// Seed 002's event consumer and propagator.
+    Events {
+        #[command(subcommand)]
+        command: events::EventsCommand,
+    },
     /// Prints every event on TOPIC as one JSON line.
     Subscribe {
         /// Transport URL.
@@ -106,6 +112,11 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Seed 002's services read a `.env` file; the environment wins over it.
+    if let Err(e) = switchyard_events::dotenv::load(std::path::Path::new(".env")) {
+        eprintln!("yard: cannot read .env: {e}");
+        return ExitCode::FAILURE;
+    }
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -120,6 +131,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::Demo { calls } => demo::run(calls).await,
+        Command::Events { command } => events::run(command).await,
         Command::Serve {
             which: _,
             listen,

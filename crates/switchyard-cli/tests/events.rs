@@ -1,0 +1,106 @@
+//! `yard events` as a process: configuration from a `.env` file, and no acknowledged event
+//! lost when the consumer is SIGKILLed under load.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const YARD: &str = env!("CARGO_BIN_EXE_yard");
+
+struct Running(Child);
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+/// Starts `yard events consume` in `dir` and waits for its first line.
+fn consume(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
+    let mut cmd = Command::new(YARD);
+    cmd.current_dir(dir).args(["events", "consume", "--host", "127.0.0.1"]).args(args).stdout(Stdio::piped());
+    for k in ["PORT", "TARGET_FILE_LOCATION", "WAIT_SECONDS", "ENDPOINT", "INPUT_FILE_LOCATION"] {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn consumer");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("banner");
+    assert!(line.starts_with("event consumer on http://"), "{line}");
+    Running(child)
+}
+
+#[test]
+fn settings_come_from_a_dot_env_file_with_the_original_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(dir.path().join(".env"), format!("PORT = '{port}'\nTARGET_FILE_LOCATION = 'out/custom.json'\n")).unwrap();
+    let _c = consume(dir.path(), &[], &[]);
+    let r = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/event"))
+        .body(r#"{"event_type": "message", "event_payload": "from .env"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let stored = std::fs::read_to_string(dir.path().join("out/custom.json")).unwrap();
+    assert_eq!(stored, "{\"event_payload\":\"from .env\",\"event_type\":\"message\"}\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_survives_a_sigkill_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let port_s = port.to_string();
+    let args = ["--port", port_s.as_str(), "--output", "events.json"];
+    let mut consumer = consume(dir.path(), &args, &[]);
+    let url = format!("http://127.0.0.1:{port}/event");
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let http = reqwest::Client::new();
+    let mut senders = Vec::new();
+    for s in 0..32 {
+        let (http, url, acked) = (http.clone(), url.clone(), acked.clone());
+        senders.push(tokio::spawn(async move {
+            for i in 0.. {
+                let id = format!("{s}-{i}");
+                let body = format!(r#"{{"event_type": "load", "event_payload": "{id}"}}"#);
+                match http.post(&url).body(body).send().await {
+                    Ok(r) if r.status().as_u16() == 200 => {
+                        acked.lock().unwrap().insert(id);
+                    }
+                    Ok(_) => {}
+                    Err(_) => break, // the consumer is gone
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    consumer.0.kill().expect("SIGKILL"); // Child::kill is SIGKILL on Unix
+    let _ = consumer.0.wait();
+    for s in senders {
+        let _ = s.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "too little load to mean anything: {}", acked.len());
+
+    // Restart on the same file: a torn tail (if the kill left one) is cut off.
+    let _again = consume(dir.path(), &args, &[]);
+    let text = std::fs::read_to_string(dir.path().join("events.json")).unwrap();
+    let mut stored = HashSet::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("line does not parse ({e}): {line:?}"));
+        assert!(stored.insert(v["event_payload"].as_str().unwrap().to_string()), "duplicate line {line}");
+    }
+    let lost: Vec<_> = acked.difference(&stored).take(5).collect();
+    assert!(lost.is_empty(), "{} acknowledged events lost, e.g. {lost:?}", acked.difference(&stored).count());
+    let r = http.post(&url).body(r#"{"event_type": "after", "event_payload": "restart"}"#).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
