@@ -23,7 +23,11 @@ pub(crate) enum EventsCommand {
         #[arg(long, default_value = "0.0.0.0")]
         host: String,
         /// Output file (the original's `TARGET_FILE_LOCATION`).
-        #[arg(long, env = "TARGET_FILE_LOCATION", default_value = "output/events.json")]
+        #[arg(
+            long,
+            env = "TARGET_FILE_LOCATION",
+            default_value = "output/events.json"
+        )]
         output: PathBuf,
         /// Path of the endpoint.
         #[arg(long, default_value = "/event")]

@@ -19,14 +19,26 @@ impl Drop for Running {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
 }
 
 /// Starts `yard events consume` in `dir` and waits for its first line.
 fn consume(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut cmd = Command::new(YARD);
-    cmd.current_dir(dir).args(["events", "consume", "--host", "127.0.0.1"]).args(args).stdout(Stdio::piped());
-    for k in ["PORT", "TARGET_FILE_LOCATION", "WAIT_SECONDS", "ENDPOINT", "INPUT_FILE_LOCATION"] {
+    cmd.current_dir(dir)
+        .args(["events", "consume", "--host", "127.0.0.1"])
+        .args(args)
+        .stdout(Stdio::piped());
+    for k in [
+        "PORT",
+        "TARGET_FILE_LOCATION",
+        "WAIT_SECONDS",
+        "ENDPOINT",
+        "INPUT_FILE_LOCATION",
+    ] {
         cmd.env_remove(k);
     }
     for (k, v) in env {
@@ -34,7 +46,9 @@ fn consume(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
     }
     let mut child = cmd.spawn().expect("spawn consumer");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("banner");
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("banner");
     assert!(line.starts_with("event consumer on http://"), "{line}");
     Running(child)
 }
@@ -43,7 +57,11 @@ fn consume(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
 fn settings_come_from_a_dot_env_file_with_the_original_names() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    std::fs::write(dir.path().join(".env"), format!("PORT = '{port}'\nTARGET_FILE_LOCATION = 'out/custom.json'\n")).unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        format!("PORT = '{port}'\nTARGET_FILE_LOCATION = 'out/custom.json'\n"),
+    )
+    .unwrap();
     let _c = consume(dir.path(), &[], &[]);
     let r = reqwest::blocking::Client::new()
         .post(format!("http://127.0.0.1:{port}/event"))
@@ -52,7 +70,10 @@ fn settings_come_from_a_dot_env_file_with_the_original_names() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let stored = std::fs::read_to_string(dir.path().join("out/custom.json")).unwrap();
-    assert_eq!(stored, "{\"event_payload\":\"from .env\",\"event_type\":\"message\"}\n");
+    assert_eq!(
+        stored,
+        "{\"event_payload\":\"from .env\",\"event_type\":\"message\"}\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,18 +110,35 @@ async fn every_acknowledged_event_survives_a_sigkill_under_load() {
         let _ = s.await;
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 100, "too little load to mean anything: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "too little load to mean anything: {}",
+        acked.len()
+    );
 
     // Restart on the same file: a torn tail (if the kill left one) is cut off.
     let _again = consume(dir.path(), &args, &[]);
     let text = std::fs::read_to_string(dir.path().join("events.json")).unwrap();
     let mut stored = HashSet::new();
     for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("line does not parse ({e}): {line:?}"));
-        assert!(stored.insert(v["event_payload"].as_str().unwrap().to_string()), "duplicate line {line}");
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("line does not parse ({e}): {line:?}"));
+        assert!(
+            stored.insert(v["event_payload"].as_str().unwrap().to_string()),
+            "duplicate line {line}"
+        );
     }
     let lost: Vec<_> = acked.difference(&stored).take(5).collect();
-    assert!(lost.is_empty(), "{} acknowledged events lost, e.g. {lost:?}", acked.difference(&stored).count());
-    let r = http.post(&url).body(r#"{"event_type": "after", "event_payload": "restart"}"#).send().await.unwrap();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events lost, e.g. {lost:?}",
+        acked.difference(&stored).count()
+    );
+    let r = http
+        .post(&url)
+        .body(r#"{"event_type": "after", "event_payload": "restart"}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }

@@ -84,7 +84,10 @@ impl Shared {
 fn json_response(status: StatusCode, body: String) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()
@@ -209,8 +212,12 @@ pub async fn start(
             "repaired {}: cut off a torn last line of {} bytes; {} complete events kept",
             config.output.display(), o.repaired_bytes, o.lines
         ),
-        Ok(o) => tracing::info!(target: "switchyard::events", "writing to {} ({} events already there)", config.output.display(), o.lines),
-        Err(e) => tracing::error!(target: "switchyard::events", "{e}; answering 503 until it can be written"),
+        Ok(o) => {
+            tracing::info!(target: "switchyard::events", "writing to {} ({} events already there)", config.output.display(), o.lines)
+        }
+        Err(e) => {
+            tracing::error!(target: "switchyard::events", "{e}; answering 503 until it can be written")
+        }
     }
     let shared = Arc::new(Shared {
         validator: config.validator,

@@ -113,7 +113,10 @@ pub fn load_events(input: Option<&PathBuf>) -> Result<Vec<Value>, PropagateError
                 source,
             })?,
         ),
-        None => ("<built-in seed 002 dataset>".into(), crate::DEFAULT_EVENTS.to_string()),
+        None => (
+            "<built-in seed 002 dataset>".into(),
+            crate::DEFAULT_EVENTS.to_string(),
+        ),
     };
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Array(v)) if !v.is_empty() => Ok(v),
@@ -176,19 +179,23 @@ pub async fn run(
     out: Arc<dyn Fn(&str) + Send + Sync>,
 ) -> Result<Summary, PropagateError> {
     let events = Arc::new(load_events(config.input.as_ref())?);
-    let target = Arc::new(if config.endpoint.starts_with("http://") || config.endpoint.starts_with("https://") {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| PropagateError::Transport(switchyard::TransportError::Other(Box::new(e))))?;
-        Target::Http(http, config.endpoint.clone())
-    } else {
-        Target::Transport(
-            switchyard::Client::new(switchyard::connect(&config.endpoint)?),
-            config.topic.clone(),
-        )
-    });
+    let target = Arc::new(
+        if config.endpoint.starts_with("http://") || config.endpoint.starts_with("https://") {
+            let http = reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| {
+                    PropagateError::Transport(switchyard::TransportError::Other(Box::new(e)))
+                })?;
+            Target::Http(http, config.endpoint.clone())
+        } else {
+            Target::Transport(
+                switchyard::Client::new(switchyard::connect(&config.endpoint)?),
+                config.topic.clone(),
+            )
+        },
+    );
     let tally = Arc::new(Mutex::new(Tally::default()));
     let progress = Progress::new(config.count);
     let in_flight = Arc::new(Semaphore::new(if config.rate.is_some() { 64 } else { 1 }));
@@ -208,10 +215,13 @@ pub async fn run(
             _ = ticker.tick() => {}
             _ = tokio::signal::ctrl_c() => break,
         }
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         n += 1;
         let event = events[fastrand::usize(..events.len())].clone();
-        let (target, tally, out, progress) = (target.clone(), tally.clone(), out.clone(), progress.clone());
+        let (target, tally, out, progress) =
+            (target.clone(), tally.clone(), out.clone(), progress.clone());
         let (attempts, print) = (config.attempts.max(1), config.print_responses);
         let job = async move {
             let outcome = send_with_retries(&target, &event, attempts).await;
@@ -257,13 +267,21 @@ pub async fn run(
     let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
     let mut lat = std::mem::take(&mut t.latencies);
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     t.summary.p50 = pct(0.5);
     t.summary.p99 = pct(0.99);
     Ok(t.summary.clone())
 }
 
-async fn send_with_retries(target: &Target, event: &Value, attempts: u32) -> Result<(Sent, Duration), String> {
+async fn send_with_retries(
+    target: &Target,
+    event: &Value,
+    attempts: u32,
+) -> Result<(Sent, Duration), String> {
     let mut backoff = Duration::from_millis(100);
     let mut last = String::new();
     for attempt in 1..=attempts {
@@ -297,7 +315,12 @@ impl Progress {
             let width = 30;
             let filled = (done * width / total.max(1)) as usize;
             let mut e = std::io::stderr();
-            let _ = write!(e, "\r[{}{}] {done}/{total}", "#".repeat(filled), " ".repeat(width as usize - filled.min(width as usize)));
+            let _ = write!(
+                e,
+                "\r[{}{}] {done}/{total}",
+                "#".repeat(filled),
+                " ".repeat(width as usize - filled.min(width as usize))
+            );
             let _ = e.flush();
         }
     }

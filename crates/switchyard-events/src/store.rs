@@ -54,7 +54,11 @@ impl EventLog {
         let path = path.into();
         let (tx, rx) = mpsc::channel::<Append>(MAX_BATCH);
         let opened = open_and_repair(&path);
-        let file = opened.as_ref().ok().map(|(f, _)| f.try_clone()).and_then(Result::ok);
+        let file = opened
+            .as_ref()
+            .ok()
+            .map(|(f, _)| f.try_clone())
+            .and_then(Result::ok);
         let p = path.clone();
         std::thread::Builder::new()
             .name("switchyard-event-log".into())
@@ -81,7 +85,10 @@ impl EventLog {
             path: self.path.display().to_string(),
             reason: "the writer stopped".into(),
         };
-        self.tx.send(Append { line, done }).await.map_err(|_| gone())?;
+        self.tx
+            .send(Append { line, done })
+            .await
+            .map_err(|_| gone())?;
         wait.await.map_err(|_| gone())?
     }
 }
@@ -113,7 +120,10 @@ fn open_and_repair(path: &Path) -> Result<(File, Opened), StoreError> {
         file.read_to_end(&mut content).map_err(|e| err(path, e))?;
         lines = content.iter().filter(|&&b| b == b'\n').count() as u64;
         if content.last() != Some(&b'\n') {
-            let keep = content.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) as u64;
+            let keep = content
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1) as u64;
             repaired = len - keep;
             file.set_len(keep).map_err(|e| err(path, e))?;
             file.sync_all().map_err(|e| err(path, e))?;
@@ -121,7 +131,13 @@ fn open_and_repair(path: &Path) -> Result<(File, Opened), StoreError> {
                 "cut off a torn last line left by a crash");
         }
     }
-    Ok((file, Opened { repaired_bytes: repaired, lines }))
+    Ok((
+        file,
+        Opened {
+            repaired_bytes: repaired,
+            lines,
+        },
+    ))
 }
 
 fn writer(path: PathBuf, mut file: Option<File>, mut rx: mpsc::Receiver<Append>) {
@@ -177,11 +193,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/events.json");
         let (log, opened) = EventLog::open(&path);
-        assert_eq!(opened.unwrap(), Opened { repaired_bytes: 0, lines: 0 });
+        assert_eq!(
+            opened.unwrap(),
+            Opened {
+                repaired_bytes: 0,
+                lines: 0
+            }
+        );
         let mut tasks = Vec::new();
         for i in 0..500 {
             let log = log.clone();
-            tasks.push(tokio::spawn(async move { log.append(format!("{{\"n\":{i}}}")).await }));
+            tasks.push(tokio::spawn(async move {
+                log.append(format!("{{\"n\":{i}}}")).await
+            }));
         }
         for t in tasks {
             t.await.unwrap().unwrap();
@@ -189,7 +213,11 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let mut ns: Vec<u64> = text
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["n"].as_u64().unwrap())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["n"]
+                    .as_u64()
+                    .unwrap()
+            })
             .collect();
         ns.sort_unstable();
         assert_eq!(ns, (0..500).collect::<Vec<_>>());
@@ -201,9 +229,18 @@ mod tests {
         let path = dir.path().join("events.json");
         std::fs::write(&path, "{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
         let (log, opened) = EventLog::open(&path);
-        assert_eq!(opened.unwrap(), Opened { repaired_bytes: 5, lines: 2 });
+        assert_eq!(
+            opened.unwrap(),
+            Opened {
+                repaired_bytes: 5,
+                lines: 2
+            }
+        );
         log.append("{\"d\":4}".into()).await.unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"b\":2}\n{\"d\":4}\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n{\"d\":4}\n"
+        );
     }
 
     #[tokio::test]

@@ -170,7 +170,10 @@ fn check_seed002(body: &[u8], value: &Value) -> Result<(), Rejection> {
         Rejection::Invalid(format!("Validation error - {}", repr_errors(errors)))
     };
     let Value::Object(obj) = value else {
-        return Err(invalid(&[("_schema".into(), vec!["Invalid input type.".into()])]));
+        return Err(invalid(&[(
+            "_schema".into(),
+            vec!["Invalid input type.".into()],
+        )]));
     };
     let mut errors: Vec<(String, Vec<String>)> = Vec::new();
     for field in KNOWN {
@@ -184,7 +187,9 @@ fn check_seed002(body: &[u8], value: &Value) -> Result<(), Rejection> {
     }
     if obj.keys().any(|k| !KNOWN.contains(&k.as_str())) {
         // Unknown keys are reported in the order they appear in the input.
-        let order = serde_json::from_slice::<KeyOrder>(body).map(|k| k.0).unwrap_or_default();
+        let order = serde_json::from_slice::<KeyOrder>(body)
+            .map(|k| k.0)
+            .unwrap_or_default();
         let mut seen = HashSet::new();
         for k in order {
             if !KNOWN.contains(&k.as_str()) && seen.insert(k.clone()) {
@@ -243,15 +248,30 @@ mod tests {
     use super::*;
 
     fn err(body: &str) -> String {
-        Validator::Seed002.check(body.as_bytes()).unwrap_err().body()
+        Validator::Seed002
+            .check(body.as_bytes())
+            .unwrap_err()
+            .body()
     }
 
     #[test]
     fn every_message_of_the_original() {
-        assert_eq!(err("{}"), r#"{"error": "Validation error - {'event_payload': ['Missing data for required field.'], 'event_type': ['Missing data for required field.']}"}"#);
-        assert_eq!(err(r#"{"event_type": "m", "event_payload": 5}"#), r#"{"error": "Validation error - {'event_payload': ['Not a valid string.']}"}"#);
-        assert_eq!(err(r#"{"event_type": true, "event_payload": "x"}"#), r#"{"error": "Validation error - {'event_type': ['Not a valid string.']}"}"#);
-        assert_eq!(err(r#"{"event_type": null, "event_payload": "x"}"#), r#"{"error": "Validation error - {'event_type': ['Field may not be null.']}"}"#);
+        assert_eq!(
+            err("{}"),
+            r#"{"error": "Validation error - {'event_payload': ['Missing data for required field.'], 'event_type': ['Missing data for required field.']}"}"#
+        );
+        assert_eq!(
+            err(r#"{"event_type": "m", "event_payload": 5}"#),
+            r#"{"error": "Validation error - {'event_payload': ['Not a valid string.']}"}"#
+        );
+        assert_eq!(
+            err(r#"{"event_type": true, "event_payload": "x"}"#),
+            r#"{"error": "Validation error - {'event_type': ['Not a valid string.']}"}"#
+        );
+        assert_eq!(
+            err(r#"{"event_type": null, "event_payload": "x"}"#),
+            r#"{"error": "Validation error - {'event_type': ['Field may not be null.']}"}"#
+        );
         assert_eq!(
             err(r#"{"zeta": 1, "event_type": "m", "alpha": 2, "event_payload": "x"}"#),
             r#"{"error": "Validation error - {'zeta': ['Unknown field.'], 'alpha': ['Unknown field.']}"}"#
@@ -261,15 +281,23 @@ mod tests {
             r#"{"error": "Validation error - {'event_payload': ['Missing data for required field.'], 'event_type': ['Not a valid string.'], 'x': ['Unknown field.']}"}"#
         );
         for body in ["[]", "null", "\"text\"", "42"] {
-            assert_eq!(err(body), r#"{"error": "Validation error - {'_schema': ['Invalid input type.']}"}"#, "{body}");
+            assert_eq!(
+                err(body),
+                r#"{"error": "Validation error - {'_schema': ['Invalid input type.']}"}"#,
+                "{body}"
+            );
         }
     }
 
     #[test]
     fn empty_strings_and_any_type_are_fine() {
-        let ok = Validator::Seed002.check(br#"{"event_type": "", "event_payload": ""}"#).unwrap();
+        let ok = Validator::Seed002
+            .check(br#"{"event_type": "", "event_payload": ""}"#)
+            .unwrap();
         assert_eq!(ok.line, r#"{"event_payload":"","event_type":""}"#);
-        let ok = Validator::Seed002.check("{\"event_type\": \"caf\u{e9}\", \"event_payload\": \"x\"}".as_bytes()).unwrap();
+        let ok = Validator::Seed002
+            .check("{\"event_type\": \"caf\u{e9}\", \"event_payload\": \"x\"}".as_bytes())
+            .unwrap();
         assert_eq!(ok.line, r#"{"event_payload":"x","event_type":"caf\u00e9"}"#);
     }
 
@@ -285,7 +313,11 @@ mod tests {
     fn not_json_is_an_unknown_error() {
         let e = Validator::Seed002.check(b"{oops").unwrap_err();
         assert!(matches!(e, Rejection::NotJson(_)));
-        assert!(e.body().starts_with(r#"{"error": "Unknown error - "#), "{}", e.body());
+        assert!(
+            e.body().starts_with(r#"{"error": "Unknown error - "#),
+            "{}",
+            e.body()
+        );
     }
 
     #[test]
@@ -295,7 +327,10 @@ mod tests {
         std::fs::write(&path, r#"{"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}}}"#).unwrap();
         let v = Validator::from_schema_file(&path).unwrap();
         assert!(v.check(br#"{"id": 1, "tags": ["a"]}"#).is_ok());
-        let e = v.check(br#"{"id": "x", "tags": ["a", 2]}"#).unwrap_err().to_string();
+        let e = v
+            .check(br#"{"id": "x", "tags": ["a", 2]}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'$/id'") && e.contains("'$/tags/1'"), "{e}");
         assert!(Validator::from_schema_file(&dir.path().join("missing.json")).is_err());
     }

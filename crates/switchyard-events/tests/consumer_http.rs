@@ -17,48 +17,109 @@ async fn start(dir: &tempfile::TempDir) -> (RunningConsumer, String) {
     (c, url)
 }
 
-async fn post(url: &str, body: impl Into<reqwest::Body>, content_type: Option<&str>) -> (u16, String, String) {
-    let mut rb = reqwest::Client::new().post(format!("{url}/event")).body(body);
+async fn post(
+    url: &str,
+    body: impl Into<reqwest::Body>,
+    content_type: Option<&str>,
+) -> (u16, String, String) {
+    let mut rb = reqwest::Client::new()
+        .post(format!("{url}/event"))
+        .body(body);
     if let Some(ct) = content_type {
         rb = rb.header("content-type", ct);
     }
     let r = rb.send().await.unwrap();
     let status = r.status().as_u16();
-    let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
     (status, ct, r.text().await.unwrap())
 }
 
 fn lines(path: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test]
 async fn the_seed_readme_examples_give_the_same_answers() {
     let dir = tempfile::tempdir().unwrap();
     let (c, url) = start(&dir).await;
-    let (s, ct, body) = post(&url, r#"{"event_type": "message", "event_payload": "hello"}"#, Some("application/json")).await;
-    assert_eq!((s, ct.as_str(), body.as_str()), (200, "application/json", "{\"event_payload\":\"hello\",\"event_type\":\"message\"}\n"));
-    let (s, ct, body) = post(&url, r#"{"event_type": 123, "event_payload": {}}"#, Some("application/json")).await;
+    let (s, ct, body) = post(
+        &url,
+        r#"{"event_type": "message", "event_payload": "hello"}"#,
+        Some("application/json"),
+    )
+    .await;
+    assert_eq!(
+        (s, ct.as_str(), body.as_str()),
+        (
+            200,
+            "application/json",
+            "{\"event_payload\":\"hello\",\"event_type\":\"message\"}\n"
+        )
+    );
+    let (s, ct, body) = post(
+        &url,
+        r#"{"event_type": 123, "event_payload": {}}"#,
+        Some("application/json"),
+    )
+    .await;
     assert_eq!((s, ct.as_str()), (400, "application/json"));
-    assert_eq!(body, r#"{"error": "Validation error - {'event_payload': ['Not a valid string.'], 'event_type': ['Not a valid string.']}"}"#);
+    assert_eq!(
+        body,
+        r#"{"error": "Validation error - {'event_payload': ['Not a valid string.'], 'event_type': ['Not a valid string.']}"}"#
+    );
     // No JSON content type needed.
-    let (s, _, _) = post(&url, r#"{"event_type": "user_left", "event_payload": "Thomas"}"#, None).await;
+    let (s, _, _) = post(
+        &url,
+        r#"{"event_type": "user_left", "event_payload": "Thomas"}"#,
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     let (s, _, body) = post(&url, "{}", Some("text/plain")).await;
     assert_eq!(s, 400);
-    assert_eq!(body, r#"{"error": "Validation error - {'event_payload': ['Missing data for required field.'], 'event_type': ['Missing data for required field.']}"}"#);
+    assert_eq!(
+        body,
+        r#"{"error": "Validation error - {'event_payload': ['Missing data for required field.'], 'event_type': ['Missing data for required field.']}"}"#
+    );
     let (s, _, body) = post(&url, "this is not json", None).await;
     assert_eq!(s, 400);
     assert!(body.starts_with(r#"{"error": "Unknown error - "#), "{body}");
-    let (s, _, body) = post(&url, r#"{"event_type": "m", "event_payload": "p", "extra": 1}"#, None).await;
-    assert_eq!((s, body.as_str()), (400, r#"{"error": "Validation error - {'extra': ['Unknown field.']}"}"#));
+    let (s, _, body) = post(
+        &url,
+        r#"{"event_type": "m", "event_payload": "p", "extra": 1}"#,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, body.as_str()),
+        (
+            400,
+            r#"{"error": "Validation error - {'extra': ['Unknown field.']}"}"#
+        )
+    );
     let r = reqwest::get(format!("{url}/event")).await.unwrap();
     assert_eq!(r.status().as_u16(), 405);
-    let r = reqwest::Client::new().post(format!("{url}/other")).body("{}").send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{url}/other"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
     assert_eq!(
         lines(c.output()),
-        vec![r#"{"event_payload":"hello","event_type":"message"}"#, r#"{"event_payload":"Thomas","event_type":"user_left"}"#]
+        vec![
+            r#"{"event_payload":"hello","event_type":"message"}"#,
+            r#"{"event_payload":"Thomas","event_type":"user_left"}"#
+        ]
     );
     c.shutdown().await;
 }
@@ -84,7 +145,11 @@ async fn a_thousand_concurrent_senders_each_stored_exactly_once() {
         let (http, url) = (http.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             let body = format!(r#"{{"event_type": "n", "event_payload": "{i}"}}"#);
-            http.post(format!("{url}/event")).body(body).send().await.map(|r| r.status().as_u16())
+            http.post(format!("{url}/event"))
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
         }));
     }
     let mut accepted = HashSet::new();
@@ -96,7 +161,13 @@ async fn a_thousand_concurrent_senders_each_stored_exactly_once() {
     assert_eq!(accepted.len(), 1000, "every valid event is accepted");
     let stored: Vec<String> = lines(c.output())
         .iter()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line parses")["event_payload"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("every line parses")
+                ["event_payload"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(stored.len(), 1000, "no duplicates");
     assert_eq!(stored.into_iter().collect::<HashSet<_>>(), accepted);
@@ -113,7 +184,10 @@ async fn an_unwritable_output_is_503_never_200() {
     let url = format!("http://{}", c.addr);
     let (s, _, body) = post(&url, r#"{"event_type": "m", "event_payload": "p"}"#, None).await;
     assert_eq!(s, 503);
-    assert!(body.contains("Storage error") && body.contains("No space left"), "{body}");
+    assert!(
+        body.contains("Storage error") && body.contains("No space left"),
+        "{body}"
+    );
     // A folder that cannot be created: a regular file stands where the folder should be.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("blocker"), "").unwrap();
@@ -123,7 +197,12 @@ async fn an_unwritable_output_is_503_never_200() {
         ..ConsumerConfig::default()
     };
     let c = consumer::start(config, &[], "events").await.unwrap();
-    let (s, _, body) = post(&format!("http://{}", c.addr), r#"{"event_type": "m", "event_payload": "p"}"#, None).await;
+    let (s, _, body) = post(
+        &format!("http://{}", c.addr),
+        r#"{"event_type": "m", "event_payload": "p"}"#,
+        None,
+    )
+    .await;
     assert_eq!(s, 503, "{body}");
 }
 
@@ -136,17 +215,38 @@ async fn events_from_a_transport_get_the_same_validation_and_file() {
         output: dir.path().join("events.json"),
         ..ConsumerConfig::default()
     };
-    let c = consumer::start(config, std::slice::from_ref(&bus), "events").await.unwrap();
+    let c = consumer::start(config, std::slice::from_ref(&bus), "events")
+        .await
+        .unwrap();
     let transport = switchyard::connect(&bus).unwrap();
     use futures::StreamExt;
     let mut dead = transport
-        .subscribe("events.dlq", switchyard::transport::SubscribeOptions::group("watch"))
+        .subscribe(
+            "events.dlq",
+            switchyard::transport::SubscribeOptions::group("watch"),
+        )
         .await
         .unwrap();
     let client = switchyard::Client::new(transport);
-    client.publish("events", &serde_json::json!({"event_type": "message", "event_payload": "via bus"})).await.unwrap();
-    client.publish("events", &serde_json::json!({"event_type": 123, "event_payload": {}})).await.unwrap();
-    let d = tokio::time::timeout(std::time::Duration::from_secs(5), dead.next()).await.unwrap().unwrap().unwrap();
+    client
+        .publish(
+            "events",
+            &serde_json::json!({"event_type": "message", "event_payload": "via bus"}),
+        )
+        .await
+        .unwrap();
+    client
+        .publish(
+            "events",
+            &serde_json::json!({"event_type": 123, "event_payload": {}}),
+        )
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(std::time::Duration::from_secs(5), dead.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(
         d.envelope.headers.get("x-error"),
         Some("Validation error - {'event_payload': ['Not a valid string.'], 'event_type': ['Not a valid string.']}")
@@ -155,7 +255,10 @@ async fn events_from_a_transport_get_the_same_validation_and_file() {
     // Shutdown drains the handlers in flight, so the valid event is stored by then.
     let output = c.output().to_path_buf();
     c.shutdown().await;
-    assert_eq!(lines(&output), vec![r#"{"event_payload":"via bus","event_type":"message"}"#]);
+    assert_eq!(
+        lines(&output),
+        vec![r#"{"event_payload":"via bus","event_type":"message"}"#]
+    );
 }
 
 #[tokio::test]
@@ -177,7 +280,10 @@ async fn the_propagator_sends_the_seed_dataset_and_sums_up() {
     .unwrap();
     assert_eq!(summary.sent, 200);
     assert_eq!(summary.accepted + summary.rejected, 200, "{summary}");
-    assert!(summary.rejected > 0, "the dataset's invalid event was never picked in 200 draws: {summary}");
+    assert!(
+        summary.rejected > 0,
+        "the dataset's invalid event was never picked in 200 draws: {summary}"
+    );
     assert_eq!(summary.failed, 0);
     assert_eq!(lines(c.output()).len() as u64, summary.accepted);
     assert_eq!(printed.lock().unwrap().len(), 200);
