@@ -246,7 +246,7 @@ fn request_codec(headers: &HeaderMap) -> Result<Codec, Rejection> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RpcBody {
     #[serde(default)]
@@ -311,39 +311,56 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    let parsed: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Value::Object(Map::new())
-    } else {
-        match codec.decode::<Value>(&bytes) {
-            Ok(v) => v,
-            Err(e) => {
-                return error_response(
-                    ErrorCode::BadRequest,
-                    format!("malformed request body: {e}"),
-                )
-            }
-        }
+    let empty = bytes.iter().all(u8::is_ascii_whitespace);
+    let malformed = |e: &dyn std::fmt::Display| {
+        error_response(
+            ErrorCode::BadRequest,
+            format!("malformed request body: {e}"),
+        )
+    };
+    let wrong_shape = |e: &dyn std::fmt::Display| {
+        error_response(
+            ErrorCode::BadRequest,
+            format!(
+                r#"request body must be {{"args": [...], "kwargs": {{...}}, "token": null}}: {e}"#
+            ),
+        )
     };
     let mut token = bearer(&parts.headers);
     let args = match kind {
-        RouteKind::Rpc => match serde_json::from_value::<RpcBody>(parsed) {
-            Ok(b) => {
-                token = b.token.or(token);
-                Args::Wire {
-                    args: b.args.unwrap_or_default(),
-                    kwargs: b.kwargs.unwrap_or_default(),
+        RouteKind::Rpc => {
+            // JSON straight into the call's shape, without an intermediate `Value` tree.
+            let body = match codec {
+                _ if empty => Ok(RpcBody::default()),
+                Codec::Json => serde_json::from_slice::<RpcBody>(&bytes).map_err(|e| {
+                    if e.is_data() {
+                        wrong_shape(&e)
+                    } else {
+                        malformed(&e)
+                    }
+                }),
+                _ => match codec.decode::<Value>(&bytes) {
+                    Ok(v) => serde_json::from_value::<RpcBody>(v).map_err(|e| wrong_shape(&e)),
+                    Err(e) => Err(malformed(&e)),
+                },
+            };
+            match body {
+                Ok(b) => {
+                    token = b.token.or(token);
+                    Args::Wire {
+                        args: b.args.unwrap_or_default(),
+                        kwargs: b.kwargs.unwrap_or_default(),
+                    }
                 }
+                Err(resp) => return resp,
             }
-            Err(e) => {
-                return error_response(
-                    ErrorCode::BadRequest,
-                    format!(
-                        r#"request body must be {{"args": [...], "kwargs": {{...}}, "token": null}}: {e}"#
-                    ),
-                )
-            }
-        },
+        }
         RouteKind::Json => {
+            let parsed = match codec.decode::<Value>(&bytes) {
+                _ if empty => Value::Object(Map::new()),
+                Ok(v) => v,
+                Err(e) => return malformed(&e),
+            };
             let kwargs = match unwrap_rpc_envelope(parsed) {
                 Value::Object(mut m) if m.is_empty() => {
                     // No body (typical of GET): keyword arguments from the query string.
