@@ -13,6 +13,7 @@ use serde::de::{DeserializeOwned, Visitor};
 use serde::ser::{Impossible, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use crate::codec::{Codec, CodecError};
 use crate::error::HandlerError;
 
 /// What a value looks like at its top level: a tuple spreads into several wire values.
@@ -256,6 +257,48 @@ pub trait LocalValue: Send + 'static {
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
     /// The value itself, to test its type before a downcast.
     fn as_any(&self) -> &dyn Any;
+    /// The wire array of this value as a reply (see [`to_values`]), encoded straight from
+    /// the Rust value without building a `serde_json::Value` tree.
+    fn encode_values(&self, codec: Codec) -> Result<bytes::Bytes, CodecError>;
+    /// A call body `{"args": [...], "kwargs": {}, "token": ...}` with this value as the
+    /// arguments (see [`to_arg_values`]), encoded straight from the Rust value.
+    fn encode_call(&self, token: Option<&str>, codec: Codec) -> Result<bytes::Bytes, CodecError>;
+}
+
+/// A value written as a wire array: a tuple as itself, `()` as `[null]` (reply) or `[]`
+/// (arguments), anything else as a one-element array.
+struct AsArray<'a, T: ?Sized> {
+    value: &'a T,
+    unit_is_null: bool,
+}
+
+impl<T: Serialize + ?Sized> Serialize for AsArray<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match shape_of(self.value) {
+            Shape::Tuple => self.value.serialize(s),
+            Shape::Unit if !self.unit_is_null => s.serialize_seq(Some(0))?.end(),
+            Shape::Unit => [()].serialize(s),
+            Shape::Single => (self.value,).serialize(s),
+        }
+    }
+}
+
+/// `{}`.
+struct EmptyObject;
+
+impl Serialize for EmptyObject {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        s.serialize_map(Some(0))?.end()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct CallBody<'a, A: Serialize> {
+    args: A,
+    kwargs: EmptyObject,
+    token: Option<&'a str>,
 }
 
 impl<T: Serialize + Send + 'static> LocalValue for T {
@@ -270,6 +313,22 @@ impl<T: Serialize + Send + 'static> LocalValue for T {
     }
     fn as_any(&self) -> &dyn Any {
         self
+    }
+    fn encode_values(&self, codec: Codec) -> Result<bytes::Bytes, CodecError> {
+        codec.encode(&AsArray {
+            value: self,
+            unit_is_null: true,
+        })
+    }
+    fn encode_call(&self, token: Option<&str>, codec: Codec) -> Result<bytes::Bytes, CodecError> {
+        codec.encode(&CallBody {
+            args: AsArray {
+                value: self,
+                unit_is_null: false,
+            },
+            kwargs: EmptyObject,
+            token,
+        })
     }
 }
 
@@ -323,6 +382,14 @@ impl Reply {
         match self {
             Reply::Wire(v) => Ok(v),
             Reply::Local(v) => v.to_values(),
+        }
+    }
+
+    /// The encoded wire array of this reply.
+    pub fn encode(self, codec: Codec) -> Result<bytes::Bytes, CodecError> {
+        match self {
+            Reply::Wire(v) => codec.encode(&v),
+            Reply::Local(v) => v.encode_values(codec),
         }
     }
 
@@ -509,6 +576,34 @@ mod tests {
         assert_eq!((a, b), (json!("a"), 5.0));
         let r = Reply::Local(Box::new("text"));
         assert!(r.decode::<u32>().is_err());
+    }
+
+    #[test]
+    fn direct_encodings_match_the_value_route() {
+        let cases: Vec<Box<dyn LocalValue>> = vec![
+            Box::new(("a".to_string(), 1, 2.5)),
+            Box::new(()),
+            Box::new(vec![1, 2]),
+            Box::new(Item {
+                name: "x".into(),
+                n: 1,
+            }),
+            Box::new(Option::<u8>::None),
+            Box::new(("one",)),
+        ];
+        for v in cases {
+            for codec in [Codec::Json, Codec::MsgPack] {
+                let direct: Vec<Value> = codec.decode(&v.encode_values(codec).unwrap()).unwrap();
+                assert_eq!(direct, v.to_values().unwrap());
+                let call: Value = codec
+                    .decode(&v.encode_call(Some("t"), codec).unwrap())
+                    .unwrap();
+                assert_eq!(
+                    call,
+                    json!({"args": v.to_arg_values().unwrap(), "kwargs": {}, "token": "t"})
+                );
+            }
+        }
     }
 
     #[test]

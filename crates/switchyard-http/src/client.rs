@@ -17,7 +17,7 @@ use switchyard_core::transport::{
     Capabilities, DeliveryGuarantee, Ordering, Publisher, Requester, Responder, ServeHandle,
     SubscribeOptions, Subscriber, Subscription, Transport,
 };
-use switchyard_core::values::Reply;
+use switchyard_core::values::{Args, Reply};
 use tokio::sync::{oneshot, Mutex};
 
 use crate::server::{router_with, ServerState, Subscriptions};
@@ -194,21 +194,20 @@ impl Requester for HttpTransport {
     fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
         Box::pin(async move {
             let route = request.route;
-            let (args, kwargs) = request.args.into_wire().map_err(|e| CallError::Encode {
+            let token = request.token.as_deref();
+            let body = match &request.args {
+                // Straight from the Rust value: no intermediate `Value` tree.
+                Args::Local(v) => v.encode_call(token, self.codec),
+                Args::Wire { args, kwargs } => self.codec.encode(&RpcBody {
+                    args,
+                    kwargs,
+                    token,
+                }),
+            }
+            .map_err(|e| CallError::Encode {
                 route: route.clone(),
                 reason: e.to_string(),
             })?;
-            let body = self
-                .codec
-                .encode(&RpcBody {
-                    args: &args,
-                    kwargs: &kwargs,
-                    token: request.token.as_deref(),
-                })
-                .map_err(|e| CallError::Encode {
-                    route: route.clone(),
-                    reason: e.to_string(),
-                })?;
             let mut rb = self
                 .http
                 .post(format!("{}{}", self.base, route))
@@ -216,7 +215,8 @@ impl Requester for HttpTransport {
                 .body(body);
             if let Some(deadline) = request.deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
-                rb = rb.header(h::DEADLINE_MS, left.as_millis().to_string());
+                let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                rb = rb.header(h::DEADLINE_MS, reqwest::header::HeaderValue::from(ms));
             }
             for (k, v) in request.headers.iter() {
                 rb = rb.header(k, v);

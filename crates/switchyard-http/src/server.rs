@@ -18,7 +18,7 @@ use switchyard_core::handler::RouteKind;
 use switchyard_core::message::{header as h, Envelope, Headers};
 use switchyard_core::service::{CallRequest, Service, DEFAULT_MAX_BODY};
 use switchyard_core::transport::{Acker, Delivery, SubscriptionMode};
-use switchyard_core::values::Args;
+use switchyard_core::values::{Args, Reply};
 use tokio::sync::oneshot;
 
 use crate::ws;
@@ -150,8 +150,8 @@ pub(crate) fn error_response(code: ErrorCode, message: impl Into<String>) -> Res
         .into_response()
 }
 
-fn ok_response(values: &[Value], codec: Codec) -> Response {
-    match codec.encode(values) {
+fn ok_response(reply: Reply, codec: Codec) -> Response {
+    match reply.encode(codec) {
         Ok(bytes) => (
             StatusCode::OK,
             [(
@@ -216,7 +216,7 @@ fn context_headers(headers: &HeaderMap) -> Headers {
         let n = name.as_str();
         let keep = n == h::TRACEPARENT
             || n == h::TRACESTATE
-            || n.starts_with("x-")
+            || (n.starts_with("x-") && n != h::DEADLINE_MS)
             || n.starts_with("ce-")
             || n == "content-type";
         if keep {
@@ -390,19 +390,23 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
             }
         }
     };
+    // The deadline becomes an `Instant` here; the call's headers need not carry it again.
+    let deadline = parts
+        .headers
+        .get(h::DEADLINE_MS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
     let headers = context_headers(&parts.headers);
     let request = CallRequest {
         route: path,
         args,
         token,
-        deadline: headers.deadline().map(|d| std::time::Instant::now() + d),
+        deadline,
         headers,
     };
     match service.dispatch(request).await {
-        Ok(reply) => match reply.into_values() {
-            Ok(values) => ok_response(&values, codec),
-            Err(e) => error_response(ErrorCode::Internal, format!("reply does not encode: {e}")),
-        },
+        Ok(reply) => ok_response(reply, codec),
         Err(e) => error_response(e.code(), e.message()),
     }
 }
