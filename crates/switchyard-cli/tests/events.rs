@@ -142,3 +142,28 @@ async fn every_acknowledged_event_survives_a_sigkill_under_load() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+#[test]
+fn events_demo_runs_both_services_like_make_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(YARD)
+        .current_dir(dir.path())
+        .args(["events", "demo", "--count", "8", "--interval", "0.01"])
+        .output()
+        .expect("run demo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("sent 8, accepted "), "{stdout}");
+    let stored = std::fs::read_to_string(dir.path().join("output/events.json")).unwrap();
+    let accepted: usize = stdout
+        .split("accepted ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert_eq!(stored.lines().count(), accepted);
+}

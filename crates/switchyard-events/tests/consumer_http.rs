@@ -302,3 +302,82 @@ async fn the_propagator_sends_the_seed_dataset_and_sums_up() {
     .unwrap();
     assert_eq!((dead.sent, dead.failed), (2, 2));
 }
+
+#[tokio::test]
+async fn rate_mode_sends_concurrently_and_transport_urls_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, url) = start(&dir).await;
+    let started = std::time::Instant::now();
+    let summary = propagator::run(
+        PropagatorConfig {
+            endpoint: format!("{url}/event"),
+            rate: Some(500.0),
+            count: Some(300),
+            print_responses: false,
+            ..PropagatorConfig::default()
+        },
+        Arc::new(|_: &str| {}),
+    )
+    .await
+    .unwrap();
+    assert_eq!((summary.sent, summary.failed), (300, 0), "{summary}");
+    // 300 events at 500/s take about 0.6 s; sequential 5 s waits would take 25 minutes.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(lines(c.output()).len() as u64, summary.accepted);
+    c.shutdown().await;
+
+    // To a transport URL: published on the topic, consumed by a consumer taking that bus.
+    let bus = format!("mem://propagate-{}", std::process::id());
+    let dir2 = tempfile::tempdir().unwrap();
+    let c2 = consumer::start(
+        ConsumerConfig {
+            listen: "127.0.0.1:0".into(),
+            output: dir2.path().join("e.json"),
+            ..ConsumerConfig::default()
+        },
+        std::slice::from_ref(&bus),
+        "events",
+    )
+    .await
+    .unwrap();
+    let input = dir2.path().join("in.json");
+    std::fs::write(
+        &input,
+        r#"[{"event_type": "only", "event_payload": "one"}]"#,
+    )
+    .unwrap();
+    let summary = propagator::run(
+        PropagatorConfig {
+            endpoint: bus,
+            input: Some(input),
+            interval: std::time::Duration::from_millis(1),
+            count: Some(5),
+            print_responses: false,
+            ..PropagatorConfig::default()
+        },
+        Arc::new(|_: &str| {}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.accepted, 5, "{summary}");
+    let out = c2.output().to_path_buf();
+    c2.shutdown().await;
+    assert_eq!(
+        lines(&out),
+        vec![r#"{"event_payload":"one","event_type":"only"}"#; 5]
+    );
+}
+
+#[test]
+fn a_bad_input_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.json");
+    std::fs::write(&p, "{}").unwrap();
+    let e = propagator::load_events(Some(&p)).unwrap_err().to_string();
+    assert!(e.contains("must hold a non-empty JSON list"), "{e}");
+    assert_eq!(
+        propagator::load_events(None).unwrap().len(),
+        11,
+        "the seed's dataset ships built in"
+    );
+}
