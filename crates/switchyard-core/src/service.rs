@@ -304,8 +304,8 @@ impl Service {
         self
     }
 
-    /// Sets the codec for events this service publishes and for replies when the caller does
-    /// not say (default JSON).
+    /// Sets the codec of requests that name no content type, and so of their replies (default
+    /// JSON). A request that names its content type is always answered in it.
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
         self

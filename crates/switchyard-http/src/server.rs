@@ -228,13 +228,14 @@ fn context_headers(headers: &HeaderMap) -> Headers {
     out
 }
 
-fn request_codec(headers: &HeaderMap) -> Result<Codec, Rejection> {
+/// The codec of a request: its content type, or the service's codec when it names none (JSON
+/// unless the service chose otherwise, since seed 000's clients send JSON).
+fn request_codec(headers: &HeaderMap, service_default: Codec) -> Result<Codec, Rejection> {
     match headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
     {
-        // Seed 000's clients always send JSON; a missing type is read as JSON too.
-        None => Ok(Codec::Json),
+        None => Ok(service_default),
         Some(ct) => Codec::from_content_type(ct).ok_or_else(|| {
             Rejection(
                 ErrorCode::BadRequest,
@@ -303,7 +304,7 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
         return resp;
     }
     let (parts, body) = req.into_parts();
-    let codec = match request_codec(&parts.headers) {
+    let codec = match request_codec(&parts.headers, service.preferred_codec()) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };

@@ -359,6 +359,22 @@ async fn msgpack_requests_get_msgpack_replies() {
         .unwrap();
     assert_eq!((a, b, c), (3.5, 4, 2.25));
     assert!(HttpTransport::from_url(&format!("{url}?codec=xml")).is_err());
+
+    // A service may make MessagePack its default for requests that name no content type.
+    let t = HttpTransport::from_url("http://127.0.0.1:0").unwrap();
+    let packed = Service::new("packed")
+        .codec(switchyard_core::Codec::MsgPack)
+        .route("/echo", rpc(|s: String| async move { s }));
+    let h = t.serve(Arc::new(packed)).await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/echo", h.url()))
+        .body(rmp_serde::to_vec_named(&json!({"args": ["p"]})).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "application/msgpack");
+    let v: Value = rmp_serde::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(v, json!(["p"]));
 }
 
 #[tokio::test]
