@@ -2,7 +2,7 @@
 //!
 //! Typed RPC and events between services. A service answers named routes with plain async
 //! functions; a caller gets typed values back. The transport — in-process, HTTP/WebSocket,
-//! and (soon) RabbitMQ, NATS, Redis, MQTT, Kafka — is chosen by a URL, in code, in a config
+//! NATS/JetStream, and (soon) RabbitMQ, Redis, MQTT, Kafka — is chosen by a URL, in code, in a config
 //! file or in the environment, with no change to service code.
 //!
 //! ```
@@ -54,6 +54,7 @@
 //! | feature | what it adds | default |
 //! |---|---|---|
 //! | `http` | `http://` and `ws://`: RPC in microservices_connector's wire format, JSON endpoints, CloudEvents over HTTP, WebSocket routes | yes |
+//! | `nats` | `nats://`: core NATS request/reply, JetStream streams and durable consumers for events | yes |
 //! | `macros` | `#[switchyard::service]` | yes |
 //! | `testkit` | the conformance suite every transport passes | no |
 
@@ -72,6 +73,9 @@ pub use switchyard_core::{
 #[cfg(feature = "http")]
 pub use switchyard_http as http;
 
+#[cfg(feature = "nats")]
+pub use switchyard_nats as nats;
+
 #[cfg(feature = "macros")]
 pub use switchyard_macros::service;
 
@@ -88,6 +92,8 @@ pub fn schemes() -> &'static [&'static str] {
         "http",
         #[cfg(feature = "http")]
         "ws",
+        #[cfg(feature = "nats")]
+        "nats",
     ]
 }
 
@@ -105,6 +111,8 @@ pub fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
         "mem" => Ok(Arc::new(mem::MemTransport::from_url(url)?)),
         #[cfg(feature = "http")]
         "http" | "https" | "ws" | "wss" => Ok(Arc::new(http::HttpTransport::from_url(url)?)),
+        #[cfg(feature = "nats")]
+        "nats" => Ok(Arc::new(nats::NatsTransport::from_url(url)?)),
         "" => Err(TransportError::InvalidUrl {
             url: error::redact_url(url),
             reason: "expected SCHEME://…".into(),

@@ -1,0 +1,624 @@
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{
+    self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy, AckKind,
+};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use switchyard_core::codec::Codec;
+use switchyard_core::consumer;
+use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
+use switchyard_core::message::{header as h, Envelope, Headers};
+use switchyard_core::service::{CallRequest, Service};
+use switchyard_core::transport::{
+    Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
+    ServeHandle, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
+};
+use switchyard_core::values::{Args, Reply};
+use tokio::sync::{oneshot, Mutex, OnceCell};
+
+/// Header carrying the error code of a failed call's reply.
+const STATUS: &str = "x-status";
+
+/// The NATS transport.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use switchyard_core::Client;
+/// let nats = Arc::new(switchyard_nats::NatsTransport::from_url("nats://127.0.0.1:4222/app1")?);
+/// let reply: String = Client::new(nats).call("/helloworld", "Mr. Developer".to_string()).await?;
+/// # Ok(()) }
+/// ```
+pub struct NatsTransport {
+    url: String,
+    server: String,
+    namespace: String,
+    client: OnceCell<async_nats::Client>,
+    streams: Mutex<HashSet<String>>,
+    ack_wait: Duration,
+}
+
+impl std::fmt::Debug for NatsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsTransport")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct RpcBody<'a> {
+    args: &'a [Value],
+    kwargs: &'a Map<String, Value>,
+    token: Option<&'a str>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RpcIn {
+    #[serde(default)]
+    args: Option<Vec<Value>>,
+    #[serde(default)]
+    kwargs: Option<Map<String, Value>>,
+    #[serde(default)]
+    token: Option<String>,
+}
+
+fn invalid(url: &str, reason: impl Into<String>) -> TransportError {
+    TransportError::InvalidUrl {
+        url: redact_url(url),
+        reason: reason.into(),
+    }
+}
+
+/// A subject token from a route or topic: no wildcards, no white space, no empty tokens.
+fn check_subject(what: &str, s: &str) -> Result<(), String> {
+    let bad = s.is_empty()
+        || s.split('.').any(str::is_empty)
+        || s.chars().any(|c| c.is_whitespace() || c == '*' || c == '>');
+    if bad {
+        Err(format!(
+            "{what} {s:?} is not a valid NATS subject (no spaces, '*', '>' or empty tokens)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn route_subject(namespace: &str, route: &str) -> Result<String, String> {
+    let token = route.trim_start_matches('/').replace('/', ".");
+    check_subject("route", &token)?;
+    Ok(format!("sy.rpc.{namespace}.{token}"))
+}
+
+fn stream_name(topic: &str) -> String {
+    let clean: String = topic
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("SY_{clean}")
+}
+
+fn to_nats_headers(headers: &Headers) -> async_nats::HeaderMap {
+    let mut out = async_nats::HeaderMap::new();
+    for (k, v) in headers.iter() {
+        out.insert(k, v);
+    }
+    out
+}
+
+fn from_nats_headers(headers: Option<&async_nats::HeaderMap>) -> Headers {
+    let mut out = Headers::new();
+    if let Some(hm) = headers {
+        for (k, values) in hm.iter() {
+            if let Some(v) = values.first() {
+                out.insert(k.to_string(), v.as_str());
+            }
+        }
+    }
+    out
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
+    TransportError::Other(Box::new(e))
+}
+
+impl NatsTransport {
+    /// A transport for `nats://HOST:PORT[/NAMESPACE]` (namespace `default` when absent). The
+    /// connection is made on first use; an unreachable server is then an error naming the URL.
+    pub fn from_url(url: &str) -> Result<Self, TransportError> {
+        let parsed = url::Url::parse(url).map_err(|e| invalid(url, e.to_string()))?;
+        if parsed.scheme() != "nats" {
+            return Err(invalid(url, "expected nats://HOST:PORT[/NAMESPACE]"));
+        }
+        let host = parsed.host_str().ok_or_else(|| invalid(url, "no host"))?;
+        let port = parsed.port().unwrap_or(4222);
+        let ns = parsed.path().trim_matches('/');
+        let namespace = if ns.is_empty() {
+            "default".to_string()
+        } else {
+            ns.replace('/', ".")
+        };
+        check_subject("namespace", &namespace).map_err(|r| invalid(url, r))?;
+        // `?ack_wait_ms=N`: how long JetStream waits for an ack before it redelivers to another
+        // consumer (default 30 s). It bounds how long a message of a consumer that died stays
+        // stuck; a handler that runs longer gets its message redelivered meanwhile.
+        let mut ack_wait = Duration::from_secs(30);
+        for (k, v) in parsed.query_pairs() {
+            match k.as_ref() {
+                "ack_wait_ms" => {
+                    let ms: u64 = v.parse().map_err(|_| {
+                        invalid(
+                            url,
+                            format!("ack_wait_ms={v} is not a number of milliseconds"),
+                        )
+                    })?;
+                    ack_wait = Duration::from_millis(ms.max(100));
+                }
+                other => {
+                    return Err(invalid(
+                        url,
+                        format!("unknown option {other:?} (known: ack_wait_ms)"),
+                    ))
+                }
+            }
+        }
+        let auth = match (parsed.username(), parsed.password()) {
+            ("", _) => String::new(),
+            (u, Some(p)) => format!("{u}:{p}@"),
+            (u, None) => format!("{u}@"),
+        };
+        Ok(Self {
+            url: url.to_string(),
+            server: format!("nats://{auth}{host}:{port}"),
+            namespace,
+            client: OnceCell::new(),
+            streams: Mutex::new(HashSet::new()),
+            ack_wait,
+        })
+    }
+
+    async fn client(&self) -> Result<&async_nats::Client, TransportError> {
+        self.client
+            .get_or_try_init(|| async {
+                async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(5))
+                    .connect(&self.server)
+                    .await
+                    .map_err(|e| TransportError::Unreachable {
+                        url: redact_url(&self.url),
+                        source: Box::new(e),
+                    })
+            })
+            .await
+    }
+
+    async fn stream(&self, topic: &str) -> Result<jetstream::stream::Stream, TransportError> {
+        check_subject("topic", topic).map_err(|r| invalid(&self.url, r))?;
+        let js = jetstream::new(self.client().await?.clone());
+        let name = stream_name(topic);
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: name.clone(),
+                subjects: vec![topic.to_string()],
+                storage: jetstream::stream::StorageType::File,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            })
+            .await
+            .map_err(other)?;
+        self.streams.lock().await.insert(name);
+        Ok(stream)
+    }
+}
+
+struct NatsAcker {
+    message: Option<jetstream::Message>,
+}
+
+impl Acker for NatsAcker {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        let m = self.message.take();
+        Box::pin(async move {
+            match m {
+                Some(m) => m.ack().await.map_err(TransportError::Other),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn nack(
+        mut self: Box<Self>,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        let m = self.message.take();
+        Box::pin(async move {
+            match m {
+                Some(m) => m
+                    .ack_with(AckKind::Nak(delay))
+                    .await
+                    .map_err(TransportError::Other),
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+impl Drop for NatsAcker {
+    fn drop(&mut self) {
+        // Dropped unsettled: the consumer died mid-message. Hand it back at once rather than
+        // after the ack wait.
+        if let Some(m) = self.message.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                });
+            }
+        }
+    }
+}
+
+fn envelope_of(topic: &str, message: &async_nats::Message, attempt: Option<i64>) -> Envelope {
+    let mut headers = from_nats_headers(message.headers.as_ref());
+    let id = headers
+        .remove("ce-id")
+        .unwrap_or_else(switchyard_core::message::new_id);
+    headers.remove("ce-specversion");
+    if let Some(a) = attempt {
+        headers.insert(h::ATTEMPT, a.to_string());
+    }
+    if headers.get(h::CONTENT_TYPE).is_none() {
+        headers.insert(h::CONTENT_TYPE, Codec::Json.content_type());
+    }
+    Envelope {
+        id,
+        subject: topic.to_string(),
+        headers,
+        payload: message.payload.clone(),
+    }
+}
+
+impl Publisher for NatsTransport {
+    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let limit = client.server_info().max_payload;
+            if envelope.payload.len() > limit {
+                return Err(TransportError::PayloadTooLarge {
+                    size: envelope.payload.len(),
+                    limit,
+                });
+            }
+            self.stream(&envelope.subject).await?;
+            let mut headers = to_nats_headers(&envelope.headers);
+            for (attr, value) in envelope.cloud_event_attributes() {
+                let name = if attr == "datacontenttype" {
+                    "content-type".to_string()
+                } else {
+                    format!("ce-{attr}")
+                };
+                headers.insert(name.as_str(), value.as_str());
+            }
+            // JetStream de-duplicates on this id within its window: a retried publish is stored once.
+            headers.insert("Nats-Msg-Id", envelope.id.as_str());
+            let js = jetstream::new(client.clone());
+            let ack = js
+                .publish_with_headers(envelope.subject.clone(), headers, envelope.payload)
+                .await
+                .map_err(other)?;
+            ack.await.map_err(other)?;
+            Ok(())
+        })
+    }
+}
+
+impl Subscriber for NatsTransport {
+    fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<Subscription, TransportError>> {
+        let topic = topic.to_string();
+        Box::pin(async move {
+            let stream = self.stream(&topic).await?;
+            let max_ack_pending = i64::try_from(options.prefetch).unwrap_or(i64::MAX);
+            let consumer: jetstream::consumer::PullConsumer = match options.mode {
+                SubscriptionMode::Group(group) => {
+                    let durable: String = group
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect();
+                    stream
+                        .get_or_create_consumer(
+                            &durable,
+                            pull::Config {
+                                durable_name: Some(durable.clone()),
+                                ack_policy: AckPolicy::Explicit,
+                                deliver_policy: DeliverPolicy::All,
+                                ack_wait: self.ack_wait,
+                                max_ack_pending,
+                                ..Default::default()
+                            },
+                        )
+                        .await
+                        .map_err(other)?
+                }
+                _ => stream
+                    .create_consumer(pull::Config {
+                        ack_policy: AckPolicy::Explicit,
+                        ack_wait: self.ack_wait,
+                        deliver_policy: DeliverPolicy::New,
+                        inactive_threshold: Duration::from_secs(60),
+                        max_ack_pending,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(other)?,
+            };
+            let messages = consumer.messages().await.map_err(other)?;
+            let topic = Arc::new(topic);
+            let deliveries = messages.map(move |m| match m {
+                Ok(m) => {
+                    let attempt = m.info().ok().map(|i| i.delivered);
+                    let env = envelope_of(&topic, &m.message, attempt);
+                    Ok(Delivery::new(env, Box::new(NatsAcker { message: Some(m) })))
+                }
+                Err(e) => Err(TransportError::Other(Box::new(e))),
+            });
+            Ok(Box::pin(deliveries) as Subscription)
+        })
+    }
+}
+
+impl Requester for NatsTransport {
+    fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
+        Box::pin(async move {
+            let route = request.route.clone();
+            let subject =
+                route_subject(&self.namespace, &route).map_err(|reason| CallError::Encode {
+                    route: route.clone(),
+                    reason,
+                })?;
+            let token = request.token.as_deref();
+            let body = match &request.args {
+                Args::Local(v) => v.encode_call(token, Codec::Json),
+                Args::Wire { args, kwargs } => Codec::Json.encode(&RpcBody {
+                    args,
+                    kwargs,
+                    token,
+                }),
+            }
+            .map_err(|e| CallError::Encode {
+                route: route.clone(),
+                reason: e.to_string(),
+            })?;
+            let mut headers = to_nats_headers(&request.headers);
+            let wait = request
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            if let Some(w) = wait {
+                headers.insert(h::DEADLINE_MS, w.as_millis().to_string().as_str());
+            }
+            let client = self.client().await?;
+            let reply = client
+                .send_request(
+                    subject,
+                    async_nats::Request::new()
+                        .payload(body)
+                        .headers(headers)
+                        .timeout(wait),
+                )
+                .await
+                .map_err(|e| match e.kind() {
+                    async_nats::client::RequestErrorKind::NoResponders => CallError::Unreachable {
+                        target: format!("{} (no service serves {route})", redact_url(&self.url)),
+                        source: Box::new(e),
+                    },
+                    async_nats::client::RequestErrorKind::TimedOut => CallError::Timeout {
+                        route: route.clone(),
+                        after: wait.unwrap_or_default(),
+                    },
+                    _ => CallError::Transport(TransportError::Other(Box::new(e))),
+                })?;
+            let status = reply
+                .headers
+                .as_ref()
+                .and_then(|hm| hm.get(STATUS))
+                .map(|v| v.as_str().to_string());
+            match status {
+                None => {
+                    let values: Vec<Value> =
+                        serde_json::from_slice(&reply.payload).map_err(|e| CallError::Decode {
+                            route: route.clone(),
+                            expected: "a JSON array of returned values",
+                            reason: e.to_string(),
+                        })?;
+                    Ok(Reply::Wire(values))
+                }
+                Some(_) => {
+                    #[derive(serde::Deserialize)]
+                    struct ErrorBody {
+                        error: RemoteError,
+                    }
+                    let error = serde_json::from_slice::<ErrorBody>(&reply.payload)
+                        .map(|b| b.error)
+                        .unwrap_or_else(|e| {
+                            RemoteError::new(
+                                ErrorCode::Internal,
+                                format!("undecodable error reply: {e}"),
+                            )
+                        });
+                    Err(CallError::Remote { route, error })
+                }
+            }
+        })
+    }
+}
+
+async fn answer(
+    client: async_nats::Client,
+    service: Arc<Service>,
+    namespace: Arc<String>,
+    message: async_nats::Message,
+) {
+    let Some(reply_to) = message.reply.clone() else {
+        return;
+    };
+    let prefix = format!("sy.rpc.{namespace}.");
+    let route = format!(
+        "/{}",
+        message
+            .subject
+            .as_str()
+            .strip_prefix(&prefix)
+            .unwrap_or("")
+            .replace('.', "/")
+    );
+    let headers = from_nats_headers(message.headers.as_ref());
+    let deadline = headers.deadline().map(|d| Instant::now() + d);
+    let outcome = match serde_json::from_slice::<RpcIn>(&message.payload) {
+        Ok(body) => {
+            let request = CallRequest {
+                route,
+                args: Args::Wire {
+                    args: body.args.unwrap_or_default(),
+                    kwargs: body.kwargs.unwrap_or_default(),
+                },
+                token: body.token,
+                headers,
+                deadline,
+            };
+            service.dispatch(request).await.map_err(|e| e.into_remote())
+        }
+        Err(e) => Err(RemoteError::new(
+            ErrorCode::BadRequest,
+            format!("malformed request body: {e}"),
+        )),
+    };
+    let (payload, status) = match outcome.map(|r| r.encode(Codec::Json)) {
+        Ok(Ok(bytes)) => (bytes, None),
+        Ok(Err(e)) => (
+            error_bytes(&RemoteError::new(
+                ErrorCode::Internal,
+                format!("reply does not encode: {e}"),
+            )),
+            Some(ErrorCode::Internal),
+        ),
+        Err(error) => (error_bytes(&error), Some(error.code)),
+    };
+    let mut hm = async_nats::HeaderMap::new();
+    if let Some(code) = status {
+        hm.insert(STATUS, code.to_string().as_str());
+    }
+    if let Err(e) = client.publish_with_headers(reply_to, hm, payload).await {
+        tracing::warn!(target: "switchyard", error = %e, "could not send a NATS reply");
+    }
+}
+
+fn error_bytes(error: &RemoteError) -> Bytes {
+    Bytes::from(serde_json::json!({ "error": error }).to_string())
+}
+
+impl Responder for NatsTransport {
+    fn serve(&self, service: Arc<Service>) -> BoxFuture<'_, Result<ServeHandle, TransportError>> {
+        Box::pin(async move {
+            service
+                .validate()
+                .map_err(|e| TransportError::Other(Box::new(e)))?;
+            let client = self.client().await?.clone();
+            let mut rpc = client
+                .queue_subscribe(
+                    format!("sy.rpc.{}.>", self.namespace),
+                    self.namespace.clone(),
+                )
+                .await
+                .map_err(other)?;
+            let mut stops = Vec::new();
+            let mut consumers = Vec::new();
+            for topic in service.topics() {
+                let policy = service.policy().clone();
+                let sub = self
+                    .subscribe(
+                        topic,
+                        SubscribeOptions::group(service.name()).prefetch(policy.concurrency),
+                    )
+                    .await?;
+                let (tx, rx) = oneshot::channel();
+                stops.push(tx);
+                let dead_letters: Arc<dyn Publisher> =
+                    Arc::new(NatsTransport::from_url(&self.url)?);
+                consumers.push(tokio::spawn(consumer::run(
+                    service.clone(),
+                    sub,
+                    dead_letters,
+                    policy,
+                    rx,
+                )));
+            }
+            let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+            let namespace = Arc::new(self.namespace.clone());
+            let svc = service.clone();
+            let task = tokio::spawn(async move {
+                let mut calls = tokio::task::JoinSet::new();
+                loop {
+                    tokio::select! {
+                        _ = &mut stop_rx => break,
+                        m = rpc.next() => match m {
+                            Some(m) => { calls.spawn(answer(client.clone(), svc.clone(), namespace.clone(), m)); }
+                            None => break,
+                        },
+                    }
+                    while calls.try_join_next().is_some() {}
+                }
+                let _ = rpc.unsubscribe().await;
+                for s in stops {
+                    let _ = s.send(());
+                }
+                for c in consumers {
+                    let _ = c.await;
+                }
+                while calls.join_next().await.is_some() {}
+            });
+            Ok(ServeHandle::new(stop_tx, task, self.url.clone()))
+        })
+    }
+}
+
+impl Transport for NatsTransport {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: true,
+            ordering: Ordering::None,
+            delivery: DeliveryGuarantee::AtLeastOnce,
+            request_reply: true,
+            consumer_groups: true,
+            broadcast: true,
+            redelivery: true,
+        }
+    }
+
+    fn url(&self) -> String {
+        redact_url(&self.url)
+    }
+}

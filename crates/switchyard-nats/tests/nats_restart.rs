@@ -1,0 +1,101 @@
+//! Reconnect after a real restart of the NATS server: every publish that JetStream confirmed
+//! is delivered. Alone in this file because it stops the server the other NATS tests use
+//! (cargo runs test files one after another).
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard_core::testkit::{self, Harness};
+use switchyard_core::transport::Transport;
+use switchyard_nats::NatsTransport;
+
+const NATS: &str = "/usr/sbin/nats-server";
+
+fn port_open() -> bool {
+    std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:4222".parse().expect("addr"),
+        Duration::from_millis(300),
+    )
+    .is_ok()
+}
+
+fn wait_for(open: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while port_open() != open {
+        assert!(
+            Instant::now() < deadline,
+            "NATS did not {} in 30 s",
+            if open { "come back" } else { "stop" }
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops and starts the server with the machine's own commands (scripts/services.sh).
+fn restart_nats() {
+    let _ = Command::new("start-stop-daemon")
+        .args(["--stop", "--oknodo", "--exec", NATS])
+        .status();
+    wait_for(false);
+    let started = Command::new("start-stop-daemon")
+        .args([
+            "--start",
+            "--oknodo",
+            "--background",
+            "--exec",
+            NATS,
+            "--",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            "4222",
+            "-js",
+            "-sd",
+            "/var/lib/nats-server",
+            "-l",
+            "/var/log/nats-server.log",
+        ])
+        .status()
+        .expect("start-stop-daemon");
+    assert!(started.success());
+    wait_for(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_after_restart() {
+    let mut h = Harness::new(
+        || {
+            format!(
+                "nats://127.0.0.1:4222/restart{}?ack_wait_ms=3000",
+                &switchyard_core::message::new_id()[..8]
+            )
+        },
+        |url| Ok(Arc::new(NatsTransport::from_url(url)?) as Arc<dyn Transport>),
+    )
+    .require_tcp("NATS", "127.0.0.1:4222");
+    if !std::path::Path::new(NATS).exists()
+        || Command::new("start-stop-daemon")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        h.unavailable = Some(format!(
+            "cannot restart NATS here ({NATS} and start-stop-daemon are needed)"
+        ));
+    }
+    if !h.available("reconnect_after_restart") {
+        return;
+    }
+    h.restart = Some(Arc::new(|| {
+        Box::pin(async {
+            tokio::task::spawn_blocking(restart_nats)
+                .await
+                .expect("restart")
+        })
+    }));
+    testkit::check(
+        "reconnect_after_restart",
+        testkit::reconnect_after_restart(&h).await,
+    );
+}
