@@ -19,7 +19,7 @@ use switchyard_core::transport::{
     ServeHandle, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
 };
 use switchyard_core::values::{Args, Reply};
-use tokio::sync::{oneshot, Mutex, OnceCell};
+use tokio::sync::{oneshot, OnceCell};
 
 /// Header carrying the error code of a failed call's reply.
 const STATUS: &str = "x-status";
@@ -39,7 +39,8 @@ pub struct NatsTransport {
     server: String,
     namespace: String,
     client: OnceCell<async_nats::Client>,
-    streams: Mutex<HashSet<String>>,
+    // Streams known to exist; checked on every publish, so a plain (non-async) lock.
+    streams: std::sync::Mutex<HashSet<String>>,
     ack_wait: Duration,
 }
 
@@ -184,7 +185,7 @@ impl NatsTransport {
             server: format!("nats://{auth}{host}:{port}"),
             namespace,
             client: OnceCell::new(),
-            streams: Mutex::new(HashSet::new()),
+            streams: std::sync::Mutex::new(HashSet::new()),
             ack_wait,
         })
     }
@@ -218,7 +219,10 @@ impl NatsTransport {
             })
             .await
             .map_err(other)?;
-        self.streams.lock().await.insert(name);
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name);
         Ok(stream)
     }
 }
@@ -300,7 +304,16 @@ impl Publisher for NatsTransport {
                     limit,
                 });
             }
-            self.stream(&envelope.subject).await?;
+            // Create the topic's stream once per transport, not on every publish (that is a
+            // JetStream API round trip).
+            let known = self
+                .streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&stream_name(&envelope.subject));
+            if !known {
+                self.stream(&envelope.subject).await?;
+            }
             let mut headers = to_nats_headers(&envelope.headers);
             for (attr, value) in envelope.cloud_event_attributes() {
                 let name = if attr == "datacontenttype" {
@@ -420,10 +433,12 @@ impl Requester for NatsTransport {
             let reply = client
                 .send_request(
                     subject,
+                    // The caller's own timeout bounds the call; `None` switches off
+                    // async-nats' second timer (its default is 10 s).
                     async_nats::Request::new()
                         .payload(body)
                         .headers(headers)
-                        .timeout(wait),
+                        .timeout(None),
                 )
                 .await
                 .map_err(|e| match e.kind() {
@@ -523,11 +538,16 @@ async fn answer(
         ),
         Err(error) => (error_bytes(&error), Some(error.code)),
     };
-    let mut hm = async_nats::HeaderMap::new();
-    if let Some(code) = status {
-        hm.insert(STATUS, code.to_string().as_str());
-    }
-    if let Err(e) = client.publish_with_headers(reply_to, hm, payload).await {
+    // A success needs no header block; only an error carries its code.
+    let sent = match status {
+        None => client.publish(reply_to, payload).await,
+        Some(code) => {
+            let mut hm = async_nats::HeaderMap::new();
+            hm.insert(STATUS, code.to_string().as_str());
+            client.publish_with_headers(reply_to, hm, payload).await
+        }
+    };
+    if let Err(e) = sent {
         tracing::warn!(target: "switchyard", error = %e, "could not send a NATS reply");
     }
 }
@@ -581,7 +601,14 @@ impl Responder for NatsTransport {
                     tokio::select! {
                         _ = &mut stop_rx => break,
                         m = rpc.next() => match m {
-                            Some(m) => { calls.spawn(answer(client.clone(), svc.clone(), namespace.clone(), m)); }
+                            Some(m) => {
+                                // Answer in place when the handler never waits; spawn only a
+                                // call that has to wait, so slow handlers still run side by side.
+                                let mut call = Box::pin(answer(client.clone(), svc.clone(), namespace.clone(), m));
+                                if futures::poll!(call.as_mut()).is_pending() {
+                                    calls.spawn(call);
+                                }
+                            }
                             None => break,
                         },
                     }

@@ -1,0 +1,220 @@
+//! NATS against the raw async-nats client doing the same work, alternating rounds:
+//! RPC (one caller in sequence, 64 in flight) and confirmed JetStream publishes (64 in
+//! flight). Needs the NATS server on 127.0.0.1:4222 (scripts/services.sh).
+//!
+//! `cargo bench --bench nats`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use switchyard::transport::Transport;
+use switchyard::{rpc, Client, Envelope, Service};
+
+const ROUNDS: usize = 5;
+const ROUND: Duration = Duration::from_millis(1500);
+
+async fn helloworld(name: String) -> String {
+    format!("Welcome {name}")
+}
+
+#[derive(Clone)]
+enum Side {
+    RawRpc(async_nats::Client),
+    OursRpc(Client),
+    RawPublish(async_nats::jetstream::Context, Arc<String>),
+    OursPublish(Arc<dyn Transport>, Arc<String>),
+}
+
+impl Side {
+    async fn once(&self) {
+        match self {
+            Side::RawRpc(c) => {
+                let body = serde_json::to_vec(
+                    &json!({"args": ["Mr. Developer"], "kwargs": {}, "token": null}),
+                )
+                .expect("json");
+                let m = c
+                    .request("bench.raw.hello", body.into())
+                    .await
+                    .expect("request");
+                let v: Vec<Value> = serde_json::from_slice(&m.payload).expect("reply");
+                std::hint::black_box(v);
+            }
+            Side::OursRpc(c) => {
+                let r: String = c
+                    .call("/hello", "Mr. Developer".to_string())
+                    .await
+                    .expect("call");
+                std::hint::black_box(r);
+            }
+            Side::RawPublish(js, topic) => {
+                // The same message on the wire: CloudEvents headers and a de-duplication id.
+                let mut h = async_nats::HeaderMap::new();
+                let id = switchyard::message::new_id();
+                h.insert("ce-specversion", "1.0");
+                h.insert("ce-id", id.as_str());
+                h.insert("ce-type", topic.as_str());
+                h.insert("ce-source", "/switchyard");
+                h.insert("content-type", "application/json");
+                h.insert("Nats-Msg-Id", id.as_str());
+                js.publish_with_headers(topic.to_string(), h, r#"{"n":1}"#.into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("ack");
+            }
+            Side::OursPublish(t, topic) => {
+                t.publish(Envelope::new(topic.as_str(), r#"{"n":1}"#))
+                    .await
+                    .expect("publish");
+            }
+        }
+    }
+}
+
+async fn round(side: &Side, workers: usize) -> (f64, Duration) {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let side = side.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while start.elapsed() < ROUND {
+                let t = Instant::now();
+                side.once().await;
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    all.sort_unstable();
+    (
+        all.len() as f64 / start.elapsed().as_secs_f64(),
+        all[all.len() / 2],
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn compare(label: &str, raw: &Side, ours: &Side, workers: usize) {
+    let (mut rt, mut ot, mut rp, mut op, mut ratio) = (vec![], vec![], vec![], vec![], vec![]);
+    for i in 0..ROUNDS {
+        let (a, b) = if i % 2 == 0 { (raw, ours) } else { (ours, raw) };
+        let x = round(a, workers).await;
+        let y = round(b, workers).await;
+        let (r, o) = if i % 2 == 0 { (x, y) } else { (y, x) };
+        rt.push(r.0);
+        ot.push(o.0);
+        rp.push(r.1.as_secs_f64() * 1e6);
+        op.push(o.1.as_secs_f64() * 1e6);
+        ratio.push(o.0 / r.0);
+    }
+    println!("{label}:");
+    println!(
+        "  raw async-nats  {:>8.0} ops/s  p50 {:>8.1} µs",
+        median(rt),
+        median(rp)
+    );
+    println!(
+        "  switchyard      {:>8.0} ops/s  p50 {:>8.1} µs",
+        median(ot),
+        median(op)
+    );
+    println!(
+        "  throughput ratio (median of {ROUNDS} alternating rounds): {:.2}x",
+        median(ratio)
+    );
+}
+
+fn main() {
+    if std::net::TcpStream::connect("127.0.0.1:4222").is_err() {
+        eprintln!(
+            "SKIPPED nats benchmark: no NATS server on 127.0.0.1:4222 (run scripts/services.sh)"
+        );
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let raw = async_nats::connect("nats://127.0.0.1:4222")
+            .await
+            .expect("connect");
+        let mut sub = raw.subscribe("bench.raw.hello").await.expect("subscribe");
+        let responder = raw.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let body: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+                let name = body["args"][0].as_str().unwrap_or_default();
+                let reply =
+                    serde_json::to_vec(&json!([format!("Welcome {name}")])).unwrap_or_default();
+                if let Some(r) = m.reply {
+                    let _ = responder.publish(r, reply.into()).await;
+                }
+            }
+        });
+        let url = "nats://127.0.0.1:4222/bench";
+        let transport = switchyard::connect(url).expect("nats");
+        let _server = switchyard::serve(
+            &transport,
+            Service::new("bench").route("/hello", rpc(helloworld)),
+        )
+        .await
+        .expect("serve");
+        let ours = Client::new(switchyard::connect(url).expect("nats"));
+        compare(
+            "RPC, 1 caller in sequence",
+            &Side::RawRpc(raw.clone()),
+            &Side::OursRpc(ours.clone()),
+            1,
+        )
+        .await;
+        compare(
+            "RPC, 64 in flight",
+            &Side::RawRpc(raw.clone()),
+            &Side::OursRpc(ours),
+            64,
+        )
+        .await;
+
+        let js = async_nats::jetstream::new(raw.clone());
+        let raw_topic = format!("bench.raw.{}", std::process::id());
+        let _ = js
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: format!("BENCH_RAW_{}", std::process::id()),
+                subjects: vec![raw_topic.clone()],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        let our_topic = format!("bench.ours.{}", std::process::id());
+        compare(
+            "confirmed JetStream publish, 64 in flight",
+            &Side::RawPublish(js.clone(), Arc::new(raw_topic)),
+            &Side::OursPublish(
+                switchyard::connect(url).expect("nats"),
+                Arc::new(our_topic.clone()),
+            ),
+            64,
+        )
+        .await;
+        let _ = js
+            .delete_stream(format!("BENCH_RAW_{}", std::process::id()))
+            .await;
+        let _ = js
+            .delete_stream(format!("SY_bench_ours_{}", std::process::id()))
+            .await;
+    });
+}
