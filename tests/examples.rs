@@ -14,7 +14,12 @@ fn example(name: &str) -> String {
         .env_remove("SWITCHYARD_URL")
         .env_remove("SWITCHYARD_CONFIG")
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e} (`cargo test` builds the examples first; `cargo test --test examples` alone does not: run `cargo build --examples` before it)",
+                path.display()
+            )
+        });
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -72,6 +77,17 @@ fn websocket() {
     );
     assert!(
         out.contains("< Websocket close: path does not exist"),
+        "{out}"
+    );
+}
+
+#[test]
+fn ordered_pool() {
+    let out = example("ordered_pool");
+    assert!(out.contains("id 1: working on {'id': 1, 'x': 'Nguyen'} | working on {'id': 1, 'x': 'Minh'} | working on {'id': 1, 'x': 'Tuan'}"), "{out}");
+    assert!(out.contains("id 4: working on {'id': 4, 'x': '1'} | working on {'id': 4, 'x': '2'} | working on {'id': 4, 'x': '3'} | working on {'id': 4, 'x': '4'} | working on {'id': 4, 'x': '5'} | working on {'id': 4, 'x': '6'} | working on {'id': 4, 'x': '7'} | working on {'id': 4, 'x': '8'}"), "{out}");
+    assert!(
+        out.contains("38 items, 22 ids, each id in submission order"),
         "{out}"
     );
 }

@@ -20,6 +20,7 @@ pub mod error;
 pub mod handler;
 pub mod mem;
 pub mod message;
+pub mod pool;
 pub mod service;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -63,7 +63,8 @@ use std::sync::Arc;
 #[cfg(feature = "testkit")]
 pub use switchyard_core::testkit;
 pub use switchyard_core::{
-    client, codec, consumer, context, error, handler, mem, message, service, transport, values,
+    client, codec, consumer, context, error, handler, mem, message, pool, service, transport,
+    values,
 };
 pub use switchyard_core::{
     json, rpc, CallError, Capabilities, Client, Codec, Envelope, ErrorCode, HandlerError, Headers,
