@@ -22,7 +22,7 @@
 //! # }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
@@ -34,6 +34,7 @@ use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
+use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Limits of a pool.
@@ -95,9 +96,10 @@ struct Queued<K, T> {
 struct Inner<K, T> {
     config: PoolConfig,
     in_flight: Arc<Semaphore>,
-    workers: Arc<Semaphore>,
+    /// `None` when the in-flight bound already keeps running jobs within the worker limit.
+    workers: Option<Arc<Semaphore>>,
     /// Keys with a runner, and the jobs waiting behind the running one.
-    keys: Mutex<HashMap<K, VecDeque<Queued<K, T>>>>,
+    keys: Mutex<FxHashMap<K, VecDeque<Queued<K, T>>>>,
     next_seq: AtomicU64,
     closed: AtomicBool,
     results: mpsc::Sender<JobResult<K, T>>,
@@ -161,8 +163,9 @@ where
         let inner = Arc::new(Inner {
             config,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
-            workers: Arc::new(Semaphore::new(config.workers)),
-            keys: Mutex::new(HashMap::new()),
+            workers: (config.workers < config.max_in_flight)
+                .then(|| Arc::new(Semaphore::new(config.workers))),
+            keys: Mutex::new(FxHashMap::default()),
             next_seq: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             results: tx,
@@ -258,9 +261,12 @@ where
 }
 
 async fn run_one<K: Clone, T>(inner: &Inner<K, T>, key: Option<K>, queued: Queued<K, T>) {
-    let outcome = match inner.workers.clone().acquire_owned().await {
-        Ok(_worker) => queued.job.await,
-        Err(_) => Err(JobError::Failed("pool closed".into())),
+    let outcome = match &inner.workers {
+        None => queued.job.await,
+        Some(workers) => match workers.acquire().await {
+            Ok(_worker) => queued.job.await,
+            Err(_) => Err(JobError::Failed("pool closed".into())),
+        },
     };
     let _ = inner
         .results
