@@ -2,25 +2,11 @@
 //! client, and `call`, `publish`, `subscribe`.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const YARD: &str = env!("CARGO_BIN_EXE_yard");
-
-struct Running(Child);
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+mod common;
+use common::{free_port, Running, YARD};
 
 /// Starts `yard serve example` and waits until it says where it listens.
 fn serve_example() -> (Running, String) {

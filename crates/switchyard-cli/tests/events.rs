@@ -4,26 +4,12 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const YARD: &str = env!("CARGO_BIN_EXE_yard");
-
-struct Running(Child);
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
+mod common;
+use common::{free_port, Running, YARD};
 
 /// Starts `yard events consume` in `dir` and waits for its first line.
 fn consume(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {

@@ -26,6 +26,7 @@ pub mod service;
 pub mod testkit;
 pub mod transport;
 pub mod values;
+pub mod wire;
 
 pub use client::Client;
 pub use codec::Codec;

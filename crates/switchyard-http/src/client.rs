@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use axum::serve::ListenerExt;
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use switchyard_core::codec::Codec;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
 use switchyard_core::message::{header as h, Envelope};
@@ -17,7 +16,8 @@ use switchyard_core::transport::{
     Capabilities, DeliveryGuarantee, Ordering, Publisher, Requester, Responder, ServeHandle,
     SubscribeOptions, Subscriber, Subscription, Transport,
 };
-use switchyard_core::values::{Args, Reply};
+use switchyard_core::values::Reply;
+use switchyard_core::wire;
 use tokio::sync::{oneshot, Mutex};
 
 use crate::server::{router_with, ServerState, Subscriptions};
@@ -48,18 +48,6 @@ impl std::fmt::Debug for HttpTransport {
             .field("base", &redact_url(&self.base))
             .finish()
     }
-}
-
-#[derive(Serialize)]
-struct RpcBody<'a> {
-    args: &'a [Value],
-    kwargs: &'a Map<String, Value>,
-    token: Option<&'a str>,
-}
-
-#[derive(serde::Deserialize)]
-struct ErrorBody {
-    error: RemoteError,
 }
 
 impl HttpTransport {
@@ -175,9 +163,9 @@ impl HttpTransport {
 }
 
 fn remote_error(status: u16, body: &[u8]) -> RemoteError {
-    match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(b) => b.error,
-        Err(_) => RemoteError::new(
+    match wire::decode_error(body) {
+        Some(error) => error,
+        None => RemoteError::new(
             ErrorCode::from_http_status(status),
             format!(
                 "HTTP {status}: {}",
@@ -195,18 +183,11 @@ impl Requester for HttpTransport {
         Box::pin(async move {
             let route = request.route;
             let token = request.token.as_deref();
-            let body = match &request.args {
-                // Straight from the Rust value: no intermediate `Value` tree.
-                Args::Local(v) => v.encode_call(token, self.codec),
-                Args::Wire { args, kwargs } => self.codec.encode(&RpcBody {
-                    args,
-                    kwargs,
-                    token,
-                }),
-            }
-            .map_err(|e| CallError::Encode {
-                route: route.clone(),
-                reason: e.to_string(),
+            let body = wire::encode_call(&request.args, token, self.codec).map_err(|e| {
+                CallError::Encode {
+                    route: route.clone(),
+                    reason: e.to_string(),
+                }
             })?;
             let mut rb = self
                 .http

@@ -10,7 +10,6 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures::future::BoxFuture;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use switchyard_core::codec::Codec;
 use switchyard_core::error::{ErrorCode, RemoteError, TransportError};
@@ -19,6 +18,7 @@ use switchyard_core::message::{header as h, Envelope, Headers};
 use switchyard_core::service::{CallRequest, Service, DEFAULT_MAX_BODY};
 use switchyard_core::transport::{Acker, Delivery, SubscriptionMode};
 use switchyard_core::values::{Args, Reply};
+use switchyard_core::wire::CallBody;
 use tokio::sync::oneshot;
 
 use crate::ws;
@@ -247,17 +247,6 @@ fn request_codec(headers: &HeaderMap, service_default: Codec) -> Result<Codec, R
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RpcBody {
-    #[serde(default)]
-    args: Option<Vec<Value>>,
-    #[serde(default)]
-    kwargs: Option<Map<String, Value>>,
-    #[serde(default)]
-    token: Option<String>,
-}
-
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
@@ -332,8 +321,8 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
         RouteKind::Rpc => {
             // JSON straight into the call's shape, without an intermediate `Value` tree.
             let body = match codec {
-                _ if empty => Ok(RpcBody::default()),
-                Codec::Json => serde_json::from_slice::<RpcBody>(&bytes).map_err(|e| {
+                _ if empty => Ok(CallBody::default()),
+                Codec::Json => serde_json::from_slice::<CallBody>(&bytes).map_err(|e| {
                     if e.is_data() {
                         wrong_shape(&e)
                     } else {
@@ -341,17 +330,15 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
                     }
                 }),
                 _ => match codec.decode::<Value>(&bytes) {
-                    Ok(v) => serde_json::from_value::<RpcBody>(v).map_err(|e| wrong_shape(&e)),
+                    Ok(v) => serde_json::from_value::<CallBody>(v).map_err(|e| wrong_shape(&e)),
                     Err(e) => Err(malformed(&e)),
                 },
             };
             match body {
                 Ok(b) => {
-                    token = b.token.or(token);
-                    Args::Wire {
-                        args: b.args.unwrap_or_default(),
-                        kwargs: b.kwargs.unwrap_or_default(),
-                    }
+                    let (args, body_token) = b.into_parts();
+                    token = body_token.or(token);
+                    args
                 }
                 Err(resp) => return resp,
             }

@@ -5,10 +5,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{
     self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy, AckKind,
 };
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use switchyard_core::codec::Codec;
 use switchyard_core::consumer;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
@@ -18,7 +17,8 @@ use switchyard_core::transport::{
     Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
     ServeHandle, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
 };
-use switchyard_core::values::{Args, Reply};
+use switchyard_core::values::Reply;
+use switchyard_core::wire;
 use tokio::sync::{oneshot, OnceCell};
 
 /// Header carrying the error code of a failed call's reply.
@@ -52,24 +52,6 @@ impl std::fmt::Debug for NatsTransport {
     }
 }
 
-#[derive(serde::Serialize)]
-struct RpcBody<'a> {
-    args: &'a [Value],
-    kwargs: &'a Map<String, Value>,
-    token: Option<&'a str>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RpcIn {
-    #[serde(default)]
-    args: Option<Vec<Value>>,
-    #[serde(default)]
-    kwargs: Option<Map<String, Value>>,
-    #[serde(default)]
-    token: Option<String>,
-}
-
 fn invalid(url: &str, reason: impl Into<String>) -> TransportError {
     TransportError::InvalidUrl {
         url: redact_url(url),
@@ -97,9 +79,9 @@ fn route_subject(namespace: &str, route: &str) -> Result<String, String> {
     Ok(format!("sy.rpc.{namespace}.{token}"))
 }
 
-fn stream_name(topic: &str) -> String {
-    let clean: String = topic
-        .chars()
+/// A name JetStream accepts for streams and consumers: letters, digits, `-` and `_`.
+fn jetstream_name(s: &str) -> String {
+    s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
                 c
@@ -107,8 +89,11 @@ fn stream_name(topic: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("SY_{clean}")
+        .collect()
+}
+
+fn stream_name(topic: &str) -> String {
+    format!("SY_{}", jetstream_name(topic))
 }
 
 fn to_nats_headers(headers: &Headers) -> async_nats::HeaderMap {
@@ -348,16 +333,7 @@ impl Subscriber for NatsTransport {
             let max_ack_pending = i64::try_from(options.prefetch).unwrap_or(i64::MAX);
             let consumer: jetstream::consumer::PullConsumer = match options.mode {
                 SubscriptionMode::Group(group) => {
-                    let durable: String = group
-                        .chars()
-                        .map(|c| {
-                            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                                c
-                            } else {
-                                '_'
-                            }
-                        })
-                        .collect();
+                    let durable = jetstream_name(&group);
                     stream
                         .get_or_create_consumer(
                             &durable,
@@ -410,17 +386,11 @@ impl Requester for NatsTransport {
                     reason,
                 })?;
             let token = request.token.as_deref();
-            let body = match &request.args {
-                Args::Local(v) => v.encode_call(token, Codec::Json),
-                Args::Wire { args, kwargs } => Codec::Json.encode(&RpcBody {
-                    args,
-                    kwargs,
-                    token,
-                }),
-            }
-            .map_err(|e| CallError::Encode {
-                route: route.clone(),
-                reason: e.to_string(),
+            let body = wire::encode_call(&request.args, token, Codec::Json).map_err(|e| {
+                CallError::Encode {
+                    route: route.clone(),
+                    reason: e.to_string(),
+                }
             })?;
             let mut headers = to_nats_headers(&request.headers);
             let wait = request
@@ -468,18 +438,15 @@ impl Requester for NatsTransport {
                     Ok(Reply::Wire(values))
                 }
                 Some(_) => {
-                    #[derive(serde::Deserialize)]
-                    struct ErrorBody {
-                        error: RemoteError,
-                    }
-                    let error = serde_json::from_slice::<ErrorBody>(&reply.payload)
-                        .map(|b| b.error)
-                        .unwrap_or_else(|e| {
-                            RemoteError::new(
-                                ErrorCode::Internal,
-                                format!("undecodable error reply: {e}"),
-                            )
-                        });
+                    let error = wire::decode_error(&reply.payload).unwrap_or_else(|| {
+                        RemoteError::new(
+                            ErrorCode::Internal,
+                            format!(
+                                "undecodable error reply: {}",
+                                String::from_utf8_lossy(&reply.payload)
+                            ),
+                        )
+                    });
                     Err(CallError::Remote { route, error })
                 }
             }
@@ -508,15 +475,13 @@ async fn answer(
     );
     let headers = from_nats_headers(message.headers.as_ref());
     let deadline = headers.deadline().map(|d| Instant::now() + d);
-    let outcome = match serde_json::from_slice::<RpcIn>(&message.payload) {
+    let outcome = match serde_json::from_slice::<wire::CallBody>(&message.payload) {
         Ok(body) => {
+            let (args, token) = body.into_parts();
             let request = CallRequest {
                 route,
-                args: Args::Wire {
-                    args: body.args.unwrap_or_default(),
-                    kwargs: body.kwargs.unwrap_or_default(),
-                },
-                token: body.token,
+                args,
+                token,
                 headers,
                 deadline,
             };
@@ -530,13 +495,13 @@ async fn answer(
     let (payload, status) = match outcome.map(|r| r.encode(Codec::Json)) {
         Ok(Ok(bytes)) => (bytes, None),
         Ok(Err(e)) => (
-            error_bytes(&RemoteError::new(
+            wire::error_body(&RemoteError::new(
                 ErrorCode::Internal,
                 format!("reply does not encode: {e}"),
             )),
             Some(ErrorCode::Internal),
         ),
-        Err(error) => (error_bytes(&error), Some(error.code)),
+        Err(error) => (wire::error_body(&error), Some(error.code)),
     };
     // A success needs no header block; only an error carries its code.
     let sent = match status {
@@ -550,10 +515,6 @@ async fn answer(
     if let Err(e) = sent {
         tracing::warn!(target: "switchyard", error = %e, "could not send a NATS reply");
     }
-}
-
-fn error_bytes(error: &RemoteError) -> Bytes {
-    Bytes::from(serde_json::json!({ "error": error }).to_string())
 }
 
 impl Responder for NatsTransport {
