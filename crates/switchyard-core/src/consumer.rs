@@ -10,12 +10,13 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::error::ErrorCode;
+use crate::inbox::{Claim, InboxStore};
 use crate::message::header;
 use crate::service::Service;
 use crate::transport::{Delivery, Publisher, Subscription};
 
 /// Retry and dead-letter policy of a consumer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct ConsumerPolicy {
     /// Deliveries before a failing message goes to the dead-letter topic (default 5).
     pub max_attempts: u32,
@@ -27,6 +28,24 @@ pub struct ConsumerPolicy {
     pub dead_letter_suffix: String,
     /// Handlers running at once (default 64).
     pub concurrency: usize,
+    /// Skip messages already processed (see [`crate::inbox`]); `None` by default.
+    pub inbox: Option<Arc<dyn InboxStore>>,
+    /// How long a claim in the inbox lasts before another consumer may run the message
+    /// (default 30 s): longer than the slowest handler.
+    pub inbox_lease: Duration,
+}
+
+impl std::fmt::Debug for ConsumerPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerPolicy")
+            .field("max_attempts", &self.max_attempts)
+            .field("initial_backoff", &self.initial_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("dead_letter_suffix", &self.dead_letter_suffix)
+            .field("concurrency", &self.concurrency)
+            .field("inbox", &self.inbox.is_some())
+            .finish()
+    }
 }
 
 impl Default for ConsumerPolicy {
@@ -37,6 +56,8 @@ impl Default for ConsumerPolicy {
             max_backoff: Duration::from_secs(10),
             dead_letter_suffix: ".dlq".into(),
             concurrency: 64,
+            inbox: None,
+            inbox_lease: Duration::from_secs(30),
         }
     }
 }
@@ -117,7 +138,35 @@ async fn handle_one(
             service.hub().push(&env.subject, text);
         }
     }
+    if let Some(inbox) = &policy.inbox {
+        match inbox.claim(&env.id, policy.inbox_lease).await {
+            Ok(Claim::Fresh) => {}
+            Ok(Claim::Done) => {
+                // A duplicate of a message already processed: effectively once.
+                settle(delivery.ack().await);
+                return;
+            }
+            Ok(Claim::InProgress) => {
+                settle(delivery.nack(Some(policy.backoff(attempt))).await);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(target: "switchyard", error = %e, "inbox unavailable; message will be redelivered");
+                settle(delivery.nack(Some(policy.backoff(attempt))).await);
+                return;
+            }
+        }
+    }
     let outcome = service.handle_event(env.clone()).await;
+    if let Some(inbox) = &policy.inbox {
+        let recorded = match &outcome {
+            Ok(()) => inbox.done(&env.id).await,
+            Err(_) => inbox.release(&env.id).await,
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(target: "switchyard", error = %e, "could not record the message in the inbox");
+        }
+    }
     let settled = match outcome {
         Ok(()) => delivery.ack().await,
         Err(e) if e.code() == ErrorCode::BadRequest || attempt >= policy.max_attempts => {
@@ -140,7 +189,11 @@ async fn handle_one(
             delivery.nack(Some(policy.backoff(attempt))).await
         }
     };
-    if let Err(e) = settled {
+    settle(settled);
+}
+
+fn settle(result: Result<(), crate::error::TransportError>) {
+    if let Err(e) = result {
         tracing::warn!(target: "switchyard", error = %e, "could not settle delivery");
     }
 }

@@ -18,6 +18,7 @@ pub mod consumer;
 pub mod context;
 pub mod error;
 pub mod handler;
+pub mod inbox;
 pub mod mem;
 pub mod message;
 pub mod pool;

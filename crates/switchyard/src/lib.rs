@@ -55,6 +55,7 @@
 //! |---|---|---|
 //! | `http` | `http://` and `ws://`: RPC in microservices_connector's wire format, JSON endpoints, CloudEvents over HTTP, WebSocket routes | yes |
 //! | `nats` | `nats://`: core NATS request/reply, JetStream streams and durable consumers for events | yes |
+//! | `inbox` | Redis and PostgreSQL inbox stores (`inbox_stores`) for effectively-once consumers | no |
 //! | `macros` | `#[switchyard::service]` | yes |
 //! | `testkit` | the conformance suite every transport passes | no |
 
@@ -63,8 +64,8 @@ use std::sync::Arc;
 #[cfg(feature = "testkit")]
 pub use switchyard_core::testkit;
 pub use switchyard_core::{
-    client, codec, consumer, context, error, handler, mem, message, pool, service, transport,
-    values,
+    client, codec, consumer, context, error, handler, inbox, mem, message, pool, service,
+    transport, values, wire,
 };
 pub use switchyard_core::{
     json, rpc, CallError, Capabilities, Client, Codec, Envelope, ErrorCode, HandlerError, Headers,
@@ -76,6 +77,9 @@ pub use switchyard_http as http;
 
 #[cfg(feature = "nats")]
 pub use switchyard_nats as nats;
+
+#[cfg(feature = "inbox")]
+pub use switchyard_inbox as inbox_stores;
 
 #[cfg(feature = "macros")]
 pub use switchyard_macros::service;
