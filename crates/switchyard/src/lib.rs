@@ -55,7 +55,7 @@
 //! |---|---|---|
 //! | `http` | `http://` and `ws://`: RPC in microservices_connector's wire format, JSON endpoints, CloudEvents over HTTP, WebSocket routes | yes |
 //! | `nats` | `nats://`: core NATS request/reply, JetStream streams and durable consumers for events | yes |
-//! | `inbox` | Redis and PostgreSQL inbox stores (`inbox_stores`) for effectively-once consumers | no |
+//! | `store` | inbox stores (Redis, PostgreSQL) and the PostgreSQL transactional outbox (`store`) | no |
 //! | `macros` | `#[switchyard::service]` | yes |
 //! | `testkit` | the conformance suite every transport passes | no |
 
@@ -78,8 +78,8 @@ pub use switchyard_http as http;
 #[cfg(feature = "nats")]
 pub use switchyard_nats as nats;
 
-#[cfg(feature = "inbox")]
-pub use switchyard_inbox as inbox_stores;
+#[cfg(feature = "store")]
+pub use switchyard_store as store;
 
 #[cfg(feature = "macros")]
 pub use switchyard_macros::service;

@@ -1,5 +1,8 @@
-//! Inbox stores for switchyard's effectively-once consumers (see `switchyard_core::inbox`):
-//! [`RedisInbox`] and [`PgInbox`]. Not for direct use; see the `switchyard` crate.
+//! Stores for effectively-once processing: inbox stores for switchyard's consumers (see
+//! `switchyard_core::inbox`), [`RedisInbox`] and [`PgInbox`]; and the PostgreSQL
+//! transactional outbox, [`outbox::PgOutbox`]. Not for direct use; see the `switchyard` crate.
+
+pub mod outbox;
 
 use std::time::Duration;
 
@@ -115,7 +118,7 @@ impl InboxStore for RedisInbox {
     }
 }
 
-/// Message ids in a PostgreSQL table (`switchyard_inbox` unless named otherwise). Besides
+/// Message ids in a PostgreSQL table (`switchyard_store` unless named otherwise). Besides
 /// the consumer integration, [`PgInbox::done_in`] records an id inside the caller's own
 /// transaction, so that the state change and the record commit together.
 #[derive(Clone, Debug)]
@@ -167,6 +170,26 @@ impl PgInbox {
         .await
         .map(|_| ())
         .map_err(err)
+    }
+
+    /// The transactional inbox in one call: records `id` as processed inside `tx` and says
+    /// whether this is its first time. Apply the message's effect in the same transaction only
+    /// when it returns `true`; a duplicate then changes nothing, whenever it arrives.
+    pub async fn record_in(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        id: &str,
+    ) -> Result<bool, InboxError> {
+        let inserted: Option<(String,)> = sqlx::query_as(&format!(
+            "INSERT INTO {} (id, done, lease_until, done_at) VALUES ($1, TRUE, now(), now())
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+            self.table
+        ))
+        .bind(id)
+        .fetch_optional(tx)
+        .await
+        .map_err(err)?;
+        Ok(inserted.is_some())
     }
 
     /// Forgets ids processed more than `age` ago.

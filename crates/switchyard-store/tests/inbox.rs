@@ -10,7 +10,7 @@ use switchyard_core::inbox::{Claim, InboxStore, MemoryInbox};
 use switchyard_core::mem::MemTransport;
 use switchyard_core::transport::{Publisher, Responder};
 use switchyard_core::{Envelope, Service};
-use switchyard_inbox::{PgInbox, RedisInbox};
+use switchyard_store::{PgInbox, RedisInbox};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -137,7 +137,7 @@ async fn postgres_store() {
     if !reachable("PostgreSQL", "127.0.0.1:5432") {
         return;
     }
-    let store = Arc::new(PgInbox::connect(PG, "switchyard_inbox_test").await.unwrap());
+    let store = Arc::new(PgInbox::connect(PG, "switchyard_store_test").await.unwrap());
     contract(store.clone()).await;
     effectively_once(store.clone()).await;
     assert!(PgInbox::connect(PG, "bad name; drop table x")
