@@ -85,6 +85,11 @@ enum Command {
         #[command(subcommand)]
         command: events::EventsCommand,
     },
+    /// The PostgreSQL transactional outbox.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
     /// Prints every event on TOPIC as one JSON line.
     Subscribe {
         /// Transport URL.
@@ -102,6 +107,25 @@ enum Command {
 
 fn parse_json_arg(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Publishes the outbox's events, in order, to a transport URL and marks them sent.
+    Relay {
+        /// PostgreSQL URL of the outbox.
+        #[arg(long, env = "DATABASE_URL")]
+        database: String,
+        /// Outbox table.
+        #[arg(long, default_value = "switchyard_outbox")]
+        table: String,
+        /// Transport URL to publish to.
+        #[arg(long)]
+        to: String,
+        /// Publish what is pending, then exit.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[tokio::main]
@@ -132,6 +156,35 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::Demo { calls } => demo::run(calls).await,
         Command::Events { command } => events::run(command).await,
+        Command::Outbox {
+            command:
+                OutboxCommand::Relay {
+                    database,
+                    table,
+                    to,
+                    once,
+                },
+        } => {
+            let outbox = switchyard::store::outbox::PgOutbox::connect(&database, &table).await?;
+            let transport = switchyard::connect(&to)?;
+            if once {
+                let mut sent = 0;
+                loop {
+                    match outbox.relay_once(transport.as_ref(), 256).await? {
+                        0 => break,
+                        n => sent += n,
+                    }
+                }
+                println!("relayed {sent} events");
+                return Ok(());
+            }
+            let relay = outbox.relay(transport.clone()).await?;
+            println!("relaying {table} to {}", transport.url());
+            tokio::signal::ctrl_c().await?;
+            let stats = relay.stop().await;
+            println!("relayed {} events", stats.sent);
+            Ok(())
+        }
         Command::Serve {
             which: _,
             listen,

@@ -16,6 +16,8 @@ impl Drop for Running {
 }
 
 /// A loopback port nothing listens on right now.
+// Not every test file that includes this module uses it.
+#[allow(dead_code)]
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

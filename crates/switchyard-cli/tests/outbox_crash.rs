@@ -1,0 +1,169 @@
+//! Effectively once, end to end, with crashes: 10,000 events written through the PostgreSQL
+//! outbox, relayed to NATS by `yard outbox relay` processes SIGKILLed at random moments,
+//! consumed into a state table through the transactional inbox. Every event must be applied
+//! exactly once. Needs PostgreSQL and NATS on 127.0.0.1.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Running, YARD};
+use switchyard::store::outbox::PgOutbox;
+use switchyard::store::PgInbox;
+use switchyard::{Envelope, HandlerError, Service};
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+const EVENTS: i64 = 10_000;
+
+fn reachable(name: &str, addr: &str) -> bool {
+    let ok =
+        std::net::TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_secs(2))
+            .is_ok();
+    if !ok {
+        assert!(
+            std::env::var_os("SWITCHYARD_REQUIRE_ALL").is_none(),
+            "{name} is not reachable at {addr} and SWITCHYARD_REQUIRE_ALL is set"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED broker test outbox_crash: {name} is not reachable at {addr}"
+        );
+    }
+    ok
+}
+
+/// A pseudo-random pause from the clock: no extra dependency for a test.
+fn jitter(max_ms: u64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    Duration::from_millis(50 + u64::from(nanos) % max_ms)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_killed_at_random_lose_and_duplicate_nothing() {
+    if !reachable("PostgreSQL", "127.0.0.1:5432") || !reachable("NATS", "127.0.0.1:4222") {
+        return;
+    }
+    let run = &switchyard::message::new_id()[..8];
+    let (outbox_table, inbox_table, state_table) = (
+        format!("crash_outbox_{run}"),
+        format!("crash_inbox_{run}"),
+        format!("crash_state_{run}"),
+    );
+    let topic = format!("crash.{run}");
+    let nats = format!("nats://127.0.0.1:4222/crash{run}?ack_wait_ms=3000");
+
+    let outbox = PgOutbox::connect(PG, &outbox_table).await.unwrap();
+    let inbox = Arc::new(PgInbox::connect(PG, &inbox_table).await.unwrap());
+    let pool = outbox.pool().clone();
+    sqlx::query(&format!(
+        "CREATE TABLE {state_table} (k BIGINT PRIMARY KEY, applied INT NOT NULL)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // The consumer: each event's effect and its inbox record commit together.
+    let (p, i, st) = (pool.clone(), inbox.clone(), state_table.clone());
+    let service = Service::new(format!("crash-consumer-{run}")).on_event(&topic, move |v: serde_json::Value| {
+        let (pool, inbox, state) = (p.clone(), i.clone(), st.clone());
+        async move {
+            let id = switchyard::context::current()
+                .and_then(|c| c.headers.get("ce-id").map(str::to_string))
+                .ok_or_else(|| HandlerError::internal("no message id"))?;
+            let k = v["k"].as_i64().ok_or_else(|| HandlerError::bad_request("no k"))?;
+            let mut tx = pool.begin().await.map_err(HandlerError::from)?;
+            if inbox.record_in(&mut tx, &id).await.map_err(HandlerError::from)? {
+                sqlx::query(&format!("INSERT INTO {state} (k, applied) VALUES ($1, 1) ON CONFLICT (k) DO UPDATE SET applied = {state}.applied + 1"))
+                    .bind(k)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(HandlerError::from)?;
+            }
+            tx.commit().await.map_err(HandlerError::from)?;
+            Ok::<(), HandlerError>(())
+        }
+    });
+    let consumer = switchyard::serve(&switchyard::connect(&nats).unwrap(), service)
+        .await
+        .unwrap();
+
+    // The producer: events written in transactions of 200.
+    for batch in 0..EVENTS / 200 {
+        let mut tx = pool.begin().await.unwrap();
+        for k in batch * 200..(batch + 1) * 200 {
+            outbox
+                .enqueue_in(
+                    &mut tx,
+                    &Envelope::new(topic.as_str(), format!(r#"{{"k":{k}}}"#)),
+                )
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+
+    // Relays that die at random moments, until the outbox is empty.
+    let relay_args = [
+        "outbox",
+        "relay",
+        "--database",
+        PG,
+        "--table",
+        &outbox_table,
+        "--to",
+        &nats,
+    ];
+    let started = Instant::now();
+    let mut kills = 0;
+    while outbox.pending().await.unwrap() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the outbox never drained"
+        );
+        let child = std::process::Command::new(YARD)
+            .args(relay_args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn relay");
+        let mut relay = Running(child);
+        tokio::time::sleep(jitter(400)).await;
+        relay.0.kill().expect("SIGKILL");
+        let _ = relay.0.wait();
+        kills += 1;
+    }
+    assert!(kills >= 2, "the relay was never killed mid-run ({kills})");
+
+    // Every event applied exactly once.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (n,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {state_table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if n == EVENTS || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    consumer.shutdown().await;
+    let (n, max, min): (i64, Option<i32>, Option<i32>) = sqlx::query_as(&format!(
+        "SELECT count(*), max(applied), min(applied) FROM {state_table}"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(n, EVENTS, "events lost");
+    assert_eq!(
+        (min, max),
+        (Some(1), Some(1)),
+        "an event was applied more than once"
+    );
+    for t in [&outbox_table, &inbox_table, &state_table] {
+        let _ = sqlx::query(&format!("DROP TABLE {t}")).execute(&pool).await;
+    }
+}
