@@ -190,6 +190,19 @@ impl NatsTransport {
             .await
     }
 
+    /// Deletes `topic`'s stream and everything in it (consumers included). For tests and
+    /// operations; a later publish creates it again.
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), TransportError> {
+        let name = stream_name(topic);
+        let js = jetstream::new(self.client().await?.clone());
+        js.delete_stream(&name).await.map_err(other)?;
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        Ok(())
+    }
+
     async fn stream(&self, topic: &str) -> Result<jetstream::stream::Stream, TransportError> {
         check_subject("topic", topic).map_err(|r| invalid(&self.url, r))?;
         let js = jetstream::new(self.client().await?.clone());
