@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use crate::error::ErrorCode;
 use crate::inbox::{Claim, InboxStore};
 use crate::message::header;
+use crate::pool::{KeyedPool, PoolConfig};
 use crate::service::Service;
 use crate::transport::{Delivery, Publisher, Subscription};
 
@@ -28,6 +29,10 @@ pub struct ConsumerPolicy {
     pub dead_letter_suffix: String,
     /// Handlers running at once (default 64).
     pub concurrency: usize,
+    /// Process messages with the same ordering key one at a time, in the order received,
+    /// and messages with different keys in parallel (up to `concurrency`); a failing message
+    /// is retried in place so that it keeps its turn (default false: no order at all).
+    pub ordered_by_key: bool,
     /// Skip messages already processed (see [`crate::inbox`]); `None` by default.
     pub inbox: Option<Arc<dyn InboxStore>>,
     /// How long a claim in the inbox lasts before another consumer may run the message
@@ -43,6 +48,7 @@ impl std::fmt::Debug for ConsumerPolicy {
             .field("max_backoff", &self.max_backoff)
             .field("dead_letter_suffix", &self.dead_letter_suffix)
             .field("concurrency", &self.concurrency)
+            .field("ordered_by_key", &self.ordered_by_key)
             .field("inbox", &self.inbox.is_some())
             .finish()
     }
@@ -56,6 +62,7 @@ impl Default for ConsumerPolicy {
             max_backoff: Duration::from_secs(10),
             dead_letter_suffix: ".dlq".into(),
             concurrency: 64,
+            ordered_by_key: false,
             inbox: None,
             inbox_lease: Duration::from_secs(30),
         }
@@ -93,6 +100,9 @@ pub async fn run(
     policy: ConsumerPolicy,
     mut stop: oneshot::Receiver<()>,
 ) {
+    if policy.ordered_by_key {
+        return run_ordered(service, subscription, dead_letters, policy, stop).await;
+    }
     let permits = Arc::new(Semaphore::new(policy.concurrency.max(1)));
     let policy = Arc::new(policy);
     let mut in_flight = JoinSet::new();
@@ -125,6 +135,51 @@ pub async fn run(
     while in_flight.join_next().await.is_some() {}
 }
 
+/// [`run`] with per-key order: deliveries go through a [`KeyedPool`] keyed by their ordering
+/// key, so a key's messages are handled one at a time in the order received.
+async fn run_ordered(
+    service: Arc<Service>,
+    mut subscription: Subscription,
+    dead_letters: Arc<dyn Publisher>,
+    policy: ConsumerPolicy,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let n = policy.concurrency.max(1);
+    let (pool, results) = KeyedPool::<String, ()>::new(PoolConfig {
+        workers: n,
+        max_in_flight: n,
+    });
+    // Outcomes are settled inside each job; the results only need taking.
+    let drain = tokio::spawn(results.for_each(|_| async {}));
+    let policy = Arc::new(policy);
+    loop {
+        let next = tokio::select! {
+            _ = &mut stop => break,
+            n = subscription.next() => n,
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                let key = delivery.envelope.ordering_key().map(str::to_string);
+                let (service, dl, policy) = (service.clone(), dead_letters.clone(), policy.clone());
+                let job = async move {
+                    handle_one(&service, delivery, dl.as_ref(), &policy).await;
+                    Ok::<(), std::convert::Infallible>(())
+                };
+                if pool.submit(key, job).await.is_err() {
+                    break;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(target: "switchyard", error = %e, "subscription error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None => break,
+        }
+    }
+    pool.shutdown().await;
+    let _ = drain.await;
+}
+
 async fn handle_one(
     service: &Service,
     delivery: Delivery,
@@ -132,41 +187,57 @@ async fn handle_one(
     policy: &ConsumerPolicy,
 ) {
     let env = delivery.envelope.clone();
-    let attempt = env.headers.attempt();
+    let mut attempt = env.headers.attempt();
     if service.hub().has_subscribers(&env.subject) {
         if let Ok(text) = std::str::from_utf8(&env.payload) {
             service.hub().push(&env.subject, text);
         }
     }
-    if let Some(inbox) = &policy.inbox {
-        match inbox.claim(&env.id, policy.inbox_lease).await {
-            Ok(Claim::Fresh) => {}
-            Ok(Claim::Done) => {
-                // A duplicate of a message already processed: effectively once.
-                settle(delivery.ack().await);
-                return;
-            }
-            Ok(Claim::InProgress) => {
-                settle(delivery.nack(Some(policy.backoff(attempt))).await);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(target: "switchyard", error = %e, "inbox unavailable; message will be redelivered");
-                settle(delivery.nack(Some(policy.backoff(attempt))).await);
-                return;
+    let outcome = loop {
+        if let Some(inbox) = &policy.inbox {
+            match inbox.claim(&env.id, policy.inbox_lease).await {
+                Ok(Claim::Fresh) => {}
+                Ok(Claim::Done) => {
+                    // A duplicate of a message already processed: effectively once.
+                    settle(delivery.ack().await);
+                    return;
+                }
+                Ok(Claim::InProgress) => {
+                    settle(delivery.nack(Some(policy.backoff(attempt))).await);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(target: "switchyard", error = %e, "inbox unavailable; message will be redelivered");
+                    settle(delivery.nack(Some(policy.backoff(attempt))).await);
+                    return;
+                }
             }
         }
-    }
-    let outcome = service.handle_event(env.clone()).await;
-    if let Some(inbox) = &policy.inbox {
-        let recorded = match &outcome {
-            Ok(()) => inbox.done(&env.id).await,
-            Err(_) => inbox.release(&env.id).await,
-        };
-        if let Err(e) = recorded {
-            tracing::warn!(target: "switchyard", error = %e, "could not record the message in the inbox");
+        let outcome = service.handle_event(env.clone()).await;
+        if let Some(inbox) = &policy.inbox {
+            let recorded = match &outcome {
+                Ok(()) => inbox.done(&env.id).await,
+                Err(_) => inbox.release(&env.id).await,
+            };
+            if let Err(e) = recorded {
+                tracing::warn!(target: "switchyard", error = %e, "could not record the message in the inbox");
+            }
         }
-    }
+        match outcome {
+            // In key order, a failed message is retried where it stands: a redelivery would
+            // put it behind the key's later messages.
+            Err(e)
+                if policy.ordered_by_key
+                    && e.code() != ErrorCode::BadRequest
+                    && attempt < policy.max_attempts =>
+            {
+                tracing::debug!(target: "switchyard", error = %e, attempt, "handler failed; retrying in place");
+                tokio::time::sleep(policy.backoff(attempt)).await;
+                attempt += 1;
+            }
+            other => break other,
+        }
+    };
     let settled = match outcome {
         Ok(()) => delivery.ack().await,
         Err(e) if e.code() == ErrorCode::BadRequest || attempt >= policy.max_attempts => {
@@ -175,6 +246,7 @@ async fn handle_one(
             dead.headers.insert(header::ERROR, e.message());
             dead.headers
                 .insert("x-original-topic", dead.subject.clone());
+            dead.headers.insert(header::ATTEMPT, attempt.to_string());
             dead.subject = format!("{}{}", dead.subject, policy.dead_letter_suffix);
             match dead_letters.publish(dead).await {
                 Ok(()) => delivery.ack().await,

@@ -629,6 +629,84 @@ pub async fn graceful_shutdown(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
+/// A consumer with `ordered_by_key` handles each key's messages one at a time in publish
+/// order, keys in parallel, and a failing message keeps its turn.
+pub async fn ordered_consumption(h: &Harness) -> Outcome {
+    let (url, transport) = h.open();
+    if !transport.capabilities().redelivery {
+        return Outcome::Skipped(
+            "capabilities.redelivery is false (no consumer loop to order)".into(),
+        );
+    }
+    let t = topic("ordered");
+    let seen: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+    let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let failed_once = Arc::new(AtomicUsize::new(0));
+    let (s, r, p, f) = (
+        seen.clone(),
+        running.clone(),
+        peak.clone(),
+        failed_once.clone(),
+    );
+    let service = Service::new("conformance-ordered")
+        .consumer_policy(ConsumerPolicy {
+            ordered_by_key: true,
+            concurrency: 8,
+            initial_backoff: Duration::from_millis(10),
+            ..ConsumerPolicy::default()
+        })
+        .on_event(&t, move |m: Numbered| {
+            let (s, r, p, f) = (s.clone(), r.clone(), p.clone(), f.clone());
+            async move {
+                let now = r.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+                p.fetch_max(now, AtomicOrdering::SeqCst);
+                tokio::time::sleep(Duration::from_micros((m.n as u64 * 7919) % 3000)).await;
+                r.fetch_sub(1, AtomicOrdering::SeqCst);
+                if m.n == 10 && f.fetch_add(1, AtomicOrdering::SeqCst) == 0 {
+                    return Err(crate::error::HandlerError::unavailable("fails once"));
+                }
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((m.key.unwrap_or_default(), m.n));
+                Ok(())
+            }
+        });
+    let server = transport.serve(Arc::new(service)).await.expect("serve");
+    let publisher = h.connect(&url);
+    let total = 200;
+    for i in 0..total {
+        publisher
+            .publish(numbered(&t, i, Some(format!("k{}", i % 4))))
+            .await
+            .expect("publish");
+    }
+    let deadline = Instant::now() + h.patience;
+    while seen.lock().unwrap_or_else(|p| p.into_inner()).len() < total && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.shutdown().await;
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(seen.len(), total, "messages lost or duplicated");
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for (key, n) in &seen {
+        if let Some(prev) = last.get(key) {
+            assert!(n > prev, "key {key}: {n} handled after {prev}");
+        }
+        last.insert(key.clone(), *n);
+    }
+    assert!(
+        peak.load(AtomicOrdering::SeqCst) > 1,
+        "keys were not handled in parallel"
+    );
+    assert_eq!(
+        failed_once.load(AtomicOrdering::SeqCst),
+        2,
+        "the failing message was not retried"
+    );
+    Outcome::Passed
+}
+
 /// A message over the transport's size limit is refused at publish with a clear error.
 pub async fn oversized_publish_is_rejected(h: &Harness) -> Outcome {
     let (_url, publisher) = h.open();
@@ -699,7 +777,7 @@ macro_rules! conformance_suite {
             round_trip, per_key_order, competing_consumers, broadcast, rpc_with_timeout,
             rpc_to_absent_service_fails_fast, retry_then_dead_letter,
             dropped_delivery_is_redelivered, graceful_shutdown, oversized_publish_is_rejected,
-            reconnect_after_restart);
+            reconnect_after_restart, ordered_consumption);
     };
     (@cases $harness:expr; $($case:ident),*) => {
         $(
