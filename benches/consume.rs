@@ -1,0 +1,103 @@
+//! Ordered consumption (per-key order, keys in parallel) against unordered consumption on the
+//! same transport: 20,000 messages over 1,000 keys, published first, then timed from the
+//! moment the service starts until every handler ran. In process, and on NATS when its server
+//! is up.
+//!
+//! `cargo bench --bench consume`
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard::consumer::ConsumerPolicy;
+use switchyard::message::header;
+use switchyard::{Envelope, Service};
+
+const MESSAGES: usize = 20_000;
+const KEYS: usize = 1_000;
+
+async fn once(url: &str, ordered: bool) -> f64 {
+    let topic = format!("bench.consume.{}", &switchyard::message::new_id()[..8]);
+    let transport = switchyard::connect(url).expect("transport");
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = handled.clone();
+    let service = Service::new(format!("consume-{}", &switchyard::message::new_id()[..8]))
+        .consumer_policy(ConsumerPolicy {
+            ordered_by_key: ordered,
+            concurrency: 64,
+            ..ConsumerPolicy::default()
+        })
+        .on_event(&topic, move |_v: serde_json::Value| {
+            let h = h.clone();
+            async move {
+                tokio::task::yield_now().await;
+                h.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    // Subscribe the group first (serve), then publish, then time the draining.
+    let start = Instant::now();
+    let server = switchyard::serve(&transport, service).await.expect("serve");
+    let publisher = switchyard::connect(url).expect("transport");
+    futures::future::join_all((0..MESSAGES).map(|i| {
+        let p = publisher.clone();
+        let topic = topic.clone();
+        async move {
+            let env = Envelope::new(topic.as_str(), format!(r#"{{"i":{i}}}"#))
+                .with_header(header::ORDERING_KEY, format!("k{}", i % KEYS));
+            p.publish(env).await.expect("publish");
+        }
+    }))
+    .await;
+    while handled.load(Ordering::Relaxed) < MESSAGES {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = start.elapsed();
+    server.shutdown().await;
+    MESSAGES as f64 / took.as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut urls = vec!["mem://bench-consume".to_string()];
+        if std::net::TcpStream::connect("127.0.0.1:4222").is_ok() {
+            urls.push("nats://127.0.0.1:4222/benchconsume".into());
+        } else {
+            eprintln!("SKIPPED nats part: no NATS server on 127.0.0.1:4222");
+        }
+        for url in urls {
+            let (mut u, mut o, mut ratio) = (vec![], vec![], vec![]);
+            for round in 0..3 {
+                let (a, b) = if round % 2 == 0 {
+                    (false, true)
+                } else {
+                    (true, false)
+                };
+                let x = once(&url, a).await;
+                let y = once(&url, b).await;
+                let (un, or) = if round % 2 == 0 { (x, y) } else { (y, x) };
+                u.push(un);
+                o.push(or);
+                ratio.push(or / un);
+            }
+            println!(
+                "{url}: publish + consume {MESSAGES} messages over {KEYS} keys (median of 3):"
+            );
+            println!("  unordered (baseline)  {:>9.0} msg/s", median(u));
+            println!(
+                "  ordered by key        {:>9.0} msg/s  ({:.2}x)",
+                median(o),
+                median(ratio)
+            );
+        }
+    });
+}
