@@ -11,28 +11,11 @@ use std::time::{Duration, Instant};
 use common::{Running, YARD};
 use switchyard::store::outbox::PgOutbox;
 use switchyard::store::PgInbox;
+use switchyard::testkit::require_server;
 use switchyard::{Envelope, HandlerError, Service};
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 const EVENTS: i64 = 10_000;
-
-fn reachable(name: &str, addr: &str) -> bool {
-    let ok =
-        std::net::TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_secs(2))
-            .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("SWITCHYARD_REQUIRE_ALL").is_none(),
-            "{name} is not reachable at {addr} and SWITCHYARD_REQUIRE_ALL is set"
-        );
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED broker test outbox_crash: {name} is not reachable at {addr}"
-        );
-    }
-    ok
-}
 
 /// A pseudo-random pause from the clock: no extra dependency for a test.
 fn jitter(max_ms: u64) -> Duration {
@@ -45,7 +28,10 @@ fn jitter(max_ms: u64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_killed_at_random_lose_and_duplicate_nothing() {
-    if !reachable("PostgreSQL", "127.0.0.1:5432") || !reachable("NATS", "127.0.0.1:4222") {
+    let test = "outbox_crash";
+    if !require_server(test, "PostgreSQL", "127.0.0.1:5432")
+        || !require_server(test, "NATS", "127.0.0.1:4222")
+    {
         return;
     }
     let run = &switchyard::message::new_id()[..8];

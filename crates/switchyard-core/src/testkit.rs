@@ -77,18 +77,7 @@ impl Harness {
 
     /// Marks the server as unreachable when nothing accepts TCP connections at `addr`.
     pub fn require_tcp(mut self, name: &str, addr: &str) -> Self {
-        if std::net::TcpStream::connect_timeout(
-            &match addr.parse() {
-                Ok(a) => a,
-                Err(_) => {
-                    self.unavailable = Some(format!("{name}: bad address {addr}"));
-                    return self;
-                }
-            },
-            Duration::from_secs(2),
-        )
-        .is_err()
-        {
+        if !tcp_reachable(addr) {
             self.unavailable = Some(format!("{name} is not reachable at {addr}"));
         }
         self
@@ -96,15 +85,10 @@ impl Harness {
 
     /// Skips (loudly) or fails the case when the server is unreachable; `true` to go on.
     pub fn available(&self, case: &str) -> bool {
-        let Some(why) = &self.unavailable else {
-            return true;
-        };
-        if std::env::var_os("SWITCHYARD_REQUIRE_ALL").is_some() {
-            panic!("{case}: {why}, and SWITCHYARD_REQUIRE_ALL makes broker tests mandatory (run scripts/services.sh)");
+        match &self.unavailable {
+            None => true,
+            Some(why) => skip_or_fail(case, why),
         }
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED broker test {case}: {why} (set SWITCHYARD_REQUIRE_ALL=1 to make this a failure)");
-        false
     }
 
     fn open(&self) -> (String, Arc<dyn Transport>) {
@@ -119,6 +103,30 @@ impl Harness {
             Err(e) => panic!("harness cannot connect to {url}: {e}"),
         }
     }
+}
+
+fn tcp_reachable(addr: &str) -> bool {
+    addr.parse()
+        .is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+}
+
+/// For a test that needs a real server: `true` when something listens at `addr`; otherwise
+/// the test is skipped loudly (`false`), or fails when `SWITCHYARD_REQUIRE_ALL` is set, as in
+/// CI, where a broker that cannot be reached is a failure and never a skip.
+pub fn require_server(test: &str, name: &str, addr: &str) -> bool {
+    tcp_reachable(addr) || skip_or_fail(test, &format!("{name} is not reachable at {addr}"))
+}
+
+fn skip_or_fail(test: &str, why: &str) -> bool {
+    if std::env::var_os("SWITCHYARD_REQUIRE_ALL").is_some() {
+        panic!("{test}: {why}, and SWITCHYARD_REQUIRE_ALL makes broker tests mandatory (run scripts/services.sh)");
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED broker test {test}: {why} (set SWITCHYARD_REQUIRE_ALL=1 to make this a failure)"
+    );
+    false
 }
 
 /// Fails the test on error; prints skips so that no capability gap goes unnoticed.

@@ -13,6 +13,21 @@ fn err(e: impl std::error::Error + Send + Sync + 'static) -> InboxError {
     InboxError(Box::new(e))
 }
 
+/// A connection pool for a store whose table is `table`. The name is checked to be a plain
+/// identifier, because it is written into SQL text (table names cannot be bound parameters).
+pub(crate) async fn pg_pool(url: &str, table: &str) -> Result<sqlx::PgPool, InboxError> {
+    if table.is_empty() || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(InboxError(
+            format!("table name {table:?} must be a plain identifier").into(),
+        ));
+    }
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(url)
+        .await
+        .map_err(err)
+}
+
 /// Message ids in Redis: `<prefix><id>` holds `p` (claimed, expiring with the lease) or `d`
 /// (done, expiring after the retention).
 #[derive(Clone)]
@@ -131,16 +146,7 @@ impl PgInbox {
     /// Connects to `url` and creates `table` if it is missing. The table name must be a plain
     /// identifier.
     pub async fn connect(url: &str, table: &str) -> Result<Self, InboxError> {
-        if table.is_empty() || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(InboxError(
-                format!("table name {table:?} must be a plain identifier").into(),
-            ));
-        }
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .connect(url)
-            .await
-            .map_err(err)?;
+        let pool = pg_pool(url, table).await?;
         sqlx::query(&format!(
             "CREATE TABLE IF NOT EXISTS {table} (
                 id TEXT PRIMARY KEY,

@@ -58,16 +58,7 @@ impl Relay {
 impl PgOutbox {
     /// Connects to `url` and creates `table` (a plain identifier) if it is missing.
     pub async fn connect(url: &str, table: &str) -> Result<Self, InboxError> {
-        if table.is_empty() || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(InboxError(
-                format!("table name {table:?} must be a plain identifier").into(),
-            ));
-        }
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .connect(url)
-            .await
-            .map_err(err)?;
+        let pool = crate::pg_pool(url, table).await?;
         sqlx::query(&format!(
             "CREATE TABLE IF NOT EXISTS {table} (
                 seq BIGSERIAL PRIMARY KEY,

@@ -8,31 +8,13 @@ use std::time::Duration;
 use switchyard_core::consumer::ConsumerPolicy;
 use switchyard_core::inbox::{Claim, InboxStore, MemoryInbox};
 use switchyard_core::mem::MemTransport;
+use switchyard_core::testkit::require_server;
 use switchyard_core::transport::{Publisher, Responder};
 use switchyard_core::{Envelope, Service};
 use switchyard_store::{PgInbox, RedisInbox};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// Whether `addr` answers; skips loudly, or fails when SWITCHYARD_REQUIRE_ALL is set.
-fn reachable(name: &str, addr: &str) -> bool {
-    let ok =
-        std::net::TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_secs(2))
-            .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("SWITCHYARD_REQUIRE_ALL").is_none(),
-            "{name} is not reachable at {addr} and SWITCHYARD_REQUIRE_ALL is set"
-        );
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED broker test: {name} is not reachable at {addr}"
-        );
-    }
-    ok
-}
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}{}", &switchyard_core::message::new_id()[..8])
@@ -120,7 +102,7 @@ async fn memory_store() {
 
 #[tokio::test]
 async fn redis_store() {
-    if !reachable("Redis", "127.0.0.1:6379") {
+    if !require_server("redis_store", "Redis", "127.0.0.1:6379") {
         return;
     }
     let store = Arc::new(
@@ -134,7 +116,7 @@ async fn redis_store() {
 
 #[tokio::test]
 async fn postgres_store() {
-    if !reachable("PostgreSQL", "127.0.0.1:5432") {
+    if !require_server("postgres_store", "PostgreSQL", "127.0.0.1:5432") {
         return;
     }
     let store = Arc::new(PgInbox::connect(PG, "switchyard_store_test").await.unwrap());

@@ -6,35 +6,16 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use switchyard_core::mem::MemTransport;
+use switchyard_core::testkit::require_server;
 use switchyard_core::transport::{SubscribeOptions, Subscriber};
 use switchyard_core::Envelope;
 use switchyard_store::outbox::PgOutbox;
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-fn reachable() -> bool {
-    let ok = std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:5432".parse().expect("addr"),
-        Duration::from_secs(2),
-    )
-    .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("SWITCHYARD_REQUIRE_ALL").is_none(),
-            "PostgreSQL is not reachable and SWITCHYARD_REQUIRE_ALL is set"
-        );
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED broker test: PostgreSQL is not reachable at 127.0.0.1:5432"
-        );
-    }
-    ok
-}
-
 #[tokio::test]
 async fn events_leave_with_their_transaction_and_in_order() {
-    if !reachable() {
+    if !require_server("outbox", "PostgreSQL", "127.0.0.1:5432") {
         return;
     }
     let table = format!("outbox_test_{}", &switchyard_core::message::new_id()[..8]);
@@ -103,7 +84,7 @@ async fn events_leave_with_their_transaction_and_in_order() {
 
 #[tokio::test]
 async fn a_failed_publish_keeps_the_event_for_the_next_batch() {
-    if !reachable() {
+    if !require_server("outbox", "PostgreSQL", "127.0.0.1:5432") {
         return;
     }
     let table = format!("outbox_test_{}", &switchyard_core::message::new_id()[..8]);
