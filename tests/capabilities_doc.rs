@@ -5,7 +5,12 @@
 use switchyard::transport::{DeliveryGuarantee, Ordering};
 
 fn render() -> String {
-    let urls = ["mem://doc", "http://127.0.0.1:1", "nats://127.0.0.1:4222"];
+    let urls = [
+        "mem://doc",
+        "http://127.0.0.1:1",
+        "nats://127.0.0.1:4222",
+        "redis://127.0.0.1:6379",
+    ];
     let mut out = String::from(
         "| transport | durable | ordering | delivery | request/reply | consumer groups | broadcast | redelivery |\n|---|---|---|---|---|---|---|---|\n",
     );

@@ -2,7 +2,7 @@
 //!
 //! Typed RPC and events between services. A service answers named routes with plain async
 //! functions; a caller gets typed values back. The transport — in-process, HTTP/WebSocket,
-//! NATS/JetStream, and (soon) RabbitMQ, Redis, MQTT, Kafka — is chosen by a URL, in code, in a config
+//! NATS/JetStream, Redis, and (soon) RabbitMQ, MQTT, Kafka — is chosen by a URL, in code, in a config
 //! file or in the environment, with no change to service code.
 //!
 //! ```
@@ -54,6 +54,7 @@
 //! | feature | what it adds | default |
 //! |---|---|---|
 //! | `http` | `http://` and `ws://`: RPC in microservices_connector's wire format, JSON endpoints, CloudEvents over HTTP, WebSocket routes | yes |
+//! | `redis` | `redis://`: Streams with consumer groups (XAUTOCLAIM for dead consumers) for events, list + reply channel for RPC | yes |
 //! | `nats` | `nats://`: core NATS request/reply, JetStream streams and durable consumers for events | yes |
 //! | `store` | inbox stores (Redis, PostgreSQL) and the PostgreSQL transactional outbox (`store`) | no |
 //! | `macros` | `#[switchyard::service]` | yes |
@@ -78,6 +79,9 @@ pub use switchyard_http as http;
 #[cfg(feature = "nats")]
 pub use switchyard_nats as nats;
 
+#[cfg(feature = "redis")]
+pub use switchyard_redis as redis;
+
 #[cfg(feature = "store")]
 pub use switchyard_store as store;
 
@@ -99,6 +103,8 @@ pub fn schemes() -> &'static [&'static str] {
         "ws",
         #[cfg(feature = "nats")]
         "nats",
+        #[cfg(feature = "redis")]
+        "redis",
     ]
 }
 
@@ -118,6 +124,8 @@ pub fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
         "http" | "https" | "ws" | "wss" => Ok(Arc::new(http::HttpTransport::from_url(url)?)),
         #[cfg(feature = "nats")]
         "nats" => Ok(Arc::new(nats::NatsTransport::from_url(url)?)),
+        #[cfg(feature = "redis")]
+        "redis" => Ok(Arc::new(redis::RedisTransport::from_url(url)?)),
         "" => Err(TransportError::InvalidUrl {
             url: error::redact_url(url),
             reason: "expected SCHEME://…".into(),

@@ -1,0 +1,757 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use switchyard_core::codec::Codec;
+use switchyard_core::consumer;
+use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
+use switchyard_core::message::{header as h, Envelope, Headers};
+use switchyard_core::service::{CallRequest, Service};
+use switchyard_core::transport::{
+    Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
+    ServeHandle, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
+};
+use switchyard_core::values::Reply;
+use switchyard_core::wire;
+use tokio::sync::{mpsc, oneshot, OnceCell, OwnedSemaphorePermit, Semaphore};
+
+/// Largest event payload published (default 1 MiB, as on the other transports).
+const MAX_MESSAGE: usize = 1024 * 1024;
+
+/// The Redis transport.
+pub struct RedisTransport {
+    url: String,
+    client: redis::Client,
+    namespace: String,
+    claim_idle: Duration,
+    con: OnceCell<ConnectionManager>,
+    replies: OnceCell<Arc<Replies>>,
+}
+
+impl std::fmt::Debug for RedisTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTransport")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+/// Calls waiting for their reply on this client's channel.
+struct Replies {
+    channel: String,
+    waiting: Mutex<HashMap<String, oneshot::Sender<RpcReply>>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RpcRequest {
+    cid: String,
+    reply: String,
+    route: String,
+    deadline_ms: Option<u64>,
+    headers: HashMap<String, String>,
+    call: Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RpcReply {
+    cid: String,
+    #[serde(default)]
+    values: Option<Vec<Value>>,
+    #[serde(default)]
+    error: Option<RemoteError>,
+}
+
+fn invalid(url: &str, reason: impl Into<String>) -> TransportError {
+    TransportError::InvalidUrl {
+        url: redact_url(url),
+        reason: reason.into(),
+    }
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
+    TransportError::Other(Box::new(e))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn stream_key(topic: &str) -> String {
+    format!("sy:s:{topic}")
+}
+
+impl RedisTransport {
+    /// A transport for `redis://HOST:PORT[/DB][?ns=NAME&claim_idle_ms=N]`. Connects on first use.
+    pub fn from_url(url: &str) -> Result<Self, TransportError> {
+        let mut parsed = url::Url::parse(url).map_err(|e| invalid(url, e.to_string()))?;
+        if parsed.scheme() != "redis" {
+            return Err(invalid(url, "expected redis://HOST:PORT[/DB]"));
+        }
+        let mut namespace = "default".to_string();
+        let mut claim_idle = Duration::from_secs(30);
+        for (k, v) in parsed.query_pairs() {
+            match k.as_ref() {
+                "ns" => namespace = v.to_string(),
+                "claim_idle_ms" => {
+                    let ms: u64 = v
+                        .parse()
+                        .map_err(|_| invalid(url, format!("claim_idle_ms={v} is not a number")))?;
+                    claim_idle = Duration::from_millis(ms.max(50));
+                }
+                other => {
+                    return Err(invalid(
+                        url,
+                        format!("unknown option {other:?} (known: ns, claim_idle_ms)"),
+                    ))
+                }
+            }
+        }
+        parsed.set_query(None);
+        let client =
+            redis::Client::open(parsed.as_str()).map_err(|e| invalid(url, e.to_string()))?;
+        Ok(Self {
+            url: url.to_string(),
+            client,
+            namespace,
+            claim_idle,
+            con: OnceCell::new(),
+            replies: OnceCell::new(),
+        })
+    }
+
+    fn unreachable(&self, e: redis::RedisError) -> TransportError {
+        TransportError::Unreachable {
+            url: redact_url(&self.url),
+            source: Box::new(e),
+        }
+    }
+
+    async fn con(&self) -> Result<ConnectionManager, TransportError> {
+        self.con
+            .get_or_try_init(|| async {
+                ConnectionManager::new(self.client.clone())
+                    .await
+                    .map_err(|e| self.unreachable(e))
+            })
+            .await
+            .cloned()
+    }
+
+    /// A connection of its own, for blocking reads.
+    async fn dedicated(&self) -> Result<MultiplexedConnection, TransportError> {
+        self.client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| self.unreachable(e))
+    }
+
+    async fn replies(&self) -> Result<Arc<Replies>, TransportError> {
+        self.replies
+            .get_or_try_init(|| async {
+                let replies = Arc::new(Replies {
+                    channel: format!("sy:reply:{}", switchyard_core::message::new_id()),
+                    waiting: Mutex::new(HashMap::new()),
+                });
+                let mut pubsub = self
+                    .client
+                    .get_async_pubsub()
+                    .await
+                    .map_err(|e| self.unreachable(e))?;
+                pubsub.subscribe(&replies.channel).await.map_err(other)?;
+                let r = replies.clone();
+                tokio::spawn(async move {
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(msg) = messages.next().await {
+                        let Ok(payload) = msg.get_payload::<Vec<u8>>() else {
+                            continue;
+                        };
+                        let Ok(reply) = serde_json::from_slice::<RpcReply>(&payload) else {
+                            continue;
+                        };
+                        let waiter = r
+                            .waiting
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&reply.cid);
+                        if let Some(w) = waiter {
+                            let _ = w.send(reply);
+                        }
+                    }
+                });
+                Ok(replies)
+            })
+            .await
+            .cloned()
+    }
+}
+
+fn envelope_of(topic: &str, entry: &StreamId) -> Option<Envelope> {
+    let get = |f: &str| match entry.map.get(f) {
+        Some(redis::Value::BulkString(b)) => Some(b.clone()),
+        _ => None,
+    };
+    let id = String::from_utf8(get("i")?).ok()?;
+    let headers_map: HashMap<String, String> = serde_json::from_slice(&get("h")?).ok()?;
+    let headers: Headers = headers_map.into_iter().collect();
+    Some(Envelope {
+        id,
+        subject: topic.to_string(),
+        headers,
+        payload: get("p")?.into(),
+    })
+}
+
+async fn add(con: &mut ConnectionManager, env: &Envelope) -> Result<(), redis::RedisError> {
+    let headers: HashMap<&str, &str> = env.headers.iter().collect();
+    let headers = serde_json::to_vec(&headers).unwrap_or_default();
+    redis::cmd("XADD")
+        .arg(stream_key(&env.subject))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(1_000_000)
+        .arg("*")
+        .arg("i")
+        .arg(&env.id)
+        .arg("h")
+        .arg(headers)
+        .arg("p")
+        .arg(env.payload.as_ref())
+        .query_async::<String>(con)
+        .await
+        .map(|_| ())
+}
+
+struct RedisAcker {
+    con: ConnectionManager,
+    key: String,
+    group: Option<String>,
+    entry: String,
+    envelope: Option<Envelope>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl RedisAcker {
+    async fn requeue(
+        mut con: ConnectionManager,
+        key: String,
+        group: String,
+        entry: String,
+        mut env: Envelope,
+        delay: Option<Duration>,
+    ) -> Result<(), TransportError> {
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        let attempt = env.headers.attempt() + 1;
+        env.headers.insert(h::ATTEMPT, attempt.to_string());
+        add(&mut con, &env).await.map_err(other)?;
+        redis::cmd("XACK")
+            .arg(&key)
+            .arg(&group)
+            .arg(&entry)
+            .query_async::<i64>(&mut con)
+            .await
+            .map_err(other)?;
+        Ok(())
+    }
+}
+
+impl Acker for RedisAcker {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.envelope = None;
+        let (mut con, key, group, entry) = (
+            self.con.clone(),
+            self.key.clone(),
+            self.group.clone(),
+            self.entry.clone(),
+        );
+        Box::pin(async move {
+            match group {
+                Some(g) => redis::cmd("XACK")
+                    .arg(key)
+                    .arg(g)
+                    .arg(entry)
+                    .query_async::<i64>(&mut con)
+                    .await
+                    .map(|_| ())
+                    .map_err(other),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn nack(
+        mut self: Box<Self>,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        let env = self.envelope.take();
+        let (con, key, group, entry) = (
+            self.con.clone(),
+            self.key.clone(),
+            self.group.clone(),
+            self.entry.clone(),
+        );
+        Box::pin(async move {
+            match (group, env) {
+                (Some(g), Some(env)) => {
+                    // The delay runs beside the consumer: its slot is free meanwhile.
+                    tokio::spawn(async move {
+                        if let Err(e) = RedisAcker::requeue(con, key, g, entry, env, delay).await {
+                            tracing::warn!(target: "switchyard", error = %e, "could not requeue; XAUTOCLAIM will take it over");
+                        }
+                    });
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        })
+    }
+}
+
+impl Drop for RedisAcker {
+    fn drop(&mut self) {
+        // Dropped unsettled: the consumer died mid-message; hand it back at once.
+        if let (Some(env), Some(g)) = (self.envelope.take(), self.group.clone()) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let (con, key, entry) = (self.con.clone(), self.key.clone(), self.entry.clone());
+                rt.spawn(async move {
+                    let _ = RedisAcker::requeue(con, key, g, entry, env, None).await;
+                });
+            }
+        }
+    }
+}
+
+impl Publisher for RedisTransport {
+    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            if envelope.payload.len() > MAX_MESSAGE {
+                return Err(TransportError::PayloadTooLarge {
+                    size: envelope.payload.len(),
+                    limit: MAX_MESSAGE,
+                });
+            }
+            let mut con = self.con().await?;
+            add(&mut con, &envelope).await.map_err(other)
+        })
+    }
+}
+
+impl Subscriber for RedisTransport {
+    fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<Subscription, TransportError>> {
+        let topic = topic.to_string();
+        Box::pin(async move {
+            let key = stream_key(&topic);
+            let manager = self.con().await?;
+            let mut reader = self.dedicated().await?;
+            let prefetch = options.prefetch.max(1);
+            let (tx, rx) = mpsc::channel::<Result<Delivery, TransportError>>(prefetch);
+            let group = match options.mode {
+                SubscriptionMode::Group(g) => {
+                    let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&key)
+                        .arg(&g)
+                        .arg("0")
+                        .arg("MKSTREAM")
+                        .query_async(&mut reader)
+                        .await;
+                    if let Err(e) = created {
+                        if !e.to_string().contains("BUSYGROUP") {
+                            return Err(other(e));
+                        }
+                    }
+                    Some(g)
+                }
+                _ => None,
+            };
+            let claim_idle = self.claim_idle;
+            let slots = Arc::new(Semaphore::new(prefetch));
+            tokio::spawn(async move {
+                let consumer_name = switchyard_core::message::new_id();
+                let mut last_id = "$".to_string();
+                let mut last_claim = Instant::now() - claim_idle;
+                while !tx.is_closed() {
+                    let Ok(first) = slots.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let mut permits = vec![first];
+                    while let Ok(p) = slots.clone().try_acquire_owned() {
+                        permits.push(p);
+                    }
+                    let mut entries: Vec<StreamId> = Vec::new();
+                    match &group {
+                        Some(g) => {
+                            if last_claim.elapsed() >= claim_idle / 2 {
+                                last_claim = Instant::now();
+                                let claimed: Result<StreamAutoClaimReply, _> =
+                                    redis::cmd("XAUTOCLAIM")
+                                        .arg(&key)
+                                        .arg(g)
+                                        .arg(&consumer_name)
+                                        .arg(claim_idle.as_millis() as u64)
+                                        .arg("0-0")
+                                        .arg("COUNT")
+                                        .arg(permits.len())
+                                        .query_async(&mut reader)
+                                        .await;
+                                if let Ok(c) = claimed {
+                                    entries.extend(c.claimed);
+                                }
+                            }
+                            if entries.is_empty() {
+                                let read: Result<Option<StreamReadReply>, _> =
+                                    redis::cmd("XREADGROUP")
+                                        .arg("GROUP")
+                                        .arg(g)
+                                        .arg(&consumer_name)
+                                        .arg("COUNT")
+                                        .arg(permits.len())
+                                        .arg("BLOCK")
+                                        .arg(500)
+                                        .arg("STREAMS")
+                                        .arg(&key)
+                                        .arg(">")
+                                        .query_async(&mut reader)
+                                        .await;
+                                match read {
+                                    Ok(Some(r)) => {
+                                        entries.extend(r.keys.into_iter().flat_map(|k| k.ids))
+                                    }
+                                    Ok(None) => {}
+                                    Err(e) => {
+                                        let _ = tx.send(Err(other(e))).await;
+                                        tokio::time::sleep(Duration::from_millis(200)).await;
+                                    }
+                                }
+                            }
+                        }
+                        None => {
+                            let read: Result<Option<StreamReadReply>, _> = redis::cmd("XREAD")
+                                .arg("COUNT")
+                                .arg(permits.len())
+                                .arg("BLOCK")
+                                .arg(500)
+                                .arg("STREAMS")
+                                .arg(&key)
+                                .arg(&last_id)
+                                .query_async(&mut reader)
+                                .await;
+                            match read {
+                                Ok(Some(r)) => {
+                                    entries.extend(r.keys.into_iter().flat_map(|k| k.ids))
+                                }
+                                Ok(None) => {}
+                                Err(e) => {
+                                    let _ = tx.send(Err(other(e))).await;
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                }
+                            }
+                            if let Some(last) = entries.last() {
+                                last_id = last.id.clone();
+                            }
+                        }
+                    }
+                    for entry in entries {
+                        let Some(env) = envelope_of(&topic, &entry) else {
+                            tracing::warn!(target: "switchyard", entry = %entry.id, "stream entry is not a switchyard message; skipped");
+                            continue;
+                        };
+                        let permit = permits.pop();
+                        let acker = RedisAcker {
+                            con: manager.clone(),
+                            key: key.clone(),
+                            group: group.clone(),
+                            entry: entry.id.clone(),
+                            envelope: Some(env.clone()),
+                            _permit: permit,
+                        };
+                        if tx
+                            .send(Ok(Delivery::new(env, Box::new(acker))))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+            let stream =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|d| (d, rx)) },
+                );
+            Ok(Box::pin(stream) as Subscription)
+        })
+    }
+}
+
+impl Requester for RedisTransport {
+    fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
+        Box::pin(async move {
+            let route = request.route.clone();
+            let mut con = self.con().await?;
+            let alive_key = format!("sy:rpc:{}:alive", self.namespace);
+            let alive: i64 = redis::cmd("ZCOUNT")
+                .arg(&alive_key)
+                .arg(now_ms())
+                .arg("+inf")
+                .query_async(&mut con)
+                .await
+                .map_err(other)?;
+            if alive == 0 {
+                return Err(CallError::Unreachable {
+                    target: format!(
+                        "{} (no service serves namespace {})",
+                        redact_url(&self.url),
+                        self.namespace
+                    ),
+                    source: "no live instance".into(),
+                });
+            }
+            let replies = self.replies().await?;
+            let body = wire::encode_call(&request.args, request.token.as_deref(), Codec::Json)
+                .map_err(|e| CallError::Encode {
+                    route: route.clone(),
+                    reason: e.to_string(),
+                })?;
+            let call: Value = serde_json::from_slice(&body).map_err(|e| CallError::Encode {
+                route: route.clone(),
+                reason: e.to_string(),
+            })?;
+            let cid = switchyard_core::message::new_id();
+            let req = RpcRequest {
+                cid: cid.clone(),
+                reply: replies.channel.clone(),
+                route: route.clone(),
+                deadline_ms: request
+                    .deadline
+                    .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
+                headers: request
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                call,
+            };
+            let (tx, rx) = oneshot::channel();
+            replies
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(cid.clone(), tx);
+            let pushed: Result<i64, _> = redis::cmd("LPUSH")
+                .arg(format!("sy:rpc:{}", self.namespace))
+                .arg(serde_json::to_vec(&req).unwrap_or_default())
+                .query_async(&mut con)
+                .await;
+            if let Err(e) = pushed {
+                replies
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&cid);
+                return Err(CallError::Transport(other(e)));
+            }
+            // Dropped (the caller timed out): forget the waiter so nothing leaks.
+            struct Forget(Arc<Replies>, String);
+            impl Drop for Forget {
+                fn drop(&mut self) {
+                    self.0
+                        .waiting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&self.1);
+                }
+            }
+            let _forget = Forget(replies.clone(), cid);
+            let reply = rx
+                .await
+                .map_err(|_| CallError::Transport(TransportError::Closed))?;
+            match (reply.values, reply.error) {
+                (_, Some(error)) => Err(CallError::Remote { route, error }),
+                (Some(values), None) => Ok(Reply::Wire(values)),
+                (None, None) => Err(CallError::Decode {
+                    route,
+                    expected: "values or an error",
+                    reason: "empty reply".into(),
+                }),
+            }
+        })
+    }
+}
+
+async fn answer(mut con: ConnectionManager, service: Arc<Service>, raw: Vec<u8>) {
+    let Ok(req) = serde_json::from_slice::<RpcRequest>(&raw) else {
+        tracing::warn!(target: "switchyard", "malformed RPC request on the queue; dropped");
+        return;
+    };
+    let outcome = match serde_json::from_value::<wire::CallBody>(req.call) {
+        Ok(body) => {
+            let (args, token) = body.into_parts();
+            let headers: Headers = req.headers.into_iter().collect();
+            let request = CallRequest {
+                route: req.route,
+                args,
+                token,
+                headers,
+                deadline: req
+                    .deadline_ms
+                    .map(|ms| Instant::now() + Duration::from_millis(ms)),
+            };
+            match service.dispatch(request).await {
+                Ok(reply) => reply.into_values().map_err(|e| {
+                    RemoteError::new(ErrorCode::Internal, format!("reply does not encode: {e}"))
+                }),
+                Err(e) => Err(e.into_remote()),
+            }
+        }
+        Err(e) => Err(RemoteError::new(
+            ErrorCode::BadRequest,
+            format!("malformed request body: {e}"),
+        )),
+    };
+    let reply = match outcome {
+        Ok(values) => RpcReply {
+            cid: req.cid,
+            values: Some(values),
+            error: None,
+        },
+        Err(error) => RpcReply {
+            cid: req.cid,
+            values: None,
+            error: Some(error),
+        },
+    };
+    let sent: Result<i64, _> = redis::cmd("PUBLISH")
+        .arg(&req.reply)
+        .arg(serde_json::to_vec(&reply).unwrap_or_default())
+        .query_async(&mut con)
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(target: "switchyard", error = %e, "could not publish an RPC reply");
+    }
+}
+
+impl Responder for RedisTransport {
+    fn serve(&self, service: Arc<Service>) -> BoxFuture<'_, Result<ServeHandle, TransportError>> {
+        Box::pin(async move {
+            service
+                .validate()
+                .map_err(|e| TransportError::Other(Box::new(e)))?;
+            let con = self.con().await?;
+            let mut blocking = self.dedicated().await?;
+            let queue = format!("sy:rpc:{}", self.namespace);
+            let alive_key = format!("sy:rpc:{}:alive", self.namespace);
+            let instance = switchyard_core::message::new_id();
+            let mut stops = Vec::new();
+            let mut consumers = Vec::new();
+            for topic in service.topics() {
+                let policy = service.policy().clone();
+                let sub = self
+                    .subscribe(
+                        topic,
+                        SubscribeOptions::group(service.name()).prefetch(policy.concurrency),
+                    )
+                    .await?;
+                let (tx, rx) = oneshot::channel();
+                stops.push(tx);
+                let dead_letters: Arc<dyn Publisher> =
+                    Arc::new(RedisTransport::from_url(&self.url)?);
+                consumers.push(tokio::spawn(consumer::run(
+                    service.clone(),
+                    sub,
+                    dead_letters,
+                    policy,
+                    rx,
+                )));
+            }
+            let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+            let svc = service.clone();
+            let task = tokio::spawn(async move {
+                let mut heartbeat_con = con.clone();
+                let mut next_beat = Instant::now();
+                let mut calls = tokio::task::JoinSet::new();
+                loop {
+                    if Instant::now() >= next_beat {
+                        let _: Result<i64, _> = redis::cmd("ZADD")
+                            .arg(&alive_key)
+                            .arg(now_ms() + 5_000)
+                            .arg(&instance)
+                            .query_async(&mut heartbeat_con)
+                            .await;
+                        next_beat = Instant::now() + Duration::from_secs(1);
+                    }
+                    let mut blpop = redis::cmd("BLPOP");
+                    blpop.arg(&queue).arg(0.5);
+                    let popped: Result<Option<(String, Vec<u8>)>, _> = tokio::select! {
+                        _ = &mut stop_rx => break,
+                        r = blpop.query_async(&mut blocking) => r,
+                    };
+                    match popped {
+                        Ok(Some((_, raw))) => {
+                            let mut call = Box::pin(answer(con.clone(), svc.clone(), raw));
+                            if futures::poll!(call.as_mut()).is_pending() {
+                                calls.spawn(call);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(target: "switchyard", error = %e, "RPC queue read failed");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                    while calls.try_join_next().is_some() {}
+                }
+                let _: Result<i64, _> = redis::cmd("ZREM")
+                    .arg(&alive_key)
+                    .arg(&instance)
+                    .query_async(&mut heartbeat_con)
+                    .await;
+                for s in stops {
+                    let _ = s.send(());
+                }
+                for c in consumers {
+                    let _ = c.await;
+                }
+                while calls.join_next().await.is_some() {}
+            });
+            Ok(ServeHandle::new(stop_tx, task, self.url.clone()))
+        })
+    }
+}
+
+impl Transport for RedisTransport {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: true,
+            ordering: Ordering::None,
+            delivery: DeliveryGuarantee::AtLeastOnce,
+            request_reply: true,
+            consumer_groups: true,
+            broadcast: true,
+            redelivery: true,
+        }
+    }
+
+    fn url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
