@@ -71,34 +71,50 @@ async fn every_acknowledged_event_survives_a_sigkill_under_load() {
     let mut consumer = consume(dir.path(), &args, &[]);
     let url = format!("http://127.0.0.1:{port}/event");
     let acked = Arc::new(Mutex::new(HashSet::new()));
+    let first_failure = Arc::new(Mutex::new(None::<String>));
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let http = reqwest::Client::new();
     let mut senders = Vec::new();
     for s in 0..32 {
-        let (http, url, acked) = (http.clone(), url.clone(), acked.clone());
+        let (http, url, acked, failure, killed) = (
+            http.clone(),
+            url.clone(),
+            acked.clone(),
+            first_failure.clone(),
+            killed.clone(),
+        );
         senders.push(tokio::spawn(async move {
             for i in 0.. {
                 let id = format!("{s}-{i}");
                 let body = format!(r#"{{"event_type": "load", "event_payload": "{id}"}}"#);
-                match http.post(&url).body(body).send().await {
+                let outcome = match http.post(&url).body(body).send().await {
                     Ok(r) if r.status().as_u16() == 200 => {
                         acked.lock().unwrap().insert(id);
+                        continue;
                     }
-                    Ok(_) => {}
-                    Err(_) => break, // the consumer is gone
+                    Ok(r) => format!("HTTP {}", r.status()),
+                    Err(e) => format!("{e}"),
+                };
+                if killed.load(std::sync::atomic::Ordering::SeqCst) {
+                    break; // the consumer is gone
                 }
+                failure.lock().unwrap().get_or_insert(outcome);
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }));
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
+    killed.store(true, std::sync::atomic::Ordering::SeqCst);
     consumer.0.kill().expect("SIGKILL"); // Child::kill is SIGKILL on Unix
     let _ = consumer.0.wait();
     for s in senders {
         let _ = s.await;
     }
     let acked = acked.lock().unwrap().clone();
+    let failure = first_failure.lock().unwrap().clone();
     assert!(
         acked.len() > 100,
-        "too little load to mean anything: {}",
+        "too little load to mean anything: {} acknowledged; first failure before the kill: {failure:?}",
         acked.len()
     );
 
