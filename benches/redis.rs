@@ -1,0 +1,130 @@
+//! Redis: confirmed publishes (XADD, 64 in flight) through switchyard against the raw
+//! redis-rs client sending the same entry (id, headers, payload fields), alternating rounds.
+//! Needs Redis on 127.0.0.1:6379.
+//!
+//! `cargo bench --bench redis`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard::transport::Transport;
+use switchyard::Envelope;
+
+const ROUNDS: usize = 5;
+const ROUND: Duration = Duration::from_millis(1500);
+
+#[derive(Clone)]
+enum Side {
+    Raw(redis::aio::ConnectionManager, Arc<String>),
+    Ours(Arc<dyn Transport>, Arc<String>),
+}
+
+impl Side {
+    async fn once(&self) {
+        match self {
+            Side::Raw(con, key) => {
+                let mut con = con.clone();
+                let id = switchyard::message::new_id();
+                let headers = r#"{"content-type":"application/json"}"#;
+                let _: String = redis::cmd("XADD")
+                    .arg(key.as_str())
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(1_000_000)
+                    .arg("*")
+                    .arg("i")
+                    .arg(id)
+                    .arg("h")
+                    .arg(headers)
+                    .arg("p")
+                    .arg(r#"{"n":1}"#)
+                    .query_async(&mut con)
+                    .await
+                    .expect("xadd");
+            }
+            Side::Ours(t, topic) => t
+                .publish(Envelope::new(topic.as_str(), r#"{"n":1}"#))
+                .await
+                .expect("publish"),
+        }
+    }
+}
+
+async fn round(side: &Side) -> f64 {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let side = side.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while start.elapsed() < ROUND {
+                side.once().await;
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task");
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::net::TcpStream::connect("127.0.0.1:6379").is_err() {
+        eprintln!("SKIPPED redis benchmark: no Redis on 127.0.0.1:6379 (run scripts/services.sh)");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = redis::Client::open("redis://127.0.0.1:6379").expect("client");
+        let con = redis::aio::ConnectionManager::new(client)
+            .await
+            .expect("connect");
+        let run = &switchyard::message::new_id()[..8];
+        let raw_key = Arc::new(format!("sy:s:bench.raw.{run}"));
+        let our_topic = Arc::new(format!("bench.ours.{run}"));
+        let raw = Side::Raw(con.clone(), raw_key.clone());
+        let ours = Side::Ours(
+            switchyard::connect("redis://127.0.0.1:6379").expect("redis"),
+            our_topic.clone(),
+        );
+        let (mut r, mut o, mut ratio) = (vec![], vec![], vec![]);
+        for i in 0..ROUNDS {
+            let (a, b) = if i % 2 == 0 {
+                (&raw, &ours)
+            } else {
+                (&ours, &raw)
+            };
+            let x = round(a).await;
+            let y = round(b).await;
+            let (rr, oo) = if i % 2 == 0 { (x, y) } else { (y, x) };
+            r.push(rr);
+            o.push(oo);
+            ratio.push(oo / rr);
+        }
+        println!("confirmed XADD, 64 in flight (median of {ROUNDS} alternating rounds):");
+        println!("  raw redis-rs  {:>9.0} msg/s", median(r));
+        println!(
+            "  switchyard    {:>9.0} msg/s  ({:.2}x)",
+            median(o),
+            median(ratio)
+        );
+        let mut c = con.clone();
+        let _: Result<i64, _> = redis::cmd("DEL")
+            .arg(raw_key.as_str())
+            .arg(format!("sy:s:{our_topic}"))
+            .query_async(&mut c)
+            .await;
+    });
+}
