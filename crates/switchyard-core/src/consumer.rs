@@ -10,11 +10,12 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::error::ErrorCode;
+use crate::error::TransportError;
 use crate::inbox::{Claim, InboxStore};
 use crate::message::header;
 use crate::pool::{KeyedPool, PoolConfig};
 use crate::service::Service;
-use crate::transport::{Delivery, Publisher, Subscription};
+use crate::transport::{Delivery, Publisher, SubscribeOptions, Subscriber, Subscription};
 
 /// Retry and dead-letter policy of a consumer.
 #[derive(Clone)]
@@ -88,6 +89,51 @@ impl ConsumerPolicy {
             .checked_mul(factor)
             .unwrap_or(self.max_backoff)
             .min(self.max_backoff)
+    }
+}
+
+/// The consumers of a served service's event handlers, one per topic.
+#[derive(Debug, Default)]
+pub struct ServiceConsumers {
+    stops: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ServiceConsumers {
+    /// Subscribes to each of `service`'s topics as consumer group `service.name()` (prefetch =
+    /// the policy's concurrency) and runs [`run`] on each; dead letters go to `dead_letters`.
+    /// Every transport's `serve` uses this.
+    pub async fn start(
+        service: &Arc<Service>,
+        subscriber: &dyn Subscriber,
+        dead_letters: Arc<dyn Publisher>,
+    ) -> Result<Self, TransportError> {
+        let mut consumers = Self::default();
+        for topic in service.topics() {
+            let policy = service.policy().clone();
+            let options = SubscribeOptions::group(service.name()).prefetch(policy.concurrency);
+            let subscription = subscriber.subscribe(topic, options).await?;
+            let (tx, rx) = oneshot::channel();
+            consumers.stops.push(tx);
+            consumers.tasks.push(tokio::spawn(run(
+                service.clone(),
+                subscription,
+                dead_letters.clone(),
+                policy,
+                rx,
+            )));
+        }
+        Ok(consumers)
+    }
+
+    /// Stops taking deliveries and waits until the ones in flight are handled and settled.
+    pub async fn stop(self) {
+        for s in self.stops {
+            let _ = s.send(());
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
     }
 }
 

@@ -286,23 +286,8 @@ impl Responder for MemTransport {
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(service.clone());
-            let mut stops = Vec::new();
-            let mut consumers = Vec::new();
-            for topic in service.topics() {
-                let sub = self
-                    .subscribe(topic, SubscribeOptions::group(service.name()))
-                    .await?;
-                let (tx, rx) = oneshot::channel();
-                stops.push(tx);
-                let publisher: Arc<dyn Publisher> = Arc::new(self.clone());
-                consumers.push(tokio::spawn(consumer::run(
-                    service.clone(),
-                    sub,
-                    publisher,
-                    service.policy().clone(),
-                    rx,
-                )));
-            }
+            let dead_letters: Arc<dyn Publisher> = Arc::new(self.clone());
+            let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let bus = self.bus.clone();
             let task = tokio::spawn(async move {
@@ -311,12 +296,7 @@ impl Responder for MemTransport {
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
                     .retain(|s| !Arc::ptr_eq(s, &service));
-                for s in stops {
-                    let _ = s.send(());
-                }
-                for c in consumers {
-                    let _ = c.await;
-                }
+                consumers.stop().await;
             });
             Ok(ServeHandle::new(
                 stop_tx,

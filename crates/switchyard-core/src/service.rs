@@ -569,6 +569,20 @@ impl Service {
     }
 }
 
+/// Runs `call` in place when it completes on its first poll (a handler that never waits) and
+/// spawns it into `calls` otherwise, so that slow handlers still run side by side. For
+/// transports that read calls off one subscription or queue: a spawn per call would cost more
+/// than most handlers.
+pub async fn run_in_place_or_spawn<F>(calls: &mut tokio::task::JoinSet<()>, call: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut call = Box::pin(call);
+    if futures::poll!(call.as_mut()).is_pending() {
+        calls.spawn(call);
+    }
+}
+
 fn panic_error(what: &str, panic: Box<dyn std::any::Any + Send>) -> HandlerError {
     let msg = panic
         .downcast_ref::<&str>()

@@ -12,7 +12,7 @@ use switchyard_core::codec::Codec;
 use switchyard_core::consumer;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
 use switchyard_core::message::{header as h, Envelope, Headers};
-use switchyard_core::service::{CallRequest, Service};
+use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
 use switchyard_core::transport::{
     Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
     ServeHandle, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
@@ -544,28 +544,8 @@ impl Responder for NatsTransport {
                 )
                 .await
                 .map_err(other)?;
-            let mut stops = Vec::new();
-            let mut consumers = Vec::new();
-            for topic in service.topics() {
-                let policy = service.policy().clone();
-                let sub = self
-                    .subscribe(
-                        topic,
-                        SubscribeOptions::group(service.name()).prefetch(policy.concurrency),
-                    )
-                    .await?;
-                let (tx, rx) = oneshot::channel();
-                stops.push(tx);
-                let dead_letters: Arc<dyn Publisher> =
-                    Arc::new(NatsTransport::from_url(&self.url)?);
-                consumers.push(tokio::spawn(consumer::run(
-                    service.clone(),
-                    sub,
-                    dead_letters,
-                    policy,
-                    rx,
-                )));
-            }
+            let dead_letters: Arc<dyn Publisher> = Arc::new(NatsTransport::from_url(&self.url)?);
+            let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
             let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
             let namespace = Arc::new(self.namespace.clone());
             let svc = service.clone();
@@ -576,12 +556,8 @@ impl Responder for NatsTransport {
                         _ = &mut stop_rx => break,
                         m = rpc.next() => match m {
                             Some(m) => {
-                                // Answer in place when the handler never waits; spawn only a
-                                // call that has to wait, so slow handlers still run side by side.
-                                let mut call = Box::pin(answer(client.clone(), svc.clone(), namespace.clone(), m));
-                                if futures::poll!(call.as_mut()).is_pending() {
-                                    calls.spawn(call);
-                                }
+                                let call = answer(client.clone(), svc.clone(), namespace.clone(), m);
+                                run_in_place_or_spawn(&mut calls, call).await;
                             }
                             None => break,
                         },
@@ -589,12 +565,7 @@ impl Responder for NatsTransport {
                     while calls.try_join_next().is_some() {}
                 }
                 let _ = rpc.unsubscribe().await;
-                for s in stops {
-                    let _ = s.send(());
-                }
-                for c in consumers {
-                    let _ = c.await;
-                }
+                consumers.stop().await;
                 while calls.join_next().await.is_some() {}
             });
             Ok(ServeHandle::new(stop_tx, task, self.url.clone()))

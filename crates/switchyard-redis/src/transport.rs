@@ -12,7 +12,7 @@ use switchyard_core::codec::Codec;
 use switchyard_core::consumer;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
 use switchyard_core::message::{header as h, Envelope, Headers};
-use switchyard_core::service::{CallRequest, Service};
+use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
 use switchyard_core::transport::{
     Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
     ServeHandle, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
@@ -657,28 +657,8 @@ impl Responder for RedisTransport {
             let queue = format!("sy:rpc:{}", self.namespace);
             let alive_key = format!("sy:rpc:{}:alive", self.namespace);
             let instance = switchyard_core::message::new_id();
-            let mut stops = Vec::new();
-            let mut consumers = Vec::new();
-            for topic in service.topics() {
-                let policy = service.policy().clone();
-                let sub = self
-                    .subscribe(
-                        topic,
-                        SubscribeOptions::group(service.name()).prefetch(policy.concurrency),
-                    )
-                    .await?;
-                let (tx, rx) = oneshot::channel();
-                stops.push(tx);
-                let dead_letters: Arc<dyn Publisher> =
-                    Arc::new(RedisTransport::from_url(&self.url)?);
-                consumers.push(tokio::spawn(consumer::run(
-                    service.clone(),
-                    sub,
-                    dead_letters,
-                    policy,
-                    rx,
-                )));
-            }
+            let dead_letters: Arc<dyn Publisher> = Arc::new(RedisTransport::from_url(&self.url)?);
+            let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
             let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
             let svc = service.clone();
             let task = tokio::spawn(async move {
@@ -703,10 +683,11 @@ impl Responder for RedisTransport {
                     };
                     match popped {
                         Ok(Some((_, raw))) => {
-                            let mut call = Box::pin(answer(con.clone(), svc.clone(), raw));
-                            if futures::poll!(call.as_mut()).is_pending() {
-                                calls.spawn(call);
-                            }
+                            run_in_place_or_spawn(
+                                &mut calls,
+                                answer(con.clone(), svc.clone(), raw),
+                            )
+                            .await;
                         }
                         Ok(None) => {}
                         Err(e) => {
@@ -721,12 +702,7 @@ impl Responder for RedisTransport {
                     .arg(&instance)
                     .query_async(&mut heartbeat_con)
                     .await;
-                for s in stops {
-                    let _ = s.send(());
-                }
-                for c in consumers {
-                    let _ = c.await;
-                }
+                consumers.stop().await;
                 while calls.join_next().await.is_some() {}
             });
             Ok(ServeHandle::new(stop_tx, task, self.url.clone()))
