@@ -15,7 +15,7 @@ use crate::error::{CallError, ErrorCode, RemoteError, TransportError};
 use crate::message::{header, Envelope, Headers};
 use crate::service::{CallParts, CallRequest};
 use crate::transport::Transport;
-use crate::values::{from_values, Args, Reply};
+use crate::values::{Args, Reply};
 
 /// Default time a call waits for its reply: finite, so that a lost reply never hangs a caller.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -315,9 +315,4 @@ impl CallBuilder<'_> {
             .send(&self.route, args, self.token.as_deref(), self.timeout)
             .await
     }
-}
-
-/// Decodes reply values as `R` (re-exported for transports that get raw values).
-pub fn decode_values<R: DeserializeOwned>(values: Vec<Value>) -> Result<R, serde_json::Error> {
-    from_values(values)
 }

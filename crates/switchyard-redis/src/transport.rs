@@ -7,6 +7,7 @@ use futures::StreamExt;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use switchyard_core::codec::Codec;
 use switchyard_core::consumer;
@@ -55,7 +56,8 @@ struct RpcRequest {
     route: String,
     deadline_ms: Option<u64>,
     headers: HashMap<String, String>,
-    call: Value,
+    /// The call body exactly as `wire::encode_call` wrote it: carried through, not re-parsed.
+    call: Box<RawValue>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -528,10 +530,13 @@ impl Requester for RedisTransport {
                     route: route.clone(),
                     reason: e.to_string(),
                 })?;
-            let call: Value = serde_json::from_slice(&body).map_err(|e| CallError::Encode {
-                route: route.clone(),
-                reason: e.to_string(),
-            })?;
+            let call = String::from_utf8(body.to_vec())
+                .map_err(|e| e.to_string())
+                .and_then(|text| RawValue::from_string(text).map_err(|e| e.to_string()))
+                .map_err(|reason| CallError::Encode {
+                    route: route.clone(),
+                    reason,
+                })?;
             let cid = switchyard_core::message::new_id();
             let req = RpcRequest {
                 cid: cid.clone(),
@@ -599,7 +604,7 @@ async fn answer(mut con: ConnectionManager, service: Arc<Service>, raw: Vec<u8>)
         tracing::warn!(target: "switchyard", "malformed RPC request on the queue; dropped");
         return;
     };
-    let outcome = match serde_json::from_value::<wire::CallBody>(req.call) {
+    let outcome = match serde_json::from_str::<wire::CallBody>(req.call.get()) {
         Ok(body) => {
             let (args, token) = body.into_parts();
             let headers: Headers = req.headers.into_iter().collect();
