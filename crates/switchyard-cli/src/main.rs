@@ -132,7 +132,11 @@ enum OutboxCommand {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                // lapin logs every returned call (which we report as Unreachable) and every
+                // closed connection (which we report or reconnect) at warn/error itself.
+                "warn,lapin=off".into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
