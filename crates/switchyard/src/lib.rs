@@ -56,6 +56,7 @@
 //! | `http` | `http://` and `ws://`: RPC in microservices_connector's wire format, JSON endpoints, CloudEvents over HTTP, WebSocket routes | yes |
 //! | `redis` | `redis://`: Streams with consumer groups (XAUTOCLAIM for dead consumers) for events, list + reply channel for RPC | yes |
 //! | `amqp` | `amqp://`: RabbitMQ topic exchange with durable group queues and publisher confirms for events, direct reply-to for RPC | yes |
+//! | `mqtt` | `mqtt://`: MQTT 5 QoS 1 events, shared subscriptions for groups, response topic + correlation data for RPC | yes |
 //! | `nats` | `nats://`: core NATS request/reply, JetStream streams and durable consumers for events | yes |
 //! | `store` | inbox stores (Redis, PostgreSQL) and the PostgreSQL transactional outbox (`store`) | no |
 //! | `macros` | `#[switchyard::service]` | yes |
@@ -79,6 +80,9 @@ pub use switchyard_http as http;
 
 #[cfg(feature = "amqp")]
 pub use switchyard_amqp as amqp;
+
+#[cfg(feature = "mqtt")]
+pub use switchyard_mqtt as mqtt;
 
 #[cfg(feature = "nats")]
 pub use switchyard_nats as nats;
@@ -107,6 +111,8 @@ pub fn schemes() -> &'static [&'static str] {
         "ws",
         #[cfg(feature = "amqp")]
         "amqp",
+        #[cfg(feature = "mqtt")]
+        "mqtt",
         #[cfg(feature = "nats")]
         "nats",
         #[cfg(feature = "redis")]
@@ -130,6 +136,8 @@ pub fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
         "http" | "https" | "ws" | "wss" => Ok(Arc::new(http::HttpTransport::from_url(url)?)),
         #[cfg(feature = "amqp")]
         "amqp" => Ok(Arc::new(amqp::AmqpTransport::from_url(url)?)),
+        #[cfg(feature = "mqtt")]
+        "mqtt" => Ok(Arc::new(mqtt::MqttTransport::from_url(url)?)),
         #[cfg(feature = "nats")]
         "nats" => Ok(Arc::new(nats::NatsTransport::from_url(url)?)),
         #[cfg(feature = "redis")]

@@ -1,0 +1,955 @@
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::Outgoing;
+use serde_json::Value;
+use switchyard_core::codec::Codec;
+use switchyard_core::consumer;
+use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
+use switchyard_core::message::{header as h, new_id, Envelope, Headers};
+use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
+use switchyard_core::transport::{
+    Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
+    ServeHandle, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
+};
+use switchyard_core::values::Reply;
+use switchyard_core::wire;
+use tokio::sync::{mpsc, oneshot, OnceCell, Semaphore};
+
+/// Largest event payload published by default (1 MiB, as on the other transports).
+const MAX_MESSAGE: usize = 1024 * 1024;
+/// User property carrying the error code of a failed call's reply.
+const STATUS: &str = "x-status";
+/// CloudEvents attributes that travel as bare user properties (the MQTT 5 binding).
+const CE_ATTRIBUTES: [&str; 7] = [
+    "specversion",
+    "id",
+    "type",
+    "source",
+    "time",
+    "subject",
+    "dataschema",
+];
+/// Publishes a lane keeps waiting for their PUBACK at most.
+const LANE_QUEUE: usize = 1024;
+
+/// The MQTT 5 transport.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use switchyard_core::Client;
+/// let mqtt = Arc::new(switchyard_mqtt::MqttTransport::from_url("mqtt://127.0.0.1:1883?ns=app1")?);
+/// let reply: String = Client::new(mqtt).call("/helloworld", "Mr. Developer".to_string()).await?;
+/// # Ok(()) }
+/// ```
+pub struct MqttTransport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MqttTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttTransport")
+            .field("url", &redact_url(&self.inner.url))
+            .finish()
+    }
+}
+
+struct Inner {
+    url: String,
+    host: String,
+    port: u16,
+    credentials: Option<(String, String)>,
+    namespace: String,
+    max_message: usize,
+    lane: Mutex<Option<Arc<Lane>>>,
+    opening: tokio::sync::Mutex<()>,
+    replies: OnceCell<Arc<Replies>>,
+}
+
+type PubAckWaiter = oneshot::Sender<PubAckReason>;
+
+/// A connection that publishes at QoS 1 and matches each PUBACK to its publish. rumqttc
+/// reports the packet id it gave a publish (`Outgoing::Publish`) in the order publishes were
+/// queued, so the waiters queue up in that order and move to a map by packet id. A lane whose
+/// connection fails is dropped whole (its waiters learn it) and a new one opened: resuming it
+/// could re-send queued publishes under ids the waiters never see.
+struct Lane {
+    client: AsyncClient,
+    state: Arc<Mutex<LaneState>>,
+    alive: Arc<AtomicBool>,
+    room: Semaphore,
+}
+
+#[derive(Default)]
+struct LaneState {
+    queued: VecDeque<PubAckWaiter>,
+    sent: HashMap<u16, PubAckWaiter>,
+}
+
+/// The RPC caller's reply subscription.
+struct Replies {
+    topic: String,
+    waiting: Mutex<HashMap<Bytes, oneshot::Sender<Publish>>>,
+    _client: AsyncClient,
+}
+
+fn invalid(url: &str, reason: impl Into<String>) -> TransportError {
+    TransportError::InvalidUrl {
+        url: redact_url(url),
+        reason: reason.into(),
+    }
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
+    TransportError::Other(Box::new(e))
+}
+
+fn check_topic(url: &str, topic: &str) -> Result<(), TransportError> {
+    if topic.is_empty()
+        || topic.contains(['+', '#', '\0'])
+        || topic.starts_with('$')
+        || topic.starts_with("sy/")
+    {
+        return Err(invalid(
+            url,
+            format!("topic {topic:?} is not usable on MQTT (no '+', '#', leading '$' or 'sy/')"),
+        ));
+    }
+    Ok(())
+}
+
+fn short_id() -> String {
+    new_id()[..13].replace('-', "")
+}
+
+impl MqttTransport {
+    /// A transport for `mqtt://[USER:PASS@]HOST:PORT` (port 1883 when absent). Options: `ns`
+    /// (the RPC namespace, default `default`), `max_message_bytes` (default 1 MiB). Connections
+    /// are made on first use; an unreachable broker is then an error naming the URL.
+    pub fn from_url(url: &str) -> Result<Self, TransportError> {
+        let parsed = url::Url::parse(url).map_err(|e| invalid(url, e.to_string()))?;
+        if parsed.scheme() != "mqtt" {
+            return Err(invalid(url, "expected mqtt://HOST:PORT[?ns=NAME]"));
+        }
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| invalid(url, "no host"))?
+            .to_string();
+        let port = parsed.port().unwrap_or(1883);
+        let mut namespace = "default".to_string();
+        let mut max_message = MAX_MESSAGE;
+        for (k, v) in parsed.query_pairs() {
+            match k.as_ref() {
+                "ns" => {
+                    if v.is_empty() || v.contains(['+', '#', '/', ' ']) {
+                        return Err(invalid(url, format!("ns={v} is not a usable namespace")));
+                    }
+                    namespace = v.to_string();
+                }
+                "max_message_bytes" => {
+                    max_message = v.parse().map_err(|_| {
+                        invalid(url, format!("max_message_bytes={v} is not a whole number"))
+                    })?;
+                }
+                unknown => {
+                    return Err(invalid(
+                        url,
+                        format!("unknown option {unknown:?} (known: ns, max_message_bytes)"),
+                    ))
+                }
+            }
+        }
+        let credentials = match parsed.username() {
+            "" => None,
+            u => Some((u.to_string(), parsed.password().unwrap_or("").to_string())),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                url: url.to_string(),
+                host,
+                port,
+                credentials,
+                namespace,
+                max_message,
+                lane: Mutex::new(None),
+                opening: tokio::sync::Mutex::new(()),
+                replies: OnceCell::new(),
+            }),
+        })
+    }
+}
+
+/// Polls `eventloop` until the broker's CONNACK, so that an unreachable broker is an error
+/// here and not a silent retry loop.
+async fn connected(inner: &Inner, eventloop: &mut EventLoop) -> Result<(), TransportError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(inner.unreachable(e)),
+            Err(e) => return Err(inner.unreachable(e)),
+        }
+    }
+}
+
+impl Inner {
+    fn unreachable(&self, e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
+        TransportError::Unreachable {
+            url: redact_url(&self.url),
+            source: Box::new(e),
+        }
+    }
+
+    fn options(&self, role: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(
+            format!("sy-{role}-{}", short_id()),
+            self.host.clone(),
+            self.port,
+        );
+        o.set_keep_alive(Duration::from_secs(10));
+        o.set_clean_start(true);
+        let packet = u32::try_from(self.max_message.saturating_add(64 * 1024)).unwrap_or(u32::MAX);
+        o.set_max_packet_size(Some(packet));
+        if let Some((u, p)) = &self.credentials {
+            o.set_credentials(u.clone(), p.clone());
+        }
+        o
+    }
+
+    fn live_lane(&self) -> Option<Arc<Lane>> {
+        let slot = self.lane.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref()
+            .filter(|l| l.alive.load(AtomicOrdering::Acquire))
+            .cloned()
+    }
+
+    async fn lane(&self) -> Result<Arc<Lane>, TransportError> {
+        if let Some(l) = self.live_lane() {
+            return Ok(l);
+        }
+        let _one_at_a_time = self.opening.lock().await;
+        if let Some(l) = self.live_lane() {
+            return Ok(l);
+        }
+        let (client, mut eventloop) = AsyncClient::new(self.options("pub"), LANE_QUEUE);
+        connected(self, &mut eventloop).await?;
+        let state: Arc<Mutex<LaneState>> = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let (s, a) = (state.clone(), alive.clone());
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                        let mut st = s.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(w) = st.queued.pop_front() {
+                            st.sent.insert(pkid, w);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        let w = s
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .sent
+                            .remove(&ack.pkid);
+                        if let Some(w) = w {
+                            let _ = w.send(ack.reason);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(target: "switchyard", error = %e, "MQTT publishing connection lost");
+                        break;
+                    }
+                }
+            }
+            a.store(false, AtomicOrdering::Release);
+            // Dropping the waiters tells every publish still waiting that it failed.
+            let mut st = s.lock().unwrap_or_else(|p| p.into_inner());
+            st.queued.clear();
+            st.sent.clear();
+        });
+        let lane = Arc::new(Lane {
+            client,
+            state,
+            alive,
+            room: Semaphore::new(LANE_QUEUE),
+        });
+        *self.lane.lock().unwrap_or_else(|p| p.into_inner()) = Some(lane.clone());
+        Ok(lane)
+    }
+
+    /// Publishes at QoS 1 and waits for the broker's PUBACK.
+    async fn publish_acked(
+        &self,
+        topic: String,
+        payload: Bytes,
+        properties: PublishProperties,
+    ) -> Result<PubAckReason, TransportError> {
+        let lane = self.lane().await?;
+        let _room = lane.room.acquire().await.map_err(other)?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = lane.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.queued.push_back(tx);
+            if let Err(e) =
+                lane.client
+                    .try_publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties)
+            {
+                st.queued.pop_back();
+                return Err(other(e));
+            }
+        }
+        rx.await.map_err(|_| {
+            TransportError::Other(
+                "the MQTT connection was lost before the broker acknowledged the publish".into(),
+            )
+        })
+    }
+
+    async fn replies(self: &Arc<Self>) -> Result<Arc<Replies>, TransportError> {
+        self.replies
+            .get_or_try_init(|| async {
+                let opts = self.options("rpc");
+                let topic = format!("sy/reply/{}", opts.client_id());
+                let (client, mut eventloop) = AsyncClient::new(opts, 64);
+                connected(self, &mut eventloop).await?;
+                client
+                    .subscribe(topic.clone(), QoS::AtMostOnce)
+                    .await
+                    .map_err(other)?;
+                // Calls go out only once replies can arrive.
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::SubAck(_))) => break,
+                        Ok(_) => {}
+                        Err(e) => return Err(self.unreachable(e)),
+                    }
+                }
+                let replies = Arc::new(Replies {
+                    topic: topic.clone(),
+                    waiting: Mutex::new(HashMap::new()),
+                    _client: client.clone(),
+                });
+                let r = Arc::downgrade(&replies);
+                tokio::spawn(async move {
+                    loop {
+                        match eventloop.poll().await {
+                            Ok(Event::Incoming(Packet::Publish(p))) => {
+                                let Some(r) = r.upgrade() else { return };
+                                let cid = p
+                                    .properties
+                                    .as_ref()
+                                    .and_then(|pp| pp.correlation_data.clone());
+                                if let Some(cid) = cid {
+                                    let w = r
+                                        .waiting
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .remove(&cid);
+                                    if let Some(w) = w {
+                                        let _ = w.send(p);
+                                    }
+                                }
+                            }
+                            // Clean sessions lose the subscription on reconnect: renew it.
+                            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                                let _ = client.try_subscribe(topic.clone(), QoS::AtMostOnce);
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                if r.strong_count() == 0 {
+                                    return;
+                                }
+                                tracing::warn!(target: "switchyard", error = %e, "MQTT reply connection lost; reconnecting");
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                        }
+                    }
+                });
+                Ok(replies)
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// User properties and content type of an outgoing event.
+fn event_properties(envelope: &Envelope) -> PublishProperties {
+    let mut user = Vec::with_capacity(envelope.headers.len() + 4);
+    for (k, v) in envelope.headers.iter() {
+        if k != h::CONTENT_TYPE && !k.starts_with("ce-") {
+            user.push((k.to_string(), v.to_string()));
+        }
+    }
+    for (attr, value) in envelope.cloud_event_attributes() {
+        if attr != "datacontenttype" {
+            user.push((attr.to_string(), value));
+        }
+    }
+    PublishProperties {
+        user_properties: user,
+        content_type: Some(
+            envelope
+                .headers
+                .get(h::CONTENT_TYPE)
+                .unwrap_or("application/json")
+                .to_string(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn envelope_of(topic: &str, p: &Publish) -> Envelope {
+    let mut headers = Headers::new();
+    let mut id = None;
+    let mut content_type = None;
+    if let Some(props) = &p.properties {
+        for (k, v) in &props.user_properties {
+            match k.as_str() {
+                "id" => id = Some(v.clone()),
+                "specversion" => {}
+                attr if CE_ATTRIBUTES.contains(&attr) => headers.insert(format!("ce-{attr}"), v),
+                _ => headers.insert(k.as_str(), v.as_str()),
+            }
+        }
+        content_type = props.content_type.clone();
+    }
+    headers.insert(
+        h::CONTENT_TYPE,
+        content_type.unwrap_or_else(|| Codec::Json.content_type().to_string()),
+    );
+    if headers.get(h::ATTEMPT).is_none() {
+        headers.insert(h::ATTEMPT, "1");
+    }
+    Envelope {
+        id: id.unwrap_or_else(new_id),
+        subject: topic.to_string(),
+        headers,
+        payload: p.payload.clone(),
+    }
+}
+
+struct MqttAcker {
+    client: AsyncClient,
+    publish: Option<Publish>,
+    inner: Arc<Inner>,
+    retry_topic: String,
+    envelope: Option<Envelope>,
+}
+
+impl MqttAcker {
+    async fn redeliver(
+        client: AsyncClient,
+        publish: Publish,
+        inner: Arc<Inner>,
+        retry_topic: String,
+        mut env: Envelope,
+        delay: Option<Duration>,
+    ) -> Result<(), TransportError> {
+        // MQTT has no negative acknowledgement: hold the message for the delay, hand it to
+        // the group's retry topic with its attempt counted, then acknowledge the original.
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        let attempt = env.headers.attempt();
+        env.headers.insert(h::ATTEMPT, (attempt + 1).to_string());
+        let props = event_properties(&env);
+        inner
+            .publish_acked(retry_topic, env.payload.clone(), props)
+            .await?;
+        client.ack(&publish).await.map_err(other)
+    }
+}
+
+impl Acker for MqttAcker {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        let (client, publish) = (self.client.clone(), self.publish.take());
+        Box::pin(async move {
+            if let Some(p) = publish {
+                client.ack(&p).await.map_err(other)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn nack(
+        mut self: Box<Self>,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        let (publish, env) = (self.publish.take(), self.envelope.take());
+        let (client, inner) = (self.client.clone(), self.inner.clone());
+        let retry = std::mem::take(&mut self.retry_topic);
+        Box::pin(async move {
+            match (publish, env) {
+                (Some(p), Some(e)) => Self::redeliver(client, p, inner, retry, e, delay).await,
+                _ => Ok(()),
+            }
+        })
+    }
+}
+
+impl Drop for MqttAcker {
+    fn drop(&mut self) {
+        // Dropped unsettled: hand it back through the retry topic at once.
+        if let (Some(p), Some(e)) = (self.publish.take(), self.envelope.take()) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let (client, inner) = (self.client.clone(), self.inner.clone());
+                let retry = std::mem::take(&mut self.retry_topic);
+                rt.spawn(async move {
+                    let _ = Self::redeliver(client, p, inner, retry, e, None).await;
+                });
+            }
+        }
+    }
+}
+
+async fn pump(
+    inner: Arc<Inner>,
+    topic: String,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    filters: Vec<String>,
+    retry_topic: String,
+    tx: mpsc::UnboundedSender<Result<Delivery, TransportError>>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let event = tokio::select! {
+            _ = tx.closed() => break,
+            e = eventloop.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                backoff = Duration::from_millis(100);
+                let envelope = envelope_of(&topic, &p);
+                let acker = MqttAcker {
+                    client: client.clone(),
+                    publish: Some(p),
+                    inner: inner.clone(),
+                    retry_topic: retry_topic.clone(),
+                    envelope: Some(envelope.clone()),
+                };
+                if tx
+                    .send(Ok(Delivery::new(envelope, Box::new(acker))))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            // A clean session starts without subscriptions: (re)subscribe on every CONNACK.
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                for f in &filters {
+                    let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = tx.send(Err(inner.unreachable(e)));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+}
+
+impl Publisher for MqttTransport {
+    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            if envelope.payload.len() > self.inner.max_message {
+                return Err(TransportError::PayloadTooLarge {
+                    size: envelope.payload.len(),
+                    limit: self.inner.max_message,
+                });
+            }
+            check_topic(&self.inner.url, &envelope.subject)?;
+            let props = event_properties(&envelope);
+            let reason = self
+                .inner
+                .publish_acked(envelope.subject, envelope.payload, props)
+                .await?;
+            match reason {
+                // Nobody subscribed: MQTT drops the message by design (not durable).
+                PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
+                refused => Err(TransportError::Rejected(RemoteError::new(
+                    ErrorCode::Unavailable,
+                    format!("the broker refused the message: {refused:?}"),
+                ))),
+            }
+        })
+    }
+}
+
+impl Subscriber for MqttTransport {
+    fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<Subscription, TransportError>> {
+        let topic = topic.to_string();
+        Box::pin(async move {
+            check_topic(&self.inner.url, &topic)?;
+            let mut opts = self.inner.options("sub");
+            opts.set_manual_acks(true);
+            let prefetch = u16::try_from(options.prefetch).unwrap_or(u16::MAX).max(1);
+            // MQTT 5 receive maximum: the broker sends at most this many unacknowledged.
+            opts.set_receive_maximum(Some(prefetch));
+            let (filters, retry_topic) = match &options.mode {
+                SubscriptionMode::Group(g) => {
+                    let retry = format!("sy/retry/{g}/{topic}");
+                    (
+                        vec![format!("$share/{g}/{topic}"), format!("$share/{g}/{retry}")],
+                        retry,
+                    )
+                }
+                _ => {
+                    let retry = format!("sy/retry/{}/{topic}", opts.client_id());
+                    (vec![topic.clone(), retry.clone()], retry)
+                }
+            };
+            let (client, mut eventloop) = AsyncClient::new(opts, 2 * usize::from(prefetch) + 64);
+            connected(&self.inner, &mut eventloop).await?;
+            for f in &filters {
+                client
+                    .subscribe(f.clone(), QoS::AtLeastOnce)
+                    .await
+                    .map_err(other)?;
+            }
+            // Return only once the broker confirmed the subscriptions: a publish right after
+            // `subscribe` returns must reach this subscriber.
+            let mut acked = 0;
+            let mut early = Vec::new();
+            while acked < filters.len() {
+                match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => acked += 1,
+                    Ok(Ok(Event::Incoming(Packet::Publish(p)))) => early.push(p),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(self.inner.unreachable(e)),
+                    Err(e) => return Err(self.inner.unreachable(e)),
+                }
+            }
+            // Unbounded on our side because the broker bounds it: it sends at most `prefetch`
+            // unacknowledged messages (receive maximum). A bounded channel here would stall
+            // the event loop, and with it the acknowledgements that make room.
+            let (tx, rx) = mpsc::unbounded_channel();
+            for p in early {
+                let envelope = envelope_of(&topic, &p);
+                let acker = MqttAcker {
+                    client: client.clone(),
+                    publish: Some(p),
+                    inner: self.inner.clone(),
+                    retry_topic: retry_topic.clone(),
+                    envelope: Some(envelope.clone()),
+                };
+                let _ = tx.send(Ok(Delivery::new(envelope, Box::new(acker))));
+            }
+            tokio::spawn(pump(
+                self.inner.clone(),
+                topic,
+                client,
+                eventloop,
+                filters,
+                retry_topic,
+                tx,
+            ));
+            let stream = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|d| (d, rx))
+            });
+            Ok(Box::pin(stream) as Subscription)
+        })
+    }
+}
+
+fn route_topic(namespace: &str, route: &str) -> Result<String, String> {
+    let path = route.trim_start_matches('/');
+    if path.is_empty() || path.contains(['+', '#', '\0']) {
+        return Err(format!("route {route:?} is not usable as an MQTT topic"));
+    }
+    Ok(format!("sy/rpc/{namespace}/{path}"))
+}
+
+/// Removes a call's entry when the caller stops waiting.
+struct Waiting<'a> {
+    replies: &'a Replies,
+    cid: Bytes,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.replies
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.cid);
+    }
+}
+
+impl Requester for MqttTransport {
+    fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
+        Box::pin(async move {
+            let route = request.route.clone();
+            let topic = route_topic(&self.inner.namespace, &route).map_err(|reason| {
+                CallError::Encode {
+                    route: route.clone(),
+                    reason,
+                }
+            })?;
+            let body = wire::encode_call(&request.args, request.token.as_deref(), Codec::Json)
+                .map_err(|e| CallError::Encode {
+                    route: route.clone(),
+                    reason: e.to_string(),
+                })?;
+            let replies = self.inner.replies().await?;
+            let mut user: Vec<(String, String)> = request
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let wait = request
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            let mut expiry = None;
+            if let Some(w) = wait {
+                user.push((h::DEADLINE_MS.to_string(), w.as_millis().to_string()));
+                // Whole seconds, rounded up: a call nobody took in time is dropped.
+                expiry = Some(u32::try_from(w.as_secs() + 1).unwrap_or(u32::MAX));
+            }
+            let cid = Bytes::from(new_id());
+            let (tx, rx) = oneshot::channel();
+            replies
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(cid.clone(), tx);
+            let _entry = Waiting {
+                replies: &replies,
+                cid: cid.clone(),
+            };
+            let props = PublishProperties {
+                response_topic: Some(replies.topic.clone()),
+                correlation_data: Some(cid),
+                user_properties: user,
+                content_type: Some(Codec::Json.content_type().to_string()),
+                message_expiry_interval: expiry,
+                ..Default::default()
+            };
+            let reason = self
+                .inner
+                .publish_acked(topic, Bytes::from(body), props)
+                .await?;
+            match reason {
+                PubAckReason::Success => {}
+                PubAckReason::NoMatchingSubscribers => {
+                    return Err(CallError::Unreachable {
+                        target: format!(
+                            "{} (no service serves {route} in namespace {})",
+                            redact_url(&self.inner.url),
+                            self.inner.namespace
+                        ),
+                        source: "the broker has no subscriber for the call's topic".into(),
+                    })
+                }
+                refused => {
+                    return Err(CallError::Transport(TransportError::Rejected(
+                        RemoteError::new(
+                            ErrorCode::Unavailable,
+                            format!("the broker refused the call: {refused:?}"),
+                        ),
+                    )))
+                }
+            }
+            let reply = rx.await.map_err(|_| {
+                CallError::Transport(TransportError::Other(
+                    "the MQTT reply subscription closed before the reply came".into(),
+                ))
+            })?;
+            let status = reply.properties.as_ref().and_then(|p| {
+                p.user_properties
+                    .iter()
+                    .find(|(k, _)| k == STATUS)
+                    .map(|(_, v)| v.clone())
+            });
+            match status {
+                None => {
+                    let values: Vec<Value> =
+                        serde_json::from_slice(&reply.payload).map_err(|e| CallError::Decode {
+                            route: route.clone(),
+                            expected: "a JSON array of returned values",
+                            reason: e.to_string(),
+                        })?;
+                    Ok(Reply::Wire(values))
+                }
+                Some(_) => {
+                    let error = wire::decode_error(&reply.payload).unwrap_or_else(|| {
+                        RemoteError::new(
+                            ErrorCode::Internal,
+                            format!(
+                                "undecodable error reply: {}",
+                                String::from_utf8_lossy(&reply.payload)
+                            ),
+                        )
+                    });
+                    Err(CallError::Remote { route, error })
+                }
+            }
+        })
+    }
+}
+
+async fn answer(client: AsyncClient, service: Arc<Service>, prefix: Arc<String>, p: Publish) {
+    let Some(props) = p.properties else { return };
+    let Some(reply_to) = props.response_topic else {
+        return;
+    };
+    let topic = String::from_utf8_lossy(&p.topic);
+    let route = format!("/{}", topic.strip_prefix(prefix.as_str()).unwrap_or(""));
+    let headers: Headers = props.user_properties.into_iter().collect();
+    let deadline = headers.deadline().map(|w| Instant::now() + w);
+    let outcome = match serde_json::from_slice::<wire::CallBody>(&p.payload) {
+        Ok(body) => {
+            let (args, token) = body.into_parts();
+            let request = CallRequest {
+                route,
+                args,
+                token,
+                headers,
+                deadline,
+            };
+            service.dispatch(request).await.map_err(|e| e.into_remote())
+        }
+        Err(e) => Err(RemoteError::new(
+            ErrorCode::BadRequest,
+            format!("malformed request body: {e}"),
+        )),
+    };
+    let (payload, status) = match outcome.map(|r| r.encode(Codec::Json)) {
+        Ok(Ok(bytes)) => (bytes, None),
+        Ok(Err(e)) => (
+            wire::error_body(&RemoteError::new(
+                ErrorCode::Internal,
+                format!("reply does not encode: {e}"),
+            )),
+            Some(ErrorCode::Internal),
+        ),
+        Err(error) => (wire::error_body(&error), Some(error.code)),
+    };
+    let reply = PublishProperties {
+        correlation_data: props.correlation_data,
+        user_properties: status
+            .map(|c| vec![(STATUS.to_string(), c.to_string())])
+            .unwrap_or_default(),
+        content_type: Some(Codec::Json.content_type().to_string()),
+        ..Default::default()
+    };
+    if let Err(e) = client
+        .publish_with_properties(reply_to, QoS::AtMostOnce, false, payload, reply)
+        .await
+    {
+        tracing::warn!(target: "switchyard", error = %e, "could not send an MQTT reply");
+    }
+}
+
+impl Responder for MqttTransport {
+    fn serve(&self, service: Arc<Service>) -> BoxFuture<'_, Result<ServeHandle, TransportError>> {
+        Box::pin(async move {
+            service
+                .validate()
+                .map_err(|e| TransportError::Other(Box::new(e)))?;
+            let ns = self.inner.namespace.clone();
+            let filter = format!("$share/{ns}/sy/rpc/{ns}/#");
+            let (client, mut eventloop) = AsyncClient::new(self.inner.options("srv"), 1024);
+            connected(&self.inner, &mut eventloop).await?;
+            client
+                .subscribe(filter.clone(), QoS::AtMostOnce)
+                .await
+                .map_err(other)?;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => break,
+                    Ok(_) => {}
+                    Err(e) => return Err(self.inner.unreachable(e)),
+                }
+            }
+            let dead_letters: Arc<dyn Publisher> =
+                Arc::new(MqttTransport::from_url(&self.inner.url)?);
+            let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
+            let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+            let prefix = Arc::new(format!("sy/rpc/{ns}/"));
+            let task = tokio::spawn(async move {
+                let mut calls = tokio::task::JoinSet::new();
+                loop {
+                    let event = tokio::select! {
+                        _ = &mut stop_rx => break,
+                        e = eventloop.poll() => e,
+                    };
+                    match event {
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            let call = answer(client.clone(), service.clone(), prefix.clone(), p);
+                            run_in_place_or_spawn(&mut calls, call).await;
+                        }
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            let _ = client.try_subscribe(filter.clone(), QoS::AtMostOnce);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(target: "switchyard", error = %e, "MQTT RPC server connection lost; reconnecting");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                    while calls.try_join_next().is_some() {}
+                }
+                let _ = client.try_unsubscribe(filter.clone());
+                consumers.stop().await;
+                // Keep the connection polled while the last calls send their replies.
+                let drain = async { while calls.join_next().await.is_some() {} };
+                tokio::pin!(drain);
+                loop {
+                    tokio::select! {
+                        _ = &mut drain => break,
+                        e = eventloop.poll() => if e.is_err() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        },
+                    }
+                }
+                let _ = client.try_disconnect();
+                let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+            });
+            Ok(ServeHandle::new(stop_tx, task, self.inner.url.clone()))
+        })
+    }
+}
+
+impl Transport for MqttTransport {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // Clean sessions: a message reaches the subscribers connected when it is
+            // published; one that dies mid-message loses it (no other member gets it).
+            durable: false,
+            ordering: Ordering::None,
+            delivery: DeliveryGuarantee::AtMostOnce,
+            request_reply: true,
+            consumer_groups: true,
+            broadcast: true,
+            // A nack (and a handler error) is redelivered through the retry topic.
+            redelivery: true,
+        }
+    }
+
+    fn url(&self) -> String {
+        redact_url(&self.inner.url)
+    }
+}
