@@ -56,6 +56,7 @@
 //! | `http` | `http://` and `ws://`: RPC in microservices_connector's wire format, JSON endpoints, CloudEvents over HTTP, WebSocket routes | yes |
 //! | `redis` | `redis://`: Streams with consumer groups (XAUTOCLAIM for dead consumers) for events, list + reply channel for RPC | yes |
 //! | `amqp` | `amqp://`: RabbitMQ topic exchange with durable group queues and publisher confirms for events, direct reply-to for RPC | yes |
+//! | `kafka` | `kafka://`: Kafka topics, the ordering key as message key, consumer groups that commit only settled offsets (no request/reply) | yes |
 //! | `mqtt` | `mqtt://`: MQTT 5 QoS 1 events, shared subscriptions for groups, response topic + correlation data for RPC | yes |
 //! | `nats` | `nats://`: core NATS request/reply, JetStream streams and durable consumers for events | yes |
 //! | `store` | inbox stores (Redis, PostgreSQL) and the PostgreSQL transactional outbox (`store`) | no |
@@ -80,6 +81,9 @@ pub use switchyard_http as http;
 
 #[cfg(feature = "amqp")]
 pub use switchyard_amqp as amqp;
+
+#[cfg(feature = "kafka")]
+pub use switchyard_kafka as kafka;
 
 #[cfg(feature = "mqtt")]
 pub use switchyard_mqtt as mqtt;
@@ -111,6 +115,8 @@ pub fn schemes() -> &'static [&'static str] {
         "ws",
         #[cfg(feature = "amqp")]
         "amqp",
+        #[cfg(feature = "kafka")]
+        "kafka",
         #[cfg(feature = "mqtt")]
         "mqtt",
         #[cfg(feature = "nats")]
@@ -136,6 +142,8 @@ pub fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
         "http" | "https" | "ws" | "wss" => Ok(Arc::new(http::HttpTransport::from_url(url)?)),
         #[cfg(feature = "amqp")]
         "amqp" => Ok(Arc::new(amqp::AmqpTransport::from_url(url)?)),
+        #[cfg(feature = "kafka")]
+        "kafka" => Ok(Arc::new(kafka::KafkaTransport::from_url(url)?)),
         #[cfg(feature = "mqtt")]
         "mqtt" => Ok(Arc::new(mqtt::MqttTransport::from_url(url)?)),
         #[cfg(feature = "nats")]
