@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn example(name: &str) -> String {
+fn example(name: &str, args: &[&str]) -> String {
     // Cargo builds the examples before it runs tests: target/<profile>/examples/<name>.
     let mut path: PathBuf = std::env::current_exe().expect("test binary path");
     path.pop();
@@ -11,6 +11,7 @@ fn example(name: &str) -> String {
     path.push("examples");
     path.push(name);
     let out = Command::new(&path)
+        .args(args)
         .env_remove("SWITCHYARD_URL")
         .env_remove("SWITCHYARD_CONFIG")
         .output()
@@ -31,12 +32,12 @@ fn example(name: &str) -> String {
 
 #[test]
 fn quickstart() {
-    assert_eq!(example("quickstart").trim(), "Welcome Mr. Developer");
+    assert_eq!(example("quickstart", &[]).trim(), "Welcome Mr. Developer");
 }
 
 #[test]
 fn typed_contract() {
-    let out = example("typed_contract");
+    let out = example("typed_contract", &[]);
     assert!(out.contains("books on the shelf: 2"), "{out}");
     assert!(
         out.contains(r#"last read: [Book { title: "Release It!", pages: 350 }]"#),
@@ -50,14 +51,41 @@ fn typed_contract() {
 
 #[test]
 fn switch_transport() {
-    let out = example("switch_transport");
-    assert!(out.contains("mem      SAME CODE"), "{out}");
-    assert!(out.contains("http     SAME CODE"), "{out}");
+    let out = example("switch_transport", &[]);
+    assert!(out.contains("mem      call  SAME CODE"), "{out}");
+    assert!(out.contains("mem      event SAME HANDLER"), "{out}");
+    assert!(out.contains("http     call  SAME CODE"), "{out}");
+    assert!(out.contains("http     event SAME HANDLER"), "{out}");
+}
+
+/// The same example, unchanged but for its URL, on every broker of this machine.
+#[test]
+fn switch_transport_on_every_broker() {
+    let brokers = [
+        ("amqp", "RabbitMQ", "127.0.0.1:5672", "amqp://127.0.0.1:5672/%2f?ns=switch"),
+        ("nats", "NATS", "127.0.0.1:4222", "nats://127.0.0.1:4222/switch"),
+        ("redis", "Redis", "127.0.0.1:6379", "redis://127.0.0.1:6379?ns=switch"),
+        ("mqtt", "Mosquitto", "127.0.0.1:1883", "mqtt://127.0.0.1:1883?ns=switch"),
+        ("kafka", "Kafka (Tansu)", "127.0.0.1:9092", "kafka://127.0.0.1:9092"),
+    ];
+    for (name, server, addr, url) in brokers {
+        if !switchyard::testkit::require_server("switch_transport_on_every_broker", server, addr) {
+            continue;
+        }
+        let out = example("switch_transport", &[url]);
+        assert!(
+            out.contains(&format!("{name:<8} event SAME HANDLER")),
+            "{name}: {out}"
+        );
+        if name != "kafka" {
+            assert!(out.contains(&format!("{name:<8} call  SAME CODE")), "{name}: {out}");
+        }
+    }
 }
 
 #[test]
 fn events() {
-    let out = example("events");
+    let out = example("events", &[]);
     assert!(out.contains("order 1 handled: book"), "{out}");
     assert_eq!(out.matches("failed (will be retried)").count(), 2, "{out}");
     assert!(
@@ -68,7 +96,7 @@ fn events() {
 
 #[test]
 fn websocket() {
-    let out = example("websocket");
+    let out = example("websocket", &[]);
     assert!(out.contains("< ok:Mr. Developer"), "{out}");
     assert!(out.contains("< ann says hi"), "{out}");
     assert!(
@@ -83,7 +111,7 @@ fn websocket() {
 
 #[test]
 fn ordered_pool() {
-    let out = example("ordered_pool");
+    let out = example("ordered_pool", &[]);
     assert!(out.contains("id 1: working on {'id': 1, 'x': 'Nguyen'} | working on {'id': 1, 'x': 'Minh'} | working on {'id': 1, 'x': 'Tuan'}"), "{out}");
     assert!(out.contains("id 4: working on {'id': 4, 'x': '1'} | working on {'id': 4, 'x': '2'} | working on {'id': 4, 'x': '3'} | working on {'id': 4, 'x': '4'} | working on {'id': 4, 'x': '5'} | working on {'id': 4, 'x': '6'} | working on {'id': 4, 'x': '7'} | working on {'id': 4, 'x': '8'}"), "{out}");
     assert!(
