@@ -62,11 +62,36 @@ fn switch_transport() {
 #[test]
 fn switch_transport_on_every_broker() {
     let brokers = [
-        ("amqp", "RabbitMQ", "127.0.0.1:5672", "amqp://127.0.0.1:5672/%2f?ns=switch"),
-        ("nats", "NATS", "127.0.0.1:4222", "nats://127.0.0.1:4222/switch"),
-        ("redis", "Redis", "127.0.0.1:6379", "redis://127.0.0.1:6379?ns=switch"),
-        ("mqtt", "Mosquitto", "127.0.0.1:1883", "mqtt://127.0.0.1:1883?ns=switch"),
-        ("kafka", "Kafka (Tansu)", "127.0.0.1:9092", "kafka://127.0.0.1:9092"),
+        (
+            "amqp",
+            "RabbitMQ",
+            "127.0.0.1:5672",
+            "amqp://127.0.0.1:5672/%2f?ns=switch",
+        ),
+        (
+            "nats",
+            "NATS",
+            "127.0.0.1:4222",
+            "nats://127.0.0.1:4222/switch",
+        ),
+        (
+            "redis",
+            "Redis",
+            "127.0.0.1:6379",
+            "redis://127.0.0.1:6379?ns=switch",
+        ),
+        (
+            "mqtt",
+            "Mosquitto",
+            "127.0.0.1:1883",
+            "mqtt://127.0.0.1:1883?ns=switch",
+        ),
+        (
+            "kafka",
+            "Kafka (Tansu)",
+            "127.0.0.1:9092",
+            "kafka://127.0.0.1:9092",
+        ),
     ];
     for (name, server, addr, url) in brokers {
         if !switchyard::testkit::require_server("switch_transport_on_every_broker", server, addr) {
@@ -78,7 +103,10 @@ fn switch_transport_on_every_broker() {
             "{name}: {out}"
         );
         if name != "kafka" {
-            assert!(out.contains(&format!("{name:<8} call  SAME CODE")), "{name}: {out}");
+            assert!(
+                out.contains(&format!("{name:<8} call  SAME CODE")),
+                "{name}: {out}"
+            );
         }
     }
 }

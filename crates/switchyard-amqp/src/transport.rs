@@ -717,9 +717,11 @@ impl Subscriber for AmqpTransport {
             let first = self.inner.attach(&topic, &options).await?;
             let (tx, rx) = mpsc::channel(options.prefetch.max(1));
             tokio::spawn(pump(self.inner.clone(), topic, options, first, tx));
-            let stream = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|d| (d, rx))
-            });
+            let stream =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|d| (d, rx)) },
+                );
             Ok(Box::pin(stream) as Subscription)
         })
     }

@@ -122,11 +122,9 @@ impl KafkaTransport {
         for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
             match k.as_ref() {
                 "partitions" => {
-                    partitions = v
-                        .parse::<i32>()
-                        .ok()
-                        .filter(|p| *p > 0)
-                        .ok_or_else(|| invalid(url, format!("partitions={v} is not a positive number")))?;
+                    partitions = v.parse::<i32>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                        invalid(url, format!("partitions={v} is not a positive number"))
+                    })?;
                 }
                 "max_message_bytes" => {
                     max_message = v.parse().map_err(|_| {
@@ -136,7 +134,9 @@ impl KafkaTransport {
                 unknown => {
                     return Err(invalid(
                         url,
-                        format!("unknown option {unknown:?} (known: partitions, max_message_bytes)"),
+                        format!(
+                            "unknown option {unknown:?} (known: partitions, max_message_bytes)"
+                        ),
                     ))
                 }
             }
@@ -211,10 +211,11 @@ impl Inner {
         let admin = self.admin().await?;
         let new = NewTopic::new(topic, self.partitions, TopicReplication::Fixed(1));
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = tokio::time::timeout(Duration::from_secs(15), admin.create_topics([&new], &opts))
-            .await
-            .map_err(|e| self.unreachable(e))?
-            .map_err(|e| self.unreachable(e))?;
+        let results =
+            tokio::time::timeout(Duration::from_secs(15), admin.create_topics([&new], &opts))
+                .await
+                .map_err(|e| self.unreachable(e))?
+                .map_err(|e| self.unreachable(e))?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -668,9 +669,11 @@ impl Subscriber for KafkaTransport {
                     .into(),
                 ));
             }
-            let stream = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|d| (d, rx))
-            });
+            let stream =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|d| (d, rx)) },
+                );
             Ok(Box::pin(stream) as Subscription)
         })
     }

@@ -12,7 +12,10 @@ fn harness() -> Harness {
         || "kafka://127.0.0.1:9092".to_string(),
         |url| Ok(Arc::new(KafkaTransport::from_url(url)?) as Arc<dyn Transport>),
     )
-    .require_tcp("Kafka (Tansu; scripts/tansu.sh starts it)", "127.0.0.1:9092")
+    .require_tcp(
+        "Kafka (Tansu; scripts/tansu.sh starts it)",
+        "127.0.0.1:9092",
+    )
 }
 
 switchyard_core::conformance_suite!(harness());

@@ -301,10 +301,13 @@ impl Inner {
         {
             let mut st = lane.state.lock().unwrap_or_else(|p| p.into_inner());
             st.queued.push_back(tx);
-            if let Err(e) =
-                lane.client
-                    .try_publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties)
-            {
+            if let Err(e) = lane.client.try_publish_with_properties(
+                topic,
+                QoS::AtLeastOnce,
+                false,
+                payload,
+                properties,
+            ) {
                 st.queued.pop_back();
                 return Err(other(e));
             }
@@ -662,9 +665,11 @@ impl Subscriber for MqttTransport {
                 retry_topic,
                 tx,
             ));
-            let stream = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|d| (d, rx))
-            });
+            let stream =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|d| (d, rx)) },
+                );
             Ok(Box::pin(stream) as Subscription)
         })
     }
@@ -698,12 +703,11 @@ impl Requester for MqttTransport {
     fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
         Box::pin(async move {
             let route = request.route.clone();
-            let topic = route_topic(&self.inner.namespace, &route).map_err(|reason| {
-                CallError::Encode {
+            let topic =
+                route_topic(&self.inner.namespace, &route).map_err(|reason| CallError::Encode {
                     route: route.clone(),
                     reason,
-                }
-            })?;
+                })?;
             let body = wire::encode_call(&request.args, request.token.as_deref(), Codec::Json)
                 .map_err(|e| CallError::Encode {
                     route: route.clone(),
