@@ -749,7 +749,7 @@ impl Requester for MqttTransport {
             };
             let reason = self
                 .inner
-                .publish_acked(topic, Bytes::from(body), props)
+                .publish_acked(topic, body, props)
                 .await?;
             match reason {
                 PubAckReason::Success => {}
