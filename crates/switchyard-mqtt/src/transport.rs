@@ -747,10 +747,7 @@ impl Requester for MqttTransport {
                 message_expiry_interval: expiry,
                 ..Default::default()
             };
-            let reason = self
-                .inner
-                .publish_acked(topic, body, props)
-                .await?;
+            let reason = self.inner.publish_acked(topic, body, props).await?;
             match reason {
                 PubAckReason::Success => {}
                 PubAckReason::NoMatchingSubscribers => {
