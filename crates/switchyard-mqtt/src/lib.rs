@@ -3,8 +3,10 @@
 //!
 //! - **Events** are published at QoS 1 on the topic itself; `publish` returns once the
 //!   broker's PUBACK came. A consumer group is the shared subscription `$share/<group>/<topic>`;
-//!   a broadcast subscriber subscribes to the topic. Deliveries are acknowledged (PUBACK, manual
-//!   acks) after the handler succeeds; MQTT 5 "receive maximum" is the prefetch. MQTT has no
+//!   a broadcast subscriber subscribes to the topic. Subscribers take messages at QoS 0 with
+//!   at most `prefetch` waiting in the client; past that the client stops reading and TCP
+//!   pushes back on the broker (at QoS 1 Mosquitto silently drops what a lagging subscriber
+//!   has not taken beyond its queue limit). MQTT has no
 //!   negative acknowledgement, so a nack re-publishes the message, after the delay and with
 //!   `x-attempt` raised, on a retry topic only its group (or subscriber) listens to
 //!   (`sy/retry/<group>/<topic>`), then acknowledges the original.
