@@ -912,7 +912,25 @@ async fn answer(channel: Channel, service: Arc<Service>, d: lapin::message::Deli
 }
 
 async fn attach_rpc(inner: &Inner, queue: &str) -> Result<(Channel, Consumer), TransportError> {
-    let link = inner.link().await?;
+    // The queue is auto-delete: when the last other instance goes away between our declare
+    // and our consume, the broker deletes it under us (NOT_FOUND, found by the consumer-kill
+    // test). Declaring again on a fresh channel settles it.
+    let mut attempt = 0;
+    loop {
+        let link = inner.link().await?;
+        match try_attach_rpc(&link, queue).await {
+            Ok(attached) => return Ok(attached),
+            Err(e) if attempt < 5 => {
+                tracing::debug!(target: "switchyard", error = %e, "RPC queue vanished while attaching; again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn try_attach_rpc(link: &Link, queue: &str) -> Result<(Channel, Consumer), TransportError> {
     let channel = link.connection.create_channel().await.map_err(other)?;
     channel
         .basic_qos(RPC_PREFETCH, BasicQosOptions::default())

@@ -3,6 +3,7 @@
 use std::process::Child;
 
 /// The `yard` binary under test.
+#[allow(dead_code)] // not every test file that includes this module runs yard
 pub(crate) const YARD: &str = env!("CARGO_BIN_EXE_yard");
 
 /// A child process killed (SIGKILL) and reaped when dropped.

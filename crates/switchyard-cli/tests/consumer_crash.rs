@@ -1,0 +1,202 @@
+//! Consumers SIGKILLed at random while they work, on RabbitMQ: 10,000 events, two competing
+//! consumer processes at a time, one of them killed every 50–450 ms and replaced, each event
+//! applied to a state table through the transactional inbox (PostgreSQL). What a killed
+//! consumer held unacknowledged must go to another one (the broker's redelivery), and what it
+//! applied but never acknowledged must not be applied twice (the inbox). Every event must end
+//! up applied exactly once. Needs PostgreSQL and RabbitMQ on 127.0.0.1.
+//!
+//! The consumer processes are this test binary run again for `consumer_child` (ignored, so
+//! that it never runs on its own).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Running;
+use futures::StreamExt;
+use switchyard::store::PgInbox;
+use switchyard::testkit::require_server;
+use switchyard::transport::SubscribeOptions;
+use switchyard::{Envelope, HandlerError, Service};
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+const EVENTS: i64 = 10_000;
+const CHILD_ENV: &str = "SY_CONSUMER_CRASH_CHILD";
+
+fn jitter(max_ms: u64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    Duration::from_millis(50 + u64::from(nanos) % max_ms)
+}
+
+/// (transport URL, topic, service name, inbox table, state table)
+fn settings(run: &str) -> (String, String, String, String, String) {
+    (
+        format!("amqp://127.0.0.1:5672/%2f?ns=kill{run}&queue_expires_ms=120000"),
+        format!("kill.{run}"),
+        format!("kill-consumer-{run}"),
+        format!("kill_inbox_{run}"),
+        format!("kill_state_{run}"),
+    )
+}
+
+/// The consumer: each event's effect and its inbox record commit in one transaction.
+fn consumer(
+    service_name: &str,
+    topic: &str,
+    pool: sqlx::PgPool,
+    inbox: Arc<PgInbox>,
+    state: String,
+) -> Service {
+    Service::new(service_name).on_event(topic, move |v: serde_json::Value| {
+        let (pool, inbox, state) = (pool.clone(), inbox.clone(), state.clone());
+        async move {
+            let id = switchyard::context::current()
+                .and_then(|c| c.headers.get("ce-id").map(str::to_string))
+                .ok_or_else(|| HandlerError::internal("no message id"))?;
+            let k = v["k"].as_i64().ok_or_else(|| HandlerError::bad_request("no k"))?;
+            let mut tx = pool.begin().await.map_err(HandlerError::from)?;
+            if inbox.record_in(&mut tx, &id).await.map_err(HandlerError::from)? {
+                sqlx::query(&format!("INSERT INTO {state} (k, applied) VALUES ($1, 1) ON CONFLICT (k) DO UPDATE SET applied = {state}.applied + 1"))
+                    .bind(k)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(HandlerError::from)?;
+            }
+            tx.commit().await.map_err(HandlerError::from)?;
+            Ok::<(), HandlerError>(())
+        }
+    })
+}
+
+/// The consumer process's body; `consumers_killed_at_random_lose_and_duplicate_nothing` starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a child process of consumers_killed_at_random_lose_and_duplicate_nothing"]
+async fn consumer_child() {
+    let run = std::env::var(CHILD_ENV)
+        .expect("run by its parent test, which sets SY_CONSUMER_CRASH_CHILD");
+    let (url, topic, name, inbox_table, state_table) = settings(&run);
+    let inbox = Arc::new(PgInbox::connect(PG, &inbox_table).await.expect("inbox"));
+    let pool = pool().await;
+    let service = consumer(&name, &topic, pool, inbox, state_table);
+    let _server = switchyard::serve(&switchyard::connect(&url).expect("url"), service)
+        .await
+        .expect("serve");
+    println!("consuming");
+    std::future::pending::<()>().await;
+}
+
+async fn pool() -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(PG)
+        .await
+        .expect("PostgreSQL")
+}
+
+fn spawn_consumer(run: &str) -> Running {
+    let child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "consumer_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, run)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn consumer");
+    Running(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_killed_at_random_lose_and_duplicate_nothing() {
+    let test = "consumer_crash";
+    if !require_server(test, "PostgreSQL", "127.0.0.1:5432")
+        || !require_server(test, "RabbitMQ", "127.0.0.1:5672")
+    {
+        return;
+    }
+    let run = switchyard::message::new_id()[..8].to_string();
+    let (url, topic, name, inbox_table, state_table) = settings(&run);
+    let inbox = PgInbox::connect(PG, &inbox_table).await.unwrap();
+    let pool = pool().await;
+    sqlx::query(&format!(
+        "CREATE TABLE {state_table} (k BIGINT PRIMARY KEY, applied INT NOT NULL)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    drop(inbox);
+
+    // The group's queue exists before the first event is published (AMQP routes only to
+    // queues that exist).
+    let transport = switchyard::connect(&url).unwrap();
+    drop(
+        transport
+            .subscribe(&topic, SubscribeOptions::group(name.as_str()))
+            .await
+            .unwrap(),
+    );
+    futures::stream::iter(0..EVENTS)
+        .for_each_concurrent(64, |k| {
+            let (t, topic) = (transport.clone(), topic.clone());
+            async move {
+                t.publish(Envelope::new(topic.as_str(), format!(r#"{{"k":{k}}}"#)))
+                    .await
+                    .expect("publish");
+            }
+        })
+        .await;
+
+    let applied = |pool: sqlx::PgPool, state: String| async move {
+        let (n,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {state}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        n
+    };
+    let mut consumers = vec![spawn_consumer(&run), spawn_consumer(&run)];
+    let started = Instant::now();
+    let mut kills = 0;
+    let mut turn = 0usize;
+    while applied(pool.clone(), state_table.clone()).await < EVENTS {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "consumers never got through the queue ({} applied)",
+            applied(pool.clone(), state_table.clone()).await
+        );
+        tokio::time::sleep(jitter(400)).await;
+        // Kill one of the two, mid-work, and start a replacement.
+        let victim = &mut consumers[turn % 2];
+        victim.0.kill().expect("SIGKILL");
+        let _ = victim.0.wait();
+        kills += 1;
+        consumers[turn % 2] = spawn_consumer(&run);
+        turn += 1;
+    }
+    drop(consumers);
+    assert!(kills >= 2, "no consumer was killed mid-run ({kills})");
+
+    let (n, max, min): (i64, Option<i32>, Option<i32>) = sqlx::query_as(&format!(
+        "SELECT count(*), max(applied), min(applied) FROM {state_table}"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(n, EVENTS, "events lost");
+    assert_eq!(
+        (min, max),
+        (Some(1), Some(1)),
+        "an event was applied more than once"
+    );
+    eprintln!("consumer_crash: {kills} consumers killed, {EVENTS} events applied exactly once");
+    for t in [&inbox_table, &state_table] {
+        let _ = sqlx::query(&format!("DROP TABLE {t}")).execute(&pool).await;
+    }
+}
