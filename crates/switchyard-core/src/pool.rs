@@ -180,14 +180,15 @@ where
         F: Future<Output = Result<T, E>> + Send + 'static,
         E: fmt::Display,
     {
-        let job: Job<T> = Box::pin(async move {
+        // Not boxed: a job whose key is free (the common case) runs as its own task's future.
+        let job = async move {
             match AssertUnwindSafe(job).catch_unwind().await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => Err(JobError::Failed(e.to_string())),
                 Err(p) => Err(JobError::Panicked(panic_text(p))),
             }
-        });
-        self.enqueue(key, job).await
+        };
+        self.dispatch(key, job).await
     }
 
     /// Submits a blocking job, run on tokio's blocking pool.
@@ -204,10 +205,13 @@ where
                 Err(e) => Err(JobError::Failed(e.to_string())),
             }
         });
-        self.enqueue(key, job).await
+        self.dispatch(key, job).await
     }
 
-    async fn enqueue(&self, key: Option<K>, job: Job<T>) -> Result<u64, PoolClosed> {
+    async fn dispatch<J>(&self, key: Option<K>, job: J) -> Result<u64, PoolClosed>
+    where
+        J: Future<Output = Result<T, JobError>> + Send + 'static,
+    {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(PoolClosed);
         }
@@ -219,33 +223,35 @@ where
             .await
             .map_err(|_| PoolClosed)?;
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        let queued = Queued {
-            seq,
-            job,
-            permit,
-            _key: std::marker::PhantomData,
-        };
+        let inner = self.inner.clone();
         match key {
             None => {
-                let inner = self.inner.clone();
-                tokio::spawn(async move { run_one(&inner, None, queued).await });
+                tokio::spawn(async move { finish(&inner, None, seq, permit, job).await });
             }
             Some(k) => {
                 let mut keys = self.inner.keys.lock().unwrap_or_else(|p| p.into_inner());
                 match keys.get_mut(&k) {
-                    // A runner owns this key: it will take the job in order.
-                    Some(waiting) => waiting.push_back(queued),
+                    // The key is busy: the job waits its turn (boxed, to sit in the queue).
+                    Some(waiting) => waiting.push_back(Queued {
+                        seq,
+                        job: Box::pin(job),
+                        permit,
+                        _key: std::marker::PhantomData,
+                    }),
                     None => {
                         keys.insert(k.clone(), VecDeque::new());
                         drop(keys);
-                        let inner = self.inner.clone();
-                        tokio::spawn(run_key(inner, k, queued));
+                        tokio::spawn(async move {
+                            finish(&inner, Some(k.clone()), seq, permit, job).await;
+                            drain_key(inner, k).await;
+                        });
                     }
                 }
             }
         }
         Ok(seq)
     }
+
 
     /// Takes no more jobs and waits until every submitted job has finished and its result is
     /// on the stream; the stream ends once read to the end.
@@ -260,35 +266,40 @@ where
     }
 }
 
-async fn run_one<K: Clone, T>(inner: &Inner<K, T>, key: Option<K>, queued: Queued<K, T>) {
+/// Runs one job (waiting for a worker when workers < max_in_flight) and reports it.
+async fn finish<K, T, J>(
+    inner: &Inner<K, T>,
+    key: Option<K>,
+    seq: u64,
+    permit: OwnedSemaphorePermit,
+    job: J,
+) where
+    J: Future<Output = Result<T, JobError>>,
+{
     let outcome = match &inner.workers {
-        None => queued.job.await,
+        None => job.await,
         Some(workers) => match workers.acquire().await {
-            Ok(_worker) => queued.job.await,
+            Ok(_worker) => job.await,
             Err(_) => Err(JobError::Failed("pool closed".into())),
         },
     };
-    let _ = inner
-        .results
-        .send(JobResult {
-            key,
-            seq: queued.seq,
-            outcome,
-        })
-        .await;
-    drop(queued.permit);
+    let _ = inner.results.send(JobResult { key, seq, outcome }).await;
+    drop(permit);
 }
 
-/// Runs a key's jobs one after another until its queue is empty, then gives the key up.
-async fn run_key<K: Eq + Hash + Clone, T>(inner: Arc<Inner<K, T>>, key: K, first: Queued<K, T>) {
-    let mut next = Some(first);
-    while let Some(job) = next {
-        run_one(&inner, Some(key.clone()), job).await;
-        let mut keys = inner.keys.lock().unwrap_or_else(|p| p.into_inner());
-        next = keys.get_mut(&key).and_then(VecDeque::pop_front);
-        if next.is_none() {
-            keys.remove(&key);
-        }
+/// Runs the jobs that queued behind a key, in order, until none is left; then frees the key.
+async fn drain_key<K: Eq + Hash + Clone, T>(inner: Arc<Inner<K, T>>, key: K) {
+    loop {
+        let next = {
+            let mut keys = inner.keys.lock().unwrap_or_else(|p| p.into_inner());
+            let next = keys.get_mut(&key).and_then(VecDeque::pop_front);
+            if next.is_none() {
+                keys.remove(&key);
+            }
+            next
+        };
+        let Some(q) = next else { return };
+        finish(&inner, Some(key.clone()), q.seq, q.permit, q.job).await;
     }
 }
 
