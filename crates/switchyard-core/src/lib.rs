@@ -23,6 +23,7 @@ pub mod mem;
 pub mod message;
 pub mod pool;
 pub mod service;
+pub mod shards;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transport;

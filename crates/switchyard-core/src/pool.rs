@@ -252,7 +252,6 @@ where
         Ok(seq)
     }
 
-
     /// Takes no more jobs and waits until every submitted job has finished and its result is
     /// on the stream; the stream ends once read to the end.
     pub async fn shutdown(self) {

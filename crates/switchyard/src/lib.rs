@@ -68,7 +68,7 @@ use std::sync::Arc;
 #[cfg(feature = "testkit")]
 pub use switchyard_core::testkit;
 pub use switchyard_core::{
-    client, codec, consumer, context, error, handler, inbox, mem, message, pool, service,
+    client, codec, consumer, context, error, handler, inbox, mem, message, pool, service, shards,
     transport, values, wire,
 };
 pub use switchyard_core::{
