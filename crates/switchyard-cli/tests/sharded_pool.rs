@@ -18,6 +18,9 @@ use switchyard::{rpc, Client, HandlerError, Service};
 
 const CHILD_ENV: &str = "SY_SHARD_WORKER";
 
+/// Per key: the last number applied, and the keys running now.
+type WorkerState = (HashMap<String, u64>, HashSet<String>);
+
 /// A worker process's body (`INDEX:PORT` in `SY_SHARD_WORKER`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a child process of keys_stay_on_their_process_in_order"]
@@ -26,8 +29,7 @@ async fn shard_worker() {
         std::env::var(CHILD_ENV).expect("run by its parent test, which sets SY_SHARD_WORKER");
     let (index, port) = spec.split_once(':').expect("INDEX:PORT");
     let index: u64 = index.parse().expect("index");
-    // Per key: the last number applied, and whether one is running now.
-    let state: Arc<Mutex<(HashMap<String, u64>, HashSet<String>)>> = Arc::default();
+    let state: Arc<Mutex<WorkerState>> = Arc::default();
     let service = Service::new("shard-worker").route(
         "/apply",
         rpc(move |key: String, n: u64| {
