@@ -557,6 +557,15 @@ struct AmqpAcker {
 }
 
 impl Acker for AmqpAcker {
+    fn nack_with(
+        mut self: Box<Self>,
+        envelope: Envelope,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.envelope = Some(envelope);
+        self.nack(delay)
+    }
+
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
         let acker = self.acker.take();
         Box::pin(async move {
@@ -574,8 +583,17 @@ impl Acker for AmqpAcker {
         let (acker, envelope) = (self.acker.take(), self.envelope.take());
         let (inner, queue) = (self.inner.clone(), std::mem::take(&mut self.queue));
         Box::pin(async move {
-            let (Some(acker), Some(mut env)) = (acker, envelope) else {
-                return Ok(());
+            let Some(acker) = acker else { return Ok(()) };
+            let Some(mut env) = envelope else {
+                // Nothing to re-publish (called without the envelope): the broker requeues it.
+                return acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(other);
             };
             // AMQP 0-9-1 has no delayed requeue: the message stays with us (unacked, so a
             // crash now still hands it back) for the delay, then goes to the tail of its
@@ -650,7 +668,8 @@ async fn pump(
                         acker: Some(d.acker.clone()),
                         inner: inner.clone(),
                         queue: queue.clone(),
-                        envelope: Some(envelope.clone()),
+                        // Handed back on nack: no copy per delivery.
+                        envelope: None,
                     };
                     if tx
                         .send(Ok(Delivery::new(envelope, Box::new(acker))))

@@ -116,13 +116,33 @@ pub trait Acker: Send + 'static {
         self: Box<Self>,
         delay: Option<Duration>,
     ) -> BoxFuture<'static, Result<(), TransportError>>;
+
+    /// [`Acker::nack`] with the delivery's envelope handed back. A transport that redelivers
+    /// by publishing the message again takes it here, instead of keeping a copy of every
+    /// message it delivers just in case. By default, `nack`.
+    fn nack_with(
+        self: Box<Self>,
+        envelope: Envelope,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        let _ = envelope;
+        self.nack(delay)
+    }
+
+    /// The delivery was dropped unsettled (its consumer died mid-message), envelope handed
+    /// back as for [`Acker::nack_with`]. By default the acker is simply dropped, and its own
+    /// `Drop` decides what happens.
+    fn abandon(self: Box<Self>, envelope: Envelope) {
+        let _ = envelope;
+    }
 }
 
 /// One received message and the means to settle it.
 pub struct Delivery {
     /// The message. Its `x-attempt` header counts deliveries, from 1.
     pub envelope: Envelope,
-    acker: Box<dyn Acker>,
+    // `None` once settled.
+    acker: Option<Box<dyn Acker>>,
 }
 
 impl fmt::Debug for Delivery {
@@ -136,17 +156,48 @@ impl fmt::Debug for Delivery {
 impl Delivery {
     /// A delivery settled through `acker`.
     pub fn new(envelope: Envelope, acker: Box<dyn Acker>) -> Self {
-        Self { envelope, acker }
+        Self {
+            envelope,
+            acker: Some(acker),
+        }
     }
 
     /// Acknowledges the message.
-    pub async fn ack(self) -> Result<(), TransportError> {
-        self.acker.ack().await
+    pub async fn ack(mut self) -> Result<(), TransportError> {
+        match self.acker.take() {
+            Some(a) => a.ack().await,
+            None => Ok(()),
+        }
     }
 
     /// Rejects the message for redelivery, after `delay` if given.
-    pub async fn nack(self, delay: Option<Duration>) -> Result<(), TransportError> {
-        self.acker.nack(delay).await
+    pub async fn nack(mut self, delay: Option<Duration>) -> Result<(), TransportError> {
+        match self.acker.take() {
+            Some(a) => a.nack_with(self.take_envelope(), delay).await,
+            None => Ok(()),
+        }
+    }
+
+    fn take_envelope(&mut self) -> Envelope {
+        // An empty envelope allocates nothing.
+        std::mem::replace(
+            &mut self.envelope,
+            Envelope {
+                id: String::new(),
+                subject: String::new(),
+                headers: crate::message::Headers::new(),
+                payload: bytes::Bytes::new(),
+            },
+        )
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(a) = self.acker.take() {
+            let envelope = self.take_envelope();
+            a.abandon(envelope);
+        }
     }
 }
 

@@ -408,7 +408,7 @@ struct KafkaAcker {
     retry_topic: String,
     envelope: Option<Envelope>,
     // Holds one unit of prefetch until settled.
-    permit: Option<OwnedSemaphorePermit>,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl KafkaAcker {
@@ -447,42 +447,37 @@ impl KafkaAcker {
 }
 
 impl Acker for KafkaAcker {
-    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
-        self.envelope = None;
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
         let result = self.settle();
         Box::pin(async move { result })
     }
 
+    /// Without the envelope there is nothing to re-publish: the offset stays unsettled, so
+    /// the message comes again after a rebalance or restart. `Delivery` always calls
+    /// `nack_with`.
     fn nack(
         self: Box<Self>,
         delay: Option<Duration>,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
         Box::pin(self.redeliver(delay))
     }
-}
 
-impl Drop for KafkaAcker {
-    fn drop(&mut self) {
+    fn nack_with(
+        mut self: Box<Self>,
+        envelope: Envelope,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.envelope = Some(envelope);
+        Box::pin(self.redeliver(delay))
+    }
+
+    fn abandon(mut self: Box<Self>, envelope: Envelope) {
         // Dropped unsettled: hand it back through the retry topic at once.
-        if let Some(env) = self.envelope.take() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let (inner, retry) = (self.inner.clone(), std::mem::take(&mut self.retry_topic));
-                let me = KafkaAcker {
-                    consumer: self.consumer.clone(),
-                    positions: self.positions.clone(),
-                    committing: self.committing,
-                    topic: self.topic.clone(),
-                    partition: self.partition,
-                    offset: self.offset,
-                    inner,
-                    retry_topic: retry,
-                    envelope: Some(env),
-                    permit: self.permit.take(),
-                };
-                rt.spawn(async move {
-                    let _ = Box::new(me).redeliver(None).await;
-                });
-            }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.envelope = Some(envelope);
+            rt.spawn(async move {
+                let _ = self.redeliver(None).await;
+            });
         }
     }
 }
@@ -528,8 +523,9 @@ async fn pump(
                     offset,
                     inner: inner.clone(),
                     retry_topic: retry_topic.clone(),
-                    envelope: Some(envelope.clone()),
-                    permit: Some(permit),
+                    // Handed back on nack or abandon: no copy per delivery.
+                    envelope: None,
+                    _permit: permit,
                 };
                 Ok(Delivery::new(envelope, Box::new(acker)))
             }

@@ -483,6 +483,20 @@ impl MqttAcker {
 }
 
 impl Acker for MqttAcker {
+    fn nack_with(
+        mut self: Box<Self>,
+        envelope: Envelope,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.envelope = Some(envelope);
+        self.nack(delay)
+    }
+
+    fn abandon(mut self: Box<Self>, envelope: Envelope) {
+        // `Drop` hands it back through the retry topic.
+        self.envelope = Some(envelope);
+    }
+
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
         // A QoS 0 delivery needs no PUBACK (rumqttc sends none); one that arrived at QoS 1
         // (a subscription made by another client with the same filter) gets its PUBACK.
@@ -550,7 +564,8 @@ async fn pump(
                     publish: Some(p),
                     inner: inner.clone(),
                     retry_topic: retry_topic.clone(),
-                    envelope: Some(envelope.clone()),
+                    // Handed back on nack or abandon: no copy per delivery.
+                    envelope: None,
                 };
                 // Waiting here stops reading the socket: TCP pushes back on the broker.
                 if tx
@@ -658,7 +673,8 @@ impl Subscriber for MqttTransport {
                     publish: Some(p),
                     inner: self.inner.clone(),
                     retry_topic: retry_topic.clone(),
-                    envelope: Some(envelope.clone()),
+                    // Handed back on nack or abandon: no copy per delivery.
+                    envelope: None,
                 };
                 let _ = tx.try_send(Ok(Delivery::new(envelope, Box::new(acker))));
             }

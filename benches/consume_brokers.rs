@@ -1,0 +1,185 @@
+//! Consume throughput on RabbitMQ and Kafka: N messages already in the broker, read and
+//! acknowledged one by one through a switchyard group subscription (prefetch 64) against the
+//! raw client crate doing the same (lapin: `basic.qos` 64, ack each; rdkafka: a StreamConsumer
+//! storing each offset after the message, auto-commit). Each round publishes N fresh messages
+//! for each side, then times each side's reading; the order alternates.
+//!
+//! `cargo bench --bench consume_brokers`
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use switchyard::transport::{SubscribeOptions, Transport};
+use switchyard::Envelope;
+
+const N: usize = 20_000;
+const ROUNDS: usize = 3;
+
+async fn fill(t: &std::sync::Arc<dyn Transport>, topic: &str) {
+    futures::stream::iter(0..N)
+        .for_each_concurrent(64, |i| {
+            let t = t.clone();
+            let topic = topic.to_string();
+            async move {
+                t.publish(Envelope::new(topic, format!(r#"{{"n":{i}}}"#)))
+                    .await
+                    .expect("publish");
+            }
+        })
+        .await;
+}
+
+async fn ours(t: &std::sync::Arc<dyn Transport>, topic: &str) -> f64 {
+    let mut sub = t
+        .subscribe(topic, SubscribeOptions::group("bench").prefetch(64))
+        .await
+        .expect("subscribe");
+    // The clock starts at the first message, on both sides: the broker's first fetch is not
+    // what is measured.
+    let mut start = Instant::now();
+    for i in 0..N {
+        let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("delivery");
+        if i == 0 {
+            start = Instant::now();
+        }
+        std::hint::black_box(&d.envelope.payload);
+        d.ack().await.expect("ack");
+    }
+    (N - 1) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn amqp_raw(queue: &str) -> f64 {
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    use lapin::types::FieldTable;
+    let conn = lapin::Connection::connect("amqp://127.0.0.1:5672/%2f", Default::default())
+        .await
+        .expect("amqp");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.basic_qos(64, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut c = ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut start = Instant::now();
+    for i in 0..N {
+        let d = c.next().await.expect("open").expect("delivery");
+        if i == 0 {
+            start = Instant::now();
+        }
+        std::hint::black_box(&d.data);
+        d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let rate = (N - 1) as f64 / start.elapsed().as_secs_f64();
+    let _ = conn.close(200, "done".into()).await;
+    rate
+}
+
+async fn kafka_raw(topic: &str) -> f64 {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .set("group.id", format!("raw.{topic}"))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "500")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    // The clock starts at the first message, as ours starts after `subscribe` joined.
+    let first = c.recv().await.expect("message");
+    c.store_offset_from_message(&first).expect("store");
+    drop(first);
+    let start = Instant::now();
+    for _ in 1..N {
+        let m = c.recv().await.expect("message");
+        std::hint::black_box(rdkafka::Message::payload(&m));
+        c.store_offset_from_message(&m).expect("store");
+    }
+    (N - 1) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        for (name, addr, url) in [
+            (
+                "amqp",
+                "127.0.0.1:5672",
+                "amqp://127.0.0.1:5672/%2f?queue_expires_ms=60000",
+            ),
+            ("kafka", "127.0.0.1:9092", "kafka://127.0.0.1:9092"),
+        ] {
+            if std::net::TcpStream::connect(addr).is_err() {
+                eprintln!("SKIPPED {name} consume benchmark: nothing on {addr}");
+                continue;
+            }
+            let t = switchyard::connect(url).expect("transport");
+            let (mut raw, mut our, mut ratio) = (vec![], vec![], vec![]);
+            for round in 0..ROUNDS {
+                let run = &switchyard::message::new_id()[..8];
+                let (raw_topic, our_topic) =
+                    (format!("bench.craw.{run}"), format!("bench.cours.{run}"));
+                // AMQP keeps only what reaches a queue: declare both groups' queues first.
+                if name == "amqp" {
+                    for topic in [&raw_topic, &our_topic] {
+                        drop(
+                            t.subscribe(topic, SubscribeOptions::group("bench"))
+                                .await
+                                .expect("declare"),
+                        );
+                    }
+                }
+                fill(&t, &raw_topic).await;
+                fill(&t, &our_topic).await;
+                let raw_once = || async {
+                    if name == "amqp" {
+                        amqp_raw(&format!("{raw_topic}:bench")).await
+                    } else {
+                        kafka_raw(&raw_topic).await
+                    }
+                };
+                let (r, o) = if round % 2 == 0 {
+                    let r = raw_once().await;
+                    (r, ours(&t, &our_topic).await)
+                } else {
+                    let o = ours(&t, &our_topic).await;
+                    (raw_once().await, o)
+                };
+                raw.push(r);
+                our.push(o);
+                ratio.push(o / r);
+            }
+            println!("{name}: consume {N} stored messages, ack each (median of {ROUNDS} rounds):");
+            println!("  raw client  {:>9.0} msg/s", median(raw));
+            println!(
+                "  switchyard  {:>9.0} msg/s  ({:.2}x)",
+                median(our),
+                median(ratio)
+            );
+        }
+    });
+}
