@@ -15,7 +15,6 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
     ExchangeKind,
 };
-use serde_json::Value;
 use switchyard_core::codec::Codec;
 use switchyard_core::consumer;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
@@ -843,29 +842,7 @@ impl Requester for AmqpTransport {
                     "the AMQP channel closed before the reply came".into(),
                 ))
             })?;
-            match reply.status {
-                None => {
-                    let values: Vec<Value> =
-                        serde_json::from_slice(&reply.payload).map_err(|e| CallError::Decode {
-                            route: route.clone(),
-                            expected: "a JSON array of returned values",
-                            reason: e.to_string(),
-                        })?;
-                    Ok(Reply::Wire(values))
-                }
-                Some(_) => {
-                    let error = wire::decode_error(&reply.payload).unwrap_or_else(|| {
-                        RemoteError::new(
-                            ErrorCode::Internal,
-                            format!(
-                                "undecodable error reply: {}",
-                                String::from_utf8_lossy(&reply.payload)
-                            ),
-                        )
-                    });
-                    Err(CallError::Remote { route, error })
-                }
-            }
+            wire::decode_reply(route, reply.status.is_some(), &reply.payload)
         })
     }
 }
@@ -875,34 +852,7 @@ async fn answer(channel: Channel, service: Arc<Service>, d: lapin::message::Deli
     let mut headers = headers_of(&d.properties);
     let route = headers.remove(ROUTE).unwrap_or_default();
     let deadline = headers.deadline().map(|w| Instant::now() + w);
-    let outcome = match serde_json::from_slice::<wire::CallBody>(&d.data) {
-        Ok(body) => {
-            let (args, token) = body.into_parts();
-            let request = CallRequest {
-                route,
-                args,
-                token,
-                headers,
-                deadline,
-            };
-            service.dispatch(request).await.map_err(|e| e.into_remote())
-        }
-        Err(e) => Err(RemoteError::new(
-            ErrorCode::BadRequest,
-            format!("malformed request body: {e}"),
-        )),
-    };
-    let (payload, status) = match outcome.map(|r| r.encode(Codec::Json)) {
-        Ok(Ok(bytes)) => (bytes, None),
-        Ok(Err(e)) => (
-            wire::error_body(&RemoteError::new(
-                ErrorCode::Internal,
-                format!("reply does not encode: {e}"),
-            )),
-            Some(ErrorCode::Internal),
-        ),
-        Err(error) => (wire::error_body(&error), Some(error.code)),
-    };
+    let (payload, status) = wire::answer_call(&service, route, &d.data, headers, deadline).await;
     if let Some(reply_to) = d.properties.reply_to().as_ref() {
         let mut properties =
             BasicProperties::default().with_content_type(Codec::Json.content_type().into());

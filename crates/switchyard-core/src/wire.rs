@@ -80,6 +80,80 @@ pub fn decode_error(body: &[u8]) -> Option<RemoteError> {
         .map(|b| b.error)
 }
 
+/// Serves one call that arrived as a JSON body (as every broker transport carries it):
+/// decodes it, dispatches it on `service` and returns the reply body with, for a failure, its
+/// error code (which the transport sends in a status header). A body that does not decode is
+/// a `BadRequest` for the caller, not a failure of the server.
+pub async fn answer_call(
+    service: &crate::service::Service,
+    route: String,
+    body: &[u8],
+    headers: crate::message::Headers,
+    deadline: Option<std::time::Instant>,
+) -> (Bytes, Option<crate::error::ErrorCode>) {
+    use crate::error::ErrorCode;
+    let outcome = match serde_json::from_slice::<CallBody>(body) {
+        Ok(body) => {
+            let (args, token) = body.into_parts();
+            let request = crate::service::CallRequest {
+                route,
+                args,
+                token,
+                headers,
+                deadline,
+            };
+            service.dispatch(request).await.map_err(|e| e.into_remote())
+        }
+        Err(e) => Err(RemoteError::new(
+            ErrorCode::BadRequest,
+            format!("malformed request body: {e}"),
+        )),
+    };
+    match outcome.map(|r| r.encode(Codec::Json)) {
+        Ok(Ok(bytes)) => (bytes, None),
+        Ok(Err(e)) => (
+            error_body(&RemoteError::new(
+                ErrorCode::Internal,
+                format!("reply does not encode: {e}"),
+            )),
+            Some(ErrorCode::Internal),
+        ),
+        Err(error) => {
+            let code = error.code;
+            (error_body(&error), Some(code))
+        }
+    }
+}
+
+/// Decodes the reply to a call of `route`: the returned values when `failed` is false, the
+/// remote error otherwise (the counterpart of [`answer_call`]).
+pub fn decode_reply(
+    route: String,
+    failed: bool,
+    payload: &[u8],
+) -> Result<crate::values::Reply, crate::error::CallError> {
+    use crate::error::{CallError, ErrorCode};
+    if !failed {
+        let values: Vec<Value> =
+            serde_json::from_slice(payload).map_err(|e| CallError::Decode {
+                route: route.clone(),
+                expected: "a JSON array of returned values",
+                reason: e.to_string(),
+            })?;
+        return Ok(crate::values::Reply::Wire(values));
+    }
+    let error = decode_error(payload).unwrap_or_else(|| {
+        RemoteError::new(
+            ErrorCode::Internal,
+            format!(
+                "undecodable error reply: {}",
+                String::from_utf8_lossy(payload)
+            ),
+        )
+    });
+    Err(CallError::Remote { route, error })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

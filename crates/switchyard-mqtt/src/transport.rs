@@ -9,7 +9,6 @@ use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, Publish, PublishPropertie
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::Outgoing;
-use serde_json::Value;
 use switchyard_core::codec::Codec;
 use switchyard_core::consumer;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
@@ -802,29 +801,7 @@ impl Requester for MqttTransport {
                     .find(|(k, _)| k == STATUS)
                     .map(|(_, v)| v.clone())
             });
-            match status {
-                None => {
-                    let values: Vec<Value> =
-                        serde_json::from_slice(&reply.payload).map_err(|e| CallError::Decode {
-                            route: route.clone(),
-                            expected: "a JSON array of returned values",
-                            reason: e.to_string(),
-                        })?;
-                    Ok(Reply::Wire(values))
-                }
-                Some(_) => {
-                    let error = wire::decode_error(&reply.payload).unwrap_or_else(|| {
-                        RemoteError::new(
-                            ErrorCode::Internal,
-                            format!(
-                                "undecodable error reply: {}",
-                                String::from_utf8_lossy(&reply.payload)
-                            ),
-                        )
-                    });
-                    Err(CallError::Remote { route, error })
-                }
-            }
+            wire::decode_reply(route, status.is_some(), &reply.payload)
         })
     }
 }
@@ -838,34 +815,7 @@ async fn answer(client: AsyncClient, service: Arc<Service>, prefix: Arc<String>,
     let route = format!("/{}", topic.strip_prefix(prefix.as_str()).unwrap_or(""));
     let headers: Headers = props.user_properties.into_iter().collect();
     let deadline = headers.deadline().map(|w| Instant::now() + w);
-    let outcome = match serde_json::from_slice::<wire::CallBody>(&p.payload) {
-        Ok(body) => {
-            let (args, token) = body.into_parts();
-            let request = CallRequest {
-                route,
-                args,
-                token,
-                headers,
-                deadline,
-            };
-            service.dispatch(request).await.map_err(|e| e.into_remote())
-        }
-        Err(e) => Err(RemoteError::new(
-            ErrorCode::BadRequest,
-            format!("malformed request body: {e}"),
-        )),
-    };
-    let (payload, status) = match outcome.map(|r| r.encode(Codec::Json)) {
-        Ok(Ok(bytes)) => (bytes, None),
-        Ok(Err(e)) => (
-            wire::error_body(&RemoteError::new(
-                ErrorCode::Internal,
-                format!("reply does not encode: {e}"),
-            )),
-            Some(ErrorCode::Internal),
-        ),
-        Err(error) => (wire::error_body(&error), Some(error.code)),
-    };
+    let (payload, status) = wire::answer_call(&service, route, &p.payload, headers, deadline).await;
     let reply = PublishProperties {
         correlation_data: props.correlation_data,
         user_properties: status

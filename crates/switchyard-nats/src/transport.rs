@@ -7,10 +7,9 @@ use async_nats::jetstream::{
 };
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use serde_json::Value;
 use switchyard_core::codec::Codec;
 use switchyard_core::consumer;
-use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
+use switchyard_core::error::{redact_url, CallError, TransportError};
 use switchyard_core::message::{header as h, Envelope, Headers};
 use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
 use switchyard_core::transport::{
@@ -440,29 +439,7 @@ impl Requester for NatsTransport {
                 .as_ref()
                 .and_then(|hm| hm.get(STATUS))
                 .map(|v| v.as_str().to_string());
-            match status {
-                None => {
-                    let values: Vec<Value> =
-                        serde_json::from_slice(&reply.payload).map_err(|e| CallError::Decode {
-                            route: route.clone(),
-                            expected: "a JSON array of returned values",
-                            reason: e.to_string(),
-                        })?;
-                    Ok(Reply::Wire(values))
-                }
-                Some(_) => {
-                    let error = wire::decode_error(&reply.payload).unwrap_or_else(|| {
-                        RemoteError::new(
-                            ErrorCode::Internal,
-                            format!(
-                                "undecodable error reply: {}",
-                                String::from_utf8_lossy(&reply.payload)
-                            ),
-                        )
-                    });
-                    Err(CallError::Remote { route, error })
-                }
-            }
+            wire::decode_reply(route, status.is_some(), &reply.payload)
         })
     }
 }
@@ -488,34 +465,8 @@ async fn answer(
     );
     let headers = from_nats_headers(message.headers.as_ref());
     let deadline = headers.deadline().map(|d| Instant::now() + d);
-    let outcome = match serde_json::from_slice::<wire::CallBody>(&message.payload) {
-        Ok(body) => {
-            let (args, token) = body.into_parts();
-            let request = CallRequest {
-                route,
-                args,
-                token,
-                headers,
-                deadline,
-            };
-            service.dispatch(request).await.map_err(|e| e.into_remote())
-        }
-        Err(e) => Err(RemoteError::new(
-            ErrorCode::BadRequest,
-            format!("malformed request body: {e}"),
-        )),
-    };
-    let (payload, status) = match outcome.map(|r| r.encode(Codec::Json)) {
-        Ok(Ok(bytes)) => (bytes, None),
-        Ok(Err(e)) => (
-            wire::error_body(&RemoteError::new(
-                ErrorCode::Internal,
-                format!("reply does not encode: {e}"),
-            )),
-            Some(ErrorCode::Internal),
-        ),
-        Err(error) => (wire::error_body(&error), Some(error.code)),
-    };
+    let (payload, status) =
+        wire::answer_call(&service, route, &message.payload, headers, deadline).await;
     // A success needs no header block; only an error carries its code.
     let sent = match status {
         None => client.publish(reply_to, payload).await,
