@@ -107,22 +107,11 @@ struct RpcReply {
     payload: Vec<u8>,
 }
 
-fn invalid(url: &str, reason: impl Into<String>) -> TransportError {
-    TransportError::InvalidUrl {
-        url: redact_url(url),
-        reason: reason.into(),
-    }
-}
-
-fn other(e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
-    TransportError::Other(Box::new(e))
-}
-
 /// A topic usable as a routing key and binding: the topic exchange would read `*` and `#` as
 /// wildcards, and a routing key holds at most 255 bytes.
 fn check_topic(url: &str, topic: &str) -> Result<(), TransportError> {
     if topic.is_empty() || topic.len() > 200 || topic.contains(['*', '#']) {
-        return Err(invalid(
+        return Err(TransportError::invalid_url(
             url,
             format!("topic {topic:?} is not usable on AMQP (1 to 200 bytes, no '*' or '#')"),
         ));
@@ -131,9 +120,9 @@ fn check_topic(url: &str, topic: &str) -> Result<(), TransportError> {
 }
 
 fn ms_option(url: &str, key: &str, value: &str) -> Result<u64, TransportError> {
-    value
-        .parse()
-        .map_err(|_| invalid(url, format!("{key}={value} is not a whole number")))
+    value.parse().map_err(|_| {
+        TransportError::invalid_url(url, format!("{key}={value} is not a whole number"))
+    })
 }
 
 impl AmqpTransport {
@@ -143,15 +132,16 @@ impl AmqpTransport {
     /// The connection is made on first use; an unreachable broker is then an error naming
     /// the URL, its password removed.
     pub fn from_url(url: &str) -> Result<Self, TransportError> {
-        let parsed = url::Url::parse(url).map_err(|e| invalid(url, e.to_string()))?;
+        let parsed =
+            url::Url::parse(url).map_err(|e| TransportError::invalid_url(url, e.to_string()))?;
         if parsed.scheme() != "amqp" {
-            return Err(invalid(
+            return Err(TransportError::invalid_url(
                 url,
                 "expected amqp://USER:PASS@HOST:PORT/VHOST[?ns=NAME]",
             ));
         }
         if parsed.host_str().is_none() {
-            return Err(invalid(url, "no host"));
+            return Err(TransportError::invalid_url(url, "no host"));
         }
         let mut namespace = "default".to_string();
         let mut max_message = MAX_MESSAGE;
@@ -161,7 +151,7 @@ impl AmqpTransport {
             match k.as_ref() {
                 "ns" => {
                     if v.is_empty() || v.contains(['*', '#', ' ']) {
-                        return Err(invalid(url, format!("ns={v} is not a usable namespace")));
+                        return Err(TransportError::invalid_url(url, format!("ns={v} is not a usable namespace")));
                     }
                     namespace = v.to_string();
                 }
@@ -176,7 +166,7 @@ impl AmqpTransport {
                     passthrough.push(format!("{k}={v}"));
                 }
                 unknown => {
-                    return Err(invalid(
+                    return Err(TransportError::invalid_url(
                         url,
                         format!(
                             "unknown option {unknown:?} (known: ns, max_message_bytes, \
@@ -242,11 +232,14 @@ impl Inner {
             Ok(Err(e)) => return Err(self.unreachable(e)),
             Err(elapsed) => return Err(self.unreachable(elapsed)),
         };
-        let publisher = connection.create_channel().await.map_err(other)?;
+        let publisher = connection
+            .create_channel()
+            .await
+            .map_err(TransportError::other)?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(other)?;
+            .map_err(TransportError::other)?;
         publisher
             .exchange_declare(
                 EXCHANGE.into(),
@@ -258,7 +251,7 @@ impl Inner {
                 FieldTable::default(),
             )
             .await
-            .map_err(other)?;
+            .map_err(TransportError::other)?;
         let link = Arc::new(Link {
             connection,
             publisher,
@@ -283,11 +276,15 @@ impl Inner {
             return Ok(r);
         }
         let link = self.link().await?;
-        let channel = link.connection.create_channel().await.map_err(other)?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(TransportError::other)?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(other)?;
+            .map_err(TransportError::other)?;
         let mut replies = channel
             .basic_consume(
                 DIRECT_REPLY.into(),
@@ -299,7 +296,7 @@ impl Inner {
                 FieldTable::default(),
             )
             .await
-            .map_err(other)?;
+            .map_err(TransportError::other)?;
         let waiting: Arc<Mutex<HashMap<String, oneshot::Sender<RpcReply>>>> = Arc::default();
         let w = waiting.clone();
         tokio::spawn(async move {
@@ -339,12 +336,16 @@ impl Inner {
         options: &SubscribeOptions,
     ) -> Result<(Channel, Consumer, String), TransportError> {
         let link = self.link().await?;
-        let channel = link.connection.create_channel().await.map_err(other)?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(TransportError::other)?;
         let prefetch = u16::try_from(options.prefetch).unwrap_or(u16::MAX).max(1);
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
-            .map_err(other)?;
+            .map_err(TransportError::other)?;
         let queue = match &options.mode {
             SubscriptionMode::Group(group) => {
                 let name = format!("{topic}:{group}");
@@ -363,7 +364,7 @@ impl Inner {
                         args,
                     )
                     .await
-                    .map_err(other)?;
+                    .map_err(TransportError::other)?;
                 name
             }
             // Broadcast (and any mode added later): a queue of this subscriber's own.
@@ -378,7 +379,7 @@ impl Inner {
                     FieldTable::default(),
                 )
                 .await
-                .map_err(other)?
+                .map_err(TransportError::other)?
                 .name()
                 .as_str()
                 .to_string(),
@@ -392,7 +393,7 @@ impl Inner {
                 FieldTable::default(),
             )
             .await
-            .map_err(other)?;
+            .map_err(TransportError::other)?;
         let consumer = channel
             .basic_consume(
                 queue.as_str().into(),
@@ -401,7 +402,7 @@ impl Inner {
                 FieldTable::default(),
             )
             .await
-            .map_err(other)?;
+            .map_err(TransportError::other)?;
         Ok((channel, consumer, queue))
     }
 
@@ -423,9 +424,9 @@ impl Inner {
                 event_properties(envelope),
             )
             .await
-            .map_err(other)?
+            .map_err(TransportError::other)?
             .await
-            .map_err(other)?;
+            .map_err(TransportError::other)?;
         match confirm {
             Confirmation::Nack(_) => Err(TransportError::Rejected(RemoteError::new(
                 ErrorCode::Unavailable,
@@ -569,7 +570,9 @@ impl Acker for AmqpAcker {
         let acker = self.acker.take();
         Box::pin(async move {
             if let Some(a) = acker {
-                a.ack(BasicAckOptions::default()).await.map_err(other)?;
+                a.ack(BasicAckOptions::default())
+                    .await
+                    .map_err(TransportError::other)?;
             }
             Ok(())
         })
@@ -592,7 +595,7 @@ impl Acker for AmqpAcker {
                     })
                     .await
                     .map(|_| ())
-                    .map_err(other);
+                    .map_err(TransportError::other);
             };
             // AMQP 0-9-1 has no delayed requeue: the message stays with us (unacked, so a
             // crash now still hands it back) for the delay, then goes to the tail of its
@@ -604,7 +607,10 @@ impl Acker for AmqpAcker {
             env.headers.insert(h::ATTEMPT, (attempt + 1).to_string());
             match inner.publish_confirmed("", &queue, &env).await {
                 Ok(()) => {
-                    acker.ack(BasicAckOptions::default()).await.map_err(other)?;
+                    acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(TransportError::other)?;
                 }
                 Err(e) => {
                     tracing::warn!(target: "switchyard", error = %e, "re-publish after nack failed; requeueing");
@@ -614,7 +620,7 @@ impl Acker for AmqpAcker {
                             ..Default::default()
                         })
                         .await
-                        .map_err(other)?;
+                        .map_err(TransportError::other)?;
                 }
             }
             Ok(())
@@ -816,9 +822,9 @@ impl Requester for AmqpTransport {
                     properties,
                 )
                 .await
-                .map_err(|e| CallError::Transport(other(e)))?
+                .map_err(|e| CallError::Transport(TransportError::other(e)))?
                 .await
-                .map_err(|e| CallError::Transport(other(e)))?;
+                .map_err(|e| CallError::Transport(TransportError::other(e)))?;
             match confirm {
                 Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
                     return Err(CallError::Unreachable {
@@ -900,11 +906,15 @@ async fn attach_rpc(inner: &Inner, queue: &str) -> Result<(Channel, Consumer), T
 }
 
 async fn try_attach_rpc(link: &Link, queue: &str) -> Result<(Channel, Consumer), TransportError> {
-    let channel = link.connection.create_channel().await.map_err(other)?;
+    let channel = link
+        .connection
+        .create_channel()
+        .await
+        .map_err(TransportError::other)?;
     channel
         .basic_qos(RPC_PREFETCH, BasicQosOptions::default())
         .await
-        .map_err(other)?;
+        .map_err(TransportError::other)?;
     channel
         .queue_declare(
             queue.into(),
@@ -916,7 +926,7 @@ async fn try_attach_rpc(link: &Link, queue: &str) -> Result<(Channel, Consumer),
             FieldTable::default(),
         )
         .await
-        .map_err(other)?;
+        .map_err(TransportError::other)?;
     let consumer = channel
         .basic_consume(
             queue.into(),
@@ -925,7 +935,7 @@ async fn try_attach_rpc(link: &Link, queue: &str) -> Result<(Channel, Consumer),
             FieldTable::default(),
         )
         .await
-        .map_err(other)?;
+        .map_err(TransportError::other)?;
     Ok((channel, consumer))
 }
 

@@ -284,6 +284,21 @@ pub enum TransportError {
     Other(#[source] BoxError),
 }
 
+impl TransportError {
+    /// [`TransportError::InvalidUrl`] for `url` (its password removed).
+    pub fn invalid_url(url: &str, reason: impl Into<String>) -> Self {
+        Self::InvalidUrl {
+            url: redact_url(url),
+            reason: reason.into(),
+        }
+    }
+
+    /// [`TransportError::Other`] wrapping a client library's error.
+    pub fn other(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Other(Box::new(e))
+    }
+}
+
 /// Removes the password from a URL for error messages and logs.
 ///
 /// ```

@@ -64,17 +64,6 @@ struct Inner {
     topics: Mutex<HashSet<String>>,
 }
 
-fn invalid(url: &str, reason: impl Into<String>) -> TransportError {
-    TransportError::InvalidUrl {
-        url: redact_url(url),
-        reason: reason.into(),
-    }
-}
-
-fn other(e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
-    TransportError::Other(Box::new(e))
-}
-
 /// Kafka topic names: 1 to 249 of `[a-zA-Z0-9._-]`.
 fn check_topic(url: &str, topic: &str) -> Result<(), TransportError> {
     let ok = !topic.is_empty()
@@ -85,7 +74,7 @@ fn check_topic(url: &str, topic: &str) -> Result<(), TransportError> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(
+        Err(TransportError::invalid_url(
             url,
             format!("topic {topic:?} is not a Kafka topic name (1 to 200 of a-z A-Z 0-9 . _ -)"),
         ))
@@ -109,13 +98,13 @@ impl KafkaTransport {
     /// topics it creates, default 4), `max_message_bytes` (default 1 MiB). Connections are made
     /// on first use.
     pub fn from_url(url: &str) -> Result<Self, TransportError> {
-        let rest = url
-            .strip_prefix("kafka://")
-            .ok_or_else(|| invalid(url, "expected kafka://HOST:PORT[,HOST:PORT]"))?;
+        let rest = url.strip_prefix("kafka://").ok_or_else(|| {
+            TransportError::invalid_url(url, "expected kafka://HOST:PORT[,HOST:PORT]")
+        })?;
         let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
         let brokers = hosts.trim_end_matches('/').to_string();
         if brokers.is_empty() {
-            return Err(invalid(url, "no broker address"));
+            return Err(TransportError::invalid_url(url, "no broker address"));
         }
         let mut partitions = 4;
         let mut max_message = MAX_MESSAGE;
@@ -123,16 +112,22 @@ impl KafkaTransport {
             match k.as_ref() {
                 "partitions" => {
                     partitions = v.parse::<i32>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                        invalid(url, format!("partitions={v} is not a positive number"))
+                        TransportError::invalid_url(
+                            url,
+                            format!("partitions={v} is not a positive number"),
+                        )
                     })?;
                 }
                 "max_message_bytes" => {
                     max_message = v.parse().map_err(|_| {
-                        invalid(url, format!("max_message_bytes={v} is not a whole number"))
+                        TransportError::invalid_url(
+                            url,
+                            format!("max_message_bytes={v} is not a whole number"),
+                        )
                     })?;
                 }
                 unknown => {
-                    return Err(invalid(
+                    return Err(TransportError::invalid_url(
                         url,
                         format!(
                             "unknown option {unknown:?} (known: partitions, max_message_bytes)"
@@ -421,10 +416,12 @@ impl KafkaAcker {
         if let (Some(p), true) = (position, self.committing) {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(p))
-                .map_err(other)?;
+                .map_err(TransportError::other)?;
             // Stored now, committed by the client within the auto-commit interval and when
             // the subscription ends.
-            self.consumer.store_offsets(&tpl).map_err(other)?;
+            self.consumer
+                .store_offsets(&tpl)
+                .map_err(TransportError::other)?;
         }
         Ok(())
     }
@@ -531,7 +528,7 @@ async fn pump(
             }
             Err(e) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                Err(other(e))
+                Err(TransportError::other(e))
             }
         };
         if tx.send(delivery).await.is_err() {
@@ -610,7 +607,7 @@ impl Subscriber for KafkaTransport {
             if committing {
                 consumer
                     .subscribe(&[topic.as_str(), retry_topic.as_str()])
-                    .map_err(other)?;
+                    .map_err(TransportError::other)?;
             } else {
                 // A broadcast subscriber reads every partition from its current end. The ends
                 // are looked up now, not when the first fetch resolves "latest", so that what is
@@ -632,7 +629,7 @@ impl Subscriber for KafkaTransport {
                     Ok::<_, KafkaError>(tpl)
                 })
                 .await
-                .map_err(other)?
+                .map_err(TransportError::other)?
                 .map_err(|e| self.inner.unreachable(e))?;
                 if tpl.count() == 0 {
                     return Err(TransportError::Other(

@@ -108,24 +108,13 @@ struct Replies {
     _client: AsyncClient,
 }
 
-fn invalid(url: &str, reason: impl Into<String>) -> TransportError {
-    TransportError::InvalidUrl {
-        url: redact_url(url),
-        reason: reason.into(),
-    }
-}
-
-fn other(e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
-    TransportError::Other(Box::new(e))
-}
-
 fn check_topic(url: &str, topic: &str) -> Result<(), TransportError> {
     if topic.is_empty()
         || topic.contains(['+', '#', '\0'])
         || topic.starts_with('$')
         || topic.starts_with("sy/")
     {
-        return Err(invalid(
+        return Err(TransportError::invalid_url(
             url,
             format!("topic {topic:?} is not usable on MQTT (no '+', '#', leading '$' or 'sy/')"),
         ));
@@ -142,13 +131,17 @@ impl MqttTransport {
     /// (the RPC namespace, default `default`), `max_message_bytes` (default 1 MiB). Connections
     /// are made on first use; an unreachable broker is then an error naming the URL.
     pub fn from_url(url: &str) -> Result<Self, TransportError> {
-        let parsed = url::Url::parse(url).map_err(|e| invalid(url, e.to_string()))?;
+        let parsed =
+            url::Url::parse(url).map_err(|e| TransportError::invalid_url(url, e.to_string()))?;
         if parsed.scheme() != "mqtt" {
-            return Err(invalid(url, "expected mqtt://HOST:PORT[?ns=NAME]"));
+            return Err(TransportError::invalid_url(
+                url,
+                "expected mqtt://HOST:PORT[?ns=NAME]",
+            ));
         }
         let host = parsed
             .host_str()
-            .ok_or_else(|| invalid(url, "no host"))?
+            .ok_or_else(|| TransportError::invalid_url(url, "no host"))?
             .to_string();
         let port = parsed.port().unwrap_or(1883);
         let mut namespace = "default".to_string();
@@ -157,17 +150,23 @@ impl MqttTransport {
             match k.as_ref() {
                 "ns" => {
                     if v.is_empty() || v.contains(['+', '#', '/', ' ']) {
-                        return Err(invalid(url, format!("ns={v} is not a usable namespace")));
+                        return Err(TransportError::invalid_url(
+                            url,
+                            format!("ns={v} is not a usable namespace"),
+                        ));
                     }
                     namespace = v.to_string();
                 }
                 "max_message_bytes" => {
                     max_message = v.parse().map_err(|_| {
-                        invalid(url, format!("max_message_bytes={v} is not a whole number"))
+                        TransportError::invalid_url(
+                            url,
+                            format!("max_message_bytes={v} is not a whole number"),
+                        )
                     })?;
                 }
                 unknown => {
-                    return Err(invalid(
+                    return Err(TransportError::invalid_url(
                         url,
                         format!("unknown option {unknown:?} (known: ns, max_message_bytes)"),
                     ))
@@ -303,7 +302,7 @@ impl Inner {
         properties: PublishProperties,
     ) -> Result<PubAckReason, TransportError> {
         let lane = self.lane().await?;
-        let _room = lane.room.acquire().await.map_err(other)?;
+        let _room = lane.room.acquire().await.map_err(TransportError::other)?;
         let (tx, rx) = oneshot::channel();
         {
             let mut st = lane.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -316,7 +315,7 @@ impl Inner {
                 properties,
             ) {
                 st.queued.pop_back();
-                return Err(other(e));
+                return Err(TransportError::other(e));
             }
         }
         rx.await.map_err(|_| {
@@ -336,7 +335,7 @@ impl Inner {
                 client
                     .subscribe(topic.clone(), QoS::AtMostOnce)
                     .await
-                    .map_err(other)?;
+                    .map_err(TransportError::other)?;
                 // Calls go out only once replies can arrive.
                 loop {
                     match eventloop.poll().await {
@@ -477,7 +476,7 @@ impl MqttAcker {
         inner
             .publish_acked(retry_topic, env.payload.clone(), props)
             .await?;
-        client.ack(&publish).await.map_err(other)
+        client.ack(&publish).await.map_err(TransportError::other)
     }
 }
 
@@ -502,7 +501,7 @@ impl Acker for MqttAcker {
         let (client, publish) = (self.client.clone(), self.publish.take());
         Box::pin(async move {
             if let Some(p) = publish {
-                client.ack(&p).await.map_err(other)?;
+                client.ack(&p).await.map_err(TransportError::other)?;
             }
             Ok(())
         })
@@ -649,7 +648,7 @@ impl Subscriber for MqttTransport {
                 client
                     .subscribe(f.clone(), DELIVERY_QOS)
                     .await
-                    .map_err(other)?;
+                    .map_err(TransportError::other)?;
             }
             // Return only once the broker confirmed the subscriptions: a publish right after
             // `subscribe` returns must reach this subscriber.
@@ -845,7 +844,7 @@ impl Responder for MqttTransport {
             client
                 .subscribe(filter.clone(), QoS::AtMostOnce)
                 .await
-                .map_err(other)?;
+                .map_err(TransportError::other)?;
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::SubAck(_))) => break,

@@ -51,13 +51,6 @@ impl std::fmt::Debug for NatsTransport {
     }
 }
 
-fn invalid(url: &str, reason: impl Into<String>) -> TransportError {
-    TransportError::InvalidUrl {
-        url: redact_url(url),
-        reason: reason.into(),
-    }
-}
-
 /// A subject token from a route or topic: no wildcards, no white space, no empty tokens.
 fn check_subject(what: &str, s: &str) -> Result<(), String> {
     let bad = s.is_empty()
@@ -115,19 +108,21 @@ fn from_nats_headers(headers: Option<&async_nats::HeaderMap>) -> Headers {
     out
 }
 
-fn other(e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
-    TransportError::Other(Box::new(e))
-}
-
 impl NatsTransport {
     /// A transport for `nats://HOST:PORT[/NAMESPACE]` (namespace `default` when absent). The
     /// connection is made on first use; an unreachable server is then an error naming the URL.
     pub fn from_url(url: &str) -> Result<Self, TransportError> {
-        let parsed = url::Url::parse(url).map_err(|e| invalid(url, e.to_string()))?;
+        let parsed =
+            url::Url::parse(url).map_err(|e| TransportError::invalid_url(url, e.to_string()))?;
         if parsed.scheme() != "nats" {
-            return Err(invalid(url, "expected nats://HOST:PORT[/NAMESPACE]"));
+            return Err(TransportError::invalid_url(
+                url,
+                "expected nats://HOST:PORT[/NAMESPACE]",
+            ));
         }
-        let host = parsed.host_str().ok_or_else(|| invalid(url, "no host"))?;
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| TransportError::invalid_url(url, "no host"))?;
         let port = parsed.port().unwrap_or(4222);
         let ns = parsed.path().trim_matches('/');
         let namespace = if ns.is_empty() {
@@ -135,7 +130,7 @@ impl NatsTransport {
         } else {
             ns.replace('/', ".")
         };
-        check_subject("namespace", &namespace).map_err(|r| invalid(url, r))?;
+        check_subject("namespace", &namespace).map_err(|r| TransportError::invalid_url(url, r))?;
         // `?ack_wait_ms=N`: how long JetStream waits for an ack before it redelivers to another
         // consumer (default 30 s). It bounds how long a message of a consumer that died stays
         // stuck; a handler that runs longer gets its message redelivered meanwhile.
@@ -144,7 +139,7 @@ impl NatsTransport {
             match k.as_ref() {
                 "ack_wait_ms" => {
                     let ms: u64 = v.parse().map_err(|_| {
-                        invalid(
+                        TransportError::invalid_url(
                             url,
                             format!("ack_wait_ms={v} is not a number of milliseconds"),
                         )
@@ -152,7 +147,7 @@ impl NatsTransport {
                     ack_wait = Duration::from_millis(ms.max(100));
                 }
                 other => {
-                    return Err(invalid(
+                    return Err(TransportError::invalid_url(
                         url,
                         format!("unknown option {other:?} (known: ack_wait_ms)"),
                     ))
@@ -194,7 +189,9 @@ impl NatsTransport {
     pub async fn delete_topic(&self, topic: &str) -> Result<(), TransportError> {
         let name = stream_name(topic);
         let js = jetstream::new(self.client().await?.clone());
-        js.delete_stream(&name).await.map_err(other)?;
+        js.delete_stream(&name)
+            .await
+            .map_err(TransportError::other)?;
         self.streams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -203,7 +200,7 @@ impl NatsTransport {
     }
 
     async fn stream(&self, topic: &str) -> Result<jetstream::stream::Stream, TransportError> {
-        check_subject("topic", topic).map_err(|r| invalid(&self.url, r))?;
+        check_subject("topic", topic).map_err(|r| TransportError::invalid_url(&self.url, r))?;
         let js = jetstream::new(self.client().await?.clone());
         let name = stream_name(topic);
         let stream = js
@@ -215,7 +212,7 @@ impl NatsTransport {
                 ..Default::default()
             })
             .await
-            .map_err(other)?;
+            .map_err(TransportError::other)?;
         self.streams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -326,8 +323,8 @@ impl Publisher for NatsTransport {
             let ack = js
                 .publish_with_headers(envelope.subject.clone(), headers, envelope.payload)
                 .await
-                .map_err(other)?;
-            ack.await.map_err(other)?;
+                .map_err(TransportError::other)?;
+            ack.await.map_err(TransportError::other)?;
             Ok(())
         })
     }
@@ -359,7 +356,7 @@ impl Subscriber for NatsTransport {
                             },
                         )
                         .await
-                        .map_err(other)?
+                        .map_err(TransportError::other)?
                 }
                 _ => stream
                     .create_consumer(pull::Config {
@@ -371,9 +368,9 @@ impl Subscriber for NatsTransport {
                         ..Default::default()
                     })
                     .await
-                    .map_err(other)?,
+                    .map_err(TransportError::other)?,
             };
-            let messages = consumer.messages().await.map_err(other)?;
+            let messages = consumer.messages().await.map_err(TransportError::other)?;
             let topic = Arc::new(topic);
             let deliveries = messages.map(move |m| match m {
                 Ok(m) => {
@@ -494,7 +491,7 @@ impl Responder for NatsTransport {
                     self.namespace.clone(),
                 )
                 .await
-                .map_err(other)?;
+                .map_err(TransportError::other)?;
             let dead_letters: Arc<dyn Publisher> = Arc::new(NatsTransport::from_url(&self.url)?);
             let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
             let (stop_tx, mut stop_rx) = oneshot::channel::<()>();

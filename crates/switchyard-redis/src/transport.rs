@@ -69,17 +69,6 @@ struct RpcReply {
     error: Option<RemoteError>,
 }
 
-fn invalid(url: &str, reason: impl Into<String>) -> TransportError {
-    TransportError::InvalidUrl {
-        url: redact_url(url),
-        reason: reason.into(),
-    }
-}
-
-fn other(e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
-    TransportError::Other(Box::new(e))
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -94,9 +83,13 @@ fn stream_key(topic: &str) -> String {
 impl RedisTransport {
     /// A transport for `redis://HOST:PORT[/DB][?ns=NAME&claim_idle_ms=N]`. Connects on first use.
     pub fn from_url(url: &str) -> Result<Self, TransportError> {
-        let mut parsed = url::Url::parse(url).map_err(|e| invalid(url, e.to_string()))?;
+        let mut parsed =
+            url::Url::parse(url).map_err(|e| TransportError::invalid_url(url, e.to_string()))?;
         if parsed.scheme() != "redis" {
-            return Err(invalid(url, "expected redis://HOST:PORT[/DB]"));
+            return Err(TransportError::invalid_url(
+                url,
+                "expected redis://HOST:PORT[/DB]",
+            ));
         }
         let mut namespace = "default".to_string();
         let mut claim_idle = Duration::from_secs(30);
@@ -104,13 +97,16 @@ impl RedisTransport {
             match k.as_ref() {
                 "ns" => namespace = v.to_string(),
                 "claim_idle_ms" => {
-                    let ms: u64 = v
-                        .parse()
-                        .map_err(|_| invalid(url, format!("claim_idle_ms={v} is not a number")))?;
+                    let ms: u64 = v.parse().map_err(|_| {
+                        TransportError::invalid_url(
+                            url,
+                            format!("claim_idle_ms={v} is not a number"),
+                        )
+                    })?;
                     claim_idle = Duration::from_millis(ms.max(50));
                 }
                 other => {
-                    return Err(invalid(
+                    return Err(TransportError::invalid_url(
                         url,
                         format!("unknown option {other:?} (known: ns, claim_idle_ms)"),
                     ))
@@ -118,8 +114,8 @@ impl RedisTransport {
             }
         }
         parsed.set_query(None);
-        let client =
-            redis::Client::open(parsed.as_str()).map_err(|e| invalid(url, e.to_string()))?;
+        let client = redis::Client::open(parsed.as_str())
+            .map_err(|e| TransportError::invalid_url(url, e.to_string()))?;
         Ok(Self {
             url: url.to_string(),
             client,
@@ -168,7 +164,10 @@ impl RedisTransport {
                     .get_async_pubsub()
                     .await
                     .map_err(|e| self.unreachable(e))?;
-                pubsub.subscribe(&replies.channel).await.map_err(other)?;
+                pubsub
+                    .subscribe(&replies.channel)
+                    .await
+                    .map_err(TransportError::other)?;
                 let r = replies.clone();
                 tokio::spawn(async move {
                     let mut messages = pubsub.into_on_message();
@@ -255,14 +254,14 @@ impl RedisAcker {
         }
         let attempt = env.headers.attempt() + 1;
         env.headers.insert(h::ATTEMPT, attempt.to_string());
-        add(&mut con, &env).await.map_err(other)?;
+        add(&mut con, &env).await.map_err(TransportError::other)?;
         redis::cmd("XACK")
             .arg(&key)
             .arg(&group)
             .arg(&entry)
             .query_async::<i64>(&mut con)
             .await
-            .map_err(other)?;
+            .map_err(TransportError::other)?;
         Ok(())
     }
 }
@@ -285,7 +284,7 @@ impl Acker for RedisAcker {
                     .query_async::<i64>(&mut con)
                     .await
                     .map(|_| ())
-                    .map_err(other),
+                    .map_err(TransportError::other),
                 None => Ok(()),
             }
         })
@@ -343,7 +342,9 @@ impl Publisher for RedisTransport {
                 });
             }
             let mut con = self.con().await?;
-            add(&mut con, &envelope).await.map_err(other)
+            add(&mut con, &envelope)
+                .await
+                .map_err(TransportError::other)
         })
     }
 }
@@ -373,7 +374,7 @@ impl Subscriber for RedisTransport {
                         .await;
                     if let Err(e) = created {
                         if !e.to_string().contains("BUSYGROUP") {
-                            return Err(other(e));
+                            return Err(TransportError::other(e));
                         }
                     }
                     Some(g)
@@ -435,7 +436,7 @@ impl Subscriber for RedisTransport {
                                     }
                                     Ok(None) => {}
                                     Err(e) => {
-                                        let _ = tx.send(Err(other(e))).await;
+                                        let _ = tx.send(Err(TransportError::other(e))).await;
                                         tokio::time::sleep(Duration::from_millis(200)).await;
                                     }
                                 }
@@ -458,7 +459,7 @@ impl Subscriber for RedisTransport {
                                 }
                                 Ok(None) => {}
                                 Err(e) => {
-                                    let _ = tx.send(Err(other(e))).await;
+                                    let _ = tx.send(Err(TransportError::other(e))).await;
                                     tokio::time::sleep(Duration::from_millis(200)).await;
                                 }
                             }
@@ -513,7 +514,7 @@ impl Requester for RedisTransport {
                 .arg("+inf")
                 .query_async(&mut con)
                 .await
-                .map_err(other)?;
+                .map_err(TransportError::other)?;
             if alive == 0 {
                 return Err(CallError::Unreachable {
                     target: format!(
@@ -569,7 +570,7 @@ impl Requester for RedisTransport {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&cid);
-                return Err(CallError::Transport(other(e)));
+                return Err(CallError::Transport(TransportError::other(e)));
             }
             // Dropped (the caller timed out): forget the waiter so nothing leaks.
             struct Forget(Arc<Replies>, String);
