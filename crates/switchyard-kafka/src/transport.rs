@@ -319,7 +319,8 @@ fn envelope_of(topic: &str, m: &BorrowedMessage<'_>) -> Envelope {
 /// lowest of them, so a later offset is never committed before an earlier one is done.
 #[derive(Default)]
 struct Positions {
-    partitions: HashMap<(String, i32), Track>,
+    // By topic, then partition: looked up with the topic as `&str`, no allocation per message.
+    partitions: HashMap<Arc<str>, HashMap<i32, Track>>,
 }
 
 struct Track {
@@ -328,14 +329,15 @@ struct Track {
 }
 
 impl Positions {
-    fn received(&mut self, topic: &str, partition: i32, offset: i64) {
-        let t = self
-            .partitions
-            .entry((topic.to_string(), partition))
-            .or_insert(Track {
-                pending: BTreeSet::new(),
-                last: offset - 1,
-            });
+    fn received(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
+        let partitions = match self.partitions.get_mut(&**topic) {
+            Some(p) => p,
+            None => self.partitions.entry(topic.clone()).or_default(),
+        };
+        let t = partitions.entry(partition).or_insert(Track {
+            pending: BTreeSet::new(),
+            last: offset - 1,
+        });
         if offset <= t.last {
             // Read again (after a rebalance): what was pending from before is moot.
             t.pending.clear();
@@ -346,7 +348,7 @@ impl Positions {
 
     /// Settles `offset`; returns the position to commit when it moved.
     fn settled(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
-        let t = self.partitions.get_mut(&(topic.to_string(), partition))?;
+        let t = self.partitions.get_mut(topic)?.get_mut(&partition)?;
         let before = t.pending.first().copied();
         if !t.pending.remove(&offset) {
             return None;
@@ -357,8 +359,9 @@ impl Positions {
 
     fn revoked(&mut self, tpl: &TopicPartitionList) {
         for e in tpl.elements() {
-            self.partitions
-                .remove(&(e.topic().to_string(), e.partition()));
+            if let Some(p) = self.partitions.get_mut(e.topic()) {
+                p.remove(&e.partition());
+            }
         }
     }
 }
@@ -396,11 +399,11 @@ struct KafkaAcker {
     consumer: Arc<GroupConsumer>,
     positions: Arc<Mutex<Positions>>,
     committing: bool,
-    topic: String,
+    topic: Arc<str>,
     partition: i32,
     offset: i64,
     inner: Arc<Inner>,
-    retry_topic: String,
+    retry_topic: Arc<str>,
     envelope: Option<Envelope>,
     // Holds one unit of prefetch until settled.
     _permit: OwnedSemaphorePermit,
@@ -437,7 +440,7 @@ impl KafkaAcker {
         }
         let attempt = env.headers.attempt();
         env.headers.insert(h::ATTEMPT, (attempt + 1).to_string());
-        let retry = std::mem::take(&mut self.retry_topic);
+        let retry = self.retry_topic.clone();
         self.inner.send(&retry, &env).await?;
         self.settle()
     }
@@ -486,11 +489,12 @@ async fn pump(
     positions: Arc<Mutex<Positions>>,
     committing: bool,
     main_topic: String,
-    retry_topic: String,
+    retry_topic: Arc<str>,
     prefetch: usize,
     tx: mpsc::Sender<Result<Delivery, TransportError>>,
 ) {
     let room = Arc::new(Semaphore::new(prefetch));
+    let main: Arc<str> = Arc::from(main_topic.as_str());
     loop {
         // At most `prefetch` deliveries unsettled.
         let permit = tokio::select! {
@@ -503,7 +507,12 @@ async fn pump(
         };
         let delivery = match received {
             Ok(m) => {
-                let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
+                let topic = if m.topic() == &*retry_topic {
+                    retry_topic.clone()
+                } else {
+                    main.clone()
+                };
+                let (partition, offset) = (m.partition(), m.offset());
                 // Messages from the retry topic belong to the main topic.
                 let envelope = envelope_of(&main_topic, &m);
                 drop(m);
@@ -645,7 +654,7 @@ impl Subscriber for KafkaTransport {
                 positions,
                 committing,
                 topic,
-                retry_topic,
+                Arc::from(retry_topic.as_str()),
                 options.prefetch.max(1),
                 tx,
             ));
@@ -722,5 +731,47 @@ impl Transport for KafkaTransport {
 
     fn url(&self) -> String {
         redact_url(&self.inner.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_position_never_passes_an_unsettled_offset() {
+        let t: Arc<str> = Arc::from("orders");
+        let mut p = Positions::default();
+        for o in [5, 6, 7] {
+            p.received(&t, 0, o);
+        }
+        p.received(&t, 1, 40);
+        assert_eq!(
+            p.settled("orders", 0, 7),
+            None,
+            "5 and 6 are still in flight"
+        );
+        assert_eq!(p.settled("orders", 0, 6), None, "5 is still in flight");
+        assert_eq!(
+            p.settled("orders", 0, 5),
+            Some(8),
+            "all done: next to read is 8"
+        );
+        assert_eq!(
+            p.settled("orders", 0, 5),
+            None,
+            "settling twice moves nothing"
+        );
+        assert_eq!(p.settled("orders", 1, 40), Some(41), "partitions are apart");
+        // Read again from 6 after a rebalance: what was pending before is forgotten.
+        p.received(&t, 0, 9);
+        p.received(&t, 0, 6);
+        assert_eq!(
+            p.settled("orders", 0, 9),
+            None,
+            "9 is from before the re-read"
+        );
+        assert_eq!(p.settled("orders", 0, 6), Some(7));
+        assert_eq!(p.settled("elsewhere", 0, 6), None, "unknown topic");
     }
 }
