@@ -14,12 +14,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Running;
+use common::{inbox_state_consumer, Running};
 use futures::StreamExt;
 use switchyard::store::PgInbox;
 use switchyard::testkit::require_server;
 use switchyard::transport::SubscribeOptions;
-use switchyard::{Envelope, HandlerError, Service};
+use switchyard::Envelope;
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 const EVENTS: i64 = 10_000;
@@ -44,35 +44,6 @@ fn settings(run: &str) -> (String, String, String, String, String) {
     )
 }
 
-/// The consumer: each event's effect and its inbox record commit in one transaction.
-fn consumer(
-    service_name: &str,
-    topic: &str,
-    pool: sqlx::PgPool,
-    inbox: Arc<PgInbox>,
-    state: String,
-) -> Service {
-    Service::new(service_name).on_event(topic, move |v: serde_json::Value| {
-        let (pool, inbox, state) = (pool.clone(), inbox.clone(), state.clone());
-        async move {
-            let id = switchyard::context::current()
-                .and_then(|c| c.headers.get("ce-id").map(str::to_string))
-                .ok_or_else(|| HandlerError::internal("no message id"))?;
-            let k = v["k"].as_i64().ok_or_else(|| HandlerError::bad_request("no k"))?;
-            let mut tx = pool.begin().await.map_err(HandlerError::from)?;
-            if inbox.record_in(&mut tx, &id).await.map_err(HandlerError::from)? {
-                sqlx::query(&format!("INSERT INTO {state} (k, applied) VALUES ($1, 1) ON CONFLICT (k) DO UPDATE SET applied = {state}.applied + 1"))
-                    .bind(k)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(HandlerError::from)?;
-            }
-            tx.commit().await.map_err(HandlerError::from)?;
-            Ok::<(), HandlerError>(())
-        }
-    })
-}
-
 /// The consumer process's body; `consumers_killed_at_random_lose_and_duplicate_nothing` starts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a child process of consumers_killed_at_random_lose_and_duplicate_nothing"]
@@ -82,7 +53,7 @@ async fn consumer_child() {
     let (url, topic, name, inbox_table, state_table) = settings(&run);
     let inbox = Arc::new(PgInbox::connect(PG, &inbox_table).await.expect("inbox"));
     let pool = pool().await;
-    let service = consumer(&name, &topic, pool, inbox, state_table);
+    let service = inbox_state_consumer(&name, &topic, pool, inbox, state_table);
     let _server = switchyard::serve(&switchyard::connect(&url).expect("url"), service)
         .await
         .expect("serve");

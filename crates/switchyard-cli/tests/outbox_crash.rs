@@ -8,11 +8,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Running, YARD};
+use common::{inbox_state_consumer, Running, YARD};
 use switchyard::store::outbox::PgOutbox;
 use switchyard::store::PgInbox;
 use switchyard::testkit::require_server;
-use switchyard::{Envelope, HandlerError, Service};
+use switchyard::Envelope;
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 const EVENTS: i64 = 10_000;
@@ -54,26 +54,13 @@ async fn relays_killed_at_random_lose_and_duplicate_nothing() {
     .unwrap();
 
     // The consumer: each event's effect and its inbox record commit together.
-    let (p, i, st) = (pool.clone(), inbox.clone(), state_table.clone());
-    let service = Service::new(format!("crash-consumer-{run}")).on_event(&topic, move |v: serde_json::Value| {
-        let (pool, inbox, state) = (p.clone(), i.clone(), st.clone());
-        async move {
-            let id = switchyard::context::current()
-                .and_then(|c| c.headers.get("ce-id").map(str::to_string))
-                .ok_or_else(|| HandlerError::internal("no message id"))?;
-            let k = v["k"].as_i64().ok_or_else(|| HandlerError::bad_request("no k"))?;
-            let mut tx = pool.begin().await.map_err(HandlerError::from)?;
-            if inbox.record_in(&mut tx, &id).await.map_err(HandlerError::from)? {
-                sqlx::query(&format!("INSERT INTO {state} (k, applied) VALUES ($1, 1) ON CONFLICT (k) DO UPDATE SET applied = {state}.applied + 1"))
-                    .bind(k)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(HandlerError::from)?;
-            }
-            tx.commit().await.map_err(HandlerError::from)?;
-            Ok::<(), HandlerError>(())
-        }
-    });
+    let service = inbox_state_consumer(
+        &format!("crash-consumer-{run}"),
+        &topic,
+        pool.clone(),
+        inbox.clone(),
+        state_table.clone(),
+    );
     let consumer = switchyard::serve(&switchyard::connect(&nats).unwrap(), service)
         .await
         .unwrap();

@@ -1,6 +1,10 @@
 //! Helpers shared by the `yard` process tests.
 
 use std::process::Child;
+use std::sync::Arc;
+
+use switchyard::store::PgInbox;
+use switchyard::{HandlerError, Service};
 
 /// The `yard` binary under test.
 #[allow(dead_code)] // not every test file that includes this module runs yard
@@ -24,4 +28,35 @@ pub(crate) fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// A consumer of `{"k": N}` events that counts each key's applications in `state`: each
+/// event's effect and its inbox record commit in one transaction (the transactional inbox).
+#[allow(dead_code)] // used by the crash tests only
+pub(crate) fn inbox_state_consumer(
+    service_name: &str,
+    topic: &str,
+    pool: sqlx::PgPool,
+    inbox: Arc<PgInbox>,
+    state: String,
+) -> Service {
+    Service::new(service_name).on_event(topic, move |v: serde_json::Value| {
+        let (pool, inbox, state) = (pool.clone(), inbox.clone(), state.clone());
+        async move {
+            let id = switchyard::context::current()
+                .and_then(|c| c.headers.get("ce-id").map(str::to_string))
+                .ok_or_else(|| HandlerError::internal("no message id"))?;
+            let k = v["k"].as_i64().ok_or_else(|| HandlerError::bad_request("no k"))?;
+            let mut tx = pool.begin().await.map_err(HandlerError::from)?;
+            if inbox.record_in(&mut tx, &id).await.map_err(HandlerError::from)? {
+                sqlx::query(&format!("INSERT INTO {state} (k, applied) VALUES ($1, 1) ON CONFLICT (k) DO UPDATE SET applied = {state}.applied + 1"))
+                    .bind(k)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(HandlerError::from)?;
+            }
+            tx.commit().await.map_err(HandlerError::from)?;
+            Ok::<(), HandlerError>(())
+        }
+    })
 }
