@@ -208,6 +208,28 @@ async fn connected(inner: &Inner, eventloop: &mut EventLoop) -> Result<(), Trans
     }
 }
 
+/// Polls `eventloop` until the broker acknowledged `count` subscriptions (10 s at most), so
+/// that what is published next reaches them. Returns the messages that arrived meanwhile.
+async fn subscribed(
+    inner: &Inner,
+    eventloop: &mut EventLoop,
+    count: usize,
+) -> Result<Vec<Publish>, TransportError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut acked, mut early) = (0, Vec::new());
+    while acked < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => acked += 1,
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => early.push(p),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(inner.unreachable(e)),
+            Err(e) => return Err(inner.unreachable(e)),
+        }
+    }
+    Ok(early)
+}
+
 impl Inner {
     fn unreachable(&self, e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
         TransportError::Unreachable {
@@ -336,14 +358,8 @@ impl Inner {
                     .subscribe(topic.clone(), QoS::AtMostOnce)
                     .await
                     .map_err(TransportError::other)?;
-                // Calls go out only once replies can arrive.
-                loop {
-                    match eventloop.poll().await {
-                        Ok(Event::Incoming(Packet::SubAck(_))) => break,
-                        Ok(_) => {}
-                        Err(e) => return Err(self.unreachable(e)),
-                    }
-                }
+                // Calls go out only once replies can arrive (none can before).
+                subscribed(self, &mut eventloop, 1).await?;
                 let replies = Arc::new(Replies {
                     topic: topic.clone(),
                     waiting: Mutex::new(HashMap::new()),
@@ -652,17 +668,7 @@ impl Subscriber for MqttTransport {
             }
             // Return only once the broker confirmed the subscriptions: a publish right after
             // `subscribe` returns must reach this subscriber.
-            let mut acked = 0;
-            let mut early = Vec::new();
-            while acked < filters.len() {
-                match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
-                    Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => acked += 1,
-                    Ok(Ok(Event::Incoming(Packet::Publish(p)))) => early.push(p),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(self.inner.unreachable(e)),
-                    Err(e) => return Err(self.inner.unreachable(e)),
-                }
-            }
+            let early = subscribed(&self.inner, &mut eventloop, filters.len()).await?;
             let (tx, rx) = mpsc::channel(usize::from(prefetch) + early.len());
             for p in early {
                 let envelope = envelope_of(&topic, &p);
@@ -845,13 +851,8 @@ impl Responder for MqttTransport {
                 .subscribe(filter.clone(), QoS::AtMostOnce)
                 .await
                 .map_err(TransportError::other)?;
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => break,
-                    Ok(_) => {}
-                    Err(e) => return Err(self.inner.unreachable(e)),
-                }
-            }
+            // No call can arrive before the subscription exists.
+            subscribed(&self.inner, &mut eventloop, 1).await?;
             let dead_letters: Arc<dyn Publisher> =
                 Arc::new(MqttTransport::from_url(&self.inner.url)?);
             let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
