@@ -105,6 +105,25 @@ impl Harness {
     }
 }
 
+/// For a test that stops and starts a server: waits until something listens at `addr`
+/// (`up`) or nothing does (`!up`); panics naming `name` after 30 s.
+pub fn wait_for_port(name: &str, addr: &str, up: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listening = || {
+        addr.parse().is_ok_and(|a| {
+            std::net::TcpStream::connect_timeout(&a, Duration::from_millis(300)).is_ok()
+        })
+    };
+    while listening() != up {
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not {} in 30 s",
+            if up { "come back" } else { "stop" }
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn tcp_reachable(addr: &str) -> bool {
     addr.parse()
         .is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())

@@ -12,43 +12,23 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use switchyard_core::message::Envelope;
-use switchyard_core::testkit::require_server;
+use switchyard_core::testkit::{require_server, wait_for_port};
 use switchyard_core::transport::{Publisher, Responder, SubscribeOptions, Subscriber};
 use switchyard_core::{rpc, Client, Service};
 use switchyard_mqtt::MqttTransport;
 
 const CONF: &str = "/etc/mosquitto/mosquitto.conf";
 
-fn port_open() -> bool {
-    std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:1883".parse().expect("addr"),
-        Duration::from_millis(300),
-    )
-    .is_ok()
-}
-
-fn wait_for(open: bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while port_open() != open {
-        assert!(
-            Instant::now() < deadline,
-            "Mosquitto did not {} in 30 s",
-            if open { "come back" } else { "stop" }
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Stops Mosquitto and starts it with the machine's own command (scripts/services.sh).
 fn restart_mosquitto() {
     let _ = Command::new("pkill").args(["-x", "mosquitto"]).status();
-    wait_for(false);
+    wait_for_port("Mosquitto", "127.0.0.1:1883", false);
     let started = Command::new("mosquitto")
         .args(["-d", "-c", CONF])
         .status()
         .expect("mosquitto");
     assert!(started.success(), "mosquitto -d -c {CONF} failed");
-    wait_for(true);
+    wait_for_port("Mosquitto", "127.0.0.1:1883", true);
 }
 
 async fn shout(text: String) -> String {

@@ -4,40 +4,19 @@
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use switchyard_core::testkit::{self, Harness};
+use switchyard_core::testkit::{self, wait_for_port, Harness};
 use switchyard_core::transport::Transport;
 use switchyard_nats::NatsTransport;
 
 const NATS: &str = "/usr/sbin/nats-server";
-
-fn port_open() -> bool {
-    std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:4222".parse().expect("addr"),
-        Duration::from_millis(300),
-    )
-    .is_ok()
-}
-
-fn wait_for(open: bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while port_open() != open {
-        assert!(
-            Instant::now() < deadline,
-            "NATS did not {} in 30 s",
-            if open { "come back" } else { "stop" }
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Stops and starts the server with the machine's own commands (scripts/services.sh).
 fn restart_nats() {
     let _ = Command::new("start-stop-daemon")
         .args(["--stop", "--oknodo", "--exec", NATS])
         .status();
-    wait_for(false);
+    wait_for_port("NATS", "127.0.0.1:4222", false);
     let started = Command::new("start-stop-daemon")
         .args([
             "--start",
@@ -59,7 +38,7 @@ fn restart_nats() {
         .status()
         .expect("start-stop-daemon");
     assert!(started.success());
-    wait_for(true);
+    wait_for_port("NATS", "127.0.0.1:4222", true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
