@@ -6,17 +6,25 @@
 //!
 //! `cargo bench --bench consume_brokers`
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use switchyard::transport::{SubscribeOptions, Transport};
 use switchyard::Envelope;
 
-const N: usize = 20_000;
+const N_DEFAULT: usize = 20_000;
+/// Messages per round; `BENCH_N` changes it (for profiling).
+static N: LazyLock<usize> = LazyLock::new(|| {
+    std::env::var("BENCH_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(N_DEFAULT)
+});
 const ROUNDS: usize = 3;
 
 async fn fill(t: &std::sync::Arc<dyn Transport>, topic: &str) {
-    futures::stream::iter(0..N)
+    futures::stream::iter(0..*N)
         .for_each_concurrent(64, |i| {
             let t = t.clone();
             let topic = topic.to_string();
@@ -36,20 +44,21 @@ async fn ours(t: &std::sync::Arc<dyn Transport>, topic: &str) -> f64 {
         .expect("subscribe");
     // The clock starts at the first message, on both sides: the broker's first fetch is not
     // what is measured.
-    let mut start = Instant::now();
-    for i in 0..N {
-        let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
-            .await
-            .expect("in time")
-            .expect("open")
-            .expect("delivery");
-        if i == 0 {
-            start = Instant::now();
+    // One time limit for the whole read (a timer per message would be measured too).
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let mut start = Instant::now();
+        for i in 0..*N {
+            let d = sub.next().await.expect("open").expect("delivery");
+            if i == 0 {
+                start = Instant::now();
+            }
+            std::hint::black_box(&d.envelope.payload);
+            d.ack().await.expect("ack");
         }
-        std::hint::black_box(&d.envelope.payload);
-        d.ack().await.expect("ack");
-    }
-    (N - 1) as f64 / start.elapsed().as_secs_f64()
+        (*N - 1) as f64 / start.elapsed().as_secs_f64()
+    })
+    .await
+    .expect("read in time")
 }
 
 async fn amqp_raw(queue: &str) -> f64 {
@@ -72,7 +81,7 @@ async fn amqp_raw(queue: &str) -> f64 {
         .await
         .expect("consume");
     let mut start = Instant::now();
-    for i in 0..N {
+    for i in 0..*N {
         let d = c.next().await.expect("open").expect("delivery");
         if i == 0 {
             start = Instant::now();
@@ -80,17 +89,19 @@ async fn amqp_raw(queue: &str) -> f64 {
         std::hint::black_box(&d.data);
         d.acker.ack(BasicAckOptions::default()).await.expect("ack");
     }
-    let rate = (N - 1) as f64 / start.elapsed().as_secs_f64();
+    let rate = (*N - 1) as f64 / start.elapsed().as_secs_f64();
     let _ = conn.close(200, "done".into()).await;
     rate
 }
 
-async fn kafka_raw(topic: &str) -> f64 {
+/// `headers`: also read each message's headers as text, as a plain client that wants the
+/// CloudEvents attributes must (switchyard reads them into every envelope).
+async fn kafka_raw(topic: &str, headers: bool) -> f64 {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", "127.0.0.1:9092")
-        .set("group.id", format!("raw.{topic}"))
+        .set("group.id", format!("raw.{topic}.{headers}"))
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "500")
         .set("enable.auto.offset.store", "false")
@@ -105,12 +116,20 @@ async fn kafka_raw(topic: &str) -> f64 {
     c.store_offset_from_message(&first).expect("store");
     drop(first);
     let start = Instant::now();
-    for _ in 1..N {
+    for _ in 1..*N {
         let m = c.recv().await.expect("message");
         std::hint::black_box(rdkafka::Message::payload(&m));
+        if headers {
+            use rdkafka::message::Headers as _;
+            if let Some(hs) = rdkafka::Message::headers(&m) {
+                for h in hs.iter() {
+                    std::hint::black_box((h.key, h.value.map(std::str::from_utf8)));
+                }
+            }
+        }
         c.store_offset_from_message(&m).expect("store");
     }
-    (N - 1) as f64 / start.elapsed().as_secs_f64()
+    (*N - 1) as f64 / start.elapsed().as_secs_f64()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -133,12 +152,18 @@ fn main() {
             ),
             ("kafka", "127.0.0.1:9092", "kafka://127.0.0.1:9092"),
         ] {
+            // `BENCH_ONLY=kafka` runs one broker (for profiling).
+            if std::env::var("BENCH_ONLY").is_ok_and(|only| only != name) {
+                continue;
+            }
             if std::net::TcpStream::connect(addr).is_err() {
                 eprintln!("SKIPPED {name} consume benchmark: nothing on {addr}");
                 continue;
             }
             let t = switchyard::connect(url).expect("transport");
             let (mut raw, mut our, mut ratio) = (vec![], vec![], vec![]);
+            // Kafka only: the raw client also reading headers, and our ratio to it.
+            let (mut raw_h, mut ratio_h) = (vec![], vec![]);
             for round in 0..ROUNDS {
                 let run = &switchyard::message::new_id()[..8];
                 let (raw_topic, our_topic) =
@@ -159,7 +184,7 @@ fn main() {
                     if name == "amqp" {
                         amqp_raw(&format!("{raw_topic}:bench")).await
                     } else {
-                        kafka_raw(&raw_topic).await
+                        kafka_raw(&raw_topic, false).await
                     }
                 };
                 let (r, o) = if round % 2 == 0 {
@@ -172,14 +197,32 @@ fn main() {
                 raw.push(r);
                 our.push(o);
                 ratio.push(o / r);
+                if name == "kafka" {
+                    // A second group reads the same stored messages.
+                    let rh = kafka_raw(&raw_topic, true).await;
+                    raw_h.push(rh);
+                    ratio_h.push(o / rh);
+                }
             }
-            println!("{name}: consume {N} stored messages, ack each (median of {ROUNDS} rounds):");
+            println!(
+                "{name}: consume {} stored messages, ack each (median of {ROUNDS} rounds):",
+                *N
+            );
             println!("  raw client  {:>9.0} msg/s", median(raw));
+            if !raw_h.is_empty() {
+                println!("  raw client reading headers  {:>9.0} msg/s", median(raw_h));
+            }
             println!(
                 "  switchyard  {:>9.0} msg/s  ({:.2}x)",
                 median(our),
                 median(ratio)
             );
+            if !ratio_h.is_empty() {
+                println!(
+                    "  switchyard / raw reading headers  {:.2}x",
+                    median(ratio_h)
+                );
+            }
         }
     });
 }

@@ -18,7 +18,7 @@ use lapin::{
 use switchyard_core::codec::Codec;
 use switchyard_core::consumer;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
-use switchyard_core::message::{header as h, new_id, Envelope, Headers};
+use switchyard_core::message::{header as h, new_id, CloudEventAttribute as Ce, Envelope, Headers};
 use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
 use switchyard_core::transport::{
     Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
@@ -41,6 +41,8 @@ const STATUS: &str = "x-status";
 const CE_PREFIX: &str = "cloudEvents:";
 /// The binding also allows `_` for clients that cannot send `:` in a header name.
 const CE_PREFIX_ALT: &str = "cloudEvents_";
+/// The attributes' AMQP header names, indexed by [`Ce`].
+const CE_NAMES: [&str; 7] = switchyard_core::cloud_event_names!("cloudEvents:");
 /// Largest event payload published by default (1 MiB, as on the other transports).
 const MAX_MESSAGE: usize = 1024 * 1024;
 /// Calls an RPC server takes before it answers some (its prefetch).
@@ -472,8 +474,9 @@ fn event_properties(envelope: &Envelope) -> BasicProperties {
         }
     }
     for (attr, value) in envelope.cloud_event_attributes() {
-        if attr != "datacontenttype" {
-            table.insert(format!("{CE_PREFIX}{attr}").into(), long(&value));
+        // The binding puts the content type in the `content-type` property, set below.
+        if attr != Ce::DataContentType {
+            table.insert(CE_NAMES[attr as usize].into(), long(value));
         }
     }
     let content_type = envelope
@@ -513,10 +516,11 @@ fn envelope_of(topic: &str, delivery: &lapin::message::Delivery) -> Envelope {
             let ce = k
                 .strip_prefix(CE_PREFIX)
                 .or_else(|| k.strip_prefix(CE_PREFIX_ALT));
-            match ce {
-                Some("id") => id = Some(value_text(v)),
-                Some("specversion") => {}
-                Some(attr) => headers.insert(format!("ce-{attr}"), value_text(v)),
+            match ce.map(|a| (a, Ce::from_name(a))) {
+                Some((_, Some(Ce::Id))) => id = Some(value_text(v)),
+                Some((_, Some(Ce::SpecVersion))) => {}
+                Some((_, Some(known))) => headers.insert(known.header(), value_text(v)),
+                Some((other, None)) => headers.insert(format!("ce-{other}"), value_text(v)),
                 None => headers.insert(k, value_text(v)),
             }
         }

@@ -25,7 +25,13 @@ fn python_has(test: &str, module: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        let why = format!("python3 cannot import {module} (pip install {module})");
+        // The PyPI names of the modules the script imports.
+        let package = match module {
+            "kafka" => "kafka-python",
+            "paho.mqtt" => "paho-mqtt",
+            other => other,
+        };
+        let why = format!("python3 cannot import {module} (pip install {package})");
         if std::env::var_os("SWITCHYARD_REQUIRE_ALL").is_some() {
             panic!("{test}: {why}");
         }

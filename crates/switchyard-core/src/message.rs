@@ -172,39 +172,133 @@ impl Envelope {
         self.headers.get(header::ORDERING_KEY)
     }
 
-    /// The CloudEvents 1.0 context attributes of this message as `(attribute, value)` pairs
-    /// (without the `ce-` prefix). `type` defaults to the subject and `source` to
-    /// `/switchyard`, so that every event we send is a well-formed CloudEvent.
-    pub fn cloud_event_attributes(&self) -> Vec<(&'static str, String)> {
-        let mut attrs = vec![
-            ("specversion", "1.0".to_string()),
-            ("id", self.id.clone()),
-            (
-                "type",
+    /// The CloudEvents 1.0 context attributes of this message with their values. `type`
+    /// defaults to the subject and `source` to `/switchyard`, so that every event we send is a
+    /// well-formed CloudEvent. Nothing is allocated: transports map each attribute to their
+    /// binding's header name (see [`cloud_event_names!`](crate::cloud_event_names)).
+    ///
+    /// ```
+    /// use switchyard_core::message::{CloudEventAttribute as Ce, Envelope};
+    ///
+    /// let env = Envelope::new("user.joined", "{}");
+    /// let attrs: Vec<_> = env.cloud_event_attributes().collect();
+    /// assert!(attrs.contains(&(Ce::Type, "user.joined")));
+    /// assert!(attrs.contains(&(Ce::Source, "/switchyard")));
+    /// ```
+    pub fn cloud_event_attributes(&self) -> impl Iterator<Item = (CloudEventAttribute, &str)> {
+        use CloudEventAttribute as Ce;
+        [
+            Some((Ce::SpecVersion, "1.0")),
+            Some((Ce::Id, self.id.as_str())),
+            Some((
+                Ce::Type,
                 self.headers
                     .get(header::CE_TYPE)
-                    .unwrap_or(&self.subject)
-                    .to_string(),
-            ),
-            (
-                "source",
-                self.headers
-                    .get(header::CE_SOURCE)
-                    .unwrap_or("/switchyard")
-                    .to_string(),
-            ),
-        ];
-        if let Some(t) = self.headers.get(header::CE_TIME) {
-            attrs.push(("time", t.to_string()));
-        }
-        if let Some(s) = self.headers.get(header::CE_SUBJECT) {
-            attrs.push(("subject", s.to_string()));
-        }
-        if let Some(ct) = self.headers.get(header::CONTENT_TYPE) {
-            attrs.push(("datacontenttype", ct.to_string()));
-        }
-        attrs
+                    .unwrap_or(self.subject.as_str()),
+            )),
+            Some((
+                Ce::Source,
+                self.headers.get(header::CE_SOURCE).unwrap_or("/switchyard"),
+            )),
+            self.headers.get(header::CE_TIME).map(|t| (Ce::Time, t)),
+            self.headers
+                .get(header::CE_SUBJECT)
+                .map(|s| (Ce::Subject, s)),
+            self.headers
+                .get(header::CONTENT_TYPE)
+                .map(|ct| (Ce::DataContentType, ct)),
+        ]
+        .into_iter()
+        .flatten()
     }
+}
+
+/// The CloudEvents context attributes switchyard sends and reads, in the order of
+/// [`cloud_event_names!`](crate::cloud_event_names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudEventAttribute {
+    /// `specversion` (always `1.0`).
+    SpecVersion,
+    /// `id`: the envelope's id.
+    Id,
+    /// `type`: the `ce-type` header, else the subject.
+    Type,
+    /// `source`: the `ce-source` header, else `/switchyard`.
+    Source,
+    /// `time`: the `ce-time` header.
+    Time,
+    /// `subject`: the `ce-subject` header.
+    Subject,
+    /// `datacontenttype`: the `content-type` header.
+    DataContentType,
+}
+
+impl CloudEventAttribute {
+    /// Every attribute, in declaration order.
+    pub const ALL: [Self; 7] = [
+        Self::SpecVersion,
+        Self::Id,
+        Self::Type,
+        Self::Source,
+        Self::Time,
+        Self::Subject,
+        Self::DataContentType,
+    ];
+
+    /// The attribute's CloudEvents name (`specversion`, `id`, …).
+    pub const fn name(self) -> &'static str {
+        CE_NAMES[self as usize]
+    }
+
+    /// The switchyard header that carries the attribute on a received envelope (`ce-type`, …;
+    /// `content-type` for `datacontenttype`; `ce-id` is read into [`Envelope::id`] instead).
+    pub const fn header(self) -> &'static str {
+        CE_HEADERS[self as usize]
+    }
+
+    /// The attribute called `name` (exact, as the bindings write it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        CE_NAMES
+            .iter()
+            .position(|n| *n == name)
+            .map(|i| Self::ALL[i])
+    }
+}
+
+const CE_NAMES: [&str; 7] = crate::cloud_event_names!("");
+const CE_HEADERS: [&str; 7] = [
+    "ce-specversion",
+    "ce-id",
+    header::CE_TYPE,
+    header::CE_SOURCE,
+    header::CE_TIME,
+    header::CE_SUBJECT,
+    header::CONTENT_TYPE,
+];
+
+/// The CloudEvents attribute names with a binding's prefix, as a `[&'static str; 7]` indexed
+/// by [`CloudEventAttribute`] (`names[attr as usize]`), built at compile time so that
+/// publishing allocates no header names.
+///
+/// ```
+/// use switchyard_core::message::CloudEventAttribute as Ce;
+///
+/// const KAFKA: [&str; 7] = switchyard_core::cloud_event_names!("ce_");
+/// assert_eq!(KAFKA[Ce::Type as usize], "ce_type");
+/// ```
+#[macro_export]
+macro_rules! cloud_event_names {
+    ($prefix:literal) => {
+        [
+            concat!($prefix, "specversion"),
+            concat!($prefix, "id"),
+            concat!($prefix, "type"),
+            concat!($prefix, "source"),
+            concat!($prefix, "time"),
+            concat!($prefix, "subject"),
+            concat!($prefix, "datacontenttype"),
+        ]
+    };
 }
 
 /// A new random message id (UUID v4, hyphenated).
@@ -242,10 +336,27 @@ mod tests {
     #[test]
     fn cloud_event_attributes_default_type_to_subject() {
         let env = Envelope::new("user.joined", "{}");
-        let attrs = env.cloud_event_attributes();
-        assert!(attrs.contains(&("type", "user.joined".to_string())));
-        assert!(attrs.contains(&("specversion", "1.0".to_string())));
-        assert!(attrs.contains(&("id", env.id.clone())));
-        assert!(attrs.contains(&("datacontenttype", "application/json".to_string())));
+        let attrs: Vec<_> = env.cloud_event_attributes().collect();
+        use CloudEventAttribute as Ce;
+        assert!(attrs.contains(&(Ce::Type, "user.joined")));
+        assert!(attrs.contains(&(Ce::SpecVersion, "1.0")));
+        assert!(attrs.contains(&(Ce::Id, env.id.as_str())));
+        assert!(attrs.contains(&(Ce::DataContentType, "application/json")));
+        assert!(
+            !attrs.iter().any(|(a, _)| *a == Ce::Time),
+            "absent optional attributes are left out"
+        );
+    }
+
+    #[test]
+    fn attribute_names_line_up_with_the_enum() {
+        for a in CloudEventAttribute::ALL {
+            assert_eq!(CloudEventAttribute::from_name(a.name()), Some(a));
+            assert_eq!(
+                a.header().trim_start_matches("ce-"),
+                a.name().replace("datacontenttype", "content-type")
+            );
+        }
+        assert_eq!(CloudEventAttribute::from_name("nope"), None);
     }
 }

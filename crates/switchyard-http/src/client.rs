@@ -251,12 +251,8 @@ impl Publisher for HttpTransport {
                 envelope.subject.trim_start_matches('/')
             ));
             for (attr, value) in envelope.cloud_event_attributes() {
-                let name = if attr == "datacontenttype" {
-                    "content-type".to_string()
-                } else {
-                    format!("ce-{attr}")
-                };
-                rb = rb.header(name, value);
+                // The HTTP binding's header names are ours: `ce-*`, and `content-type`.
+                rb = rb.header(attr.header(), value);
             }
             for (k, v) in envelope.headers.iter() {
                 let covered = k == h::CONTENT_TYPE || k.starts_with("ce-");

@@ -1,5 +1,6 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,19 +19,21 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use switchyard_core::codec::Codec;
 use switchyard_core::consumer;
 use switchyard_core::error::{redact_url, CallError, TransportError};
-use switchyard_core::message::{header as h, new_id, Envelope, Headers};
+use switchyard_core::message::{header as h, new_id, CloudEventAttribute as Ce, Envelope, Headers};
 use switchyard_core::service::{CallRequest, Service};
 use switchyard_core::transport::{
     Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
     ServeHandle, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
 };
 use switchyard_core::values::Reply;
-use tokio::sync::{mpsc, oneshot, watch, OnceCell, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
 
 /// Largest event payload published by default (1 MiB, Kafka's own default message limit).
 const MAX_MESSAGE: usize = 1024 * 1024;
 /// Prefix of CloudEvents attributes in Kafka headers (the CloudEvents Kafka binding).
 const CE_PREFIX: &str = "ce_";
+/// The attributes' Kafka header names, indexed by [`Ce`].
+const CE_NAMES: [&str; 7] = switchyard_core::cloud_event_names!("ce_");
 
 /// The Kafka transport.
 ///
@@ -268,11 +271,11 @@ fn kafka_headers(envelope: &Envelope) -> OwnedHeaders {
         }
     }
     for (attr, value) in envelope.cloud_event_attributes() {
-        if attr != "datacontenttype" {
-            let key = format!("{CE_PREFIX}{attr}");
+        // The binding puts the content type in `content-type`, copied above.
+        if attr != Ce::DataContentType {
             out = out.insert(Header {
-                key: &key,
-                value: Some(value.as_str()),
+                key: CE_NAMES[attr as usize],
+                value: Some(value),
             });
         }
     }
@@ -284,15 +287,18 @@ fn envelope_of(topic: &str, m: &BorrowedMessage<'_>) -> Envelope {
     let mut id = None;
     if let Some(hs) = m.headers() {
         for hd in hs.iter() {
-            let value = hd
-                .value
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            match hd.key.strip_prefix(CE_PREFIX) {
-                Some("id") => id = Some(value),
-                Some("specversion") => {}
-                Some(attr) => headers.insert(format!("ce-{attr}"), value),
-                None => headers.insert(hd.key, value),
+            let value = || {
+                hd.value
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            let attr = hd.key.strip_prefix(CE_PREFIX);
+            match attr.map(|a| (a, Ce::from_name(a))) {
+                Some((_, Some(Ce::Id))) => id = Some(value()),
+                Some((_, Some(Ce::SpecVersion))) => {}
+                Some((_, Some(known))) => headers.insert(known.header(), value()),
+                Some((other, None)) => headers.insert(format!("ce-{other}"), value()),
+                None => headers.insert(hd.key, value()),
             }
         }
     }
@@ -417,13 +423,11 @@ impl KafkaAcker {
             .unwrap_or_else(|p| p.into_inner())
             .settled(&self.topic, self.partition, self.offset);
         if let (Some(p), true) = (position, self.committing) {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(p))
-                .map_err(TransportError::other)?;
             // Stored now, committed by the client within the auto-commit interval and when
-            // the subscription ends.
+            // the subscription ends. `store_offset` stores the offset after the one given:
+            // `p` is the next to read, so `p - 1` is handed over.
             self.consumer
-                .store_offsets(&tpl)
+                .store_offset(&self.topic, self.partition, p - 1)
                 .map_err(TransportError::other)?;
         }
         Ok(())
@@ -482,74 +486,160 @@ impl Acker for KafkaAcker {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn pump(
+/// Reads the group consumer on the subscriber's own task: the subscription stream polls
+/// rdkafka directly, so a message costs no hand-over between tasks (a pump task feeding a
+/// channel cost a cross-thread wake per message, most of the consume time).
+///
+/// A group member must keep polling even when nobody reads its stream, or a rebalance (a
+/// member joining) waits for it: a [`keeper`] task polls in the reader's place while the
+/// reader is idle and keeps what it reads for the reader's next turn.
+struct Reader(Arc<Shared>);
+
+struct Shared {
     inner: Arc<Inner>,
     consumer: Arc<GroupConsumer>,
     positions: Arc<Mutex<Positions>>,
     committing: bool,
-    main_topic: String,
+    main: Arc<str>,
     retry_topic: Arc<str>,
-    prefetch: usize,
-    tx: mpsc::Sender<Result<Delivery, TransportError>>,
-) {
-    let room = Arc::new(Semaphore::new(prefetch));
-    let main: Arc<str> = Arc::from(main_topic.as_str());
-    loop {
-        // At most `prefetch` deliveries unsettled.
-        let permit = tokio::select! {
-            _ = tx.closed() => break,
-            p = room.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+    // At most `prefetch` deliveries unsettled: each holds a permit until settled.
+    room: Arc<Semaphore>,
+    // Whoever holds it polls the consumer: the reader, or the keeper while the reader is idle.
+    polling: tokio::sync::Mutex<()>,
+    // The reader asks the keeper to hand polling back.
+    wanted: Notify,
+    // Reads so far, for the keeper to see whether the reader is active.
+    reads: AtomicU64,
+    // A delivery the keeper read (at most one: it reads again only once this is taken).
+    kept: Mutex<Option<Delivery>>,
+    has_kept: AtomicBool,
+}
+
+impl Shared {
+    fn take_kept(&self) -> Option<Delivery> {
+        if !self.has_kept.load(AtomicOrdering::Acquire) {
+            return None;
+        }
+        let d = self.kept.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.has_kept.store(false, AtomicOrdering::Release);
+        d
+    }
+
+    fn keep(&self, d: Delivery) {
+        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+        self.has_kept.store(true, AtomicOrdering::Release);
+    }
+
+    fn delivery(&self, m: BorrowedMessage<'_>, permit: OwnedSemaphorePermit) -> Delivery {
+        let topic = if m.topic() == &*self.retry_topic {
+            self.retry_topic.clone()
+        } else {
+            self.main.clone()
         };
-        let received = tokio::select! {
-            _ = tx.closed() => break,
-            m = consumer.recv() => m,
+        let (partition, offset) = (m.partition(), m.offset());
+        // Messages from the retry topic belong to the main topic.
+        let envelope = envelope_of(&self.main, &m);
+        drop(m);
+        self.positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .received(&topic, partition, offset);
+        let acker = KafkaAcker {
+            consumer: self.consumer.clone(),
+            positions: self.positions.clone(),
+            committing: self.committing,
+            topic,
+            partition,
+            offset,
+            inner: self.inner.clone(),
+            retry_topic: self.retry_topic.clone(),
+            // Handed back on nack or abandon: no copy per delivery.
+            envelope: None,
+            _permit: permit,
         };
-        let delivery = match received {
-            Ok(m) => {
-                let topic = if m.topic() == &*retry_topic {
-                    retry_topic.clone()
-                } else {
-                    main.clone()
-                };
-                let (partition, offset) = (m.partition(), m.offset());
-                // Messages from the retry topic belong to the main topic.
-                let envelope = envelope_of(&main_topic, &m);
-                drop(m);
-                positions
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .received(&topic, partition, offset);
-                let acker = KafkaAcker {
-                    consumer: consumer.clone(),
-                    positions: positions.clone(),
-                    committing,
-                    topic,
-                    partition,
-                    offset,
-                    inner: inner.clone(),
-                    retry_topic: retry_topic.clone(),
-                    // Handed back on nack or abandon: no copy per delivery.
-                    envelope: None,
-                    _permit: permit,
-                };
-                Ok(Delivery::new(envelope, Box::new(acker)))
+        Delivery::new(envelope, Box::new(acker))
+    }
+}
+
+impl Reader {
+    async fn next(&self) -> Result<Delivery, TransportError> {
+        let shared = &self.0;
+        shared.reads.fetch_add(1, AtomicOrdering::Relaxed);
+        if let Some(d) = shared.take_kept() {
+            return Ok(d);
+        }
+        let permit = shared
+            .room
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(TransportError::other)?;
+        let _polling = match shared.polling.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                shared.wanted.notify_one();
+                shared.polling.lock().await
             }
+        };
+        // The keeper may have read one while this waited.
+        if let Some(d) = shared.take_kept() {
+            return Ok(d);
+        }
+        match shared.consumer.recv().await {
+            Ok(m) => Ok(shared.delivery(m, permit)),
             Err(e) => {
+                // A broker error is reported once, then reading goes on (rdkafka reconnects).
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 Err(TransportError::other(e))
             }
-        };
-        if tx.send(delivery).await.is_err() {
-            break;
         }
     }
-    if committing {
-        // What was settled is committed before this member leaves the group.
-        let _ = consumer.commit_consumer_state(CommitMode::Sync);
+}
+
+/// Polls the consumer while the reader is idle (it has not asked for a message for a while
+/// and is not polling), so that rebalances proceed; stops when the reader is dropped.
+async fn keeper(shared: Weak<Shared>) {
+    const IDLE: Duration = Duration::from_millis(50);
+    let mut seen = u64::MAX;
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let reads = shared.reads.load(AtomicOrdering::Relaxed);
+        let idle = reads == seen && !shared.has_kept.load(AtomicOrdering::Acquire);
+        seen = reads;
+        if idle {
+            // Without a free permit nothing may be read: the handlers are full, as a reader
+            // would wait too.
+            if let (Ok(_polling), Ok(permit)) = (
+                shared.polling.try_lock(),
+                shared.room.clone().try_acquire_owned(),
+            ) {
+                tokio::select! {
+                    m = shared.consumer.recv() => {
+                        if let Ok(m) = m {
+                            let d = shared.delivery(m, permit);
+                            shared.keep(d);
+                        }
+                    }
+                    _ = shared.wanted.notified() => {}
+                    _ = tokio::time::sleep(IDLE) => {}
+                }
+                continue;
+            }
+        }
+        drop(shared);
+        tokio::time::sleep(IDLE).await;
     }
-    if committing {
-        consumer.unsubscribe();
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if self.0.committing {
+            // What was settled is committed before this member leaves the group.
+            let _ = self.0.consumer.commit_consumer_state(CommitMode::Sync);
+            self.0.consumer.unsubscribe();
+        }
     }
 }
 
@@ -647,22 +737,31 @@ impl Subscriber for KafkaTransport {
                 }
                 let _ = context_assigned.send(true);
             }
-            let (tx, rx) = mpsc::channel(options.prefetch.max(1));
-            tokio::spawn(pump(
-                self.inner.clone(),
+            let shared = Arc::new(Shared {
+                inner: self.inner.clone(),
                 consumer,
                 positions,
                 committing,
-                topic,
-                Arc::from(retry_topic.as_str()),
-                options.prefetch.max(1),
-                tx,
-            ));
+                main: Arc::from(topic.as_str()),
+                retry_topic: Arc::from(retry_topic.as_str()),
+                room: Arc::new(Semaphore::new(options.prefetch.max(1))),
+                polling: tokio::sync::Mutex::new(()),
+                wanted: Notify::new(),
+                reads: AtomicU64::new(0),
+                kept: Mutex::new(None),
+                has_kept: AtomicBool::new(false),
+            });
+            // The keeper polls during the join, which runs the rebalance callbacks.
+            tokio::spawn(keeper(Arc::downgrade(&shared)));
+            let reader = Reader(shared);
             // Return once the group gave this member its partitions, so that what is
             // published next is this member's to read (and shared with the members there are).
-            let joined =
-                tokio::time::timeout(Duration::from_secs(30), assigned.wait_for(|a| *a)).await;
-            if joined.is_err() {
+            // (The `Ref` a wait returns holds the watch's lock: dropped at once.)
+            let joined = tokio::time::timeout(Duration::from_secs(30), async {
+                assigned.wait_for(|a| *a).await.is_ok()
+            })
+            .await;
+            if joined != Ok(true) {
                 return Err(TransportError::Other(
                     format!(
                         "no partitions assigned by the Kafka group coordinator at {} within 30 s",
@@ -671,11 +770,10 @@ impl Subscriber for KafkaTransport {
                     .into(),
                 ));
             }
-            let stream =
-                futures::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|d| (d, rx)) },
-                );
+            let stream = futures::stream::unfold(reader, |reader| async move {
+                let d = reader.next().await;
+                Some((d, reader))
+            });
             Ok(Box::pin(stream) as Subscription)
         })
     }

@@ -12,7 +12,7 @@ use rumqttc::Outgoing;
 use switchyard_core::codec::Codec;
 use switchyard_core::consumer;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
-use switchyard_core::message::{header as h, new_id, Envelope, Headers};
+use switchyard_core::message::{header as h, new_id, CloudEventAttribute as Ce, Envelope, Headers};
 use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
 use switchyard_core::transport::{
     Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
@@ -417,8 +417,9 @@ fn event_properties(envelope: &Envelope) -> PublishProperties {
         }
     }
     for (attr, value) in envelope.cloud_event_attributes() {
-        if attr != "datacontenttype" {
-            user.push((attr.to_string(), value));
+        // The binding puts the content type in the content-type property, set below.
+        if attr != Ce::DataContentType {
+            user.push((attr.name().to_string(), value.to_string()));
         }
     }
     PublishProperties {

@@ -223,6 +223,25 @@ impl NatsTransport {
 
 struct NatsAcker {
     message: Option<jetstream::Message>,
+    _flush: Arc<FlushOnDrop>,
+}
+
+/// An ack is a plain publish, written by the client's connection task some time later, and
+/// async-nats drops what is still unwritten when its last handle goes: a consumer that acked
+/// and then left had its last acks lost and redelivered (caught by the conformance case
+/// `group_resumes_after_settled`). Shared by a subscription and its unsettled deliveries, the
+/// last one dropped flushes the connection, and the flush holds the client open until done.
+struct FlushOnDrop(async_nats::Client);
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let client = self.0.clone();
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
+            });
+        }
+    }
 }
 
 impl Acker for NatsAcker {
@@ -310,12 +329,8 @@ impl Publisher for NatsTransport {
             }
             let mut headers = to_nats_headers(&envelope.headers);
             for (attr, value) in envelope.cloud_event_attributes() {
-                let name = if attr == "datacontenttype" {
-                    "content-type".to_string()
-                } else {
-                    format!("ce-{attr}")
-                };
-                headers.insert(name.as_str(), value.as_str());
+                // The binding's header names are ours: `ce-*`, and `content-type`.
+                headers.insert(attr.header(), value);
             }
             // JetStream de-duplicates on this id within its window: a retried publish is stored once.
             headers.insert("Nats-Msg-Id", envelope.id.as_str());
@@ -372,11 +387,16 @@ impl Subscriber for NatsTransport {
             };
             let messages = consumer.messages().await.map_err(TransportError::other)?;
             let topic = Arc::new(topic);
+            let flush = Arc::new(FlushOnDrop(self.client().await?.clone()));
             let deliveries = messages.map(move |m| match m {
                 Ok(m) => {
                     let attempt = m.info().ok().map(|i| i.delivered);
                     let env = envelope_of(&topic, &m.message, attempt);
-                    Ok(Delivery::new(env, Box::new(NatsAcker { message: Some(m) })))
+                    let acker = NatsAcker {
+                        message: Some(m),
+                        _flush: flush.clone(),
+                    };
+                    Ok(Delivery::new(env, Box::new(acker)))
                 }
                 Err(e) => Err(TransportError::Other(Box::new(e))),
             });
