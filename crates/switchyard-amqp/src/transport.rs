@@ -1023,4 +1023,8 @@ impl Transport for AmqpTransport {
     fn url(&self) -> String {
         redact_url(&self.inner.url)
     }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move { self.inner.link().await.map(drop) })
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use switchyard::transport::SubscribeOptions;
+use switchyard::transport::{ConnectRetry, SubscribeOptions};
 use switchyard::{Client, Codec};
 use switchyard_cli::tutorial;
 
@@ -23,6 +23,15 @@ mod events;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Retries, with backoff (200 ms doubling up to 5 s), when the broker is unreachable at
+    /// start-up; 0 fails at once with the unreachable URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_CONNECT_RETRIES",
+        default_value_t = 0
+    )]
+    connect_retries: u32,
 }
 
 #[derive(Subcommand)]
@@ -157,6 +166,12 @@ async fn main() -> ExitCode {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn run(cli: Cli) -> Result<(), BoxError> {
+    let retry = ConnectRetry::attempts(cli.connect_retries.saturating_add(1));
+    // A transport whose broker answered (after the retries asked for).
+    let open = |url: String| {
+        let retry = retry.clone();
+        async move { switchyard::connect_ready(&url, &retry).await }
+    };
     match cli.command {
         Command::Demo { calls } => demo::run(calls).await,
         Command::Events { command } => events::run(command).await,
@@ -170,7 +185,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 },
         } => {
             let outbox = switchyard::store::outbox::PgOutbox::connect(&database, &table).await?;
-            let transport = switchyard::connect(&to)?;
+            let transport = open(to.clone()).await?;
             if once {
                 let mut sent = 0;
                 loop {
@@ -195,7 +210,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             url,
         } => {
             let url = url.unwrap_or_else(|| format!("http://{listen}"));
-            let transport = switchyard::connect(&url)?;
+            let transport = open(url).await?;
             let handle = switchyard::serve(&transport, tutorial::service()).await?;
             println!("serving example on {}", handle.url());
             tokio::signal::ctrl_c().await?;
@@ -210,7 +225,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             token,
             timeout,
         } => {
-            let client = Client::new(switchyard::connect(&url)?);
+            let client = Client::new(open(url).await?);
             let mut call = client
                 .request(&route)
                 .args(args.iter().map(|a| parse_json_arg(a)))
@@ -240,7 +255,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             msgpack,
         } => {
             let codec = if msgpack { Codec::MsgPack } else { Codec::Json };
-            let client = Client::new(switchyard::connect(&url)?).with_codec(codec);
+            let client = Client::new(open(url).await?).with_codec(codec);
             let mut env = client.event(&topic, &parse_json_arg(&data))?;
             if let Some(k) = key {
                 env.headers
@@ -257,7 +272,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             group,
             count,
         } => {
-            let transport = switchyard::connect(&url)?;
+            let transport = open(url).await?;
             let opts = match group {
                 Some(g) => SubscribeOptions::group(g),
                 None => SubscribeOptions::broadcast(),

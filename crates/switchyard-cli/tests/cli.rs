@@ -146,3 +146,89 @@ fn a_plain_python_requests_client_gets_the_documented_replies() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("all seed 000 results match"));
 }
+
+#[test]
+fn an_unreachable_broker_is_named_without_its_password() {
+    // Nothing listens on `port`: every broker scheme fails at start-up, naming the URL with
+    // the credentials removed, and promptly (no retries asked for).
+    let port = free_port();
+    for url in [
+        format!("amqp://app:s3cret@127.0.0.1:{port}/%2f"),
+        format!("redis://app:s3cret@127.0.0.1:{port}"),
+        format!("nats://app:s3cret@127.0.0.1:{port}"),
+        format!("mqtt://app:s3cret@127.0.0.1:{port}"),
+        format!("kafka://127.0.0.1:{port}"),
+    ] {
+        let started = Instant::now();
+        let (ok, _, err) = yard(&["publish", &url, "t", "{}"]);
+        assert!(!ok, "{url}: publish to nothing succeeded");
+        assert!(
+            err.contains("cannot reach") && err.contains(&format!("127.0.0.1:{port}")),
+            "{url}: unclear error: {err}"
+        );
+        assert!(!err.contains("s3cret"), "{url}: password leaked: {err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{url}: took {:?} to fail",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_broker_that_starts_late_is_waited_for_when_retries_are_asked() {
+    let test = "a_broker_that_starts_late_is_waited_for_when_retries_are_asked";
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("SWITCHYARD_REQUIRE_ALL").is_none(),
+            "{test}: redis-server is required (SWITCHYARD_REQUIRE_ALL is set)"
+        );
+        eprintln!("SKIPPED broker test {test}: no redis-server binary");
+        return;
+    }
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let publisher = Command::new(YARD)
+        .args([
+            "--connect-retries",
+            "10",
+            "publish",
+            &url,
+            "late",
+            "{\"n\":1}",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start yard");
+    // The broker comes up after the first tries have failed.
+    std::thread::sleep(Duration::from_secs(3));
+    let _redis = Running(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server"),
+    );
+    let out = publisher.wait_with_output().expect("yard finished");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "publish gave up: {err}");
+    assert!(
+        err.contains("retrying"),
+        "the failed tries were not logged: {err}"
+    );
+    assert!(err.contains("published"), "{err}");
+    // And without retries the same situation fails at once.
+    let (ok, _, err) = yard(&[
+        "publish",
+        &format!("redis://127.0.0.1:{}", free_port()),
+        "late",
+        "{}",
+    ]);
+    assert!(!ok && err.contains("cannot reach"), "{err}");
+}

@@ -250,6 +250,92 @@ pub trait Transport: Publisher + Subscriber + Requester + Responder {
     fn local_service(&self) -> Option<Arc<Service>> {
         None
     }
+
+    /// Opens the connection now. Broker transports connect on first use; this makes a broker
+    /// that is not there show at start-up, as [`TransportError::Unreachable`] naming the URL
+    /// (credentials removed). Retry it with [`wait_ready`]. Transports without a standing
+    /// connection (in-process, HTTP) are always ready.
+    fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// How patiently to wait for a broker that is not reachable at start-up: `attempts` tries in
+/// all, the waits between them doubling from `initial_backoff` up to `max_backoff`.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchyard_core::transport::ConnectRetry;
+///
+/// let r = ConnectRetry::attempts(5);
+/// assert_eq!(r.backoff(1), Duration::from_millis(200));
+/// assert_eq!(r.backoff(2), Duration::from_millis(400));
+/// assert_eq!(r.backoff(20), Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectRetry {
+    /// Tries in all (at least one).
+    pub attempts: u32,
+    /// Wait after the first failure.
+    pub initial_backoff: Duration,
+    /// Longest wait between tries.
+    pub max_backoff: Duration,
+}
+
+impl ConnectRetry {
+    /// One try, no retry.
+    pub fn once() -> Self {
+        Self::attempts(1)
+    }
+
+    /// `n` tries, waiting 200 ms, 400 ms, … up to 5 s between them.
+    pub fn attempts(n: u32) -> Self {
+        Self {
+            attempts: n.max(1),
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+
+    /// The wait after failed try number `failed` (from 1).
+    pub fn backoff(&self, failed: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(failed.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.initial_backoff
+            .checked_mul(factor)
+            .unwrap_or(self.max_backoff)
+            .min(self.max_backoff)
+    }
+}
+
+/// Waits until `transport` is [ready](Transport::ready), retrying an unreachable broker as
+/// `retry` says and logging each failed try. Other errors (a bad URL, refused credentials
+/// reported as such) are returned at once; after the last try, its error.
+pub async fn wait_ready(
+    transport: &dyn Transport,
+    retry: &ConnectRetry,
+) -> Result<(), TransportError> {
+    let mut failed = 0;
+    loop {
+        match transport.ready().await {
+            Ok(()) => return Ok(()),
+            Err(e @ TransportError::Unreachable { .. }) if failed + 1 < retry.attempts => {
+                failed += 1;
+                let wait = retry.backoff(failed);
+                tracing::warn!(
+                    target: "switchyard",
+                    error = %e,
+                    attempt = failed,
+                    of = retry.attempts,
+                    ?wait,
+                    "broker unreachable at start-up; retrying"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A running server; shut it down to stop taking new work and finish what is in flight.

@@ -830,6 +830,22 @@ impl Transport for KafkaTransport {
     fn url(&self) -> String {
         redact_url(&self.inner.url)
     }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            // A client connects in the background: asking for the cluster's metadata is what
+            // shows whether a broker answers.
+            let producer = self.inner.producer().await?.clone();
+            tokio::task::spawn_blocking(move || {
+                rdkafka::producer::Producer::client(&producer)
+                    .fetch_metadata(None, Duration::from_secs(5))
+                    .map(drop)
+            })
+            .await
+            .map_err(TransportError::other)?
+            .map_err(|e| self.inner.unreachable(e))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -926,4 +926,8 @@ impl Transport for MqttTransport {
     fn url(&self) -> String {
         redact_url(&self.inner.url)
     }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move { self.inner.lane().await.map(drop) })
+    }
 }

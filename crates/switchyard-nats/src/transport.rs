@@ -561,4 +561,8 @@ impl Transport for NatsTransport {
     fn url(&self) -> String {
         redact_url(&self.url)
     }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move { self.client().await.map(drop) })
+    }
 }

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -136,7 +136,15 @@ impl RedisTransport {
     async fn con(&self) -> Result<ConnectionManager, TransportError> {
         self.con
             .get_or_try_init(|| async {
-                ConnectionManager::new(self.client.clone())
+                // redis-rs's defaults retry a refused connection for minutes (6 tries, the
+                // waits growing a hundredfold up to 60 s): a broker that is not there must
+                // show at once, and start-up retries are the caller's (`ConnectRetry`).
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Duration::from_secs(5))
+                    .set_number_of_retries(1)
+                    .set_factor(2)
+                    .set_max_delay(500);
+                ConnectionManager::new_with_config(self.client.clone(), config)
                     .await
                     .map_err(|e| self.unreachable(e))
             })
@@ -735,5 +743,9 @@ impl Transport for RedisTransport {
 
     fn url(&self) -> String {
         redact_url(&self.url)
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move { self.con().await.map(drop) })
     }
 }

@@ -161,6 +161,29 @@ pub fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
     }
 }
 
+/// [`connect`], then waits until the transport's broker answers, retrying an unreachable one
+/// as `retry` says (each failed try is logged). Fails with
+/// [`TransportError::Unreachable`] naming the URL, credentials removed, once the tries are
+/// spent.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use switchyard::transport::ConnectRetry;
+///
+/// let t = switchyard::connect_ready("mem://x", &ConnectRetry::once()).await.unwrap();
+/// assert_eq!(t.name(), "mem");
+/// # }
+/// ```
+pub async fn connect_ready(
+    url: &str,
+    retry: &transport::ConnectRetry,
+) -> Result<Arc<dyn Transport>, TransportError> {
+    let t = connect(url)?;
+    transport::wait_ready(t.as_ref(), retry).await?;
+    Ok(t)
+}
+
 /// Serves `service` on `transport` until the handle is shut down or dropped.
 pub async fn serve(
     transport: &Arc<dyn Transport>,
