@@ -1,6 +1,7 @@
 //! NATS against the raw async-nats client doing the same work, alternating rounds:
 //! RPC (one caller in sequence, 64 in flight) and confirmed JetStream publishes (64 in
-//! flight). Needs the NATS server on 127.0.0.1:4222 (scripts/services.sh).
+//! flight). Needs the NATS server on 127.0.0.1:4222 (scripts/services.sh). On both sides the
+//! service and its caller use separate connections.
 //!
 //! `cargo bench --bench nats`
 
@@ -151,8 +152,15 @@ fn main() {
         let raw = async_nats::connect("nats://127.0.0.1:4222")
             .await
             .expect("connect");
-        let mut sub = raw.subscribe("bench.raw.hello").await.expect("subscribe");
-        let responder = raw.clone();
+        // The raw service has a connection of its own, as ours has (and as a service in
+        // another process would): sharing the caller's connection halves the socket work.
+        let responder = async_nats::connect("nats://127.0.0.1:4222")
+            .await
+            .expect("connect");
+        let mut sub = responder
+            .subscribe("bench.raw.hello")
+            .await
+            .expect("subscribe");
         tokio::spawn(async move {
             while let Some(m) = sub.next().await {
                 let body: Value = serde_json::from_slice(&m.payload).unwrap_or_default();

@@ -38,8 +38,9 @@ pub struct NatsTransport {
     server: String,
     namespace: String,
     client: OnceCell<async_nats::Client>,
-    // Streams known to exist; checked on every publish, so a plain (non-async) lock.
+    // Topics whose stream is known to exist; checked on every publish, so a plain lock.
     streams: std::sync::Mutex<HashSet<String>>,
+    js: OnceCell<jetstream::Context>,
     ack_wait: Duration,
 }
 
@@ -165,8 +166,16 @@ impl NatsTransport {
             namespace,
             client: OnceCell::new(),
             streams: std::sync::Mutex::new(HashSet::new()),
+            js: OnceCell::new(),
             ack_wait,
         })
+    }
+
+    /// The JetStream context, made once (publishing made one per message).
+    async fn js(&self) -> Result<&jetstream::Context, TransportError> {
+        self.js
+            .get_or_try_init(|| async { Ok(jetstream::new(self.client().await?.clone())) })
+            .await
     }
 
     async fn client(&self) -> Result<&async_nats::Client, TransportError> {
@@ -195,7 +204,7 @@ impl NatsTransport {
         self.streams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&name);
+            .remove(topic);
         Ok(())
     }
 
@@ -216,7 +225,7 @@ impl NatsTransport {
         self.streams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name);
+            .insert(topic.to_string());
         Ok(stream)
     }
 }
@@ -310,7 +319,7 @@ impl Publisher for NatsTransport {
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             let client = self.client().await?;
-            let limit = client.server_info().max_payload;
+            let limit = client.max_payload();
             if envelope.payload.len() > limit {
                 return Err(TransportError::PayloadTooLarge {
                     size: envelope.payload.len(),
@@ -323,7 +332,7 @@ impl Publisher for NatsTransport {
                 .streams
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains(&stream_name(&envelope.subject));
+                .contains(envelope.subject.as_str());
             if !known {
                 self.stream(&envelope.subject).await?;
             }
@@ -334,8 +343,9 @@ impl Publisher for NatsTransport {
             }
             // JetStream de-duplicates on this id within its window: a retried publish is stored once.
             headers.insert("Nats-Msg-Id", envelope.id.as_str());
-            let js = jetstream::new(client.clone());
-            let ack = js
+            let ack = self
+                .js()
+                .await?
                 .publish_with_headers(envelope.subject.clone(), headers, envelope.payload)
                 .await
                 .map_err(TransportError::other)?;
