@@ -203,20 +203,45 @@ impl RedisTransport {
     }
 }
 
-fn envelope_of(topic: &str, entry: &StreamId) -> Option<Envelope> {
+/// The envelope of a stream entry. An entry written by a plain client (without our `i`, `h`
+/// and `p` fields) is not skipped: its fields become a JSON object payload and its id is the
+/// entry's id (stable across redeliveries, for inbox de-duplication). A handler that cannot
+/// decode it sends it to the dead-letter topic with the reason, like any bad payload.
+fn envelope_of(topic: &str, entry: &StreamId) -> Envelope {
     let get = |f: &str| match entry.map.get(f) {
-        Some(redis::Value::BulkString(b)) => Some(b.clone()),
+        Some(redis::Value::BulkString(b)) => Some(b),
         _ => None,
     };
-    let id = String::from_utf8(get("i")?).ok()?;
-    let headers_map: HashMap<String, String> = serde_json::from_slice(&get("h")?).ok()?;
-    let headers: Headers = headers_map.into_iter().collect();
-    Some(Envelope {
-        id,
-        subject: topic.to_string(),
-        headers,
-        payload: get("p")?.into(),
-    })
+    let ours = (|| {
+        let id = std::str::from_utf8(get("i")?).ok()?.to_string();
+        let headers_map: HashMap<String, String> = serde_json::from_slice(get("h")?).ok()?;
+        let payload = get("p")?.clone().into();
+        Some((id, headers_map, payload))
+    })();
+    match ours {
+        Some((id, headers_map, payload)) => Envelope {
+            id,
+            subject: topic.to_string(),
+            headers: headers_map.into_iter().collect(),
+            payload,
+        },
+        None => {
+            let fields: serde_json::Map<String, serde_json::Value> = entry
+                .map
+                .iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                        other => format!("{other:?}"),
+                    };
+                    (k.clone(), serde_json::Value::String(text))
+                })
+                .collect();
+            let mut env = Envelope::new(topic, serde_json::to_vec(&fields).unwrap_or_default());
+            env.id = format!("{}/{}", stream_key(topic), entry.id);
+            env
+        }
+    }
 }
 
 async fn add(con: &mut ConnectionManager, env: &Envelope) -> Result<(), redis::RedisError> {
@@ -244,7 +269,6 @@ struct RedisAcker {
     key: String,
     group: Option<String>,
     entry: String,
-    envelope: Option<Envelope>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -275,14 +299,14 @@ impl RedisAcker {
 }
 
 impl Acker for RedisAcker {
-    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
-        self.envelope = None;
-        let (mut con, key, group, entry) = (
-            self.con.clone(),
-            self.key.clone(),
-            self.group.clone(),
-            self.entry.clone(),
-        );
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        let RedisAcker {
+            mut con,
+            key,
+            group,
+            entry,
+            ..
+        } = *self;
         Box::pin(async move {
             match group {
                 Some(g) => redis::cmd("XACK")
@@ -298,44 +322,50 @@ impl Acker for RedisAcker {
         })
     }
 
+    /// Without the envelope nothing can be re-added: the entry stays pending, and XAUTOCLAIM
+    /// hands it to a live consumer after `claim_idle`. `Delivery` always calls `nack_with`.
     fn nack(
-        mut self: Box<Self>,
+        self: Box<Self>,
+        _delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn nack_with(
+        self: Box<Self>,
+        envelope: Envelope,
         delay: Option<Duration>,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
-        let env = self.envelope.take();
-        let (con, key, group, entry) = (
-            self.con.clone(),
-            self.key.clone(),
-            self.group.clone(),
-            self.entry.clone(),
-        );
-        Box::pin(async move {
-            match (group, env) {
-                (Some(g), Some(env)) => {
-                    // The delay runs beside the consumer: its slot is free meanwhile.
-                    tokio::spawn(async move {
-                        if let Err(e) = RedisAcker::requeue(con, key, g, entry, env, delay).await {
-                            tracing::warn!(target: "switchyard", error = %e, "could not requeue; XAUTOCLAIM will take it over");
-                        }
-                    });
-                    Ok(())
-                }
-                _ => Ok(()),
-            }
-        })
+        self.requeue_beside(envelope, delay);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn abandon(self: Box<Self>, envelope: Envelope) {
+        // Dropped unsettled: the consumer died mid-message; hand it back at once.
+        self.requeue_beside(envelope, None);
     }
 }
 
-impl Drop for RedisAcker {
-    fn drop(&mut self) {
-        // Dropped unsettled: the consumer died mid-message; hand it back at once.
-        if let (Some(env), Some(g)) = (self.envelope.take(), self.group.clone()) {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let (con, key, entry) = (self.con.clone(), self.key.clone(), self.entry.clone());
-                rt.spawn(async move {
-                    let _ = RedisAcker::requeue(con, key, g, entry, env, None).await;
-                });
-            }
+impl RedisAcker {
+    /// Re-adds the message (attempt + 1) after `delay`, then acks the original. The delay
+    /// runs beside the consumer: its slot is free meanwhile.
+    fn requeue_beside(self: Box<Self>, envelope: Envelope, delay: Option<Duration>) {
+        let RedisAcker {
+            con,
+            key,
+            group,
+            entry,
+            ..
+        } = *self;
+        let Some(g) = group else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = RedisAcker::requeue(con, key, g, entry, envelope, delay).await {
+                    tracing::warn!(target: "switchyard", error = %e, "could not requeue; XAUTOCLAIM will take it over");
+                }
+            });
         }
     }
 }
@@ -477,17 +507,14 @@ impl Subscriber for RedisTransport {
                         }
                     }
                     for entry in entries {
-                        let Some(env) = envelope_of(&topic, &entry) else {
-                            tracing::warn!(target: "switchyard", entry = %entry.id, "stream entry is not a switchyard message; skipped");
-                            continue;
-                        };
+                        let env = envelope_of(&topic, &entry);
                         let permit = permits.pop();
                         let acker = RedisAcker {
                             con: manager.clone(),
                             key: key.clone(),
                             group: group.clone(),
                             entry: entry.id.clone(),
-                            envelope: Some(env.clone()),
+                            // Handed back on nack or abandon: no copy per delivery.
                             _permit: permit,
                         };
                         if tx
