@@ -1,7 +1,8 @@
-//! Consume throughput on RabbitMQ and Kafka: N messages already in the broker, read and
-//! acknowledged one by one through a switchyard group subscription (prefetch 64) against the
-//! raw client crate doing the same (lapin: `basic.qos` 64, ack each; rdkafka: a StreamConsumer
-//! storing each offset after the message, auto-commit). Each round publishes N fresh messages
+//! Consume throughput on RabbitMQ, Kafka and Redis: N messages already in the broker, read
+//! and acknowledged one by one through a switchyard group subscription (prefetch 64) against
+//! the raw client crate doing the same (lapin: `basic.qos` 64, ack each; rdkafka: a
+//! StreamConsumer storing each offset after the message, auto-commit; redis: XREADGROUP of up
+//! to 64, XACK each). Each round publishes N fresh messages
 //! for each side, then times each side's reading; the order alternates.
 //!
 //! `cargo bench --bench consume_brokers`
@@ -132,6 +133,56 @@ async fn kafka_raw(topic: &str, headers: bool) -> f64 {
     (*N - 1) as f64 / start.elapsed().as_secs_f64()
 }
 
+async fn redis_raw(topic: &str) -> f64 {
+    let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    // The stream switchyard wrote the messages to.
+    let key = format!("sy:s:{topic}");
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("raw")
+        .arg("0")
+        .query_async(&mut con)
+        .await
+        .expect("group");
+    let (mut read, mut start) = (0, Instant::now());
+    while read < *N {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("raw")
+            .arg("c")
+            .arg("COUNT")
+            .arg(64)
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(">")
+            .query_async(&mut con)
+            .await
+            .expect("read");
+        for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+            if read == 0 {
+                start = Instant::now();
+            }
+            read += 1;
+            std::hint::black_box(entry.map.get("p"));
+            let _: i64 = redis::cmd("XACK")
+                .arg(&key)
+                .arg("raw")
+                .arg(&entry.id)
+                .query_async(&mut con)
+                .await
+                .expect("ack");
+        }
+    }
+    (*N - 1) as f64 / start.elapsed().as_secs_f64()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -151,6 +202,7 @@ fn main() {
                 "amqp://127.0.0.1:5672/%2f?queue_expires_ms=60000",
             ),
             ("kafka", "127.0.0.1:9092", "kafka://127.0.0.1:9092"),
+            ("redis", "127.0.0.1:6379", "redis://127.0.0.1:6379?ns=bench"),
         ] {
             // `BENCH_ONLY=kafka` runs one broker (for profiling).
             if std::env::var("BENCH_ONLY").is_ok_and(|only| only != name) {
@@ -181,10 +233,10 @@ fn main() {
                 fill(&t, &raw_topic).await;
                 fill(&t, &our_topic).await;
                 let raw_once = || async {
-                    if name == "amqp" {
-                        amqp_raw(&format!("{raw_topic}:bench")).await
-                    } else {
-                        kafka_raw(&raw_topic, false).await
+                    match name {
+                        "amqp" => amqp_raw(&format!("{raw_topic}:bench")).await,
+                        "redis" => redis_raw(&raw_topic).await,
+                        _ => kafka_raw(&raw_topic, false).await,
                     }
                 };
                 let (r, o) = if round % 2 == 0 {

@@ -429,6 +429,18 @@ impl Subscriber for RedisTransport {
                     let Ok(first) = slots.clone().acquire_owned().await else {
                         break;
                     };
+                    // Read in batches: a consumer that settles one message at a time frees one
+                    // slot at a time, and reading as soon as one is free cost a round trip per
+                    // message. Wait a moment (not longer) for half the prefetch to be free.
+                    let half = (prefetch / 2).max(1) as u32;
+                    if slots.available_permits() + 1 < half as usize {
+                        let more = tokio::time::timeout(
+                            Duration::from_millis(2),
+                            slots.acquire_many(half - 1),
+                        )
+                        .await;
+                        drop(more);
+                    }
                     let mut permits = vec![first];
                     while let Ok(p) = slots.clone().try_acquire_owned() {
                         permits.push(p);
