@@ -336,27 +336,27 @@ impl Acker for RedisAcker {
         envelope: Envelope,
         delay: Option<Duration>,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
-        self.requeue_beside(envelope, delay);
+        (*self).requeue_beside(envelope, delay);
         Box::pin(async { Ok(()) })
     }
 
     fn abandon(self: Box<Self>, envelope: Envelope) {
         // Dropped unsettled: the consumer died mid-message; hand it back at once.
-        self.requeue_beside(envelope, None);
+        (*self).requeue_beside(envelope, None);
     }
 }
 
 impl RedisAcker {
     /// Re-adds the message (attempt + 1) after `delay`, then acks the original. The delay
     /// runs beside the consumer: its slot is free meanwhile.
-    fn requeue_beside(self: Box<Self>, envelope: Envelope, delay: Option<Duration>) {
+    fn requeue_beside(self, envelope: Envelope, delay: Option<Duration>) {
         let RedisAcker {
             con,
             key,
             group,
             entry,
             ..
-        } = *self;
+        } = self;
         let Some(g) = group else {
             return;
         };
