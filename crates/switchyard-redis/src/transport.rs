@@ -244,9 +244,17 @@ fn envelope_of(topic: &str, entry: &StreamId) -> Envelope {
     }
 }
 
+/// Headers as a JSON object, written straight from the sorted map.
+struct HeadersJson<'a>(&'a Headers);
+
+impl serde::Serialize for HeadersJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter())
+    }
+}
+
 async fn add(con: &mut ConnectionManager, env: &Envelope) -> Result<(), redis::RedisError> {
-    let headers: HashMap<&str, &str> = env.headers.iter().collect();
-    let headers = serde_json::to_vec(&headers).unwrap_or_default();
+    let headers = serde_json::to_vec(&HeadersJson(&env.headers)).unwrap_or_default();
     redis::cmd("XADD")
         .arg(stream_key(&env.subject))
         .arg("MAXLEN")
