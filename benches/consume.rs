@@ -1,7 +1,7 @@
 //! Ordered consumption (per-key order, keys in parallel) against unordered consumption on the
 //! same transport: 20,000 messages over 1,000 keys, published first, then timed from the
-//! moment the service starts until every handler ran. In process, and on NATS when its server
-//! is up.
+//! moment the service starts until every handler ran. In process, and on each broker whose
+//! server is up (NATS, Redis, RabbitMQ, Kafka, MQTT). `BENCH_ONLY=amqp` runs one.
 //!
 //! `cargo bench --bench consume`
 
@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use switchyard::consumer::ConsumerPolicy;
 use switchyard::message::header;
 use switchyard::{Envelope, Service};
@@ -38,17 +39,23 @@ async fn once(url: &str, ordered: bool) -> f64 {
     let start = Instant::now();
     let server = switchyard::serve(&transport, service).await.expect("serve");
     let publisher = switchyard::connect(url).expect("transport");
-    futures::future::join_all((0..MESSAGES).map(|i| {
-        let p = publisher.clone();
-        let topic = topic.clone();
-        async move {
-            let env = Envelope::new(topic.as_str(), format!(r#"{{"i":{i}}}"#))
-                .with_header(header::ORDERING_KEY, format!("k{}", i % KEYS));
-            p.publish(env).await.expect("publish");
-        }
-    }))
-    .await;
+    futures::stream::iter(0..MESSAGES)
+        .for_each_concurrent(256, |i| {
+            let p = publisher.clone();
+            let topic = topic.clone();
+            async move {
+                let env = Envelope::new(topic.as_str(), format!(r#"{{"i":{i}}}"#))
+                    .with_header(header::ORDERING_KEY, format!("k{}", i % KEYS));
+                p.publish(env).await.expect("publish");
+            }
+        })
+        .await;
     while handled.load(Ordering::Relaxed) < MESSAGES {
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "{url}: only {} of {MESSAGES} handled",
+            handled.load(Ordering::Relaxed)
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let took = start.elapsed();
@@ -69,10 +76,33 @@ fn main() {
         .expect("runtime");
     rt.block_on(async {
         let mut urls = vec!["mem://bench-consume".to_string()];
-        if std::net::TcpStream::connect("127.0.0.1:4222").is_ok() {
-            urls.push("nats://127.0.0.1:4222/benchconsume".into());
-        } else {
-            eprintln!("SKIPPED nats part: no NATS server on 127.0.0.1:4222");
+        for (name, addr, url) in [
+            (
+                "nats",
+                "127.0.0.1:4222",
+                "nats://127.0.0.1:4222/benchconsume",
+            ),
+            (
+                "redis",
+                "127.0.0.1:6379",
+                "redis://127.0.0.1:6379?ns=benchconsume",
+            ),
+            (
+                "amqp",
+                "127.0.0.1:5672",
+                "amqp://127.0.0.1:5672/%2f?queue_expires_ms=60000",
+            ),
+            ("kafka", "127.0.0.1:9092", "kafka://127.0.0.1:9092"),
+            ("mqtt", "127.0.0.1:1883", "mqtt://127.0.0.1:1883"),
+        ] {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                urls.push(url.into());
+            } else {
+                eprintln!("SKIPPED {name} part: nothing on {addr}");
+            }
+        }
+        if let Ok(only) = std::env::var("BENCH_ONLY") {
+            urls.retain(|u| u.starts_with(&format!("{only}://")));
         }
         for url in urls {
             let (mut u, mut o, mut ratio) = (vec![], vec![], vec![]);
