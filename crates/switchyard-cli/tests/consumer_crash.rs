@@ -1,9 +1,11 @@
-//! Consumers SIGKILLed at random while they work, on RabbitMQ: 10,000 events, two competing
-//! consumer processes at a time, one of them killed every 50–450 ms and replaced, each event
-//! applied to a state table through the transactional inbox (PostgreSQL). What a killed
-//! consumer held unacknowledged must go to another one (the broker's redelivery), and what it
-//! applied but never acknowledged must not be applied twice (the inbox). Every event must end
-//! up applied exactly once. Needs PostgreSQL and RabbitMQ on 127.0.0.1.
+//! Consumers SIGKILLed at random while they work, on each durable broker (RabbitMQ, NATS
+//! JetStream, Redis Streams, Kafka): 10,000 events, two competing consumer processes at a
+//! time, one of them killed at random moments and replaced, each event applied to a state
+//! table through the transactional inbox (PostgreSQL). What a killed consumer held
+//! unacknowledged must go to another one (the broker's redelivery: at once on RabbitMQ, after
+//! the ack wait on NATS, by `XAUTOCLAIM` on Redis, after the group rebalances on Kafka), and
+//! what it applied but never acknowledged must not be applied twice (the inbox). Every event
+//! must end up applied exactly once. Needs PostgreSQL and the broker on 127.0.0.1.
 //!
 //! The consumer processes are this test binary run again for `consumer_child` (ignored, so
 //! that it never runs on its own).
@@ -25,18 +27,26 @@ const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 const EVENTS: i64 = 10_000;
 const CHILD_ENV: &str = "SY_CONSUMER_CRASH_CHILD";
 
-fn jitter(max_ms: u64) -> Duration {
+fn jitter(min_ms: u64, spread_ms: u64) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    Duration::from_millis(50 + u64::from(nanos) % max_ms)
+    Duration::from_millis(min_ms + u64::from(nanos) % spread_ms)
 }
 
-/// (transport URL, topic, service name, inbox table, state table)
-fn settings(run: &str) -> (String, String, String, String, String) {
+/// (transport URL, topic, service name, inbox table, state table) of one run on `transport`.
+fn settings(transport: &str, run: &str) -> (String, String, String, String, String) {
+    let url = match transport {
+        "amqp" => format!("amqp://127.0.0.1:5672/%2f?ns=kill{run}&queue_expires_ms=120000"),
+        // What a killed consumer held comes back after the ack wait / the idle time.
+        "nats" => format!("nats://127.0.0.1:4222/kill{run}?ack_wait_ms=2000"),
+        "redis" => format!("redis://127.0.0.1:6379?ns=kill{run}&claim_idle_ms=2000"),
+        "kafka" => "kafka://127.0.0.1:9092".to_string(),
+        other => panic!("no crash settings for {other}"),
+    };
     (
-        format!("amqp://127.0.0.1:5672/%2f?ns=kill{run}&queue_expires_ms=120000"),
+        url,
         format!("kill.{run}"),
         format!("kill-consumer-{run}"),
         format!("kill_inbox_{run}"),
@@ -48,9 +58,10 @@ fn settings(run: &str) -> (String, String, String, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a child process of consumers_killed_at_random_lose_and_duplicate_nothing"]
 async fn consumer_child() {
-    let run = std::env::var(CHILD_ENV)
+    let child = std::env::var(CHILD_ENV)
         .expect("run by its parent test, which sets SY_CONSUMER_CRASH_CHILD");
-    let (url, topic, name, inbox_table, state_table) = settings(&run);
+    let (transport, run) = child.split_once(':').expect("TRANSPORT:RUN");
+    let (url, topic, name, inbox_table, state_table) = settings(transport, run);
     let inbox = Arc::new(PgInbox::connect(PG, &inbox_table).await.expect("inbox"));
     let pool = pool().await;
     let service = inbox_state_consumer(&name, &topic, pool, inbox, state_table);
@@ -69,7 +80,7 @@ async fn pool() -> sqlx::PgPool {
         .expect("PostgreSQL")
 }
 
-fn spawn_consumer(run: &str) -> Running {
+fn spawn_consumer(transport: &str, run: &str) -> Running {
     let child = Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "consumer_child",
@@ -78,7 +89,7 @@ fn spawn_consumer(run: &str) -> Running {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_ENV, run)
+        .env(CHILD_ENV, format!("{transport}:{run}"))
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn consumer");
@@ -87,14 +98,51 @@ fn spawn_consumer(run: &str) -> Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_killed_at_random_lose_and_duplicate_nothing() {
-    let test = "consumer_crash";
-    if !require_server(test, "PostgreSQL", "127.0.0.1:5432")
-        || !require_server(test, "RabbitMQ", "127.0.0.1:5672")
+    killed_at_random("amqp", "RabbitMQ", "127.0.0.1:5672", (50, 400), 180).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_consumers_killed_at_random_lose_and_duplicate_nothing() {
+    killed_at_random("nats", "NATS", "127.0.0.1:4222", (50, 400), 180).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_consumers_killed_at_random_lose_and_duplicate_nothing() {
+    killed_at_random("redis", "Redis", "127.0.0.1:6379", (50, 400), 180).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_consumers_killed_at_random_lose_and_duplicate_nothing() {
+    // A killed member's partitions wait for its session to time out (6 s), and every join
+    // stops the whole group for a rebalance: kills further apart (at 1.5–4 s the group spent
+    // up to 3 minutes rebalancing), and more time.
+    killed_at_random(
+        "kafka",
+        "Kafka (Tansu)",
+        "127.0.0.1:9092",
+        (3000, 3000),
+        300,
+    )
+    .await;
+}
+
+/// Runs the crash test on `transport`, killing a consumer every `kill_every` (min, spread) ms,
+/// failing when the events are not all applied within `limit_s` seconds.
+async fn killed_at_random(
+    transport: &str,
+    server: &str,
+    addr: &str,
+    kill_every: (u64, u64),
+    limit_s: u64,
+) {
+    let test = format!("consumer_crash_{transport}");
+    if !require_server(&test, "PostgreSQL", "127.0.0.1:5432")
+        || !require_server(&test, server, addr)
     {
         return;
     }
     let run = switchyard::message::new_id()[..8].to_string();
-    let (url, topic, name, inbox_table, state_table) = settings(&run);
+    let (url, topic, name, inbox_table, state_table) = settings(transport, &run);
     let inbox = PgInbox::connect(PG, &inbox_table).await.unwrap();
     let pool = pool().await;
     sqlx::query(&format!(
@@ -105,18 +153,18 @@ async fn consumers_killed_at_random_lose_and_duplicate_nothing() {
     .unwrap();
     drop(inbox);
 
-    // The group's queue exists before the first event is published (AMQP routes only to
-    // queues that exist).
-    let transport = switchyard::connect(&url).unwrap();
+    // The group exists before the first event is published (AMQP routes only to queues that
+    // exist).
+    let publisher = switchyard::connect(&url).unwrap();
     drop(
-        transport
+        publisher
             .subscribe(&topic, SubscribeOptions::group(name.as_str()))
             .await
             .unwrap(),
     );
     futures::stream::iter(0..EVENTS)
         .for_each_concurrent(64, |k| {
-            let (t, topic) = (transport.clone(), topic.clone());
+            let (t, topic) = (publisher.clone(), topic.clone());
             async move {
                 t.publish(Envelope::new(topic.as_str(), format!(r#"{{"k":{k}}}"#)))
                     .await
@@ -132,27 +180,33 @@ async fn consumers_killed_at_random_lose_and_duplicate_nothing() {
             .unwrap();
         n
     };
-    let mut consumers = vec![spawn_consumer(&run), spawn_consumer(&run)];
+    let mut consumers = vec![
+        spawn_consumer(transport, &run),
+        spawn_consumer(transport, &run),
+    ];
     let started = Instant::now();
     let mut kills = 0;
     let mut turn = 0usize;
     while applied(pool.clone(), state_table.clone()).await < EVENTS {
         assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "consumers never got through the queue ({} applied)",
+            started.elapsed() < Duration::from_secs(limit_s),
+            "{transport}: consumers never got through the queue ({} applied)",
             applied(pool.clone(), state_table.clone()).await
         );
-        tokio::time::sleep(jitter(400)).await;
+        tokio::time::sleep(jitter(kill_every.0, kill_every.1)).await;
         // Kill one of the two, mid-work, and start a replacement.
         let victim = &mut consumers[turn % 2];
         victim.0.kill().expect("SIGKILL");
         let _ = victim.0.wait();
         kills += 1;
-        consumers[turn % 2] = spawn_consumer(&run);
+        consumers[turn % 2] = spawn_consumer(transport, &run);
         turn += 1;
     }
     drop(consumers);
-    assert!(kills >= 2, "no consumer was killed mid-run ({kills})");
+    assert!(
+        kills >= 2,
+        "{transport}: too few consumers killed mid-run ({kills})"
+    );
 
     let (n, max, min): (i64, Option<i32>, Option<i32>) = sqlx::query_as(&format!(
         "SELECT count(*), max(applied), min(applied) FROM {state_table}"
@@ -160,13 +214,15 @@ async fn consumers_killed_at_random_lose_and_duplicate_nothing() {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(n, EVENTS, "events lost");
+    assert_eq!(n, EVENTS, "{transport}: events lost");
     assert_eq!(
         (min, max),
         (Some(1), Some(1)),
-        "an event was applied more than once"
+        "{transport}: an event was applied more than once"
     );
-    eprintln!("consumer_crash: {kills} consumers killed, {EVENTS} events applied exactly once");
+    eprintln!(
+        "consumer_crash {transport}: {kills} consumers killed, {EVENTS} events applied exactly once"
+    );
     for t in [&inbox_table, &state_table] {
         let _ = sqlx::query(&format!("DROP TABLE {t}")).execute(&pool).await;
     }
