@@ -562,24 +562,6 @@ impl Requester for RedisTransport {
         Box::pin(async move {
             let route = request.route.clone();
             let mut con = self.con().await?;
-            let alive_key = format!("sy:rpc:{}:alive", self.namespace);
-            let alive: i64 = redis::cmd("ZCOUNT")
-                .arg(&alive_key)
-                .arg(now_ms())
-                .arg("+inf")
-                .query_async(&mut con)
-                .await
-                .map_err(TransportError::other)?;
-            if alive == 0 {
-                return Err(CallError::Unreachable {
-                    target: format!(
-                        "{} (no service serves namespace {})",
-                        redact_url(&self.url),
-                        self.namespace
-                    ),
-                    source: "no live instance".into(),
-                });
-            }
             let replies = self.replies().await?;
             let body = wire::encode_call(&request.args, request.token.as_deref(), Codec::Json)
                 .map_err(|e| CallError::Encode {
@@ -614,18 +596,34 @@ impl Requester for RedisTransport {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(cid.clone(), tx);
-            let pushed: Result<i64, _> = redis::cmd("LPUSH")
-                .arg(format!("sy:rpc:{}", self.namespace))
+            // One round trip: the call is queued only if an instance is alive.
+            let pushed: Result<i64, _> = PUSH_IF_ALIVE
+                .key(format!("sy:rpc:{}:alive", self.namespace))
+                .key(format!("sy:rpc:{}", self.namespace))
+                .arg(now_ms())
                 .arg(serde_json::to_vec(&req).unwrap_or_default())
-                .query_async(&mut con)
+                .invoke_async(&mut con)
                 .await;
-            if let Err(e) = pushed {
+            if !matches!(pushed, Ok(1)) {
                 replies
                     .waiting
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&cid);
-                return Err(CallError::Transport(TransportError::other(e)));
+            }
+            match pushed {
+                Ok(1) => {}
+                Ok(_) => {
+                    return Err(CallError::Unreachable {
+                        target: format!(
+                            "{} (no service serves namespace {})",
+                            redact_url(&self.url),
+                            self.namespace
+                        ),
+                        source: "no live instance".into(),
+                    })
+                }
+                Err(e) => return Err(CallError::Transport(TransportError::other(e))),
             }
             // Dropped (the caller timed out): forget the waiter so nothing leaks.
             struct Forget(Arc<Replies>, String);
@@ -654,6 +652,17 @@ impl Requester for RedisTransport {
         })
     }
 }
+
+/// Queues a call (ARGV[2]) on the list KEYS[2] only when an instance's heartbeat in the sorted
+/// set KEYS[1] is newer than ARGV[1]; returns 1 when queued, 0 when nobody serves. A script, so
+/// that the check and the push cost one round trip (they were two), and run atomically.
+static PUSH_IF_ALIVE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"if redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf') == 0 then return 0 end
+          redis.call('LPUSH', KEYS[2], ARGV[2])
+          return 1",
+    )
+});
 
 async fn answer(mut con: ConnectionManager, service: Arc<Service>, raw: Vec<u8>) {
     let Ok(req) = serde_json::from_slice::<RpcRequest>(&raw) else {
