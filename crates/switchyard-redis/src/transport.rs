@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,7 +34,16 @@ pub struct RedisTransport {
     claim_idle: Duration,
     con: OnceCell<ConnectionManager>,
     replies: OnceCell<Arc<Replies>>,
+    // When a call last found a live instance (ms since the epoch): within `ALIVE_FOR` of it a
+    // call is pushed without asking again.
+    seen_alive_ms: AtomicU64,
 }
+
+/// How long a seen heartbeat spares the next calls the liveness check. Heartbeats are
+/// written every second and count for 5 s, so a dead service is noticed at most one second
+/// later than the heartbeat alone allows; the check costs a Lua script per call (sequential
+/// calls 0.76x of a raw client with it, 0.86x without).
+const ALIVE_FOR_MS: u64 = 1_000;
 
 impl std::fmt::Debug for RedisTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -123,6 +133,7 @@ impl RedisTransport {
             claim_idle,
             con: OnceCell::new(),
             replies: OnceCell::new(),
+            seen_alive_ms: AtomicU64::new(0),
         })
     }
 
@@ -596,14 +607,31 @@ impl Requester for RedisTransport {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(cid.clone(), tx);
-            // One round trip: the call is queued only if an instance is alive.
-            let pushed: Result<i64, _> = PUSH_IF_ALIVE
-                .key(format!("sy:rpc:{}:alive", self.namespace))
-                .key(format!("sy:rpc:{}", self.namespace))
-                .arg(now_ms())
-                .arg(serde_json::to_vec(&req).unwrap_or_default())
-                .invoke_async(&mut con)
-                .await;
+            let queue = format!("sy:rpc:{}", self.namespace);
+            let body = serde_json::to_vec(&req).unwrap_or_default();
+            let now = now_ms();
+            let seen = self.seen_alive_ms.load(AtomicOrdering::Relaxed);
+            let pushed: Result<i64, _> = if now.saturating_sub(seen) < ALIVE_FOR_MS {
+                redis::cmd("LPUSH")
+                    .arg(&queue)
+                    .arg(body)
+                    .query_async::<i64>(&mut con)
+                    .await
+                    .map(|_| 1)
+            } else {
+                // One round trip: the call is queued only if an instance is alive.
+                let r = PUSH_IF_ALIVE
+                    .key(format!("sy:rpc:{}:alive", self.namespace))
+                    .key(&queue)
+                    .arg(now)
+                    .arg(body)
+                    .invoke_async(&mut con)
+                    .await;
+                if matches!(r, Ok(1)) {
+                    self.seen_alive_ms.store(now, AtomicOrdering::Relaxed);
+                }
+                r
+            };
             if !matches!(pushed, Ok(1)) {
                 replies
                     .waiting
