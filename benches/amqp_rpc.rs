@@ -5,9 +5,12 @@
 //!
 //! `cargo bench --bench amqp_rpc`
 
+mod common;
+
+use common::median;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -157,31 +160,9 @@ async fn raw_client(queue: String) -> Once {
 }
 
 async fn round(once: &Once, callers: usize) -> (f64, f64) {
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..callers {
-        let once = once.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while start.elapsed() < ROUND {
-                let t = Instant::now();
-                once().await;
-                lat.push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            lat
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("task"));
-    }
-    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
-    (rate, median(all))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+    let once = once.clone();
+    let (rate, p50) = common::round(callers, ROUND, move || once()).await;
+    (rate, p50.as_secs_f64() * 1e6)
 }
 
 fn main() {
@@ -189,12 +170,7 @@ fn main() {
         eprintln!("SKIPPED amqp_rpc benchmark: no RabbitMQ on 127.0.0.1:5672");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    common::runtime().block_on(async {
         let run = &switchyard::message::new_id()[..8];
         let raw_queue = format!("bench.raw.rpc.{run}");
         raw_server(raw_queue.clone()).await;

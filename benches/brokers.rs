@@ -6,6 +6,9 @@
 //!
 //! Servers absent are skipped with a message. `cargo bench --bench brokers`
 
+mod common;
+
+use common::median;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,11 +43,6 @@ async fn round(once: &Once) -> f64 {
         total += t.await.expect("task");
     }
     total as f64 / start.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 async fn compare(what: &str, raw_name: &str, raw: Once, ours: Once) {

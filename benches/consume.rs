@@ -5,6 +5,9 @@
 //!
 //! `cargo bench --bench consume`
 
+mod common;
+
+use common::median;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,18 +66,8 @@ async fn once(url: &str, ordered: bool) -> f64 {
     MESSAGES as f64 / took.as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    common::runtime().block_on(async {
         let mut urls = vec!["mem://bench-consume".to_string()];
         for (name, addr, url) in [
             (

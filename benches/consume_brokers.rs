@@ -7,6 +7,9 @@
 //!
 //! `cargo bench --bench consume_brokers`
 
+mod common;
+
+use common::median;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -183,18 +186,8 @@ async fn redis_raw(topic: &str) -> f64 {
     (*N - 1) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    common::runtime().block_on(async {
         for (name, addr, url) in [
             (
                 "amqp",

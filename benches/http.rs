@@ -5,6 +5,9 @@
 //!
 //! `cargo bench --bench http`
 
+mod common;
+
+use common::median;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,23 +96,13 @@ async fn round(caller: &Caller, workers: usize) -> (f64, Vec<Duration>) {
     (all.len() as f64 / start.elapsed().as_secs_f64(), all)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn p50(mut v: Vec<Duration>) -> Duration {
     v.sort_unstable();
     v[v.len() / 2]
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    common::runtime().block_on(async {
         let raw_url = raw_server().await;
         let server = switchyard::serve(
             &switchyard::connect("http://127.0.0.1:0").expect("http"),

@@ -5,8 +5,10 @@
 //!
 //! `cargo bench --bench nats`
 
+mod common;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -75,65 +77,16 @@ impl Side {
     }
 }
 
-async fn round(side: &Side, workers: usize) -> (f64, Duration) {
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let side = side.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while start.elapsed() < ROUND {
-                let t = Instant::now();
-                side.once().await;
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("task"));
-    }
-    all.sort_unstable();
-    (
-        all.len() as f64 / start.elapsed().as_secs_f64(),
-        all[all.len() / 2],
-    )
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 async fn compare(label: &str, raw: &Side, ours: &Side, workers: usize) {
-    let (mut rt, mut ot, mut rp, mut op, mut ratio) = (vec![], vec![], vec![], vec![], vec![]);
-    for i in 0..ROUNDS {
-        let (a, b) = if i % 2 == 0 { (raw, ours) } else { (ours, raw) };
-        let x = round(a, workers).await;
-        let y = round(b, workers).await;
-        let (r, o) = if i % 2 == 0 { (x, y) } else { (y, x) };
-        rt.push(r.0);
-        ot.push(o.0);
-        rp.push(r.1.as_secs_f64() * 1e6);
-        op.push(o.1.as_secs_f64() * 1e6);
-        ratio.push(o.0 / r.0);
-    }
-    println!("{label}:");
-    println!(
-        "  raw async-nats  {:>8.0} ops/s  p50 {:>8.1} µs",
-        median(rt),
-        median(rp)
-    );
-    println!(
-        "  switchyard      {:>8.0} ops/s  p50 {:>8.1} µs",
-        median(ot),
-        median(op)
-    );
-    println!(
-        "  throughput ratio (median of {ROUNDS} alternating rounds): {:.2}x",
-        median(ratio)
-    );
+    let how = (ROUNDS, ROUND, workers);
+    common::compare_sides(
+        label,
+        "raw async-nats",
+        how,
+        (raw, ours),
+        |s: Side| async move { s.once().await },
+    )
+    .await;
 }
 
 fn main() {
@@ -143,12 +96,7 @@ fn main() {
         );
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    common::runtime().block_on(async {
         let raw = async_nats::connect("nats://127.0.0.1:4222")
             .await
             .expect("connect");

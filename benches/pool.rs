@@ -4,6 +4,9 @@
 //!
 //! `cargo bench --bench pool`
 
+mod common;
+
+use common::median;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,18 +84,8 @@ async fn single_worker() -> Duration {
     start.elapsed()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    common::runtime().block_on(async {
         let (mut k, mut p, mut s, mut vs_plain) = (vec![], vec![], vec![], vec![]);
         for _ in 0..5 {
             let kt = JOBS as f64 / keyed().await.as_secs_f64();

@@ -4,6 +4,9 @@
 //!
 //! `cargo bench --bench redis`
 
+mod common;
+
+use common::median;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,22 +74,12 @@ async fn round(side: &Side) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
     if std::net::TcpStream::connect("127.0.0.1:6379").is_err() {
         eprintln!("SKIPPED redis benchmark: no Redis on 127.0.0.1:6379 (run scripts/services.sh)");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    common::runtime().block_on(async {
         let client = redis::Client::open("redis://127.0.0.1:6379").expect("client");
         let con = redis::aio::ConnectionManager::new(client)
             .await

@@ -55,6 +55,14 @@ impl std::fmt::Debug for ConsumerPolicy {
     }
 }
 
+/// `initial` doubled for each attempt after the first, capped at `max` (no overflow).
+pub(crate) fn doubling_backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(attempt.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    initial.checked_mul(factor).unwrap_or(max).min(max)
+}
+
 impl Default for ConsumerPolicy {
     fn default() -> Self {
         Self {
@@ -82,13 +90,7 @@ impl ConsumerPolicy {
     /// assert_eq!(p.backoff(30), Duration::from_secs(10));
     /// ```
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.initial_backoff
-            .checked_mul(factor)
-            .unwrap_or(self.max_backoff)
-            .min(self.max_backoff)
+        doubling_backoff(self.initial_backoff, self.max_backoff, attempt)
     }
 }
 

@@ -299,13 +299,7 @@ impl ConnectRetry {
 
     /// The wait after failed try number `failed` (from 1).
     pub fn backoff(&self, failed: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(failed.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.initial_backoff
-            .checked_mul(factor)
-            .unwrap_or(self.max_backoff)
-            .min(self.max_backoff)
+        crate::consumer::doubling_backoff(self.initial_backoff, self.max_backoff, failed)
     }
 }
 

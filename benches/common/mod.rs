@@ -1,0 +1,122 @@
+//! What the raw-against-switchyard benchmarks share: the runtime, rounds of callers timed
+//! with their latencies, alternating comparisons, medians. Each benchmark is its own crate
+//! and uses part of this, hence `dead_code` allowed.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// The runtime every benchmark runs on: two workers, as this machine has two cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The median (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// `workers` tasks calling `once` in a loop for `length`: operations per second and the
+/// median latency of one operation.
+pub async fn round<F, Fut>(workers: usize, length: Duration, once: F) -> (f64, Duration)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let once = once.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while start.elapsed() < length {
+                let t = Instant::now();
+                once().await;
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("benchmark task"));
+    }
+    all.sort_unstable();
+    (
+        all.len() as f64 / start.elapsed().as_secs_f64(),
+        all[all.len() / 2],
+    )
+}
+
+/// `rounds` alternating rounds of the raw side and ours (who goes first alternates, so that
+/// neither always gets the warmer machine); prints each side's median rate and p50 and the
+/// median of the per-round ratios.
+pub async fn compare<R, RF, O, OF>(
+    label: &str,
+    raw_name: &str,
+    (rounds, length, workers): (usize, Duration, usize),
+    raw: R,
+    ours: O,
+) where
+    R: Fn() -> RF + Clone + Send + 'static,
+    RF: Future<Output = ()> + Send,
+    O: Fn() -> OF + Clone + Send + 'static,
+    OF: Future<Output = ()> + Send,
+{
+    let (mut rt, mut ot, mut rp, mut op, mut ratio) = (vec![], vec![], vec![], vec![], vec![]);
+    for i in 0..rounds {
+        let (r, o) = if i % 2 == 0 {
+            let r = round(workers, length, raw.clone()).await;
+            (r, round(workers, length, ours.clone()).await)
+        } else {
+            let o = round(workers, length, ours.clone()).await;
+            (round(workers, length, raw.clone()).await, o)
+        };
+        rt.push(r.0);
+        ot.push(o.0);
+        rp.push(r.1.as_secs_f64() * 1e6);
+        op.push(o.1.as_secs_f64() * 1e6);
+        ratio.push(o.0 / r.0);
+    }
+    println!("{label} (median of {rounds} alternating rounds):");
+    println!(
+        "  {raw_name:<14} {:>9.0} ops/s  p50 {:>8.1} µs",
+        median(rt),
+        median(rp)
+    );
+    println!(
+        "  {:<14} {:>9.0} ops/s  p50 {:>8.1} µs  ({:.2}x throughput)",
+        "switchyard",
+        median(ot),
+        median(op),
+        median(ratio)
+    );
+}
+
+/// [`compare`] for two values of one caller type, `once` making one call with a clone.
+pub async fn compare_sides<S, F, Fut>(
+    label: &str,
+    raw_name: &str,
+    how: (usize, Duration, usize),
+    (raw, ours): (&S, &S),
+    once: F,
+) where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let (r, o) = (raw.clone(), ours.clone());
+    compare(
+        label,
+        raw_name,
+        how,
+        move || once(r.clone()),
+        move || once(o.clone()),
+    )
+    .await;
+}
