@@ -1,8 +1,9 @@
-//! Consume throughput on RabbitMQ, Kafka and Redis: N messages already in the broker, read
-//! and acknowledged one by one through a switchyard group subscription (prefetch 64) against
-//! the raw client crate doing the same (lapin: `basic.qos` 64, ack each; rdkafka: a
-//! StreamConsumer storing each offset after the message, auto-commit; redis: XREADGROUP of up
-//! to 64, XACK each). Each round publishes N fresh messages
+//! Consume throughput on RabbitMQ, Kafka, Redis and NATS JetStream: N messages already in the
+//! broker, read and acknowledged one by one through a switchyard group subscription (prefetch
+//! 64) against the raw client crate doing the same (lapin: `basic.qos` 64, ack each; rdkafka:
+//! a StreamConsumer storing each offset after the message, auto-commit; redis: XREADGROUP of
+//! up to 64, XACK each; async-nats: a durable pull consumer with 64 unacknowledged at most,
+//! ack each). Each round publishes N fresh messages
 //! for each side, then times each side's reading; the order alternates.
 //!
 //! `cargo bench --bench consume_brokers`
@@ -186,6 +187,69 @@ async fn redis_raw(topic: &str) -> f64 {
     (*N - 1) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Deletes what a round left in brokers that keep it (NATS streams on disk, Redis streams).
+async fn cleanup(name: &str, topics: [&String; 2]) {
+    match name {
+        "nats" => {
+            let client = async_nats::connect("nats://127.0.0.1:4222")
+                .await
+                .expect("nats");
+            let js = async_nats::jetstream::new(client);
+            for t in topics {
+                let _ = js
+                    .delete_stream(format!("SY_{}", t.replace('.', "_")))
+                    .await;
+            }
+        }
+        "redis" => {
+            let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis");
+            if let Ok(mut con) = client.get_multiplexed_async_connection().await {
+                for t in topics {
+                    let _: Result<i64, _> = redis::cmd("DEL")
+                        .arg(format!("sy:s:{t}"))
+                        .query_async(&mut con)
+                        .await;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn nats_raw(topic: &str) -> f64 {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    let client = async_nats::connect("nats://127.0.0.1:4222")
+        .await
+        .expect("nats");
+    let js = async_nats::jetstream::new(client);
+    // The stream switchyard wrote the messages to (`SY_` + the topic, `.` → `_`).
+    let stream = js
+        .get_stream(format!("SY_{}", topic.replace('.', "_")))
+        .await
+        .expect("stream");
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("raw".into()),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            max_ack_pending: 64,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut start = Instant::now();
+    for i in 0..*N {
+        let m = messages.next().await.expect("open").expect("message");
+        if i == 0 {
+            start = Instant::now();
+        }
+        std::hint::black_box(&m.payload);
+        m.ack().await.expect("ack");
+    }
+    (*N - 1) as f64 / start.elapsed().as_secs_f64()
+}
+
 fn main() {
     common::runtime().block_on(async {
         for (name, addr, url) in [
@@ -196,6 +260,7 @@ fn main() {
             ),
             ("kafka", "127.0.0.1:9092", "kafka://127.0.0.1:9092"),
             ("redis", "127.0.0.1:6379", "redis://127.0.0.1:6379?ns=bench"),
+            ("nats", "127.0.0.1:4222", "nats://127.0.0.1:4222/bench"),
         ] {
             // `BENCH_ONLY=kafka` runs one broker (for profiling).
             if std::env::var("BENCH_ONLY").is_ok_and(|only| only != name) {
@@ -229,6 +294,7 @@ fn main() {
                     match name {
                         "amqp" => amqp_raw(&format!("{raw_topic}:bench")).await,
                         "redis" => redis_raw(&raw_topic).await,
+                        "nats" => nats_raw(&raw_topic).await,
                         _ => kafka_raw(&raw_topic, false).await,
                     }
                 };
@@ -242,6 +308,7 @@ fn main() {
                 raw.push(r);
                 our.push(o);
                 ratio.push(o / r);
+                cleanup(name, [&raw_topic, &our_topic]).await;
                 if name == "kafka" {
                     // A second group reads the same stored messages.
                     let rh = kafka_raw(&raw_topic, true).await;
