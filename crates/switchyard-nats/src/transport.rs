@@ -42,6 +42,8 @@ pub struct NatsTransport {
     streams: std::sync::Mutex<HashSet<String>>,
     js: OnceCell<jetstream::Context>,
     ack_wait: Duration,
+    tls: bool,
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for NatsTransport {
@@ -136,8 +138,20 @@ impl NatsTransport {
         // consumer (default 30 s). It bounds how long a message of a consumer that died stays
         // stuck; a handler that runs longer gets its message redelivered meanwhile.
         let mut ack_wait = Duration::from_secs(30);
+        // `?tls=true`: TLS required (the server's certificate checked against the system's
+        // roots); `?tls_ca=PATH`: also trust the PEM certificates in PATH (implies TLS).
+        let (mut tls, mut tls_ca) = (false, None);
         for (k, v) in parsed.query_pairs() {
             match k.as_ref() {
+                "tls" => {
+                    tls = v.parse().map_err(|_| {
+                        TransportError::invalid_url(url, format!("tls={v} is not true or false"))
+                    })?;
+                }
+                "tls_ca" => {
+                    tls = true;
+                    tls_ca = Some(std::path::PathBuf::from(v.as_ref()));
+                }
                 "ack_wait_ms" => {
                     let ms: u64 = v.parse().map_err(|_| {
                         TransportError::invalid_url(
@@ -150,7 +164,7 @@ impl NatsTransport {
                 other => {
                     return Err(TransportError::invalid_url(
                         url,
-                        format!("unknown option {other:?} (known: ack_wait_ms)"),
+                        format!("unknown option {other:?} (known: ack_wait_ms, tls, tls_ca)"),
                     ))
                 }
             }
@@ -168,6 +182,8 @@ impl NatsTransport {
             streams: std::sync::Mutex::new(HashSet::new()),
             js: OnceCell::new(),
             ack_wait,
+            tls,
+            tls_ca,
         })
     }
 
@@ -181,8 +197,13 @@ impl NatsTransport {
     async fn client(&self) -> Result<&async_nats::Client, TransportError> {
         self.client
             .get_or_try_init(|| async {
-                async_nats::ConnectOptions::new()
+                let mut options = async_nats::ConnectOptions::new()
                     .connection_timeout(Duration::from_secs(5))
+                    .require_tls(self.tls);
+                if let Some(ca) = &self.tls_ca {
+                    options = options.add_root_certificates(ca.clone());
+                }
+                options
                     .connect(&self.server)
                     .await
                     .map_err(|e| TransportError::Unreachable {
