@@ -123,6 +123,8 @@ pub fn schemes() -> &'static [&'static str] {
         "nats",
         #[cfg(feature = "redis")]
         "redis",
+        #[cfg(feature = "redis")]
+        "rediss",
     ]
 }
 
@@ -149,7 +151,7 @@ pub fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
         #[cfg(feature = "nats")]
         "nats" => Ok(Arc::new(nats::NatsTransport::from_url(url)?)),
         #[cfg(feature = "redis")]
-        "redis" => Ok(Arc::new(redis::RedisTransport::from_url(url)?)),
+        "redis" | "rediss" => Ok(Arc::new(redis::RedisTransport::from_url(url)?)),
         "" => Err(TransportError::InvalidUrl {
             url: error::redact_url(url),
             reason: "expected SCHEME://…".into(),
