@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use rumqttc::Outgoing;
+use rumqttc::{Outgoing, TlsConfiguration};
 use switchyard_core::codec::Codec;
 use switchyard_core::consumer;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
@@ -73,6 +73,7 @@ struct Inner {
     url: String,
     host: String,
     port: u16,
+    tls: Option<TlsConfiguration>,
     credentials: Option<(String, String)>,
     namespace: String,
     max_message: usize,
@@ -133,17 +134,22 @@ impl MqttTransport {
     pub fn from_url(url: &str) -> Result<Self, TransportError> {
         let parsed =
             url::Url::parse(url).map_err(|e| TransportError::invalid_url(url, e.to_string()))?;
-        if parsed.scheme() != "mqtt" {
-            return Err(TransportError::invalid_url(
-                url,
-                "expected mqtt://HOST:PORT[?ns=NAME]",
-            ));
-        }
+        let secure = match parsed.scheme() {
+            "mqtt" => false,
+            "mqtts" => true,
+            _ => {
+                return Err(TransportError::invalid_url(
+                    url,
+                    "expected mqtt://HOST:PORT[?ns=NAME] or mqtts://… (TLS)",
+                ))
+            }
+        };
         let host = parsed
             .host_str()
             .ok_or_else(|| TransportError::invalid_url(url, "no host"))?
             .to_string();
-        let port = parsed.port().unwrap_or(1883);
+        let port = parsed.port().unwrap_or(if secure { 8883 } else { 1883 });
+        let mut tls_ca = None;
         let mut namespace = "default".to_string();
         let mut max_message = MAX_MESSAGE;
         for (k, v) in parsed.query_pairs() {
@@ -165,10 +171,23 @@ impl MqttTransport {
                         )
                     })?;
                 }
+                "tls_ca" if secure => {
+                    tls_ca = Some(std::fs::read(v.as_ref()).map_err(|e| {
+                        TransportError::invalid_url(url, format!("tls_ca={v}: {e}"))
+                    })?);
+                }
+                "tls_ca" => {
+                    return Err(TransportError::invalid_url(
+                        url,
+                        "tls_ca is for mqtts:// (TLS) URLs",
+                    ))
+                }
                 unknown => {
                     return Err(TransportError::invalid_url(
                         url,
-                        format!("unknown option {unknown:?} (known: ns, max_message_bytes)"),
+                        format!(
+                            "unknown option {unknown:?} (known: ns, max_message_bytes, tls_ca)"
+                        ),
                     ))
                 }
             }
@@ -177,11 +196,22 @@ impl MqttTransport {
             "" => None,
             u => Some((u.to_string(), parsed.password().unwrap_or("").to_string())),
         };
+        // TLS: the server's certificate checked against `tls_ca` only, when given, else
+        // against the system's roots.
+        let tls = secure.then(|| match tls_ca {
+            Some(ca) => TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth: None,
+            },
+            None => TlsConfiguration::default(),
+        });
         Ok(Self {
             inner: Arc::new(Inner {
                 url: url.to_string(),
                 host,
                 port,
+                tls,
                 credentials,
                 namespace,
                 max_message,
@@ -250,6 +280,9 @@ impl Inner {
         o.set_max_packet_size(Some(packet));
         if let Some((u, p)) = &self.credentials {
             o.set_credentials(u.clone(), p.clone());
+        }
+        if let Some(tls) = &self.tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(tls.clone()));
         }
         o
     }

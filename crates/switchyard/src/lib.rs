@@ -119,6 +119,8 @@ pub fn schemes() -> &'static [&'static str] {
         "kafka",
         #[cfg(feature = "mqtt")]
         "mqtt",
+        #[cfg(feature = "mqtt")]
+        "mqtts",
         #[cfg(feature = "nats")]
         "nats",
         #[cfg(feature = "redis")]
@@ -147,7 +149,7 @@ pub fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
         #[cfg(feature = "kafka")]
         "kafka" => Ok(Arc::new(kafka::KafkaTransport::from_url(url)?)),
         #[cfg(feature = "mqtt")]
-        "mqtt" => Ok(Arc::new(mqtt::MqttTransport::from_url(url)?)),
+        "mqtt" | "mqtts" => Ok(Arc::new(mqtt::MqttTransport::from_url(url)?)),
         #[cfg(feature = "nats")]
         "nats" => Ok(Arc::new(nats::NatsTransport::from_url(url)?)),
         #[cfg(feature = "redis")]
