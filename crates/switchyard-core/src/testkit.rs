@@ -148,6 +148,188 @@ fn skip_or_fail(test: &str, why: &str) -> bool {
     false
 }
 
+/// For a test that starts a server program itself: `true` when `program` can be run;
+/// otherwise the test is skipped loudly, or fails under `SWITCHYARD_REQUIRE_ALL`.
+pub fn require_program(test: &str, program: &str) -> bool {
+    let runs = std::process::Command::new(program)
+        .arg("--help")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    runs || skip_or_fail(test, &format!("{program} cannot be run"))
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A child process (a server a test started) killed and reaped when dropped.
+#[derive(Debug)]
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A certificate authority and a server certificate for `127.0.0.1` signed by it, made with
+/// the `openssl` program in a folder of their own (removed on drop), readable by a server that
+/// drops privileges: for TLS tests against real servers.
+#[derive(Debug)]
+pub struct TestCertificates {
+    dir: std::path::PathBuf,
+}
+
+impl TestCertificates {
+    /// Makes them; `None` (after a loud skip, or a failure under `SWITCHYARD_REQUIRE_ALL`)
+    /// when `openssl` cannot be run.
+    pub fn create(test: &str) -> Option<Self> {
+        if !require_program(test, "openssl") {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("sy-tls-{}", &crate::message::new_id()[..8]));
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=switchyard test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("write");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+        ]);
+        // Readable by a server started as root that drops to its own user (Mosquitto does).
+        use std::os::unix::fs::PermissionsExt;
+        for (path, mode) in [
+            (dir.clone(), 0o755),
+            (dir.join("ca.pem"), 0o644),
+            (dir.join("server.pem"), 0o644),
+            (dir.join("server.key"), 0o644),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+        Some(Self { dir })
+    }
+
+    /// The CA's certificate (PEM): what a client must trust.
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// The server's certificate (PEM).
+    pub fn cert(&self) -> std::path::PathBuf {
+        self.dir.join("server.pem")
+    }
+
+    /// The server's private key (PEM).
+    pub fn key(&self) -> std::path::PathBuf {
+        self.dir.join("server.key")
+    }
+
+    /// The folder holding them (for a server's configuration file).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+/// Events and calls through a transport made for a connection option (TLS, credentials)
+/// against a real server: a group subscription of `transport` receives what it publishes, and
+/// `caller` calls a route `transport` serves. Panics with what failed.
+pub async fn events_and_calls(transport: Arc<dyn Transport>, caller: Arc<dyn Transport>) {
+    let topic = topic("option");
+    let mut sub = transport
+        .subscribe(&topic, SubscribeOptions::group("g"))
+        .await
+        .expect("subscribe");
+    transport
+        .publish(Envelope::new(topic.as_str(), r#"{"n":1}"#))
+        .await
+        .expect("publish");
+    let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("delivered in time")
+        .expect("subscription open")
+        .expect("delivery");
+    assert_eq!(&d.envelope.payload[..], br#"{"n":1}"#);
+    d.ack().await.expect("ack");
+
+    async fn hello(name: String) -> String {
+        format!("Welcome {name}")
+    }
+    let service = Service::new("option").route("/hello", rpc(hello));
+    let _served = transport.serve(Arc::new(service)).await.expect("serve");
+    let reply: String = tokio::time::timeout(
+        Duration::from_secs(10),
+        Client::new(caller).call("/hello", "you".to_string()),
+    )
+    .await
+    .expect("answered in time")
+    .expect("call");
+    assert_eq!(reply, "Welcome you");
+}
+
+impl Drop for TestCertificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Fails the test on error; prints skips so that no capability gap goes unnoticed.
 pub fn check(case: &str, outcome: Outcome) {
     match outcome {
