@@ -324,6 +324,19 @@ pub async fn events_and_calls(transport: Arc<dyn Transport>, caller: Arc<dyn Tra
     assert_eq!(reply, "Welcome you");
 }
 
+/// `transport` cannot connect (`why` says what should stop it: an untrusted certificate, no
+/// TLS), and its error names the server at `addr`.
+pub async fn refused_naming(transport: &dyn Transport, addr: &str, why: &str) {
+    let err = tokio::time::timeout(Duration::from_secs(15), transport.ready())
+        .await
+        .unwrap_or_else(|_| panic!("{why}: not refused within 15 s"))
+        .expect_err(why);
+    assert!(
+        err.to_string().contains(addr),
+        "{why}: the error does not name {addr}: {err}"
+    );
+}
+
 impl Drop for TestCertificates {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);

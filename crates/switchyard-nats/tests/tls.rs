@@ -4,10 +4,10 @@
 //! going out in clear.
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use switchyard_core::testkit::{
-    events_and_calls, free_port, require_program, wait_for_port, Killed, TestCertificates,
+    events_and_calls, free_port, refused_naming, require_program, wait_for_port, Killed,
+    TestCertificates,
 };
 use switchyard_core::transport::Transport;
 use switchyard_nats::NatsTransport;
@@ -53,13 +53,6 @@ async fn nats_over_tls() {
         (format!("nats://127.0.0.1:{port}/tls"), "no TLS asked for"),
     ] {
         let t = NatsTransport::from_url(&url).expect("url");
-        let err = tokio::time::timeout(Duration::from_secs(15), t.ready())
-            .await
-            .expect("fails in time")
-            .expect_err(why);
-        assert!(
-            err.to_string().contains(&format!("127.0.0.1:{port}")),
-            "{why}: the error does not name the server: {err}"
-        );
+        refused_naming(&t, &format!("127.0.0.1:{port}"), why).await;
     }
 }
