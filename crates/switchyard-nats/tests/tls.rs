@@ -2,6 +2,7 @@
 //! certificate signed by a CA made for the test: with `?tls_ca=` events and calls go through;
 //! without the CA, or without TLS, the connection is refused with the server named instead of
 //! going out in clear.
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 

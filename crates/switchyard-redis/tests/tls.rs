@@ -1,6 +1,7 @@
 //! Redis over TLS (`rediss://`) against a real `redis-server --tls-port` started here with a
 //! certificate signed by a CA made for the test: with `?tls_ca=` events and calls go through;
 //! without the CA the connection is refused with the server named.
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
