@@ -3,20 +3,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use switchyard_core::testkit::Harness;
+use switchyard_core::testkit::{free_port, Harness};
 use switchyard_core::transport::Transport;
 use switchyard_http::HttpTransport;
 
 /// One transport per URL: an HTTP address can be bound by one listener only, so every
 /// subscriber of a case shares it (as subscribers in one process would).
 static OPEN: LazyLock<Mutex<HashMap<String, Arc<dyn Transport>>>> = LazyLock::new(Default::default);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
 
 fn harness() -> Harness {
     Harness::new(

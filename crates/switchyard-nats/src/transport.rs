@@ -218,7 +218,7 @@ impl NatsTransport {
     /// operations; a later publish creates it again.
     pub async fn delete_topic(&self, topic: &str) -> Result<(), TransportError> {
         let name = stream_name(topic);
-        let js = jetstream::new(self.client().await?.clone());
+        let js = self.js().await?;
         js.delete_stream(&name)
             .await
             .map_err(TransportError::other)?;
@@ -231,7 +231,7 @@ impl NatsTransport {
 
     async fn stream(&self, topic: &str) -> Result<jetstream::stream::Stream, TransportError> {
         check_subject("topic", topic).map_err(|r| TransportError::invalid_url(&self.url, r))?;
-        let js = jetstream::new(self.client().await?.clone());
+        let js = self.js().await?;
         let name = stream_name(topic);
         let stream = js
             .get_or_create_stream(jetstream::stream::Config {

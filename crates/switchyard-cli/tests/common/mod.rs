@@ -1,6 +1,5 @@
 //! Helpers shared by the `yard` process tests.
 
-use std::process::Child;
 use std::sync::Arc;
 
 use switchyard::store::PgInbox;
@@ -10,25 +9,10 @@ use switchyard::{HandlerError, Service};
 #[allow(dead_code)] // not every test file that includes this module runs yard
 pub(crate) const YARD: &str = env!("CARGO_BIN_EXE_yard");
 
-/// A child process killed (SIGKILL) and reaped when dropped.
-pub(crate) struct Running(pub(crate) Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A loopback port nothing listens on right now.
-// Not every test file that includes this module uses it.
-#[allow(dead_code)]
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+// A child process killed (SIGKILL) and reaped when dropped, and a free loopback port: the
+// testkit's, under the names these tests use.
+#[allow(unused_imports)] // not every test file that includes this module uses both
+pub(crate) use switchyard::testkit::{free_port, Killed as Running};
 
 /// A consumer of `{"k": N}` events that counts each key's applications in `state`: each
 /// event's effect and its inbox record commit in one transaction (the transactional inbox).
