@@ -198,14 +198,15 @@ impl MqttTransport {
         };
         // TLS: the server's certificate checked against `tls_ca` only, when given, else
         // against the system's roots.
-        let tls = secure.then(|| match tls_ca {
-            Some(ca) => TlsConfiguration::Simple {
+        let tls = match (secure, tls_ca) {
+            (false, _) => None,
+            (true, Some(ca)) => Some(TlsConfiguration::Simple {
                 ca,
                 alpn: None,
                 client_auth: None,
-            },
-            None => TlsConfiguration::default(),
-        });
+            }),
+            (true, None) => Some(system_roots(url)?),
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 url: url.to_string(),
@@ -221,6 +222,28 @@ impl MqttTransport {
             }),
         })
     }
+}
+
+/// TLS trusting the system's root certificates. Built here rather than with rumqttc's
+/// `TlsConfiguration::default()`, which panics when any system certificate fails to load:
+/// an unreadable certificate is skipped, and having none at all is an error naming the URL.
+fn system_roots(url: &str) -> Result<TlsConfiguration, TransportError> {
+    let loaded = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(loaded.certs);
+    if added == 0 {
+        return Err(TransportError::invalid_url(
+            url,
+            format!(
+                "no system root certificate could be loaded ({:?}); give one with tls_ca=PATH",
+                loaded.errors
+            ),
+        ));
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
 
 /// Polls `eventloop` until the broker's CONNACK, so that an unreachable broker is an error
