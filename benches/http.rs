@@ -9,7 +9,7 @@ mod common;
 
 use common::median;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::routing::post;
 use serde_json::{json, Value};
@@ -73,32 +73,16 @@ impl Caller {
     }
 }
 
-/// Calls per second and per-call latencies over one round with `workers` callers.
-async fn round(caller: &Caller, workers: usize) -> (f64, Vec<Duration>) {
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
+/// Calls per second and the median latency over one round with `workers` callers.
+async fn round(caller: &Caller, workers: usize) -> (f64, Duration) {
+    let caller = caller.clone();
+    common::round(workers, ROUND, move || {
         let caller = caller.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while start.elapsed() < ROUND {
-                let t = Instant::now();
-                std::hint::black_box(caller.call().await);
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("caller"));
-    }
-    (all.len() as f64 / start.elapsed().as_secs_f64(), all)
-}
-
-fn p50(mut v: Vec<Duration>) -> Duration {
-    v.sort_unstable();
-    v[v.len() / 2]
+        async move {
+            std::hint::black_box(caller.call().await);
+        }
+    })
+    .await
 }
 
 fn main() {
@@ -127,8 +111,7 @@ fn main() {
                 let (a, b) = if i % 2 == 0 { (&raw, &ours) } else { (&ours, &raw) };
                 let ra = round(a, workers).await;
                 let rb = round(b, workers).await;
-                let ((rt_, rl), (ot, ol)) = if i % 2 == 0 { (ra, rb) } else { (rb, ra) };
-                let (rp, op) = (p50(rl), p50(ol));
+                let ((rt_, rp), (ot, op)) = if i % 2 == 0 { (ra, rb) } else { (rb, ra) };
                 thr_ratio.push(ot / rt_);
                 p50_ratio.push(op.as_secs_f64() / rp.as_secs_f64());
                 raw_thr.push(rt_);
