@@ -34,7 +34,7 @@ pub struct RedisTransport {
     claim_idle: Duration,
     con: OnceCell<ConnectionManager>,
     replies: OnceCell<Arc<Replies>>,
-    // When a call last found a live instance (ms since the epoch): within `ALIVE_FOR` of it a
+    // When a call last found a live instance (ms since the epoch): within `ALIVE_FOR_MS` of it a
     // call is pushed without asking again.
     seen_alive_ms: AtomicU64,
 }
