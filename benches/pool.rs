@@ -1,6 +1,7 @@
 //! The keyed pool with 10,000 distinct keys against a plain unordered tokio task pool doing
 //! the same jobs (spawn, bounded by a semaphore, results on a channel), and against one
-//! ordered worker. Alternating rounds, median.
+//! ordered worker. Alternating rounds, median; once with the jobs submitted from a task on the
+//! runtime, once from outside it.
 //!
 //! `cargo bench --bench pool`
 
@@ -18,6 +19,7 @@ use tokio::sync::{mpsc, Semaphore};
 const JOBS: u64 = 200_000;
 const KEYS: u64 = 10_000;
 const IN_FLIGHT: usize = 1024;
+const ROUNDS: usize = 7;
 
 /// A small job with a yield, so that it is a real task switch and not just a function call.
 async fn job(i: u64) -> Result<u64, String> {
@@ -84,31 +86,59 @@ async fn single_worker() -> Duration {
     start.elapsed()
 }
 
+/// Alternating rounds of the three; prints each one's median rate and the keyed pool's median
+/// ratio to the plain pool.
+async fn rounds(how: &str) {
+    let (mut k, mut p, mut s, mut vs_plain) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..ROUNDS {
+        let kt = JOBS as f64 / keyed().await.as_secs_f64();
+        let pt = JOBS as f64 / plain().await.as_secs_f64();
+        let st = JOBS as f64 / single_worker().await.as_secs_f64();
+        vs_plain.push(kt / pt);
+        k.push(kt);
+        p.push(pt);
+        s.push(st);
+    }
+    println!("{JOBS} jobs over {KEYS} keys, {IN_FLIGHT} in flight, submitted {how} (median of {ROUNDS} rounds):");
+    println!(
+        "  plain unordered tokio pool (baseline) {:>10.0} jobs/s",
+        median(p)
+    );
+    println!(
+        "  switchyard KeyedPool                  {:>10.0} jobs/s  ({:.2}x of plain)",
+        median(k),
+        median(vs_plain)
+    );
+    println!(
+        "  one ordered worker                    {:>10.0} jobs/s",
+        median(s)
+    );
+}
+
 fn main() {
-    common::runtime().block_on(async {
-        let (mut k, mut p, mut s, mut vs_plain) = (vec![], vec![], vec![], vec![]);
-        for _ in 0..5 {
-            let kt = JOBS as f64 / keyed().await.as_secs_f64();
-            let pt = JOBS as f64 / plain().await.as_secs_f64();
-            let st = JOBS as f64 / single_worker().await.as_secs_f64();
-            vs_plain.push(kt / pt);
-            k.push(kt);
-            p.push(pt);
-            s.push(st);
-        }
-        println!("{JOBS} jobs over {KEYS} keys, {IN_FLIGHT} in flight (median of 5 rounds):");
-        println!(
-            "  plain unordered tokio pool (baseline) {:>10.0} jobs/s",
-            median(p)
-        );
-        println!(
-            "  switchyard KeyedPool                  {:>10.0} jobs/s  ({:.2}x of plain)",
-            median(k),
-            median(vs_plain)
-        );
-        println!(
-            "  one ordered worker                    {:>10.0} jobs/s",
-            median(s)
-        );
+    // `BENCH_ONLY=keyed|plain`: one round of one side on a one-thread runtime, for counting
+    // instructions under `valgrind --tool=callgrind` (repeatable where timings are not).
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let one = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let took = one.block_on(async {
+            match only.as_str() {
+                "keyed" => keyed().await,
+                _ => plain().await,
+            }
+        });
+        println!("{only}: {took:?}");
+        return;
+    }
+    let runtime = common::runtime();
+    // As a service submits work: from a task on the runtime (a handler, a consumer).
+    runtime.block_on(async {
+        tokio::spawn(rounds("from a task on the runtime"))
+            .await
+            .expect("rounds")
     });
+    // From a thread outside the runtime's two workers, so three threads share two cores:
+    // every submit wakes a worker from outside, and the key table's lock is shared by three.
+    runtime.block_on(rounds("from outside the runtime (block_on)"));
 }
