@@ -94,6 +94,9 @@ struct Queued<K, T> {
     _key: std::marker::PhantomData<K>,
 }
 
+/// A key with a job running, and the jobs waiting behind it.
+type BusyKey<K, T> = (K, VecDeque<Queued<K, T>>);
+
 struct Inner<K, T> {
     config: PoolConfig,
     in_flight: Arc<Semaphore>,
@@ -103,7 +106,7 @@ struct Inner<K, T> {
     /// The busy keys, each with the jobs waiting for it. A `HashTable` rather than a map: the
     /// key is hashed once per job, outside the lock, and that hash finds the entry again when
     /// the key's job is done (a map hashes and probes twice there: look up, then remove).
-    keys: Mutex<HashTable<(K, VecDeque<Queued<K, T>>)>>,
+    keys: Mutex<HashTable<BusyKey<K, T>>>,
     next_seq: AtomicU64,
     closed: AtomicBool,
     results: mpsc::Sender<JobResult<K, T>>,
