@@ -2,10 +2,11 @@
 //! same run, alternating rounds, medians.
 //!
 //! - **consume**: MQTT keeps no backlog for a clean session, so there is nothing stored to read
-//!   as on the other brokers; instead one raw publisher floods N messages at QoS 0 (each with
+//!   as on the other brokers; instead two raw publishers flood N messages at QoS 0 (each with
 //!   the CloudEvents user properties our events carry) into a group subscription
 //!   (`$share/bench/<topic>`, taken at QoS 0 as the transport does), and the rate is counted at
-//!   the subscriber from its first message to its last. The publisher is the same for both
+//!   the subscriber from its first message to its last (one publisher alone is slower than
+//!   either subscriber, and then both sides measure it). The publishers are the same for both
 //!   sides; the subscriber is raw rumqttc counting packets or a switchyard subscription
 //!   (prefetch 64) decoding each into an envelope and acknowledging it.
 //! - **RPC**: the raw caller publishes each call at QoS 1 on one connection with an MQTT 5
@@ -35,8 +36,8 @@ use switchyard::{rpc, Client, Service};
 use tokio::sync::{oneshot, Semaphore};
 
 const URL: &str = "mqtt://127.0.0.1:1883?ns=benchmqtt";
-const N: usize = 20_000;
-const CONSUME_ROUNDS: usize = 3;
+const N: usize = 40_000;
+const CONSUME_ROUNDS: usize = 5;
 const ROUNDS: usize = 5;
 const ROUND: Duration = Duration::from_millis(1500);
 
@@ -71,9 +72,21 @@ async fn raw_publisher(name: &str) -> AsyncClient {
     client
 }
 
-/// N messages at QoS 0, each with the user properties a switchyard event carries.
-async fn flood(publisher: AsyncClient, topic: String) {
-    for i in 0..N {
+/// N messages at QoS 0 from each publisher's share, each with the user properties a
+/// switchyard event carries.
+async fn flood(publishers: Vec<AsyncClient>, topic: String) {
+    let per = N / publishers.len();
+    let each = publishers.into_iter().enumerate().map(|(p, c)| {
+        let topic = topic.clone();
+        tokio::spawn(async move { flood_one(c, topic, p * per..(p + 1) * per).await })
+    });
+    for f in futures::future::join_all(each).await {
+        f.expect("publisher");
+    }
+}
+
+async fn flood_one(publisher: AsyncClient, topic: String, range: std::ops::Range<usize>) {
+    for i in range {
         let props = PublishProperties {
             user_properties: vec![
                 ("id".into(), switchyard::message::new_id()),
@@ -103,14 +116,14 @@ fn rate(start: Instant, got: usize) -> f64 {
     (N - 1) as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn consume_raw(publisher: &AsyncClient, topic: &str) -> f64 {
+async fn consume_raw(publishers: &[AsyncClient], topic: &str) -> f64 {
     let (client, mut eventloop) = AsyncClient::new(options("craw"), 1024);
     client
         .subscribe(format!("$share/bench/{topic}"), QoS::AtMostOnce)
         .await
         .expect("subscribe");
     settle(&mut eventloop, 1).await;
-    let flooding = tokio::spawn(flood(publisher.clone(), topic.to_string()));
+    let flooding = tokio::spawn(flood(publishers.to_vec(), topic.to_string()));
     let (mut start, mut got) = (Instant::now(), 0);
     let _ = tokio::time::timeout(Duration::from_secs(60), async {
         while got < N {
@@ -131,14 +144,14 @@ async fn consume_raw(publisher: &AsyncClient, topic: &str) -> f64 {
 
 async fn consume_ours(
     t: &Arc<dyn switchyard::transport::Transport>,
-    publisher: &AsyncClient,
+    publishers: &[AsyncClient],
     topic: &str,
 ) -> f64 {
     let mut sub = t
         .subscribe(topic, SubscribeOptions::group("bench").prefetch(64))
         .await
         .expect("subscribe");
-    let flooding = tokio::spawn(flood(publisher.clone(), topic.to_string()));
+    let flooding = tokio::spawn(flood(publishers.to_vec(), topic.to_string()));
     let (mut start, mut got) = (Instant::now(), 0);
     let _ = tokio::time::timeout(Duration::from_secs(60), async {
         while got < N {
@@ -158,23 +171,23 @@ async fn consume_ours(
 
 async fn consume() {
     let t = switchyard::connect(URL).expect("mqtt");
-    let publisher = raw_publisher("flood").await;
+    let publishers = vec![raw_publisher("flood1").await, raw_publisher("flood2").await];
     let (mut raw, mut ours, mut ratio) = (vec![], vec![], vec![]);
     for round in 0..CONSUME_ROUNDS {
         let run = &switchyard::message::new_id()[..8];
         let (raw_topic, our_topic) = (format!("bench/craw/{run}"), format!("bench/cours/{run}"));
         let (r, o) = if round % 2 == 0 {
-            let r = consume_raw(&publisher, &raw_topic).await;
-            (r, consume_ours(&t, &publisher, &our_topic).await)
+            let r = consume_raw(&publishers, &raw_topic).await;
+            (r, consume_ours(&t, &publishers, &our_topic).await)
         } else {
-            let o = consume_ours(&t, &publisher, &our_topic).await;
-            (consume_raw(&publisher, &raw_topic).await, o)
+            let o = consume_ours(&t, &publishers, &our_topic).await;
+            (consume_raw(&publishers, &raw_topic).await, o)
         };
         raw.push(r);
         ours.push(o);
         ratio.push(o / r);
     }
-    println!("mqtt: consume {N} messages flooded at QoS 0 by one raw publisher (median of {CONSUME_ROUNDS} rounds):");
+    println!("mqtt: consume {N} messages flooded at QoS 0 by two raw publishers (median of {CONSUME_ROUNDS} rounds):");
     println!("  raw rumqttc  {:>9.0} msg/s", median(raw));
     println!(
         "  switchyard   {:>9.0} msg/s  ({:.2}x)",

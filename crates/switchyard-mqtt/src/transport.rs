@@ -491,20 +491,28 @@ fn event_properties(envelope: &Envelope) -> PublishProperties {
     }
 }
 
-fn envelope_of(topic: &str, p: &Publish) -> Envelope {
+/// The envelope of a received publish. Its properties are taken, not copied: what is kept of
+/// the publish afterwards (to acknowledge or redeliver it) needs only its packet id and QoS.
+fn envelope_of(topic: &str, p: &mut Publish) -> Envelope {
     let mut headers = Headers::new();
     let mut id = None;
     let mut content_type = None;
-    if let Some(props) = &p.properties {
-        for (k, v) in &props.user_properties {
+    if let Some(props) = p.properties.take() {
+        for (k, v) in props.user_properties {
             match k.as_str() {
-                "id" => id = Some(v.clone()),
+                "id" => id = Some(v),
                 "specversion" => {}
-                attr if CE_ATTRIBUTES.contains(&attr) => headers.insert(format!("ce-{attr}"), v),
-                _ => headers.insert(k.as_str(), v.as_str()),
+                attr => match Ce::from_name(attr) {
+                    Some(known) => headers.insert(known.header(), v),
+                    // `dataschema`, which no envelope header names.
+                    None if CE_ATTRIBUTES.contains(&attr) => {
+                        headers.insert(format!("ce-{attr}"), v)
+                    }
+                    None => headers.insert(k, v),
+                },
             }
         }
-        content_type = props.content_type.clone();
+        content_type = props.content_type;
     }
     headers.insert(
         h::CONTENT_TYPE,
@@ -521,11 +529,31 @@ fn envelope_of(topic: &str, p: &Publish) -> Envelope {
     }
 }
 
+/// A received publish as a delivery of `topic`, settled through `client`.
+fn delivery(
+    topic: &str,
+    mut p: Publish,
+    client: &AsyncClient,
+    inner: &Arc<Inner>,
+    retry_topic: &Arc<str>,
+) -> Delivery {
+    let envelope = envelope_of(topic, &mut p);
+    let acker = MqttAcker {
+        client: client.clone(),
+        publish: Some(p),
+        inner: inner.clone(),
+        retry_topic: retry_topic.clone(),
+        // Handed back on nack or abandon: no copy per delivery.
+        envelope: None,
+    };
+    Delivery::new(envelope, Box::new(acker))
+}
+
 struct MqttAcker {
     client: AsyncClient,
     publish: Option<Publish>,
     inner: Arc<Inner>,
-    retry_topic: String,
+    retry_topic: Arc<str>,
     envelope: Option<Envelope>,
 }
 
@@ -534,7 +562,7 @@ impl MqttAcker {
         client: AsyncClient,
         publish: Publish,
         inner: Arc<Inner>,
-        retry_topic: String,
+        retry_topic: Arc<str>,
         mut env: Envelope,
         delay: Option<Duration>,
     ) -> Result<(), TransportError> {
@@ -547,7 +575,7 @@ impl MqttAcker {
         env.headers.insert(h::ATTEMPT, (attempt + 1).to_string());
         let props = event_properties(&env);
         inner
-            .publish_acked(retry_topic, env.payload.clone(), props)
+            .publish_acked(retry_topic.to_string(), env.payload.clone(), props)
             .await?;
         client.ack(&publish).await.map_err(TransportError::other)
     }
@@ -586,7 +614,7 @@ impl Acker for MqttAcker {
     ) -> BoxFuture<'static, Result<(), TransportError>> {
         let (publish, env) = (self.publish.take(), self.envelope.take());
         let (client, inner) = (self.client.clone(), self.inner.clone());
-        let retry = std::mem::take(&mut self.retry_topic);
+        let retry = self.retry_topic.clone();
         Box::pin(async move {
             match (publish, env) {
                 (Some(p), Some(e)) => Self::redeliver(client, p, inner, retry, e, delay).await,
@@ -602,7 +630,7 @@ impl Drop for MqttAcker {
         if let (Some(p), Some(e)) = (self.publish.take(), self.envelope.take()) {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let (client, inner) = (self.client.clone(), self.inner.clone());
-                let retry = std::mem::take(&mut self.retry_topic);
+                let retry = self.retry_topic.clone();
                 rt.spawn(async move {
                     let _ = Self::redeliver(client, p, inner, retry, e, None).await;
                 });
@@ -617,7 +645,7 @@ async fn pump(
     client: AsyncClient,
     mut eventloop: EventLoop,
     filters: Vec<String>,
-    retry_topic: String,
+    retry_topic: Arc<str>,
     tx: mpsc::Sender<Result<Delivery, TransportError>>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -629,21 +657,9 @@ async fn pump(
         match event {
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 backoff = Duration::from_millis(100);
-                let envelope = envelope_of(&topic, &p);
-                let acker = MqttAcker {
-                    client: client.clone(),
-                    publish: Some(p),
-                    inner: inner.clone(),
-                    retry_topic: retry_topic.clone(),
-                    // Handed back on nack or abandon: no copy per delivery.
-                    envelope: None,
-                };
+                let delivery = delivery(&topic, p, &client, &inner, &retry_topic);
                 // Waiting here stops reading the socket: TCP pushes back on the broker.
-                if tx
-                    .send(Ok(Delivery::new(envelope, Box::new(acker))))
-                    .await
-                    .is_err()
-                {
+                if tx.send(Ok(delivery)).await.is_err() {
                     break;
                 }
             }
@@ -727,17 +743,9 @@ impl Subscriber for MqttTransport {
             // `subscribe` returns must reach this subscriber.
             let early = subscribed(&self.inner, &mut eventloop, filters.len()).await?;
             let (tx, rx) = mpsc::channel(usize::from(prefetch) + early.len());
+            let retry_topic: Arc<str> = retry_topic.into();
             for p in early {
-                let envelope = envelope_of(&topic, &p);
-                let acker = MqttAcker {
-                    client: client.clone(),
-                    publish: Some(p),
-                    inner: self.inner.clone(),
-                    retry_topic: retry_topic.clone(),
-                    // Handed back on nack or abandon: no copy per delivery.
-                    envelope: None,
-                };
-                let _ = tx.try_send(Ok(Delivery::new(envelope, Box::new(acker))));
+                let _ = tx.try_send(Ok(delivery(&topic, p, &client, &self.inner, &retry_topic)));
             }
             tokio::spawn(pump(
                 self.inner.clone(),
