@@ -102,7 +102,6 @@ struct Inner<K, T> {
     in_flight: Arc<Semaphore>,
     /// `None` when the in-flight bound already keeps running jobs within the worker limit.
     workers: Option<Arc<Semaphore>>,
-    /// Keys with a runner, and the jobs waiting behind the running one.
     /// The busy keys, each with the jobs waiting for it. A `HashTable` rather than a map: the
     /// key is hashed once per job, outside the lock, and that hash finds the entry again when
     /// the key's job is done (a map hashes and probes twice there: look up, then remove).
