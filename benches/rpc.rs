@@ -1,6 +1,6 @@
 //! In-process RPC against its baseline in the same run: `Client::call` over `mem://` and the
-//! typed contract client vs calling the same async function directly. (HTTP is in
-//! `benches/http.rs`.)
+//! typed contract client vs calling the same async function directly (HTTP is in
+//! `benches/http.rs`); and making a message id against a UUID from the OS RNG.
 //!
 //! `cargo bench --bench rpc`; figures go to docs/PERFORMANCE.md.
 
@@ -71,5 +71,27 @@ fn in_process(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, in_process);
+/// Every event and every call gets a new id. Ours (uuid's `fast-rng`: a thread-local CSPRNG
+/// seeded from the OS) against a UUID v4 read from the OS RNG, uuid's default, which is a
+/// `getrandom` system call per id.
+fn message_ids(c: &mut Criterion) {
+    let mut g = c.benchmark_group("message_id");
+    g.bench_function("os_rng_uuid_v4 (baseline)", |b| {
+        b.iter(|| {
+            let mut bytes = [0u8; 16];
+            getrandom::fill(&mut bytes).expect("os rng");
+            black_box(
+                uuid::Builder::from_random_bytes(bytes)
+                    .into_uuid()
+                    .to_string(),
+            )
+        })
+    });
+    g.bench_function("switchyard_new_id", |b| {
+        b.iter(|| black_box(switchyard::message::new_id()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, in_process, message_ids);
 criterion_main!(benches);
