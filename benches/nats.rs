@@ -129,6 +129,21 @@ fn main() {
         .await
         .expect("serve");
         let ours = Client::new(switchyard::connect(url).expect("nats"));
+        // `BENCH_ONLY=raw|ours`: one side's 64-in-flight RPC alone for 10 s (for profiling).
+        if let Ok(only) = std::env::var("BENCH_ONLY") {
+            let side = if only == "raw" {
+                Side::RawRpc(raw.clone())
+            } else {
+                Side::OursRpc(ours.clone())
+            };
+            let (rate, p50) = common::round(64, Duration::from_secs(10), move || {
+                let side = side.clone();
+                async move { side.once().await }
+            })
+            .await;
+            println!("{only}: {rate:.0} calls/s, p50 {p50:?}");
+            return;
+        }
         compare(
             "RPC, 1 caller in sequence",
             &Side::RawRpc(raw.clone()),

@@ -220,6 +220,12 @@ impl Inner {
         if let Some(l) = self.live_link() {
             return Ok(l);
         }
+        // Boxed: the connecting future would otherwise be part of every publish's and every
+        // call's future, and be copied into each one's box.
+        Box::pin(self.open_link()).await
+    }
+
+    async fn open_link(&self) -> Result<Arc<Link>, TransportError> {
         let _one_at_a_time = self.connecting.lock().await;
         if let Some(l) = self.live_link() {
             return Ok(l);

@@ -321,6 +321,11 @@ impl Inner {
         if let Some(l) = self.live_lane() {
             return Ok(l);
         }
+        // Boxed: the connecting future would otherwise be part of every publish's future.
+        Box::pin(self.open_lane()).await
+    }
+
+    async fn open_lane(&self) -> Result<Arc<Lane>, TransportError> {
         let _one_at_a_time = self.opening.lock().await;
         if let Some(l) = self.live_lane() {
             return Ok(l);
@@ -404,8 +409,11 @@ impl Inner {
     }
 
     async fn replies(self: &Arc<Self>) -> Result<Arc<Replies>, TransportError> {
-        self.replies
-            .get_or_try_init(|| async {
+        if let Some(replies) = self.replies.get() {
+            return Ok(replies.clone());
+        }
+        // Boxed: the setting-up future would otherwise be part of every call's future.
+        Box::pin(self.replies.get_or_try_init(|| async {
                 let opts = self.options("rpc");
                 let topic = format!("sy/reply/{}", opts.client_id());
                 let (client, mut eventloop) = AsyncClient::new(opts, 64);
@@ -458,7 +466,7 @@ impl Inner {
                     }
                 });
                 Ok(replies)
-            })
+            }))
             .await
             .cloned()
     }
