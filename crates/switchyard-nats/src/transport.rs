@@ -503,25 +503,26 @@ impl Requester for NatsTransport {
     }
 }
 
+/// The route a call's subject names: `sy.rpc.<ns>.a.b` → `/a/b` (one allocation, no
+/// formatting: it runs for every call).
+fn route_of(subject: &str, prefix: &str) -> String {
+    let rest = subject.strip_prefix(prefix).unwrap_or("");
+    let mut route = String::with_capacity(rest.len() + 1);
+    route.push('/');
+    route.extend(rest.chars().map(|c| if c == '.' { '/' } else { c }));
+    route
+}
+
 async fn answer(
     client: async_nats::Client,
     service: Arc<Service>,
-    namespace: Arc<String>,
+    prefix: Arc<str>,
     message: async_nats::Message,
 ) {
     let Some(reply_to) = message.reply.clone() else {
         return;
     };
-    let prefix = format!("sy.rpc.{namespace}.");
-    let route = format!(
-        "/{}",
-        message
-            .subject
-            .as_str()
-            .strip_prefix(&prefix)
-            .unwrap_or("")
-            .replace('.', "/")
-    );
+    let route = route_of(message.subject.as_str(), &prefix);
     let headers = from_nats_headers(message.headers.as_ref());
     let deadline = headers.deadline().map(|d| Instant::now() + d);
     let (payload, status) =
@@ -557,7 +558,8 @@ impl Responder for NatsTransport {
             let dead_letters: Arc<dyn Publisher> = Arc::new(NatsTransport::from_url(&self.url)?);
             let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
             let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-            let namespace = Arc::new(self.namespace.clone());
+            // Made once: every call's route is read off its subject after this prefix.
+            let prefix: Arc<str> = format!("sy.rpc.{}.", self.namespace).into();
             let svc = service.clone();
             let task = tokio::spawn(async move {
                 let mut calls = tokio::task::JoinSet::new();
@@ -566,7 +568,7 @@ impl Responder for NatsTransport {
                         _ = &mut stop_rx => break,
                         m = rpc.next() => match m {
                             Some(m) => {
-                                let call = answer(client.clone(), svc.clone(), namespace.clone(), m);
+                                let call = answer(client.clone(), svc.clone(), prefix.clone(), m);
                                 run_in_place_or_spawn(&mut calls, call).await;
                             }
                             None => break,
@@ -606,5 +608,20 @@ impl Transport for NatsTransport {
 
     fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move { self.client().await.map(drop) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_survives_its_subject() {
+        for route in ["/hello", "/orders/create", "/a/b/c"] {
+            let subject = route_subject("shop", route).unwrap();
+            assert_eq!(route_of(&subject, "sy.rpc.shop."), route);
+        }
+        // A subject outside the namespace names no route.
+        assert_eq!(route_of("sy.rpc.other.hello", "sy.rpc.shop."), "/");
     }
 }
