@@ -129,14 +129,16 @@ fn main() {
         .await
         .expect("serve");
         let ours = Client::new(switchyard::connect(url).expect("nats"));
-        // `BENCH_ONLY=raw|ours`: one side's 64-in-flight RPC alone for 10 s (for profiling).
+        // `BENCH_ONLY=raw|ours`: one side's RPC alone for 5 s, 64 in flight (one caller in
+        // sequence with `SEQ=1`), for profiling.
         if let Ok(only) = std::env::var("BENCH_ONLY") {
             let side = if only == "raw" {
                 Side::RawRpc(raw.clone())
             } else {
                 Side::OursRpc(ours.clone())
             };
-            let (rate, p50) = common::round(64, Duration::from_secs(10), move || {
+            let workers = if std::env::var("SEQ").is_ok() { 1 } else { 64 };
+            let (rate, p50) = common::round(workers, Duration::from_secs(5), move || {
                 let side = side.clone();
                 async move { side.once().await }
             })
