@@ -22,8 +22,9 @@ use switchyard_core::error::{redact_url, CallError, TransportError};
 use switchyard_core::message::{header as h, new_id, CloudEventAttribute as Ce, Envelope, Headers};
 use switchyard_core::service::{CallRequest, Service};
 use switchyard_core::transport::{
-    Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
-    ServeHandle, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
+    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher,
+    Requester, Responder, ServeHandle, SubscribeOptions, Subscriber, Subscription,
+    SubscriptionMode, Transport,
 };
 use switchyard_core::values::Reply;
 use tokio::sync::{oneshot, watch, Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
@@ -169,31 +170,29 @@ impl Inner {
     }
 
     async fn producer(&self) -> Result<&FutureProducer, TransportError> {
-        self.producer
-            .get_or_try_init(|| async {
-                self.base_config()
-                    .set("acks", "all")
-                    // Latency first; batches still form under load.
-                    .set("linger.ms", "1")
-                    .set("message.timeout.ms", "30000")
-                    .set(
-                        "message.max.bytes",
-                        (self.max_message + 64 * 1024).to_string(),
-                    )
-                    .create::<FutureProducer>()
-                    .map_err(|e| self.unreachable(e))
-            })
-            .await
+        get_or_init_boxed(&self.producer, || async {
+            self.base_config()
+                .set("acks", "all")
+                // Latency first; batches still form under load.
+                .set("linger.ms", "1")
+                .set("message.timeout.ms", "30000")
+                .set(
+                    "message.max.bytes",
+                    (self.max_message + 64 * 1024).to_string(),
+                )
+                .create::<FutureProducer>()
+                .map_err(|e| self.unreachable(e))
+        })
+        .await
     }
 
     async fn admin(&self) -> Result<&AdminClient<DefaultClientContext>, TransportError> {
-        self.admin
-            .get_or_try_init(|| async {
-                self.base_config()
-                    .create::<AdminClient<DefaultClientContext>>()
-                    .map_err(|e| self.unreachable(e))
-            })
-            .await
+        get_or_init_boxed(&self.admin, || async {
+            self.base_config()
+                .create::<AdminClient<DefaultClientContext>>()
+                .map_err(|e| self.unreachable(e))
+        })
+        .await
     }
 
     /// Creates `topic` (with `partitions` partitions) unless this transport already did.

@@ -15,8 +15,9 @@ use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, Tran
 use switchyard_core::message::{header as h, new_id, CloudEventAttribute as Ce, Envelope, Headers};
 use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
 use switchyard_core::transport::{
-    Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
-    ServeHandle, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
+    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher,
+    Requester, Responder, ServeHandle, SubscribeOptions, Subscriber, Subscription,
+    SubscriptionMode, Transport,
 };
 use switchyard_core::values::Reply;
 use switchyard_core::wire;
@@ -409,11 +410,7 @@ impl Inner {
     }
 
     async fn replies(self: &Arc<Self>) -> Result<Arc<Replies>, TransportError> {
-        if let Some(replies) = self.replies.get() {
-            return Ok(replies.clone());
-        }
-        // Boxed: the setting-up future would otherwise be part of every call's future.
-        Box::pin(self.replies.get_or_try_init(|| async {
+        get_or_init_boxed(&self.replies, || async {
                 let opts = self.options("rpc");
                 let topic = format!("sy/reply/{}", opts.client_id());
                 let (client, mut eventloop) = AsyncClient::new(opts, 64);
@@ -466,7 +463,7 @@ impl Inner {
                     }
                 });
                 Ok(replies)
-            }))
+            })
             .await
             .cloned()
     }

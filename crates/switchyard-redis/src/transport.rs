@@ -16,8 +16,9 @@ use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, Tran
 use switchyard_core::message::{header as h, Envelope, Headers};
 use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
 use switchyard_core::transport::{
-    Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
-    ServeHandle, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
+    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher,
+    Requester, Responder, ServeHandle, SubscribeOptions, Subscriber, Subscription,
+    SubscriptionMode, Transport,
 };
 use switchyard_core::values::Reply;
 use switchyard_core::wire;
@@ -168,14 +169,8 @@ impl RedisTransport {
         }
     }
 
-    // `con()` and `replies()` answer from their cell without awaiting once set up. Setting up
-    // is boxed: its future would otherwise be part of every publish's and call's future and be
-    // copied into each one's box (as on NATS, where callgrind showed 10,000 bytes a call).
     async fn con(&self) -> Result<ConnectionManager, TransportError> {
-        if let Some(con) = self.con.get() {
-            return Ok(con.clone());
-        }
-        Box::pin(self.con.get_or_try_init(|| async {
+        get_or_init_boxed(&self.con, || async {
             // redis-rs's defaults retry a refused connection for minutes (6 tries, the
             // waits growing a hundredfold up to 60 s): a broker that is not there must
             // show at once, and start-up retries are the caller's (`ConnectRetry`).
@@ -187,7 +182,7 @@ impl RedisTransport {
             ConnectionManager::new_with_config(self.client.clone(), config)
                 .await
                 .map_err(|e| self.unreachable(e))
-        }))
+        })
         .await
         .cloned()
     }
@@ -201,10 +196,7 @@ impl RedisTransport {
     }
 
     async fn replies(&self) -> Result<Arc<Replies>, TransportError> {
-        if let Some(replies) = self.replies.get() {
-            return Ok(replies.clone());
-        }
-        Box::pin(self.replies.get_or_try_init(|| async {
+        get_or_init_boxed(&self.replies, || async {
             let replies = Arc::new(Replies {
                 channel: format!("sy:reply:{}", switchyard_core::message::new_id()),
                 waiting: Mutex::new(HashMap::new()),
@@ -239,7 +231,7 @@ impl RedisTransport {
                 }
             });
             Ok(replies)
-        }))
+        })
         .await
         .cloned()
     }
