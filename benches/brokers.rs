@@ -8,7 +8,6 @@
 
 mod common;
 
-use common::median;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +45,7 @@ async fn round(once: &Once) -> f64 {
 }
 
 async fn compare(what: &str, raw_name: &str, raw: Once, ours: Once) {
-    let (mut r, mut o, mut ratio) = (vec![], vec![], vec![]);
+    let mut rates = common::Rates::default();
     for i in 0..ROUNDS {
         let (x, y) = if i % 2 == 0 {
             let x = round(&raw).await;
@@ -55,16 +54,12 @@ async fn compare(what: &str, raw_name: &str, raw: Once, ours: Once) {
             let y = round(&ours).await;
             (round(&raw).await, y)
         };
-        r.push(x);
-        o.push(y);
-        ratio.push(y / x);
+        rates.push(x, y);
     }
-    println!("{what}, 64 in flight (median of {ROUNDS} alternating rounds):");
-    println!("  raw {raw_name:<10} {:>9.0} msg/s", median(r));
-    println!(
-        "  switchyard     {:>9.0} msg/s  ({:.2}x)",
-        median(o),
-        median(ratio)
+    rates.report(
+        &format!("{what}, 64 in flight (median of {ROUNDS} alternating rounds)"),
+        &format!("raw {raw_name}"),
+        "msg/s",
     );
 }
 

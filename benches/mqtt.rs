@@ -20,7 +20,6 @@
 
 mod common;
 
-use common::median;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -172,7 +171,7 @@ async fn consume_ours(
 async fn consume() {
     let t = switchyard::connect(URL).expect("mqtt");
     let publishers = vec![raw_publisher("flood1").await, raw_publisher("flood2").await];
-    let (mut raw, mut ours, mut ratio) = (vec![], vec![], vec![]);
+    let mut rates = common::Rates::default();
     for round in 0..CONSUME_ROUNDS {
         let run = &switchyard::message::new_id()[..8];
         let (raw_topic, our_topic) = (format!("bench/craw/{run}"), format!("bench/cours/{run}"));
@@ -183,16 +182,12 @@ async fn consume() {
             let o = consume_ours(&t, &publishers, &our_topic).await;
             (consume_raw(&publishers, &raw_topic).await, o)
         };
-        raw.push(r);
-        ours.push(o);
-        ratio.push(o / r);
+        rates.push(r, o);
     }
-    println!("mqtt: consume {N} messages flooded at QoS 0 by two raw publishers (median of {CONSUME_ROUNDS} rounds):");
-    println!("  raw rumqttc  {:>9.0} msg/s", median(raw));
-    println!(
-        "  switchyard   {:>9.0} msg/s  ({:.2}x)",
-        median(ours),
-        median(ratio)
+    rates.report(
+        &format!("mqtt: consume {N} messages flooded at QoS 0 by two raw publishers (median of {CONSUME_ROUNDS} rounds)"),
+        "raw rumqttc",
+        "msg/s",
     );
 }
 

@@ -6,7 +6,6 @@
 
 mod common;
 
-use common::median;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -92,7 +91,7 @@ fn main() {
             switchyard::connect("redis://127.0.0.1:6379").expect("redis"),
             our_topic.clone(),
         );
-        let (mut r, mut o, mut ratio) = (vec![], vec![], vec![]);
+        let mut rates = common::Rates::default();
         for i in 0..ROUNDS {
             let (a, b) = if i % 2 == 0 {
                 (&raw, &ours)
@@ -102,16 +101,12 @@ fn main() {
             let x = round(a).await;
             let y = round(b).await;
             let (rr, oo) = if i % 2 == 0 { (x, y) } else { (y, x) };
-            r.push(rr);
-            o.push(oo);
-            ratio.push(oo / rr);
+            rates.push(rr, oo);
         }
-        println!("confirmed XADD, 64 in flight (median of {ROUNDS} alternating rounds):");
-        println!("  raw redis-rs  {:>9.0} msg/s", median(r));
-        println!(
-            "  switchyard    {:>9.0} msg/s  ({:.2}x)",
-            median(o),
-            median(ratio)
+        rates.report(
+            &format!("confirmed XADD, 64 in flight (median of {ROUNDS} alternating rounds)"),
+            "raw redis-rs",
+            "msg/s",
         );
         let mut c = con.clone();
         let _: Result<i64, _> = redis::cmd("DEL")

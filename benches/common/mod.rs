@@ -120,3 +120,33 @@ pub async fn compare_sides<S, F, Fut>(
     )
     .await;
 }
+
+/// Per-round rates of the raw side and ours, with their ratios, reported as medians (the
+/// median of per-round ratios, so that each ratio compares rounds run side by side).
+#[derive(Debug, Default)]
+pub struct Rates {
+    raw: Vec<f64>,
+    ours: Vec<f64>,
+    ratio: Vec<f64>,
+}
+
+impl Rates {
+    /// One round's rates.
+    pub fn push(&mut self, raw: f64, ours: f64) {
+        self.raw.push(raw);
+        self.ours.push(ours);
+        self.ratio.push(ours / raw);
+    }
+
+    /// Prints `title`, then each side's median rate in `unit` and our median ratio.
+    pub fn report(self, title: &str, raw_name: &str, unit: &str) {
+        println!("{title}:");
+        println!("  {raw_name:<14} {:>9.0} {unit}", median(self.raw));
+        println!(
+            "  {:<14} {:>9.0} {unit}  ({:.2}x)",
+            "switchyard",
+            median(self.ours),
+            median(self.ratio)
+        );
+    }
+}
