@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::codec::Codec;
-use crate::context::{self, first_poll_or_timeout, trace};
+use crate::context::{self, trace, FirstPollOrTimeout};
 use crate::error::{CallError, ErrorCode, RemoteError, TransportError};
 use crate::message::{header, Envelope, Headers};
 use crate::service::{CallParts, CallRequest};
@@ -156,7 +156,8 @@ impl Client {
                 headers,
                 deadline: Some(deadline),
             };
-            let outcome = first_poll_or_timeout(wait, service.dispatch_parts(call, false)).await;
+            let outcome =
+                FirstPollOrTimeout::new(Some(wait), service.dispatch_parts(call, false)).await;
             return match outcome {
                 Some(Ok(reply)) => Ok(reply),
                 Some(Err(e)) => Err(remote(e.into_remote())),
@@ -170,7 +171,7 @@ impl Client {
             headers,
             deadline: Some(deadline),
         };
-        match first_poll_or_timeout(wait, self.transport.request(request)).await {
+        match FirstPollOrTimeout::new(Some(wait), self.transport.request(request)).await {
             Some(Err(CallError::Remote { error, .. })) => Err(remote(error)),
             Some(r) => r,
             None => Err(timed_out()),

@@ -52,21 +52,59 @@ pub fn current() -> Option<Context> {
 }
 
 /// Runs `fut` with `ctx` as its [`current`] context.
-pub async fn scope<F: Future>(ctx: Context, fut: F) -> F::Output {
-    CURRENT.scope(ctx, fut).await
+pub fn scope<F: Future>(ctx: Context, fut: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(ctx, fut)
 }
 
-/// Awaits `fut` for at most `wait`; `None` on timeout. A future that is ready on its first
-/// poll (an in-process handler that never waits) is answered without arming a timer, which
-/// would cost more than the whole call.
-pub(crate) async fn first_poll_or_timeout<F: std::future::Future>(
-    wait: Duration,
-    fut: F,
-) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    match futures::poll!(fut.as_mut()) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => tokio::time::timeout(wait, fut).await.ok(),
+pin_project_lite::pin_project! {
+    /// Awaits `fut` for at most `wait` (for ever when `None`); `None` on timeout. A future
+    /// that is ready on its first poll (an in-process handler that never waits) is answered
+    /// without arming a timer, which would cost more than the whole call.
+    ///
+    /// A struct rather than an `async fn`: an `async fn` keeps its argument and the pinned
+    /// copy of it side by side, which made every call's future twice the handler's size and
+    /// pushed a served call's boxed future past the allocator's small-size cache.
+    pub(crate) struct FirstPollOrTimeout<F> {
+        #[pin]
+        fut: F,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        wait: Option<Duration>,
+    }
+}
+
+impl<F> FirstPollOrTimeout<F> {
+    pub(crate) fn new(wait: Option<Duration>, fut: F) -> Self {
+        Self {
+            fut,
+            timer: None,
+            wait,
+        }
+    }
+}
+
+impl<F: Future> Future for FirstPollOrTimeout<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let mut this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        let Some(wait) = *this.wait else {
+            return Poll::Pending;
+        };
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep(wait)));
+        }
+        match this.timer.as_pin_mut() {
+            Some(timer) => timer.poll(cx).map(|()| None),
+            None => Poll::Pending,
+        }
     }
 }
 

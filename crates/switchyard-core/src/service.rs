@@ -472,7 +472,13 @@ impl Service {
 
     /// Answers one call: finds the route, checks the token, runs the handler within the
     /// caller's deadline, and turns a panic into a 500 for this call only.
-    pub async fn dispatch(&self, req: CallRequest) -> Result<Reply, HandlerError> {
+    ///
+    /// The route and token are checked before the returned future is first polled; the
+    /// future borrows only the service.
+    pub fn dispatch(
+        &self,
+        req: CallRequest,
+    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + '_ {
         let CallRequest {
             route,
             args,
@@ -487,17 +493,22 @@ impl Service {
             headers,
             deadline,
         };
-        self.dispatch_parts(call, true).await
+        self.dispatch_parts(call, true)
     }
 
     /// Dispatches a call whose route and token are borrowed. `enforce_deadline` is false for
     /// a caller that runs the handler inside its own future and bounds it by its own timeout
     /// (an in-process call): no second timer is armed then.
-    pub(crate) async fn dispatch_parts(
+    ///
+    /// Not an `async fn`: what is checked up front is done before the future exists, and the
+    /// future holds only the running handler (an `async fn` kept its arguments and their
+    /// moved copies too, and a transport boxes this future once per call).
+    pub(crate) fn dispatch_parts(
         &self,
         call: CallParts<'_>,
         enforce_deadline: bool,
-    ) -> Result<Reply, HandlerError> {
+    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + '_ {
+        use futures::future::{ready, Either};
         let CallParts {
             route: path,
             args,
@@ -505,10 +516,12 @@ impl Service {
             headers,
             deadline,
         } = call;
-        let route = self
-            .routes
-            .get(path)
-            .ok_or_else(|| HandlerError::new(ErrorCode::NotFound, format!("no route {path}")))?;
+        let Some((path, route)) = self.routes.get_key_value(path) else {
+            return Either::Left(ready(Err(HandlerError::new(
+                ErrorCode::NotFound,
+                format!("no route {path}"),
+            ))));
+        };
         if let Some(expected) = &route.token {
             let given = token.or(headers.get(header::TOKEN));
             let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())));
@@ -518,16 +531,17 @@ impl Service {
                 } else {
                     "missing"
                 };
-                return Err(HandlerError::new(
+                return Either::Left(ready(Err(HandlerError::new(
                     ErrorCode::Unauthorized,
                     format!("{what} token for {path}"),
-                ));
+                ))));
             }
         }
-        let mut ctx = Context::from_headers(headers);
-        if deadline.is_some() {
-            ctx.deadline = deadline;
-        }
+        // A deadline given by the transport is the header's, already read.
+        let ctx = match deadline {
+            Some(_) => Context { deadline, headers },
+            None => Context::from_headers(headers),
+        };
         let remaining = if enforce_deadline {
             ctx.remaining()
         } else {
@@ -539,19 +553,15 @@ impl Service {
             context::scope(ctx, route.handler.call(args, &route.params)).await
         })
         .catch_unwind();
-        let outcome = match remaining {
-            Some(d) => match context::first_poll_or_timeout(d, run).await {
-                Some(r) => r,
-                None => {
-                    return Err(HandlerError::new(
-                        ErrorCode::DeadlineExceeded,
-                        format!("{path} did not finish within the caller's deadline"),
-                    ))
-                }
-            },
-            None => run.await,
-        };
-        outcome.unwrap_or_else(|panic| Err(panic_error(path, panic)))
+        Either::Right(
+            context::FirstPollOrTimeout::new(remaining, run).map(move |outcome| match outcome {
+                Some(outcome) => outcome.unwrap_or_else(|panic| Err(panic_error(path, panic))),
+                None => Err(HandlerError::new(
+                    ErrorCode::DeadlineExceeded,
+                    format!("{path} did not finish within the caller's deadline"),
+                )),
+            }),
+        )
     }
 
     /// Handles one event. Returns `NotFound` if no handler takes the topic.

@@ -84,15 +84,19 @@ pub fn decode_error(body: &[u8]) -> Option<RemoteError> {
 /// decodes it, dispatches it on `service` and returns the reply body with, for a failure, its
 /// error code (which the transport sends in a status header). A body that does not decode is
 /// a `BadRequest` for the caller, not a failure of the server.
-pub async fn answer_call(
-    service: &crate::service::Service,
+///
+/// The body is decoded before the returned future is first polled, and the future borrows
+/// only `service` (an `async fn` would hold every argument for the whole call).
+pub fn answer_call<'s>(
+    service: &'s crate::service::Service,
     route: String,
     body: &[u8],
     headers: crate::message::Headers,
     deadline: Option<std::time::Instant>,
-) -> (Bytes, Option<crate::error::ErrorCode>) {
+) -> impl std::future::Future<Output = (Bytes, Option<crate::error::ErrorCode>)> + Send + 's {
     use crate::error::ErrorCode;
-    let outcome = match serde_json::from_slice::<CallBody>(body) {
+    use futures::future::{ready, Either, FutureExt};
+    match serde_json::from_slice::<CallBody>(body) {
         Ok(body) => {
             let (args, token) = body.into_parts();
             let request = crate::service::CallRequest {
@@ -102,13 +106,24 @@ pub async fn answer_call(
                 headers,
                 deadline,
             };
-            service.dispatch(request).await.map_err(|e| e.into_remote())
+            Either::Left(
+                service
+                    .dispatch(request)
+                    .map(|outcome| reply_body(outcome.map_err(|e| e.into_remote()))),
+            )
         }
-        Err(e) => Err(RemoteError::new(
+        Err(e) => Either::Right(ready(reply_body(Err(RemoteError::new(
             ErrorCode::BadRequest,
             format!("malformed request body: {e}"),
-        )),
-    };
+        ))))),
+    }
+}
+
+/// A call's outcome as the reply body and, for a failure, its error code.
+fn reply_body(
+    outcome: Result<crate::values::Reply, RemoteError>,
+) -> (Bytes, Option<crate::error::ErrorCode>) {
+    use crate::error::ErrorCode;
     match outcome.map(|r| r.encode(Codec::Json)) {
         Ok(Ok(bytes)) => (bytes, None),
         Ok(Err(e)) => (
