@@ -3,6 +3,11 @@
 //! flight). Needs the NATS server on 127.0.0.1:4222 (scripts/services.sh). On both sides the
 //! service and its caller use separate connections.
 //!
+//! RPC has two raw baselines: the bare request (no header block), and the same message on
+//! the wire as ours — the caller's deadline in an `x-deadline-ms` header, read by the raw
+//! server — since a call that propagates its deadline pays for NATS headers (HPUB/HMSG and
+//! a `HeaderMap` on each side) whoever sends it.
+//!
 //! `cargo bench --bench nats`
 
 mod common;
@@ -25,6 +30,7 @@ async fn helloworld(name: String) -> String {
 #[derive(Clone)]
 enum Side {
     RawRpc(async_nats::Client),
+    RawRpcDeadline(async_nats::Client),
     OursRpc(Client),
     RawPublish(async_nats::jetstream::Context, Arc<String>),
     OursPublish(Arc<dyn Transport>, Arc<String>),
@@ -40,6 +46,20 @@ impl Side {
                 .expect("json");
                 let m = c
                     .request("bench.raw.hello", body.into())
+                    .await
+                    .expect("request");
+                let v: Vec<Value> = serde_json::from_slice(&m.payload).expect("reply");
+                std::hint::black_box(v);
+            }
+            Side::RawRpcDeadline(c) => {
+                let body = serde_json::to_vec(
+                    &json!({"args": ["Mr. Developer"], "kwargs": {}, "token": null}),
+                )
+                .expect("json");
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("x-deadline-ms", "30000");
+                let m = c
+                    .request_with_headers("bench.raw.hello", h, body.into())
                     .await
                     .expect("request");
                 let v: Vec<Value> = serde_json::from_slice(&m.payload).expect("reply");
@@ -111,6 +131,11 @@ fn main() {
             .expect("subscribe");
         tokio::spawn(async move {
             while let Some(m) = sub.next().await {
+                let deadline = m.headers.as_ref().and_then(|h| {
+                    let ms = h.get("x-deadline-ms")?.as_str().parse::<u64>().ok()?;
+                    Some(std::time::Instant::now() + Duration::from_millis(ms))
+                });
+                std::hint::black_box(deadline);
                 let body: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
                 let name = body["args"][0].as_str().unwrap_or_default();
                 let reply =
@@ -129,13 +154,13 @@ fn main() {
         .await
         .expect("serve");
         let ours = Client::new(switchyard::connect(url).expect("nats"));
-        // `BENCH_ONLY=raw|ours`: one side's RPC alone for 5 s, 64 in flight (one caller in
+        // `BENCH_ONLY=raw|raw-deadline|ours`: one side's RPC alone for 5 s, 64 in flight (one caller in
         // sequence with `SEQ=1`), for profiling.
         if let Ok(only) = std::env::var("BENCH_ONLY") {
-            let side = if only == "raw" {
-                Side::RawRpc(raw.clone())
-            } else {
-                Side::OursRpc(ours.clone())
+            let side = match only.as_str() {
+                "raw" => Side::RawRpc(raw.clone()),
+                "raw-deadline" => Side::RawRpcDeadline(raw.clone()),
+                _ => Side::OursRpc(ours.clone()),
             };
             let workers = if std::env::var("SEQ").is_ok() { 1 } else { 64 };
             let (rate, p50) = common::round(workers, Duration::from_secs(5), move || {
@@ -156,6 +181,20 @@ fn main() {
         compare(
             "RPC, 64 in flight",
             &Side::RawRpc(raw.clone()),
+            &Side::OursRpc(ours.clone()),
+            64,
+        )
+        .await;
+        compare(
+            "RPC with the deadline header on both sides, 1 caller in sequence",
+            &Side::RawRpcDeadline(raw.clone()),
+            &Side::OursRpc(ours.clone()),
+            1,
+        )
+        .await;
+        compare(
+            "RPC with the deadline header on both sides, 64 in flight",
+            &Side::RawRpcDeadline(raw.clone()),
             &Side::OursRpc(ours),
             64,
         )
