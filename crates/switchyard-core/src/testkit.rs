@@ -169,6 +169,77 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A TCP proxy in front of a server, for the reconnect case where the server cannot be
+/// restarted without losing what it stores (Tansu keeps memory only): [`CutProxy::cut`] closes
+/// every proxied connection and refuses new ones for a while, which a client sees as the
+/// server going down and coming back. Written here because a proxy whose connections a test
+/// can drop is a few lines over tokio's `copy_bidirectional`, and no test crate offers one.
+#[derive(Debug)]
+pub struct CutProxy {
+    port: u16,
+    target: std::net::SocketAddr,
+    // The accept loop and every proxied connection; aborting a task drops its sockets.
+    tasks: Arc<Mutex<tokio::task::JoinSet<()>>>,
+}
+
+impl CutProxy {
+    /// Listens on a free loopback port and forwards each connection to `target`.
+    pub async fn start(target: std::net::SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let proxy = Self {
+            port,
+            target,
+            tasks: Arc::new(Mutex::new(tokio::task::JoinSet::new())),
+        };
+        proxy.accept(listener);
+        Ok(proxy)
+    }
+
+    /// The port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn accept(&self, listener: tokio::net::TcpListener) {
+        let (tasks, target) = (Arc::downgrade(&self.tasks), self.target);
+        let accept = async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let Some(tasks) = tasks.upgrade() else { return };
+                let forward = async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                };
+                tasks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .spawn(forward);
+            }
+        };
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spawn(accept);
+    }
+
+    /// Closes every connection, refuses new ones for `outage`, then accepts again on the same
+    /// port.
+    pub async fn cut(&self, outage: Duration) {
+        let old = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(old); // a dropped JoinSet aborts its tasks
+        tokio::time::sleep(outage).await;
+        let listener = loop {
+            // The old listener's socket is released once its aborted task is dropped.
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        self.accept(listener);
+    }
+}
+
 /// A child process (a server a test started) killed and reaped when dropped.
 #[derive(Debug)]
 pub struct Killed(pub std::process::Child);

