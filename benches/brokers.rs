@@ -1,7 +1,8 @@
 //! RabbitMQ, MQTT and Kafka: confirmed publishes (64 in flight) through switchyard against the
 //! raw client crate doing the same work in the same run, alternating rounds:
 //! - amqp: lapin on a confirm-mode channel, persistent message to the same topic exchange;
-//! - mqtt: rumqttc QoS 1, each publish done when its PUBACK came (a semaphore of 64);
+//! - mqtt: rumqttc QoS 1 with the CloudEvents user properties ours sends, each publish done
+//!   when its PUBACK came (a semaphore of 64);
 //! - kafka: rdkafka's FutureProducer with acks=all.
 //!
 //! Servers absent are skipped with a message. `cargo bench --bench brokers`
@@ -167,7 +168,7 @@ async fn amqp(run: &str) {
 }
 
 async fn mqtt(run: &str) {
-    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
     let mut o = MqttOptions::new(format!("bench-raw-{run}"), "127.0.0.1", 1883);
@@ -190,7 +191,19 @@ async fn mqtt(run: &str) {
     let raw: Once = Arc::new(move || {
         let (c, topic, room) = (client.clone(), topic.clone(), room.clone());
         Box::pin(async move {
-            c.publish(topic.as_str(), QoS::AtLeastOnce, false, BODY)
+            // The same message on the wire as ours: the CloudEvents binding's user
+            // properties and content type.
+            let props = PublishProperties {
+                user_properties: vec![
+                    ("specversion".into(), "1.0".into()),
+                    ("id".into(), switchyard::message::new_id()),
+                    ("type".into(), topic.to_string()),
+                    ("source".into(), "/switchyard".into()),
+                ],
+                content_type: Some("application/json".into()),
+                ..Default::default()
+            };
+            c.publish_with_properties(topic.as_str(), QoS::AtLeastOnce, false, BODY, props)
                 .await
                 .expect("publish");
             room.acquire().await.expect("ack").forget();
