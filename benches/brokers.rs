@@ -253,14 +253,17 @@ fn main() {
         .build()
         .expect("runtime");
     let run = switchyard::message::new_id()[..8].to_string();
+    // `BENCH_ONLY=amqp|mqtt|kafka` runs one broker (for profiling).
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
     rt.block_on(async {
-        if up("127.0.0.1:5672", "amqp") {
+        if wanted("amqp") && up("127.0.0.1:5672", "amqp") {
             amqp(&run).await;
         }
-        if up("127.0.0.1:1883", "mqtt") {
+        if wanted("mqtt") && up("127.0.0.1:1883", "mqtt") {
             mqtt(&run).await;
         }
-        if up("127.0.0.1:9092", "kafka") {
+        if wanted("kafka") && up("127.0.0.1:9092", "kafka") {
             kafka(&run).await;
         }
     });
