@@ -73,6 +73,22 @@ async fn round(side: &Side) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
+async fn compare(raw: &Side, ours: &Side) {
+    let mut rates = common::Rates::default();
+    for i in 0..ROUNDS {
+        let (a, b) = if i % 2 == 0 { (raw, ours) } else { (ours, raw) };
+        let x = round(a).await;
+        let y = round(b).await;
+        let (rr, oo) = if i % 2 == 0 { (x, y) } else { (y, x) };
+        rates.push(rr, oo);
+    }
+    rates.report(
+        &format!("confirmed XADD, 64 in flight (median of {ROUNDS} alternating rounds)"),
+        "raw redis-rs",
+        "msg/s",
+    );
+}
+
 fn main() {
     if std::net::TcpStream::connect("127.0.0.1:6379").is_err() {
         eprintln!("SKIPPED redis benchmark: no Redis on 127.0.0.1:6379 (run scripts/services.sh)");
@@ -91,23 +107,13 @@ fn main() {
             switchyard::connect("redis://127.0.0.1:6379").expect("redis"),
             our_topic.clone(),
         );
-        let mut rates = common::Rates::default();
-        for i in 0..ROUNDS {
-            let (a, b) = if i % 2 == 0 {
-                (&raw, &ours)
-            } else {
-                (&ours, &raw)
-            };
-            let x = round(a).await;
-            let y = round(b).await;
-            let (rr, oo) = if i % 2 == 0 { (x, y) } else { (y, x) };
-            rates.push(rr, oo);
+        // `BENCH_ONLY=raw|ours`: one round of one side (for profiling).
+        if let Ok(only) = std::env::var("BENCH_ONLY") {
+            let side = if only == "raw" { &raw } else { &ours };
+            println!("{only}: {:.0} msg/s", round(side).await);
+        } else {
+            compare(&raw, &ours).await;
         }
-        rates.report(
-            &format!("confirmed XADD, 64 in flight (median of {ROUNDS} alternating rounds)"),
-            "raw redis-rs",
-            "msg/s",
-        );
         let mut c = con.clone();
         let _: Result<i64, _> = redis::cmd("DEL")
             .arg(raw_key.as_str())
