@@ -113,7 +113,8 @@ fn from_nats_headers(headers: Option<&async_nats::HeaderMap>) -> Headers {
     if let Some(hm) = headers {
         for (k, values) in hm.iter() {
             if let Some(v) = values.first() {
-                out.insert(k.to_string(), v.as_str());
+                // The name as `&str`, not `to_string`: no formatting machinery per header.
+                out.insert(AsRef::<str>::as_ref(k), v.as_str());
             }
         }
     }
@@ -326,11 +327,20 @@ impl Drop for NatsAcker {
 }
 
 fn envelope_of(topic: &str, message: &async_nats::Message, attempt: Option<i64>) -> Envelope {
-    let mut headers = from_nats_headers(message.headers.as_ref());
-    let id = headers
-        .remove("ce-id")
-        .unwrap_or_else(switchyard_core::message::new_id);
-    headers.remove("ce-specversion");
+    let mut headers = Headers::new();
+    let mut id = None;
+    for (k, values) in message.headers.iter().flat_map(|hm| hm.iter()) {
+        let (name, Some(v)) = (AsRef::<str>::as_ref(k), values.first()) else {
+            continue;
+        };
+        // The CloudEvents id is the envelope's; the spec version is implied.
+        if name.eq_ignore_ascii_case("ce-id") {
+            id = Some(v.as_str().to_string());
+        } else if !name.eq_ignore_ascii_case("ce-specversion") {
+            headers.insert(name, v.as_str());
+        }
+    }
+    let id = id.unwrap_or_else(switchyard_core::message::new_id);
     if let Some(a) = attempt {
         headers.insert(h::ATTEMPT, a.to_string());
     }
