@@ -1,4 +1,5 @@
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,7 @@ pub struct NatsTransport {
     // Topics whose stream is known to exist; checked on every publish, so a plain lock.
     streams: std::sync::Mutex<HashSet<String>>,
     js: OnceCell<jetstream::Context>,
+    replies: OnceCell<Replies>,
     ack_wait: Duration,
     tls: bool,
     tls_ca: Option<std::path::PathBuf>,
@@ -121,6 +123,99 @@ fn from_nats_headers(headers: Option<&async_nats::HeaderMap>) -> Headers {
     out
 }
 
+/// Calls waiting for their reply, on one inbox subscription (`<inbox>.<n>`) per transport.
+///
+/// Written here rather than using async-nats' `send_request`: that future is 1,088 bytes, so
+/// every call's boxed future was past the allocator's small-size cache (about 1 KB), and it
+/// formats a fresh inbox name per call; a publish with a reply subject is half the size.
+struct Replies {
+    prefix: String,
+    next: AtomicU64,
+    waiting: Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<async_nats::Message>>>>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for Replies {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Replies {
+    async fn start(client: &async_nats::Client) -> Result<Self, TransportError> {
+        let prefix = format!("{}.", client.new_inbox());
+        let mut inbox = client
+            .subscribe(format!("{prefix}*"))
+            .await
+            .map_err(TransportError::other)?;
+        let waiting: Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<_>>>> = Arc::default();
+        let (w, skip) = (waiting.clone(), prefix.len());
+        let reader = tokio::spawn(async move {
+            while let Some(m) = inbox.next().await {
+                let id = m.subject.get(skip..).and_then(|n| n.parse::<u64>().ok());
+                let waiter =
+                    id.and_then(|id| w.lock().unwrap_or_else(|p| p.into_inner()).remove(&id));
+                // A reply nobody waits for any more (its caller timed out) is dropped.
+                if let Some(tx) = waiter {
+                    let _ = tx.send(m);
+                }
+            }
+            // The connection is closed for good: the callers still waiting fail now rather
+            // than at their deadline.
+            w.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        })
+        .abort_handle();
+        Ok(Self {
+            prefix,
+            next: AtomicU64::new(0),
+            waiting,
+            reader,
+        })
+    }
+
+    /// A reply subject and the receiver of the reply sent to it. The caller that stops
+    /// waiting drops its [`Waiting`], which forgets the entry.
+    fn wait(&self) -> (String, Waiting<'_>) {
+        let id = self.next.fetch_add(1, AtomicOrdering::Relaxed);
+        let mut subject = String::with_capacity(self.prefix.len() + 20);
+        subject.push_str(&self.prefix);
+        {
+            use std::fmt::Write;
+            let _ = write!(subject, "{id}");
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        (
+            subject,
+            Waiting {
+                replies: self,
+                id,
+                rx,
+            },
+        )
+    }
+}
+
+/// One call's wait for its reply; dropped early (a timeout), it forgets the call.
+struct Waiting<'a> {
+    replies: &'a Replies,
+    id: u64,
+    rx: oneshot::Receiver<async_nats::Message>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.replies
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
 impl NatsTransport {
     /// A transport for `nats://HOST:PORT[/NAMESPACE]` (namespace `default` when absent). The
     /// connection is made on first use; an unreachable server is then an error naming the URL.
@@ -191,6 +286,7 @@ impl NatsTransport {
             client: OnceCell::new(),
             streams: std::sync::Mutex::new(HashSet::new()),
             js: OnceCell::new(),
+            replies: OnceCell::new(),
             ack_wait,
             tls,
             tls_ca,
@@ -201,6 +297,13 @@ impl NatsTransport {
     async fn js(&self) -> Result<&jetstream::Context, TransportError> {
         get_or_init_boxed(&self.js, || async {
             Ok(jetstream::new(self.client().await?.clone()))
+        })
+        .await
+    }
+
+    async fn replies(&self) -> Result<&Replies, TransportError> {
+        get_or_init_boxed(&self.replies, || async {
+            Replies::start(self.client().await?).await
         })
         .await
     }
@@ -457,56 +560,66 @@ impl Subscriber for NatsTransport {
 
 impl Requester for NatsTransport {
     fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
-        Box::pin(async move {
-            let route = request.route.clone();
-            let subject =
-                route_subject(&self.namespace, &route).map_err(|reason| CallError::Encode {
-                    route: route.clone(),
+        // What needs no waiting is done before the future exists: the boxed future then holds
+        // only what the call waits on.
+        let CallRequest {
+            route,
+            args,
+            token,
+            headers: call_headers,
+            deadline,
+        } = request;
+        let subject = match route_subject(&self.namespace, &route) {
+            Ok(s) => s,
+            Err(reason) => {
+                return Box::pin(futures::future::ready(Err(CallError::Encode {
+                    route,
                     reason,
-                })?;
-            let token = request.token.as_deref();
-            let body = wire::encode_call(&request.args, token, Codec::Json).map_err(|e| {
-                CallError::Encode {
-                    route: route.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-            let mut headers = to_nats_headers(&request.headers);
-            let wait = request
-                .deadline
-                .map(|d| d.saturating_duration_since(Instant::now()));
-            if let Some(w) = wait {
-                headers.insert(h::DEADLINE_MS, w.as_millis().to_string().as_str());
+                })))
             }
+        };
+        let body = match wire::encode_call(&args, token.as_deref(), Codec::Json) {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = e.to_string();
+                return Box::pin(futures::future::ready(Err(CallError::Encode {
+                    route,
+                    reason,
+                })));
+            }
+        };
+        let mut headers = to_nats_headers(&call_headers);
+        if let Some(d) = deadline {
+            let ms = d.saturating_duration_since(Instant::now()).as_millis();
+            headers.insert(
+                h::DEADLINE_MS,
+                u64::try_from(ms).unwrap_or(u64::MAX).to_string().as_str(),
+            );
+        }
+        Box::pin(async move {
             let client = self.client().await?;
-            let reply = client
-                .send_request(
-                    subject,
-                    // The caller's own timeout bounds the call; `None` switches off
-                    // async-nats' second timer (its default is 10 s).
-                    async_nats::Request::new()
-                        .payload(body)
-                        .headers(headers)
-                        .timeout(None),
-                )
+            let (reply_to, mut waiting) = self.replies().await?.wait();
+            client
+                .publish_with_reply_and_headers(subject, reply_to, headers, body)
                 .await
-                .map_err(|e| match e.kind() {
-                    async_nats::client::RequestErrorKind::NoResponders => CallError::Unreachable {
-                        target: format!("{} (no service serves {route})", redact_url(&self.url)),
-                        source: Box::new(e),
-                    },
-                    async_nats::client::RequestErrorKind::TimedOut => CallError::Timeout {
-                        route: route.clone(),
-                        after: wait.unwrap_or_default(),
-                    },
-                    _ => CallError::Transport(TransportError::Other(Box::new(e))),
-                })?;
-            let status = reply
+                .map_err(|e| CallError::Transport(TransportError::other(e)))?;
+            // The caller's own timeout bounds the wait (it drops this future).
+            let reply = (&mut waiting.rx).await.map_err(|_| {
+                CallError::Transport(TransportError::Other(
+                    "the NATS connection closed before the reply came".into(),
+                ))
+            })?;
+            if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                return Err(CallError::Unreachable {
+                    target: format!("{} (no service serves {route})", redact_url(&self.url)),
+                    source: "no responders".into(),
+                });
+            }
+            let failed = reply
                 .headers
                 .as_ref()
-                .and_then(|hm| hm.get(STATUS))
-                .map(|v| v.as_str().to_string());
-            wire::decode_reply(route, status.is_some(), &reply.payload)
+                .is_some_and(|hm| hm.get(STATUS).is_some());
+            wire::decode_reply(route, failed, &reply.payload)
         })
     }
 }

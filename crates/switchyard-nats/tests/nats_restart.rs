@@ -77,4 +77,54 @@ async fn reconnect_after_restart() {
         "reconnect_after_restart",
         testkit::reconnect_after_restart(&h).await,
     );
+    calls_answered_after_restart().await;
+}
+
+async fn hello(name: String) -> String {
+    format!("Welcome {name}")
+}
+
+/// Calls wait for their replies on one inbox subscription per transport: after a restart
+/// the client subscribes again by itself, and calls are answered again.
+async fn calls_answered_after_restart() {
+    use std::time::{Duration, Instant};
+    use switchyard_core::{rpc, Client, Service};
+    let url = format!(
+        "nats://127.0.0.1:4222/restartrpc{}",
+        &switchyard_core::message::new_id()[..8]
+    );
+    let server = NatsTransport::from_url(&url).expect("url");
+    let _serving = switchyard_core::transport::Responder::serve(
+        &server,
+        Arc::new(Service::new("restart").route("/hello", rpc(hello))),
+    )
+    .await
+    .expect("serve");
+    let client = Client::new(Arc::new(NatsTransport::from_url(&url).expect("url")))
+        .with_timeout(Duration::from_secs(2));
+    let first: String = client
+        .call("/hello", "before".to_string())
+        .await
+        .expect("call");
+    assert_eq!(first, "Welcome before");
+    tokio::task::spawn_blocking(restart_nats)
+        .await
+        .expect("restart");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client
+            .call::<_, String>("/hello", "after".to_string())
+            .await
+        {
+            Ok(reply) => {
+                assert_eq!(reply, "Welcome after");
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("call after restart not answered yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("calls not answered 30 s after the restart: {e}"),
+        }
+    }
 }
