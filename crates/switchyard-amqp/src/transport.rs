@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,8 +20,9 @@ use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, Tran
 use switchyard_core::message::{header as h, new_id, CloudEventAttribute as Ce, Envelope, Headers};
 use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
 use switchyard_core::transport::{
-    Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
-    ServeHandle, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
+    Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, PendingReplies, Publisher,
+    Requester, Responder, ServeHandle, SubscribeOptions, Subscriber, Subscription,
+    SubscriptionMode, Transport,
 };
 use switchyard_core::values::Reply;
 use switchyard_core::wire;
@@ -101,7 +101,7 @@ impl Link {
 /// waiting for their reply on it.
 struct RpcLink {
     channel: Channel,
-    waiting: Arc<Mutex<HashMap<String, oneshot::Sender<RpcReply>>>>,
+    waiting: Arc<PendingReplies<String, RpcReply>>,
 }
 
 struct RpcReply {
@@ -305,32 +305,28 @@ impl Inner {
             )
             .await
             .map_err(TransportError::other)?;
-        let waiting: Arc<Mutex<HashMap<String, oneshot::Sender<RpcReply>>>> = Arc::default();
+        let waiting: Arc<PendingReplies<String, RpcReply>> = Arc::default();
         let w = waiting.clone();
         tokio::spawn(async move {
             while let Some(Ok(d)) = replies.next().await {
                 let Some(cid) = d.properties.correlation_id().as_ref() else {
                     continue;
                 };
-                let waiter = w
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(cid.as_str());
-                if let Some(tx) = waiter {
-                    let status = d
-                        .properties
-                        .headers()
-                        .as_ref()
-                        .and_then(|t| t.inner().get(STATUS))
-                        .map(value_text);
-                    let _ = tx.send(RpcReply {
-                        status,
-                        payload: d.data,
-                    });
-                }
+                let status = d
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|t| t.inner().get(STATUS))
+                    .map(value_text);
+                let reply = RpcReply {
+                    status,
+                    payload: d.data,
+                };
+                // A reply nobody waits for any more (its caller timed out) is dropped.
+                w.complete(cid.as_str(), reply);
             }
             // The channel is gone: the calls still waiting learn it now, not at their timeout.
-            w.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            w.clear();
         });
         let rpc = Arc::new(RpcLink { channel, waiting });
         *self.rpc.lock().unwrap_or_else(|p| p.into_inner()) = Some(rpc.clone());
@@ -761,22 +757,6 @@ impl Subscriber for AmqpTransport {
     }
 }
 
-/// Removes a call's entry when the caller stops waiting (reply, error or timeout).
-struct Waiting<'a> {
-    rpc: &'a RpcLink,
-    cid: String,
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.rpc
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.cid);
-    }
-}
-
 impl Requester for AmqpTransport {
     fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
         Box::pin(async move {
@@ -808,15 +788,8 @@ impl Requester for AmqpTransport {
             properties = properties.with_headers(table);
             let queue = self.rpc_queue();
             let rpc = self.inner.rpc_link().await?;
-            let (tx, rx) = oneshot::channel();
-            rpc.waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(cid.clone(), tx);
-            let _entry = Waiting {
-                rpc: &rpc,
-                cid: cid.clone(),
-            };
+            // Forgotten when this call stops waiting (reply, error or timeout).
+            let reply = rpc.waiting.wait(cid);
             let confirm = rpc
                 .channel
                 .basic_publish(
@@ -853,7 +826,7 @@ impl Requester for AmqpTransport {
                 }
                 _ => {}
             }
-            let reply = rx.await.map_err(|_| {
+            let reply = reply.await.ok_or_else(|| {
                 CallError::Transport(TransportError::Other(
                     "the AMQP channel closed before the reply came".into(),
                 ))

@@ -359,6 +359,102 @@ where
     Box::pin(cell.get_or_try_init(init)).await
 }
 
+/// Calls waiting for their replies, by correlation key (a correlation id, an inbox number):
+/// what every broker transport's caller keeps between sending a call and reading its reply
+/// off a reply queue, topic or channel.
+///
+/// [`wait`](Self::wait) registers a key and returns a [`ReplyWait`]; the task reading replies
+/// hands each to [`complete`](Self::complete). A `ReplyWait` dropped before its reply came (the
+/// caller timed out or was cancelled) forgets its key, so nothing is left behind.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use switchyard_core::transport::PendingReplies;
+/// let pending: PendingReplies<u64, &str> = PendingReplies::default();
+/// let wait = pending.wait(7);
+/// assert!(pending.complete(&7, "the reply"));
+/// assert_eq!(wait.await, Some("the reply"));
+/// assert!(!pending.complete(&7, "late"), "nobody waits any more");
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct PendingReplies<K, T> {
+    waiting: std::sync::Mutex<std::collections::HashMap<K, oneshot::Sender<T>>>,
+}
+
+impl<K, T> Default for PendingReplies<K, T> {
+    fn default() -> Self {
+        Self {
+            waiting: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone, T> PendingReplies<K, T> {
+    fn waiting(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<K, oneshot::Sender<T>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a call waiting on `key`. Register before sending the call: its reply can come
+    /// at once.
+    pub fn wait(&self, key: K) -> ReplyWait<'_, K, T> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting().insert(key.clone(), tx);
+        ReplyWait {
+            pending: self,
+            key,
+            rx,
+        }
+    }
+
+    /// Hands `reply` to the call waiting on `key`; `false` when none waits (it gave up).
+    pub fn complete<Q>(&self, key: &Q, reply: T) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + std::hash::Hash + ?Sized,
+    {
+        let waiter = self.waiting().remove(key);
+        waiter.is_some_and(|tx| tx.send(reply).is_ok())
+    }
+
+    /// Ends every wait with `None`: the replies can no longer come (the connection closed), and
+    /// the callers learn it now rather than at their deadline.
+    pub fn clear(&self) {
+        self.waiting().clear();
+    }
+}
+
+/// One call's wait for its reply: `Some(reply)`, or `None` once
+/// [`PendingReplies::clear`] ran. Dropped early, it forgets its key.
+#[derive(Debug)]
+pub struct ReplyWait<'a, K: Eq + std::hash::Hash + Clone, T> {
+    pending: &'a PendingReplies<K, T>,
+    key: K,
+    rx: oneshot::Receiver<T>,
+}
+
+// Nothing in it is pinned structurally: the receiver is polled through a fresh `Pin`.
+impl<K: Eq + std::hash::Hash + Clone, T> Unpin for ReplyWait<'_, K, T> {}
+
+impl<K: Eq + std::hash::Hash + Clone, T> Future for ReplyWait<'_, K, T> {
+    type Output = Option<T>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        Pin::new(&mut self.rx).poll(cx).map(Result::ok)
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone, T> Drop for ReplyWait<'_, K, T> {
+    fn drop(&mut self) {
+        self.pending.waiting().remove(&self.key);
+    }
+}
+
 /// A running server; shut it down to stop taking new work and finish what is in flight.
 #[derive(Debug)]
 pub struct ServeHandle {

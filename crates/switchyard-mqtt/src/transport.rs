@@ -15,8 +15,8 @@ use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, Tran
 use switchyard_core::message::{header as h, new_id, CloudEventAttribute as Ce, Envelope, Headers};
 use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
 use switchyard_core::transport::{
-    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher,
-    Requester, Responder, ServeHandle, SubscribeOptions, Subscriber, Subscription,
+    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, PendingReplies,
+    Publisher, Requester, Responder, ServeHandle, SubscribeOptions, Subscriber, Subscription,
     SubscriptionMode, Transport,
 };
 use switchyard_core::values::Reply;
@@ -106,7 +106,7 @@ struct LaneState {
 /// The RPC caller's reply subscription.
 struct Replies {
     topic: String,
-    waiting: Mutex<HashMap<Bytes, oneshot::Sender<Publish>>>,
+    waiting: PendingReplies<Bytes, Publish>,
     _client: AsyncClient,
 }
 
@@ -423,7 +423,7 @@ impl Inner {
                 subscribed(self, &mut eventloop, 1).await?;
                 let replies = Arc::new(Replies {
                     topic: topic.clone(),
-                    waiting: Mutex::new(HashMap::new()),
+                    waiting: PendingReplies::default(),
                     _client: client.clone(),
                 });
                 let r = Arc::downgrade(&replies);
@@ -436,15 +436,9 @@ impl Inner {
                                     .properties
                                     .as_ref()
                                     .and_then(|pp| pp.correlation_data.clone());
+                                // A reply nobody waits for any more is dropped.
                                 if let Some(cid) = cid {
-                                    let w = r
-                                        .waiting
-                                        .lock()
-                                        .unwrap_or_else(|p| p.into_inner())
-                                        .remove(&cid);
-                                    if let Some(w) = w {
-                                        let _ = w.send(p);
-                                    }
+                                    r.waiting.complete(&cid, p);
                                 }
                             }
                             // Clean sessions lose the subscription on reconnect: renew it.
@@ -779,22 +773,6 @@ fn route_topic(namespace: &str, route: &str) -> Result<String, String> {
     Ok(format!("sy/rpc/{namespace}/{path}"))
 }
 
-/// Removes a call's entry when the caller stops waiting.
-struct Waiting<'a> {
-    replies: &'a Replies,
-    cid: Bytes,
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.replies
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.cid);
-    }
-}
-
 impl Requester for MqttTransport {
     fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
         Box::pin(async move {
@@ -825,16 +803,8 @@ impl Requester for MqttTransport {
                 expiry = Some(u32::try_from(w.as_secs() + 1).unwrap_or(u32::MAX));
             }
             let cid = Bytes::from(new_id());
-            let (tx, rx) = oneshot::channel();
-            replies
-                .waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(cid.clone(), tx);
-            let _entry = Waiting {
-                replies: &replies,
-                cid: cid.clone(),
-            };
+            // Forgotten when this call stops waiting (reply, error or timeout).
+            let reply = replies.waiting.wait(cid.clone());
             let props = PublishProperties {
                 response_topic: Some(replies.topic.clone()),
                 correlation_data: Some(cid),
@@ -865,7 +835,7 @@ impl Requester for MqttTransport {
                     )))
                 }
             }
-            let reply = rx.await.map_err(|_| {
+            let reply = reply.await.ok_or_else(|| {
                 CallError::Transport(TransportError::Other(
                     "the MQTT reply subscription closed before the reply came".into(),
                 ))

@@ -1,4 +1,4 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +14,9 @@ use switchyard_core::error::{redact_url, CallError, TransportError};
 use switchyard_core::message::{header as h, Envelope, Headers};
 use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
 use switchyard_core::transport::{
-    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher,
-    Requester, Responder, ServeHandle, SubscribeOptions, Subscriber, Subscription,
-    SubscriptionMode, Transport,
+    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, PendingReplies,
+    Publisher, ReplyWait, Requester, Responder, ServeHandle, SubscribeOptions, Subscriber,
+    Subscription, SubscriptionMode, Transport,
 };
 use switchyard_core::values::Reply;
 use switchyard_core::wire;
@@ -131,7 +131,7 @@ fn from_nats_headers(headers: Option<&async_nats::HeaderMap>) -> Headers {
 struct Replies {
     prefix: String,
     next: AtomicU64,
-    waiting: Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<async_nats::Message>>>>,
+    pending: Arc<PendingReplies<u64, async_nats::Message>>,
     reader: tokio::task::AbortHandle,
 }
 
@@ -148,34 +148,30 @@ impl Replies {
             .subscribe(format!("{prefix}*"))
             .await
             .map_err(TransportError::other)?;
-        let waiting: Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<_>>>> = Arc::default();
-        let (w, skip) = (waiting.clone(), prefix.len());
+        let pending: Arc<PendingReplies<u64, async_nats::Message>> = Arc::default();
+        let (p, skip) = (pending.clone(), prefix.len());
         let reader = tokio::spawn(async move {
             while let Some(m) = inbox.next().await {
-                let id = m.subject.get(skip..).and_then(|n| n.parse::<u64>().ok());
-                let waiter =
-                    id.and_then(|id| w.lock().unwrap_or_else(|p| p.into_inner()).remove(&id));
                 // A reply nobody waits for any more (its caller timed out) is dropped.
-                if let Some(tx) = waiter {
-                    let _ = tx.send(m);
+                if let Some(id) = m.subject.get(skip..).and_then(|n| n.parse::<u64>().ok()) {
+                    p.complete(&id, m);
                 }
             }
             // The connection is closed for good: the callers still waiting fail now rather
             // than at their deadline.
-            w.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            p.clear();
         })
         .abort_handle();
         Ok(Self {
             prefix,
             next: AtomicU64::new(0),
-            waiting,
+            pending,
             reader,
         })
     }
 
-    /// A reply subject and the receiver of the reply sent to it. The caller that stops
-    /// waiting drops its [`Waiting`], which forgets the entry.
-    fn wait(&self) -> (String, Waiting<'_>) {
+    /// A reply subject and the wait for the reply sent to it.
+    fn wait(&self) -> (String, ReplyWait<'_, u64, async_nats::Message>) {
         let id = self.next.fetch_add(1, AtomicOrdering::Relaxed);
         let mut subject = String::with_capacity(self.prefix.len() + 20);
         subject.push_str(&self.prefix);
@@ -183,36 +179,7 @@ impl Replies {
             use std::fmt::Write;
             let _ = write!(subject, "{id}");
         }
-        let (tx, rx) = oneshot::channel();
-        self.waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, tx);
-        (
-            subject,
-            Waiting {
-                replies: self,
-                id,
-                rx,
-            },
-        )
-    }
-}
-
-/// One call's wait for its reply; dropped early (a timeout), it forgets the call.
-struct Waiting<'a> {
-    replies: &'a Replies,
-    id: u64,
-    rx: oneshot::Receiver<async_nats::Message>,
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.replies
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        (subject, self.pending.wait(id))
     }
 }
 
@@ -598,13 +565,13 @@ impl Requester for NatsTransport {
         }
         Box::pin(async move {
             let client = self.client().await?;
-            let (reply_to, mut waiting) = self.replies().await?.wait();
+            let (reply_to, waiting) = self.replies().await?.wait();
             client
                 .publish_with_reply_and_headers(subject, reply_to, headers, body)
                 .await
                 .map_err(|e| CallError::Transport(TransportError::other(e)))?;
             // The caller's own timeout bounds the wait (it drops this future).
-            let reply = (&mut waiting.rx).await.map_err(|_| {
+            let reply = waiting.await.ok_or_else(|| {
                 CallError::Transport(TransportError::Other(
                     "the NATS connection closed before the reply came".into(),
                 ))

@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
@@ -16,8 +16,8 @@ use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, Tran
 use switchyard_core::message::{header as h, Envelope, Headers};
 use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
 use switchyard_core::transport::{
-    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher,
-    Requester, Responder, ServeHandle, SubscribeOptions, Subscriber, Subscription,
+    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, PendingReplies,
+    Publisher, Requester, Responder, ServeHandle, SubscribeOptions, Subscriber, Subscription,
     SubscriptionMode, Transport,
 };
 use switchyard_core::values::Reply;
@@ -57,7 +57,7 @@ impl std::fmt::Debug for RedisTransport {
 /// Calls waiting for their reply on this client's channel.
 struct Replies {
     channel: String,
-    waiting: Mutex<HashMap<String, oneshot::Sender<RpcReply>>>,
+    waiting: PendingReplies<String, RpcReply>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -199,7 +199,7 @@ impl RedisTransport {
         get_or_init_boxed(&self.replies, || async {
             let replies = Arc::new(Replies {
                 channel: format!("sy:reply:{}", switchyard_core::message::new_id()),
-                waiting: Mutex::new(HashMap::new()),
+                waiting: PendingReplies::default(),
             });
             let mut pubsub = self
                 .client
@@ -217,17 +217,12 @@ impl RedisTransport {
                     let Ok(payload) = msg.get_payload::<Vec<u8>>() else {
                         continue;
                     };
-                    let Ok(reply) = serde_json::from_slice::<RpcReply>(&payload) else {
+                    let Ok(mut reply) = serde_json::from_slice::<RpcReply>(&payload) else {
                         continue;
                     };
-                    let waiter = r
-                        .waiting
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&reply.cid);
-                    if let Some(w) = waiter {
-                        let _ = w.send(reply);
-                    }
+                    // A reply nobody waits for any more (its caller timed out) is dropped.
+                    let cid = std::mem::take(&mut reply.cid);
+                    r.waiting.complete(&cid, reply);
                 }
             });
             Ok(replies)
@@ -624,12 +619,8 @@ impl Requester for RedisTransport {
                     .collect(),
                 call,
             };
-            let (tx, rx) = oneshot::channel();
-            replies
-                .waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(cid.clone(), tx);
+            // Forgotten when this call stops waiting (reply, error, timeout or a failed push).
+            let reply = replies.waiting.wait(cid);
             let queue = format!("sy:rpc:{}", self.namespace);
             let body = serde_json::to_vec(&req).unwrap_or_default();
             let now = now_ms();
@@ -655,13 +646,6 @@ impl Requester for RedisTransport {
                 }
                 r
             };
-            if !matches!(pushed, Ok(1)) {
-                replies
-                    .waiting
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&cid);
-            }
             match pushed {
                 Ok(1) => {}
                 Ok(_) => {
@@ -676,21 +660,9 @@ impl Requester for RedisTransport {
                 }
                 Err(e) => return Err(CallError::Transport(TransportError::other(e))),
             }
-            // Dropped (the caller timed out): forget the waiter so nothing leaks.
-            struct Forget(Arc<Replies>, String);
-            impl Drop for Forget {
-                fn drop(&mut self) {
-                    self.0
-                        .waiting
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&self.1);
-                }
-            }
-            let _forget = Forget(replies.clone(), cid);
-            let reply = rx
+            let reply = reply
                 .await
-                .map_err(|_| CallError::Transport(TransportError::Closed))?;
+                .ok_or(CallError::Transport(TransportError::Closed))?;
             match (reply.values, reply.error) {
                 (_, Some(error)) => Err(CallError::Remote { route, error }),
                 (Some(values), None) => Ok(Reply::Wire(values)),
