@@ -229,12 +229,17 @@ impl CutProxy {
         let old = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         drop(old); // a dropped JoinSet aborts its tasks
         tokio::time::sleep(outage).await;
+        // The old listener's socket is released once its aborted task is dropped.
+        let mut tries = 0;
         let listener = loop {
-            // The old listener's socket is released once its aborted task is dropped.
             match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
                 Ok(l) => break l,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) if tries == 100 => {
+                    panic!("the proxy cannot listen again on {}: {e}", self.port)
+                }
+                Err(_) => tries += 1,
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         };
         self.accept(listener);
     }
