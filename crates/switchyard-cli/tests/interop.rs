@@ -1,4 +1,5 @@
-//! CloudEvents interop with plain clients of each broker (pika, paho-mqtt, kafka-python): an
+//! CloudEvents interop with plain clients of each broker (pika, paho-mqtt, kafka-python,
+//! nats-py): an
 //! event they publish in their protocol's CloudEvents binding arrives as a well-formed
 //! envelope, and an event we publish reaches them with its attributes where the binding puts
 //! them.
@@ -28,6 +29,7 @@ fn python_has(test: &str, module: &str) -> bool {
         // The PyPI names of the modules the script imports.
         let package = match module {
             "kafka" => "kafka-python",
+            "nats" => "nats-py",
             "paho.mqtt" => "paho-mqtt",
             other => other,
         };
@@ -177,6 +179,18 @@ async fn cloudevents_interop_kafka() {
         "Kafka (Tansu)",
         "127.0.0.1:9092",
         "kafka://127.0.0.1:9092",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_interop_nats() {
+    interop(
+        "nats",
+        "nats",
+        "NATS",
+        "127.0.0.1:4222",
+        "nats://127.0.0.1:4222/interop",
     )
     .await;
 }

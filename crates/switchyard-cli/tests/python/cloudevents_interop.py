@@ -4,9 +4,10 @@
     python3 cloudevents_interop.py PROTO recv TOPIC   # prints "ready", then the first message
                                                       # as JSON {"attributes": ..., "data": ...}
 
-PROTO is amqp (pika), mqtt (paho-mqtt, MQTT 5) or kafka (kafka-python). Each follows its
-CloudEvents protocol binding: AMQP `cloudEvents:` headers, MQTT 5 user properties, Kafka `ce_`
-headers; the content type in the protocol's own content-type slot.
+PROTO is amqp (pika), mqtt (paho-mqtt, MQTT 5), kafka (kafka-python) or nats (nats-py). Each
+follows its CloudEvents protocol binding: AMQP `cloudEvents:` headers, MQTT 5 user properties,
+Kafka `ce_` headers, NATS `ce-` headers; the content type in the protocol's own content-type
+slot.
 """
 import json
 import sys
@@ -128,6 +129,42 @@ def kafka(mode, topic):
     sys.exit("kafka: nothing arrived")
 
 
+def nats_(mode, topic):
+    import asyncio
+
+    import nats
+
+    async def main():
+        nc = await nats.connect("nats://127.0.0.1:4222")
+        if mode == "send":
+            # A JetStream publish, acknowledged once the stream (made by our subscriber) has it.
+            headers = {f"ce-{k}": v for k, v in EVENT.items()}
+            headers["content-type"] = "application/json"
+            await nc.jetstream().publish(topic, DATA, headers=headers)
+            await nc.close()
+            return
+        got = asyncio.get_running_loop().create_future()
+
+        async def on_message(msg):
+            if not got.done():
+                got.set_result(msg)
+
+        await nc.subscribe(topic, cb=on_message)
+        await nc.flush()
+        out("ready")
+        try:
+            msg = await asyncio.wait_for(got, 30)
+        except asyncio.TimeoutError:
+            sys.exit("nats: nothing arrived in 30 s")
+        h = msg.headers or {}
+        attrs = {k[3:]: v for k, v in h.items() if k.lower().startswith("ce-")}
+        attrs["datacontenttype"] = h.get("content-type")
+        out({"attributes": attrs, "data": json.loads(msg.data)})
+        await nc.close()
+
+    asyncio.run(main())
+
+
 if __name__ == "__main__":
     proto, mode, topic = sys.argv[1:4]
-    {"amqp": amqp, "mqtt": mqtt, "kafka": kafka}[proto](mode, topic)
+    {"amqp": amqp, "mqtt": mqtt, "kafka": kafka, "nats": nats_}[proto](mode, topic)
