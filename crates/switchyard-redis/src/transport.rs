@@ -87,8 +87,10 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+const STREAM_PREFIX: &str = "sy:s:";
+
 fn stream_key(topic: &str) -> String {
-    format!("sy:s:{topic}")
+    format!("{STREAM_PREFIX}{topic}")
 }
 
 impl RedisTransport {
@@ -282,10 +284,30 @@ impl serde::Serialize for HeadersJson<'_> {
     }
 }
 
+/// The `h` field of an entry: the headers' JSON written into the command itself.
+impl redis::ToRedisArgs for HeadersJson<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        // Writing to a command buffer cannot fail, and string maps always encode.
+        let _ = serde_json::to_writer(out.writer_for_next_arg(), self);
+    }
+}
+
+/// A topic's stream key (`sy:s:<topic>`, as [`stream_key`]) written into the command itself:
+/// no string made per publish.
+struct StreamKey<'a>(&'a str);
+
+impl redis::ToRedisArgs for StreamKey<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut arg = out.writer_for_next_arg();
+        let _ = arg.write_all(STREAM_PREFIX.as_bytes());
+        let _ = arg.write_all(self.0.as_bytes());
+    }
+}
+
 async fn add(con: &mut ConnectionManager, env: &Envelope) -> Result<(), redis::RedisError> {
-    let headers = serde_json::to_vec(&HeadersJson(&env.headers)).unwrap_or_default();
     redis::cmd("XADD")
-        .arg(stream_key(&env.subject))
+        .arg(StreamKey(&env.subject))
         .arg("MAXLEN")
         .arg("~")
         .arg(1_000_000)
@@ -293,12 +315,12 @@ async fn add(con: &mut ConnectionManager, env: &Envelope) -> Result<(), redis::R
         .arg("i")
         .arg(&env.id)
         .arg("h")
-        .arg(headers)
+        .arg(HeadersJson(&env.headers))
         .arg("p")
         .arg(env.payload.as_ref())
-        .query_async::<String>(con)
+        // The entry id the server answers is not needed: `()` takes any reply unread.
+        .query_async::<()>(con)
         .await
-        .map(|_| ())
 }
 
 struct RedisAcker {
