@@ -774,11 +774,21 @@ impl Responder for RedisTransport {
             let instance = switchyard_core::message::new_id();
             let dead_letters: Arc<dyn Publisher> = Arc::new(RedisTransport::from_url(&self.url)?);
             let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
+            // The first heartbeat is written before `serve` returns: a call made right after
+            // must find this instance alive (written by the task below, it raced such a call,
+            // which then failed with "no live instance").
+            let mut heartbeat_con = con.clone();
+            redis::cmd("ZADD")
+                .arg(&alive_key)
+                .arg(now_ms() + 5_000)
+                .arg(&instance)
+                .query_async::<i64>(&mut heartbeat_con)
+                .await
+                .map_err(TransportError::other)?;
             let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
             let svc = service.clone();
             let task = tokio::spawn(async move {
-                let mut heartbeat_con = con.clone();
-                let mut next_beat = Instant::now();
+                let mut next_beat = Instant::now() + Duration::from_secs(1);
                 let mut calls = tokio::task::JoinSet::new();
                 loop {
                     if Instant::now() >= next_beat {
