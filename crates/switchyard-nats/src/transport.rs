@@ -662,6 +662,9 @@ impl Responder for NatsTransport {
                 )
                 .await
                 .map_err(TransportError::other)?;
+            // The subscription is only queued for the connection to send: `serve` returns once
+            // the server has it, so that a call made right after finds a responder.
+            client.flush().await.map_err(TransportError::other)?;
             let dead_letters: Arc<dyn Publisher> = Arc::new(NatsTransport::from_url(&self.url)?);
             let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
             let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
