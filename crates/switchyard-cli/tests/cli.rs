@@ -232,3 +232,103 @@ fn a_broker_that_starts_late_is_waited_for_when_retries_are_asked() {
     ]);
     assert!(!ok && err.contains("cannot reach"), "{err}");
 }
+
+/// Reads `child`'s stderr until a line containing `what`, for at most 60 s.
+fn wait_for_stderr(child: &mut std::process::Child, what: &str, who: &str) {
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let what = what.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(&what) {
+                let _ = tx.send(());
+                return;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{who}: never said it was ready"));
+}
+
+/// `yard serve`, `call`, `subscribe` and `publish` on every broker, the same commands with only
+/// the URL changed (Kafka has no request/reply: its call fails and says so).
+#[test]
+fn yard_commands_on_every_broker() {
+    const TEST: &str = "yard_commands_on_every_broker";
+    let run = &switchyard::message::new_id()[..8];
+    for (name, addr, url) in [
+        (
+            "RabbitMQ",
+            "127.0.0.1:5672",
+            format!("amqp://127.0.0.1:5672/%2f?ns=yard{run}"),
+        ),
+        (
+            "NATS",
+            "127.0.0.1:4222",
+            format!("nats://127.0.0.1:4222/yard{run}"),
+        ),
+        (
+            "Redis",
+            "127.0.0.1:6379",
+            format!("redis://127.0.0.1:6379?ns=yard{run}"),
+        ),
+        (
+            "Mosquitto",
+            "127.0.0.1:1883",
+            format!("mqtt://127.0.0.1:1883?ns=yard{run}"),
+        ),
+        (
+            "Kafka (Tansu)",
+            "127.0.0.1:9092",
+            "kafka://127.0.0.1:9092".to_string(),
+        ),
+    ] {
+        if !switchyard::testkit::require_server(TEST, name, addr) {
+            continue;
+        }
+        if url.starts_with("kafka") {
+            let (ok, _, err) = yard(&["call", &url, "/helloworld", "Mr. Developer"]);
+            assert!(!ok, "{name}: a call succeeded");
+            assert!(err.contains("request/reply"), "{name}: {err}");
+        } else {
+            let mut server = Command::new(YARD)
+                .args(["serve", "example", "--url", &url])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn yard serve");
+            let mut line = String::new();
+            BufReader::new(server.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("first line");
+            assert!(line.starts_with("serving example on"), "{name}: {line}");
+            let _server = Running(server);
+            let (ok, out, err) = yard(&["call", &url, "/helloworld", "Mr. Developer"]);
+            assert!(ok, "{name}: call failed: {err}");
+            assert_eq!(out, r#""Welcome Mr. Developer""#, "{name}");
+        }
+        let topic = format!("yard.{run}.{}", &url[..4]);
+        let mut sub = Command::new(YARD)
+            .args(["subscribe", &url, &topic, "--group", "yard", "--count", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn yard subscribe");
+        wait_for_stderr(&mut sub, "subscribed to", name);
+        let (ok, _, err) = yard(&["publish", &url, &topic, r#"{"n":1}"#]);
+        assert!(ok, "{name}: publish failed: {err}");
+        let started = Instant::now();
+        while sub.try_wait().expect("subscriber").is_none() {
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = sub.kill();
+                panic!("{name}: the subscriber got nothing in 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = sub.wait_with_output().expect("subscriber output");
+        assert!(out.status.success(), "{name}: subscriber failed");
+        let line = String::from_utf8_lossy(&out.stdout);
+        let event: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+        assert_eq!(event["topic"], topic.as_str(), "{name}");
+        assert_eq!(event["data"], serde_json::json!({"n": 1}), "{name}");
+    }
+}
