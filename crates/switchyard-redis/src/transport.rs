@@ -778,13 +778,16 @@ impl Responder for RedisTransport {
             // must find this instance alive (written by the task below, it raced such a call,
             // which then failed with "no live instance").
             let mut heartbeat_con = con.clone();
-            redis::cmd("ZADD")
+            let first_beat = redis::cmd("ZADD")
                 .arg(&alive_key)
                 .arg(now_ms() + 5_000)
                 .arg(&instance)
                 .query_async::<i64>(&mut heartbeat_con)
-                .await
-                .map_err(TransportError::other)?;
+                .await;
+            if let Err(e) = first_beat {
+                consumers.stop().await;
+                return Err(TransportError::other(e));
+            }
             let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
             let svc = service.clone();
             let task = tokio::spawn(async move {
