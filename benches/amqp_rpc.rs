@@ -166,8 +166,7 @@ async fn round(once: &Once, callers: usize) -> (f64, f64) {
 }
 
 fn main() {
-    if std::net::TcpStream::connect("127.0.0.1:5672").is_err() {
-        eprintln!("SKIPPED amqp_rpc benchmark: no RabbitMQ on 127.0.0.1:5672");
+    if !common::server_up("amqp_rpc benchmark (RabbitMQ)", "127.0.0.1:5672") {
         return;
     }
     common::runtime().block_on(async {

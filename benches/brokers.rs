@@ -77,14 +77,6 @@ fn ours(url: &str, topic: String) -> Once {
     })
 }
 
-fn up(addr: &str, name: &str) -> bool {
-    let ok = std::net::TcpStream::connect(addr).is_ok();
-    if !ok {
-        eprintln!("SKIPPED {name} benchmark: nothing on {addr}");
-    }
-    ok
-}
-
 async fn amqp(run: &str) {
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -257,13 +249,13 @@ fn main() {
     let only = std::env::var("BENCH_ONLY").ok();
     let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
     rt.block_on(async {
-        if wanted("amqp") && up("127.0.0.1:5672", "amqp") {
+        if wanted("amqp") && common::server_up("amqp benchmark", "127.0.0.1:5672") {
             amqp(&run).await;
         }
-        if wanted("mqtt") && up("127.0.0.1:1883", "mqtt") {
+        if wanted("mqtt") && common::server_up("mqtt benchmark", "127.0.0.1:1883") {
             mqtt(&run).await;
         }
-        if wanted("kafka") && up("127.0.0.1:9092", "kafka") {
+        if wanted("kafka") && common::server_up("kafka benchmark", "127.0.0.1:9092") {
             kafka(&run).await;
         }
     });

@@ -88,10 +88,8 @@ fn main() {
             ("kafka", "127.0.0.1:9092", "kafka://127.0.0.1:9092"),
             ("mqtt", "127.0.0.1:1883", "mqtt://127.0.0.1:1883"),
         ] {
-            if std::net::TcpStream::connect(addr).is_ok() {
+            if common::server_up(&format!("{name} part"), addr) {
                 urls.push(url.into());
-            } else {
-                eprintln!("SKIPPED {name} part: nothing on {addr}");
             }
         }
         if let Ok(only) = std::env::var("BENCH_ONLY") {

@@ -266,8 +266,7 @@ fn main() {
             if std::env::var("BENCH_ONLY").is_ok_and(|only| only != name) {
                 continue;
             }
-            if std::net::TcpStream::connect(addr).is_err() {
-                eprintln!("SKIPPED {name} consume benchmark: nothing on {addr}");
+            if !common::server_up(&format!("{name} consume benchmark"), addr) {
                 continue;
             }
             let t = switchyard::connect(url).expect("transport");

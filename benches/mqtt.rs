@@ -355,8 +355,7 @@ async fn calls() {
 }
 
 fn main() {
-    if std::net::TcpStream::connect("127.0.0.1:1883").is_err() {
-        eprintln!("SKIPPED mqtt benchmark: no Mosquitto on 127.0.0.1:1883");
+    if !common::server_up("mqtt benchmark (Mosquitto)", "127.0.0.1:1883") {
         return;
     }
     common::runtime().block_on(async {

@@ -110,10 +110,7 @@ async fn compare(label: &str, raw: &Side, ours: &Side, workers: usize) {
 }
 
 fn main() {
-    if std::net::TcpStream::connect("127.0.0.1:4222").is_err() {
-        eprintln!(
-            "SKIPPED nats benchmark: no NATS server on 127.0.0.1:4222 (run scripts/services.sh)"
-        );
+    if !common::server_up("nats benchmark (NATS)", "127.0.0.1:4222") {
         return;
     }
     common::runtime().block_on(async {
@@ -154,8 +151,8 @@ fn main() {
         .await
         .expect("serve");
         let ours = Client::new(switchyard::connect(url).expect("nats"));
-        // `BENCH_ONLY=raw|raw-deadline|ours`: one side's RPC alone for 5 s, 64 in flight (one caller in
-        // sequence with `SEQ=1`), for profiling.
+        // `BENCH_ONLY=raw|raw-deadline|ours`: one side's RPC alone for 5 s, 64 in flight (one
+        // caller in sequence with `SEQ=1`), for profiling.
         if let Ok(only) = std::env::var("BENCH_ONLY") {
             let side = match only.as_str() {
                 "raw" => Side::RawRpc(raw.clone()),
@@ -171,34 +168,23 @@ fn main() {
             println!("{only}: {rate:.0} calls/s, p50 {p50:?}");
             return;
         }
-        compare(
-            "RPC, 1 caller in sequence",
-            &Side::RawRpc(raw.clone()),
-            &Side::OursRpc(ours.clone()),
-            1,
-        )
-        .await;
-        compare(
-            "RPC, 64 in flight",
-            &Side::RawRpc(raw.clone()),
-            &Side::OursRpc(ours.clone()),
-            64,
-        )
-        .await;
-        compare(
-            "RPC with the deadline header on both sides, 1 caller in sequence",
-            &Side::RawRpcDeadline(raw.clone()),
-            &Side::OursRpc(ours.clone()),
-            1,
-        )
-        .await;
-        compare(
-            "RPC with the deadline header on both sides, 64 in flight",
-            &Side::RawRpcDeadline(raw.clone()),
-            &Side::OursRpc(ours),
-            64,
-        )
-        .await;
+        let ours = Side::OursRpc(ours);
+        for (label, raw_side, workers) in [
+            ("RPC, 1 caller in sequence", Side::RawRpc(raw.clone()), 1),
+            ("RPC, 64 in flight", Side::RawRpc(raw.clone()), 64),
+            (
+                "RPC with the deadline header on both sides, 1 caller in sequence",
+                Side::RawRpcDeadline(raw.clone()),
+                1,
+            ),
+            (
+                "RPC with the deadline header on both sides, 64 in flight",
+                Side::RawRpcDeadline(raw.clone()),
+                64,
+            ),
+        ] {
+            compare(label, &raw_side, &ours, workers).await;
+        }
 
         let js = async_nats::jetstream::new(raw.clone());
         let raw_topic = format!("bench.raw.{}", std::process::id());

@@ -90,8 +90,7 @@ async fn compare(raw: &Side, ours: &Side) {
 }
 
 fn main() {
-    if std::net::TcpStream::connect("127.0.0.1:6379").is_err() {
-        eprintln!("SKIPPED redis benchmark: no Redis on 127.0.0.1:6379 (run scripts/services.sh)");
+    if !common::server_up("redis benchmark (Redis)", "127.0.0.1:6379") {
         return;
     }
     common::runtime().block_on(async {

@@ -152,8 +152,7 @@ async fn compare(label: &str, raw: &Side, ours: &Side, workers: usize) {
 }
 
 fn main() {
-    if std::net::TcpStream::connect("127.0.0.1:6379").is_err() {
-        eprintln!("SKIPPED redis_rpc benchmark: no Redis on 127.0.0.1:6379");
+    if !common::server_up("redis_rpc benchmark (Redis)", "127.0.0.1:6379") {
         return;
     }
     common::runtime().block_on(async {

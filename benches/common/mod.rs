@@ -15,6 +15,16 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// Whether something listens at `addr`; if not, says loudly that `what` is skipped (a broker
+/// benchmark with no broker to measure).
+pub fn server_up(what: &str, addr: &str) -> bool {
+    let up = std::net::TcpStream::connect(addr).is_ok();
+    if !up {
+        eprintln!("SKIPPED {what}: nothing on {addr} (scripts/services.sh, scripts/tansu.sh)");
+    }
+    up
+}
+
 /// The median (the upper one of an even count).
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
