@@ -181,7 +181,7 @@ fn main() {
         )
         .await
         .expect("serve");
-        let client = Client::new(switchyard::connect(&url).expect("amqp"));
+        let client = Client::new(switchyard::connect(&url).expect("amqp")).service("bench");
         let ours: Once = Arc::new(move || {
             let c = client.clone();
             Box::pin(async move {

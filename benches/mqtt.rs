@@ -341,7 +341,7 @@ async fn calls() {
     )
     .await
     .expect("serve");
-    let ours = Side::Ours(Client::new(switchyard::connect(URL).expect("mqtt")));
+    let ours = Side::Ours(Client::new(switchyard::connect(URL).expect("mqtt")).service("bench"));
     for (label, workers) in [("one caller in sequence", 1), ("64 in flight", 64)] {
         common::compare_sides(
             &format!("mqtt RPC, {label}"),

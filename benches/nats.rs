@@ -150,7 +150,7 @@ fn main() {
         )
         .await
         .expect("serve");
-        let ours = Client::new(switchyard::connect(url).expect("nats"));
+        let ours = Client::new(switchyard::connect(url).expect("nats")).service("bench");
         // `BENCH_ONLY=raw|raw-deadline|ours`: one side's RPC alone for 5 s, 64 in flight (one
         // caller in sequence with `SEQ=1`), for profiling.
         if let Ok(only) = std::env::var("BENCH_ONLY") {

@@ -166,7 +166,8 @@ fn main() {
         )
         .await
         .expect("serve");
-        let ours = Side::Ours(Client::new(switchyard::connect(url).expect("redis")));
+        let ours =
+            Side::Ours(Client::new(switchyard::connect(url).expect("redis")).service("bench"));
         compare("one caller in sequence", &raw, &ours, 1).await;
         compare("64 in flight", &raw, &ours, 64).await;
     });

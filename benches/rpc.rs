@@ -39,8 +39,8 @@ fn in_process(c: &mut Criterion) {
             .await
             .expect("serve");
         (
-            Client::new(t),
-            GreeterClient::new(Client::new(t2)),
+            Client::new(t).service("b"),
+            GreeterClient::new(Client::new(t2).service("g")),
             (s1, s2),
         )
     });

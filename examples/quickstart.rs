@@ -20,7 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = switchyard::serve(&transport, service).await?;
 
     // app2: the sender, on whatever address the listener actually got.
-    let friend = Client::new(switchyard::connect(server.url())?);
+    let friend = Client::new(switchyard::connect(server.url())?).service("app1");
     let message: String = friend
         .call("/helloworld", "Mr. Developer".to_string())
         .await?;

@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (heard_tx, mut heard) = mpsc::unbounded_channel();
         let transport = switchyard::connect(&url)?;
         let server = switchyard::serve(&transport, service(heard_tx)).await?;
-        let client = Client::new(switchyard::connect(server.url())?);
+        let client = Client::new(switchyard::connect(server.url())?).service("shouter");
         let name = client.transport().name();
         if client.transport().capabilities().request_reply {
             let reply: String = client

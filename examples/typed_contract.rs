@@ -57,7 +57,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Shelf::default().into_service("bookshelf"),
     )
     .await?;
-    let shelf = BookshelfClient::new(switchyard::Client::new(switchyard::connect(server.url())?));
+    let shelf = BookshelfClient::new(
+        switchyard::Client::new(switchyard::connect(server.url())?).service("bookshelf"),
+    );
 
     shelf
         .add(Book {

@@ -14,19 +14,19 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
     ExchangeKind,
 };
+use switchyard_core::call::CallRequest;
 use switchyard_core::codec::Codec;
-use switchyard_core::consumer;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
 use switchyard_core::message::{header as h, new_id, CloudEventAttribute as Ce, Envelope, Headers};
-use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
+use switchyard_core::server::Served;
 use switchyard_core::transport::{
-    Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, PendingReplies, Publisher,
-    Requester, Responder, ServeHandle, SubscribeOptions, Subscriber, Subscription,
-    SubscriptionMode, Transport,
+    Acker, Capabilities, Delivery, DeliveryGuarantee, IncomingCall, Listener, Ordering,
+    PendingReplies, Publisher, ReplyTo, Requester, Responder, SubscribeOptions, Subscriber,
+    Subscription, SubscriptionMode, Transport,
 };
 use switchyard_core::values::Reply;
 use switchyard_core::wire;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// The topic exchange every event goes through.
 const EXCHANGE: &str = "sy.events";
@@ -197,8 +197,9 @@ impl AmqpTransport {
         })
     }
 
-    fn rpc_queue(&self) -> String {
-        format!("sy.rpc.{}", self.inner.namespace)
+    /// The queue a service's calls wait on: `sy.rpc.<namespace>.<service>`.
+    fn rpc_queue(&self, service: &str) -> String {
+        format!("sy.rpc.{}.{service}", self.inner.namespace)
     }
 }
 
@@ -761,6 +762,12 @@ impl Requester for AmqpTransport {
     fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
         Box::pin(async move {
             let route = request.route.clone();
+            let Some(service) = request.service.as_deref() else {
+                return Err(CallError::NoService {
+                    route,
+                    transport: redact_url(&self.inner.url),
+                });
+            };
             let body = wire::encode_call(&request.args, request.token.as_deref(), Codec::Json)
                 .map_err(|e| CallError::Encode {
                     route: route.clone(),
@@ -786,7 +793,7 @@ impl Requester for AmqpTransport {
                 properties = properties.with_expiration(ShortString::from(ms));
             }
             properties = properties.with_headers(table);
-            let queue = self.rpc_queue();
+            let queue = self.rpc_queue(service);
             let rpc = self.inner.rpc_link().await?;
             // Forgotten when this call stops waiting (reply, error or timeout).
             let reply = rpc.waiting.wait(cid);
@@ -812,7 +819,7 @@ impl Requester for AmqpTransport {
                 Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
                     return Err(CallError::Unreachable {
                         target: format!(
-                            "{} (no service serves {route} in namespace {})",
+                            "{} (no instance of service {service} in namespace {})",
                             redact_url(&self.inner.url),
                             self.inner.namespace
                         ),
@@ -836,37 +843,96 @@ impl Requester for AmqpTransport {
     }
 }
 
-/// Answers one call and acks it once the reply is sent.
-async fn answer(channel: Channel, service: Arc<Service>, d: lapin::message::Delivery) {
-    let mut headers = headers_of(&d.properties);
+/// Answers one call on its reply queue, then acks the call.
+struct AmqpReply {
+    channel: Channel,
+    delivery: lapin::message::Delivery,
+}
+
+impl ReplyTo for AmqpReply {
+    fn send(self: Box<Self>, outcome: Result<Reply, RemoteError>) -> BoxFuture<'static, ()> {
+        let (payload, status) = wire::reply_body(outcome);
+        let Self { channel, delivery } = *self;
+        Box::pin(async move {
+            if let Some(reply_to) = delivery.properties.reply_to().as_ref() {
+                let mut properties =
+                    BasicProperties::default().with_content_type(Codec::Json.content_type().into());
+                if let Some(cid) = delivery.properties.correlation_id().as_ref() {
+                    properties = properties.with_correlation_id(cid.clone());
+                }
+                if let Some(code) = status {
+                    let mut table = FieldTable::default();
+                    table.insert(STATUS.into(), long(&code.to_string()));
+                    properties = properties.with_headers(table);
+                }
+                let sent = channel
+                    .basic_publish(
+                        "".into(),
+                        reply_to.clone(),
+                        BasicPublishOptions::default(),
+                        &payload,
+                        properties,
+                    )
+                    .await;
+                if let Err(e) = sent {
+                    tracing::warn!(target: "switchyard", error = %e, "could not send an AMQP reply");
+                }
+            }
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        })
+    }
+}
+
+/// One received call, decoded, with what answers it.
+fn incoming(channel: &Channel, delivery: lapin::message::Delivery) -> IncomingCall {
+    let mut headers = headers_of(&delivery.properties);
     let route = headers.remove(ROUTE).unwrap_or_default();
     let deadline = headers.deadline().map(|w| Instant::now() + w);
-    let (payload, status) = wire::answer_call(&service, route, &d.data, headers, deadline).await;
-    if let Some(reply_to) = d.properties.reply_to().as_ref() {
-        let mut properties =
-            BasicProperties::default().with_content_type(Codec::Json.content_type().into());
-        if let Some(cid) = d.properties.correlation_id().as_ref() {
-            properties = properties.with_correlation_id(cid.clone());
-        }
-        if let Some(code) = status {
-            let mut table = FieldTable::default();
-            table.insert(STATUS.into(), long(&code.to_string()));
-            properties = properties.with_headers(table);
-        }
-        let sent = channel
-            .basic_publish(
-                "".into(),
-                reply_to.clone(),
-                BasicPublishOptions::default(),
-                &payload,
-                properties,
-            )
-            .await;
-        if let Err(e) = sent {
-            tracing::warn!(target: "switchyard", error = %e, "could not send an AMQP reply");
+    IncomingCall {
+        request: wire::decode_call(route, &delivery.data, headers, deadline),
+        reply: Box::new(AmqpReply {
+            channel: channel.clone(),
+            delivery,
+        }),
+    }
+}
+
+/// The calls of one served instance: its consumer on the service's queue, attached again
+/// when the connection breaks.
+struct CallQueue {
+    inner: Arc<Inner>,
+    queue: String,
+    channel: Channel,
+    consumer: Consumer,
+    // Where `listen`'s close finds the channel and consumer in use now.
+    attached: Arc<Mutex<(Channel, lapin::types::ShortString)>>,
+}
+
+impl CallQueue {
+    async fn next(mut self) -> Option<(IncomingCall, Self)> {
+        loop {
+            if let Some(Ok(delivery)) = self.consumer.next().await {
+                return Some((incoming(&self.channel, delivery), self));
+            }
+            // The connection broke: serve again once it is back.
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                tokio::time::sleep(backoff).await;
+                match attach_rpc(&self.inner, &self.queue).await {
+                    Ok((channel, consumer)) => {
+                        *self.attached.lock().unwrap_or_else(|p| p.into_inner()) =
+                            (channel.clone(), consumer.tag());
+                        (self.channel, self.consumer) = (channel, consumer);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "switchyard", error = %e, "AMQP RPC server re-attach failed");
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
         }
     }
-    let _ = d.acker.ack(BasicAckOptions::default()).await;
 }
 
 async fn attach_rpc(inner: &Inner, queue: &str) -> Result<(Channel, Consumer), TransportError> {
@@ -923,61 +989,28 @@ async fn try_attach_rpc(link: &Link, queue: &str) -> Result<(Channel, Consumer),
 }
 
 impl Responder for AmqpTransport {
-    fn serve(&self, service: Arc<Service>) -> BoxFuture<'_, Result<ServeHandle, TransportError>> {
+    fn listen(&self, served: Arc<Served>) -> BoxFuture<'_, Result<Listener, TransportError>> {
         Box::pin(async move {
-            service
-                .validate()
-                .map_err(|e| TransportError::Other(Box::new(e)))?;
-            let queue = self.rpc_queue();
-            let (mut channel, mut calls_in) = attach_rpc(&self.inner, &queue).await?;
-            let dead_letters: Arc<dyn Publisher> =
-                Arc::new(AmqpTransport::from_url(&self.inner.url)?);
-            let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
-            let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-            let inner = self.inner.clone();
-            let task = tokio::spawn(async move {
-                let mut calls = tokio::task::JoinSet::new();
-                'serve: loop {
-                    tokio::select! {
-                        _ = &mut stop_rx => break,
-                        m = calls_in.next() => match m {
-                            Some(Ok(d)) => {
-                                let call = answer(channel.clone(), service.clone(), d);
-                                run_in_place_or_spawn(&mut calls, call).await;
-                            }
-                            _ => {
-                                // The connection broke: serve again once it is back.
-                                let mut backoff = Duration::from_millis(100);
-                                loop {
-                                    tokio::select! {
-                                        _ = &mut stop_rx => break 'serve,
-                                        _ = tokio::time::sleep(backoff) => {}
-                                    }
-                                    match attach_rpc(&inner, &queue).await {
-                                        Ok((c, k)) => {
-                                            (channel, calls_in) = (c, k);
-                                            break;
-                                        }
-                                        Err(e) => {
-                                            tracing::warn!(target: "switchyard", error = %e, "AMQP RPC server re-attach failed");
-                                            backoff = (backoff * 2).min(Duration::from_secs(2));
-                                        }
-                                    }
-                                }
-                            }
-                        },
-                    }
-                    while calls.try_join_next().is_some() {}
-                }
-                let tag = calls_in.tag();
-                let _ = channel
-                    .basic_cancel(tag, BasicCancelOptions::default())
-                    .await;
-                consumers.stop().await;
-                while calls.join_next().await.is_some() {}
-                let _ = channel.close(200, "service stopped".into()).await;
-            });
-            Ok(ServeHandle::new(stop_tx, task, self.inner.url.clone()))
+            let queue = self.rpc_queue(served.name());
+            let (channel, consumer) = attach_rpc(&self.inner, &queue).await?;
+            let attached = Arc::new(Mutex::new((channel.clone(), consumer.tag())));
+            let calls = CallQueue {
+                inner: self.inner.clone(),
+                queue,
+                channel,
+                consumer,
+                attached: attached.clone(),
+            };
+            let calls = futures::stream::unfold(calls, CallQueue::next);
+            Ok(
+                Listener::new(Box::pin(calls), self.inner.url.clone()).on_close(async move {
+                    let (channel, tag) = attached.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let _ = channel
+                        .basic_cancel(tag, BasicCancelOptions::default())
+                        .await;
+                    let _ = channel.close(200, "service stopped".into()).await;
+                }),
+            )
         })
     }
 }
@@ -1001,6 +1034,14 @@ impl Transport for AmqpTransport {
 
     fn url(&self) -> String {
         redact_url(&self.inner.url)
+    }
+
+    fn requester(&self) -> Option<&dyn Requester> {
+        Some(self)
+    }
+
+    fn responder(&self) -> Option<&dyn Responder> {
+        Some(self)
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {

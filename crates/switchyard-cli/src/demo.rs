@@ -40,7 +40,7 @@ pub(crate) async fn run(calls: usize) -> Result<(), BoxError> {
     .await?;
     let url = server.url().to_string();
     println!(
-        "listener: seed 000's example service on {url} (HTTP + WebSocket; no broker needed)\n"
+        "listener: the example service of microservices_connector's tutorial on {url} (HTTP + WebSocket; no broker needed)\n"
     );
 
     let client = Client::new(switchyard::connect(&url)?)
@@ -242,7 +242,7 @@ pub(crate) async fn run(calls: usize) -> Result<(), BoxError> {
     let http = sequential(&client, calls).await?;
     let mem_transport = switchyard::connect("mem://demo")?;
     let mem_server = switchyard::serve(&mem_transport, tutorial::service()).await?;
-    let local = sequential(&Client::new(mem_transport), calls).await?;
+    let local = sequential(&Client::new(mem_transport).service("example"), calls).await?;
     println!(
         "  {:<10} {:>10.0} calls/s   p50 {:>8.1} µs   p99 {:>8.1} µs",
         "http", http.0, http.1, http.2

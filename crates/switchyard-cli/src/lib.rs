@@ -1,4 +1,6 @@
-//! The `yard` command's library side: seed 000's tutorial listener, shared by `yard serve
-//! example`, `yard demo`, the examples and the tests.
+//! The `yard` command's library side: the services `yard serve` starts — the example listener
+//! of microservices_connector's tutorial and the echo test service — shared by `yard demo` and
+//! the tests.
 
+pub mod echo;
 pub mod tutorial;

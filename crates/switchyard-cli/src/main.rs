@@ -9,7 +9,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use switchyard::transport::{ConnectRetry, SubscribeOptions};
 use switchyard::{Client, Codec};
-use switchyard_cli::tutorial;
+use switchyard_cli::{echo, tutorial};
 
 mod demo;
 mod events;
@@ -36,18 +36,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Starts the example listener and a sender on loopback and runs seed 000's quickstart and
-    /// typed examples, printing results and timings. Needs no broker.
+    /// Starts the example listener and a sender on loopback and runs microservices_connector's
+    /// quickstart and typed examples, printing results and timings. Needs no broker.
     Demo {
         /// Sequential calls for the timing at the end.
         #[arg(long, default_value_t = 2000)]
         calls: usize,
     },
-    /// Serves a built-in service.
+    /// Serves a built-in service until SIGINT.
     Serve {
-        /// Which service: `example` (seed 000's tutorial listener).
-        #[arg(value_parser = ["example"])]
+        /// Which service: `example` (the listener of microservices_connector's tutorial, named
+        /// `example`) or `echo` (a test service: `/whoami`, `/echo ARGS…`, `/sleep MS`).
+        #[arg(value_parser = ["example", "echo"])]
         which: String,
+        /// The echo service's name: what callers address with `--service`.
+        #[arg(long, default_value = "echo")]
+        name: String,
+        /// The echo service's version.
+        #[arg(long)]
+        version: Option<String>,
         /// Address to listen on (HTTP and WebSocket on one port).
         #[arg(long, default_value = "127.0.0.1:5000")]
         listen: String,
@@ -73,6 +80,10 @@ enum Command {
         /// Seconds to wait for the reply.
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
+        /// The service to call, by name (needed on every transport but HTTP, whose URL is one
+        /// service).
+        #[arg(long)]
+        service: Option<String>,
     },
     /// Publishes one event (JSON) on TOPIC.
     Publish {
@@ -89,7 +100,7 @@ enum Command {
         #[arg(long)]
         msgpack: bool,
     },
-    /// Seed 002's event consumer and propagator.
+    /// The event consumer (POST /event → a JSON file) and the event propagator.
     Events {
         #[command(subcommand)]
         command: events::EventsCommand,
@@ -149,7 +160,7 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // Seed 002's services read a `.env` file; the environment wins over it.
+    // The event services read a `.env` file; the environment wins over it.
     if let Err(e) = switchyard_events::dotenv::load(std::path::Path::new(".env")) {
         eprintln!("yard: cannot read .env: {e}");
         return ExitCode::FAILURE;
@@ -205,14 +216,21 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             Ok(())
         }
         Command::Serve {
-            which: _,
+            which,
+            name,
+            version,
             listen,
             url,
         } => {
             let url = url.unwrap_or_else(|| format!("http://{listen}"));
             let transport = open(url).await?;
-            let handle = switchyard::serve(&transport, tutorial::service()).await?;
-            println!("serving example on {}", handle.url());
+            let service = match which.as_str() {
+                "echo" => echo::service(&name, version.as_deref()),
+                _ => tutorial::service(),
+            };
+            let served = service.name().to_string();
+            let handle = switchyard::serve(&transport, service).await?;
+            println!("serving {served} on {}", handle.url());
             tokio::signal::ctrl_c().await?;
             handle.shutdown().await;
             Ok(())
@@ -224,8 +242,22 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             kwargs,
             token,
             timeout,
+            service,
         } => {
-            let client = Client::new(open(url).await?);
+            let transport = open(url).await?;
+            let needs_service = transport.name() != "http" && transport.requester().is_some();
+            let mut client = Client::new(transport);
+            match service {
+                Some(name) => client = client.service(name),
+                None if needs_service => {
+                    return Err(format!(
+                        "name the service to call with --service NAME: over {} calls go to a service by name",
+                        client.transport().url()
+                    )
+                    .into())
+                }
+                None => {}
+            }
             let mut call = client
                 .request(&route)
                 .args(args.iter().map(|a| parse_json_arg(a)))

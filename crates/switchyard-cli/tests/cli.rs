@@ -287,7 +287,14 @@ fn yard_commands_on_every_broker() {
             continue;
         }
         if url.starts_with("kafka") {
-            let (ok, _, err) = yard(&["call", &url, "/helloworld", "Mr. Developer"]);
+            let (ok, _, err) = yard(&[
+                "call",
+                &url,
+                "/helloworld",
+                "Mr. Developer",
+                "--service",
+                "example",
+            ]);
             assert!(!ok, "{name}: a call succeeded");
             assert!(err.contains("request/reply"), "{name}: {err}");
         } else {
@@ -302,7 +309,14 @@ fn yard_commands_on_every_broker() {
                 .expect("first line");
             assert!(line.starts_with("serving example on"), "{name}: {line}");
             let _server = Running(server);
-            let (ok, out, err) = yard(&["call", &url, "/helloworld", "Mr. Developer"]);
+            let (ok, out, err) = yard(&[
+                "call",
+                &url,
+                "/helloworld",
+                "Mr. Developer",
+                "--service",
+                "example",
+            ]);
             assert!(ok, "{name}: call failed: {err}");
             assert_eq!(out, r#""Welcome Mr. Developer""#, "{name}");
         }
@@ -330,5 +344,84 @@ fn yard_commands_on_every_broker() {
         let event: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
         assert_eq!(event["topic"], topic.as_str(), "{name}");
         assert_eq!(event["data"], serde_json::json!({"n": 1}), "{name}");
+    }
+}
+
+/// Two echo services with different names and a subscriber on one broker and namespace: each
+/// call reaches the service it names, never the other one (before services were addressed by
+/// name, a call went to whichever instance of the namespace took it and got a 404).
+#[test]
+fn two_services_on_one_broker_each_answer_their_own_calls() {
+    const TEST: &str = "two_services_on_one_broker_each_answer_their_own_calls";
+    let run = &switchyard::message::new_id()[..8];
+    for (name, addr, url) in [
+        (
+            "RabbitMQ",
+            "127.0.0.1:5672",
+            format!("amqp://127.0.0.1:5672/%2f?ns=two{run}"),
+        ),
+        (
+            "NATS",
+            "127.0.0.1:4222",
+            format!("nats://127.0.0.1:4222/two{run}"),
+        ),
+        (
+            "Redis",
+            "127.0.0.1:6379",
+            format!("redis://127.0.0.1:6379?ns=two{run}"),
+        ),
+        (
+            "Mosquitto",
+            "127.0.0.1:1883",
+            format!("mqtt://127.0.0.1:1883?ns=two{run}"),
+        ),
+    ] {
+        if !switchyard::testkit::require_server(TEST, name, addr) {
+            continue;
+        }
+        let mut running = Vec::new();
+        for service in ["alpha", "beta"] {
+            let mut server = Command::new(YARD)
+                .args(["serve", "echo", "--name", service, "--url", &url])
+                .args(["--version", "1.0.0"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn yard serve echo");
+            let mut line = String::new();
+            BufReader::new(server.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("first line");
+            assert!(
+                line.starts_with(&format!("serving {service} on")),
+                "{name}: {line}"
+            );
+            running.push(Running(server));
+        }
+        let mut sub = Command::new(YARD)
+            .args(["subscribe", &url, &format!("two.{run}"), "--group", "g"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn yard subscribe");
+        wait_for_stderr(&mut sub, "subscribed to", name);
+        running.push(Running(sub));
+        for _ in 0..4 {
+            for service in ["alpha", "beta"] {
+                let (ok, out, err) = yard(&["call", &url, "/whoami", "--service", service]);
+                assert!(ok, "{name}: call to {service} failed: {err}");
+                let who: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+                assert_eq!(who["service"], service, "{name}: {out}");
+                assert_eq!(who["version"], "1.0.0", "{name}: {out}");
+            }
+        }
+        let (ok, out, err) = yard(&["call", &url, "/echo", "1", "two", "--service", "beta"]);
+        assert!(ok, "{name}: echo failed: {err}");
+        assert_eq!(out, r#"[1,"two"]"#, "{name}");
+        let (ok, _, err) = yard(&["call", &url, "/whoami", "--service", "gamma"]);
+        assert!(!ok, "{name}: a service nobody serves answered");
+        assert!(err.contains("gamma"), "{name}: {err}");
+        let (ok, _, err) = yard(&["call", &url, "/whoami"]);
+        assert!(!ok, "{name}: a call naming no service was answered");
+        assert!(err.contains("--service"), "{name}: {err}");
     }
 }

@@ -1,4 +1,5 @@
-//! The client (seed 000's sender): typed calls with a deadline, and publishing.
+//! The client (the sender in microservices_connector's tutorial): typed calls to a named
+//! service with a deadline, and publishing, each through the client's layers.
 
 use std::any::type_name;
 use std::collections::HashMap;
@@ -9,27 +10,32 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use futures::future::BoxFuture;
+use tower::util::BoxCloneSyncService;
+use tower::ServiceExt;
+
+use crate::call::{CallParts, CallRequest};
 use crate::codec::Codec;
 use crate::context::{self, trace, FirstPollOrTimeout};
 use crate::error::{CallError, ErrorCode, RemoteError, TransportError};
+use crate::layer::{self, ClientService, LayerFn, PublishService};
 use crate::message::{header, Envelope, Headers};
-use crate::service::{CallParts, CallRequest};
 use crate::transport::Transport;
 use crate::values::{Args, Reply};
 
 /// Default time a call waits for its reply: finite, so that a lost reply never hangs a caller.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Calls routes and publishes events on one transport. Cheap to clone.
+/// Calls the routes of a named service and publishes events on one transport. Cheap to clone.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use std::{sync::Arc, time::Duration};
-/// use switchyard_core::{client::Client, handler::rpc, mem::MemTransport, service::Service, transport::Responder};
+/// use switchyard_core::{client::Client, handler::rpc, mem::MemTransport, server, service::Service};
 /// async fn int3(a: f64, key: i64) -> (f64, i64, f64) { (a + key as f64, key * key, a * a) }
 /// let bus = Arc::new(MemTransport::new("client-doc"));
-/// let _s = bus.serve(Arc::new(Service::new("app1").route("/int3", rpc(int3).params(["a", "key"])))).await.unwrap();
-/// let client = Client::new(bus).with_timeout(Duration::from_secs(2));
+/// let _s = server::serve(bus.clone(), Service::new("app1").route("/int3", rpc(int3).params(["a", "key"]))).await.unwrap();
+/// let client = Client::new(bus).service("app1").with_timeout(Duration::from_secs(2));
 /// let (x, y, z): (f64, i64, f64) = client.request("/int3").arg(3.1427).kwarg("key", 1000000000).send().await.unwrap();
 /// assert_eq!(y, 1000000000000000000);
 /// # }
@@ -37,29 +43,98 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Client {
     transport: Arc<dyn Transport>,
+    service: Option<Arc<str>>,
     timeout: Duration,
     tokens: Arc<HashMap<String, String>>,
     codec: Codec,
+    call_layers: Vec<LayerFn<CallRequest, Reply, CallError>>,
+    publish_layers: Vec<LayerFn<Envelope, (), TransportError>>,
+    // The layers composed around the transport; `None` without layers, when a call goes
+    // straight to the transport (or, in process, to the served service) with no boxed future.
+    calls: Option<ClientService>,
+    publishes: Option<PublishService>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("transport", &self.transport.url())
+            .field("service", &self.service)
             .field("timeout", &self.timeout)
+            .field("layers", &self.call_layers.len())
             .finish()
     }
 }
 
 impl Client {
-    /// A client on `transport` with the default timeout ([`DEFAULT_TIMEOUT`]).
+    /// A client on `transport` with the default timeout ([`DEFAULT_TIMEOUT`]), naming no
+    /// service yet (see [`Client::service`]).
     pub fn new(transport: Arc<dyn Transport>) -> Self {
         Self {
             transport,
+            service: None,
             timeout: DEFAULT_TIMEOUT,
             tokens: Arc::default(),
             codec: Codec::Json,
+            call_layers: Vec::new(),
+            publish_layers: Vec::new(),
+            calls: None,
+            publishes: None,
         }
+    }
+
+    /// Calls go to the service named `name`: to one of its instances, never to another
+    /// service on the same broker. Over HTTP, where the URL is one service, the name is not
+    /// needed; on every other transport a call must name its service.
+    pub fn service(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.service = Some(name.into());
+        self
+    }
+
+    /// The service calls go to, if named.
+    pub fn service_name(&self) -> Option<&str> {
+        self.service.as_deref()
+    }
+
+    /// Wraps every call this client makes in `layer` (a tower [`Layer`](tower::Layer) over a
+    /// [`ClientService`]). The first layer added is the outermost. In process, the call to
+    /// the served service runs inside these layers, as a transport would.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<ClientService> + Send + Sync + 'static,
+        L::Service: tower::Service<CallRequest, Response = Reply, Error = CallError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<CallRequest>>::Future: Send + 'static,
+    {
+        self.call_layers.push(layer::boxed(layer));
+        self.calls = Some(layer::stack(
+            &self.call_layers,
+            BoxCloneSyncService::new(TransportCall(self.transport.clone())),
+        ));
+        self
+    }
+
+    /// Wraps every event this client publishes in `layer` (a tower [`Layer`](tower::Layer)
+    /// over a [`PublishService`]). The first layer added is the outermost.
+    pub fn publish_layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<PublishService> + Send + Sync + 'static,
+        L::Service: tower::Service<Envelope, Response = (), Error = TransportError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<Envelope>>::Future: Send + 'static,
+    {
+        self.publish_layers.push(layer::boxed(layer));
+        self.publishes = Some(layer::stack(
+            &self.publish_layers,
+            BoxCloneSyncService::new(TransportPublish(self.transport.clone())),
+        ));
+        self
     }
 
     /// Sets how long calls wait for a reply.
@@ -147,7 +222,26 @@ impl Client {
                 error,
             },
         };
-        if let Some(service) = self.transport.local_service() {
+        if let Some(stack) = &self.calls {
+            let request = CallRequest {
+                service: self.service.clone(),
+                route: route.to_string(),
+                args,
+                token: token.map(str::to_string),
+                headers,
+                deadline: Some(deadline),
+            };
+            return match FirstPollOrTimeout::new(Some(wait), stack.clone().oneshot(request)).await {
+                Some(Err(CallError::Remote { error, .. })) => Err(remote(error)),
+                Some(r) => r,
+                None => Err(timed_out()),
+            };
+        }
+        let local = self
+            .service
+            .as_deref()
+            .and_then(|name| self.transport.local(name));
+        if let Some(served) = local {
             // In process: call the service directly, in this task; our timeout bounds it.
             let call = CallParts {
                 route,
@@ -156,22 +250,25 @@ impl Client {
                 headers,
                 deadline: Some(deadline),
             };
-            let outcome =
-                FirstPollOrTimeout::new(Some(wait), service.dispatch_parts(call, false)).await;
+            let outcome = FirstPollOrTimeout::new(Some(wait), served.call_local(call)).await;
             return match outcome {
                 Some(Ok(reply)) => Ok(reply),
                 Some(Err(e)) => Err(remote(e.into_remote())),
                 None => Err(timed_out()),
             };
         }
+        let Some(requester) = self.transport.requester() else {
+            return Err(no_request_reply(self.transport.as_ref()));
+        };
         let request = CallRequest {
+            service: self.service.clone(),
             route: route.to_string(),
             args,
             token: token.map(str::to_string),
             headers,
             deadline: Some(deadline),
         };
-        match FirstPollOrTimeout::new(Some(wait), self.transport.request(request)).await {
+        match FirstPollOrTimeout::new(Some(wait), requester.request(request)).await {
             Some(Err(CallError::Remote { error, .. })) => Err(remote(error)),
             Some(r) => r,
             None => Err(timed_out()),
@@ -210,7 +307,78 @@ impl Client {
 
     /// Publishes a ready envelope.
     pub async fn publish_envelope(&self, envelope: Envelope) -> Result<(), TransportError> {
-        self.transport.publish(envelope).await
+        match &self.publishes {
+            None => self.transport.publish(envelope).await,
+            Some(stack) => stack.clone().oneshot(envelope).await,
+        }
+    }
+}
+
+fn no_request_reply(transport: &dyn Transport) -> CallError {
+    CallError::Transport(TransportError::Unsupported {
+        transport: transport.name(),
+        operation: "request/reply",
+    })
+}
+
+/// The innermost service of a client's call stack: the transport, or in process the served
+/// service itself.
+#[derive(Clone)]
+struct TransportCall(Arc<dyn Transport>);
+
+impl tower::Service<CallRequest> for TransportCall {
+    type Response = Reply;
+    type Error = CallError;
+    type Future = BoxFuture<'static, Result<Reply, CallError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), CallError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: CallRequest) -> Self::Future {
+        let transport = self.0.clone();
+        Box::pin(async move {
+            let local = request
+                .service
+                .as_deref()
+                .and_then(|name| transport.local(name));
+            if let Some(served) = local {
+                let route = request.route.clone();
+                return served.call(request).await.map_err(|e| CallError::Remote {
+                    route,
+                    error: e.into_remote(),
+                });
+            }
+            match transport.requester() {
+                Some(requester) => requester.request(request).await,
+                None => Err(no_request_reply(transport.as_ref())),
+            }
+        })
+    }
+}
+
+/// The innermost service of a client's publish stack: the transport.
+#[derive(Clone)]
+struct TransportPublish(Arc<dyn Transport>);
+
+impl tower::Service<Envelope> for TransportPublish {
+    type Response = ();
+    type Error = TransportError;
+    type Future = BoxFuture<'static, Result<(), TransportError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), TransportError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, envelope: Envelope) -> Self::Future {
+        let transport = self.0.clone();
+        Box::pin(async move { transport.publish(envelope).await })
     }
 }
 

@@ -14,7 +14,7 @@ use crate::error::TransportError;
 use crate::inbox::{Claim, InboxStore};
 use crate::message::header;
 use crate::pool::{KeyedPool, PoolConfig};
-use crate::service::Service;
+use crate::server::Served;
 use crate::transport::{Delivery, Publisher, SubscribeOptions, Subscriber, Subscription};
 
 /// Retry and dead-letter policy of a consumer.
@@ -55,14 +55,6 @@ impl std::fmt::Debug for ConsumerPolicy {
     }
 }
 
-/// `initial` doubled for each attempt after the first, capped at `max` (no overflow).
-pub(crate) fn doubling_backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
-    let factor = 1u32
-        .checked_shl(attempt.saturating_sub(1))
-        .unwrap_or(u32::MAX);
-    initial.checked_mul(factor).unwrap_or(max).min(max)
-}
-
 impl Default for ConsumerPolicy {
     fn default() -> Self {
         Self {
@@ -90,7 +82,7 @@ impl ConsumerPolicy {
     /// assert_eq!(p.backoff(30), Duration::from_secs(10));
     /// ```
     pub fn backoff(&self, attempt: u32) -> Duration {
-        doubling_backoff(self.initial_backoff, self.max_backoff, attempt)
+        crate::backoff::doubling(self.initial_backoff, self.max_backoff, attempt)
     }
 }
 
@@ -102,23 +94,30 @@ pub struct ServiceConsumers {
 }
 
 impl ServiceConsumers {
-    /// Subscribes to each of `service`'s topics as consumer group `service.name()` (prefetch =
-    /// the policy's concurrency) and runs [`run`] on each; dead letters go to `dead_letters`.
-    /// Every transport's `serve` uses this.
+    /// Subscribes to each of the served service's topics as consumer group named after the
+    /// service (prefetch = the policy's concurrency) and runs [`run`] on each; dead letters go
+    /// to `dead_letters`. [`crate::server::serve`] uses this.
     pub async fn start(
-        service: &Arc<Service>,
+        served: &Arc<Served>,
         subscriber: &dyn Subscriber,
         dead_letters: Arc<dyn Publisher>,
     ) -> Result<Self, TransportError> {
         let mut consumers = Self::default();
+        let service = served.service();
         for topic in service.topics() {
             let policy = service.policy().clone();
             let options = SubscribeOptions::group(service.name()).prefetch(policy.concurrency);
-            let subscription = subscriber.subscribe(topic, options).await?;
+            let subscription = match subscriber.subscribe(topic, options).await {
+                Ok(s) => s,
+                Err(e) => {
+                    consumers.stop().await;
+                    return Err(e);
+                }
+            };
             let (tx, rx) = oneshot::channel();
             consumers.stops.push(tx);
             consumers.tasks.push(tokio::spawn(run(
-                service.clone(),
+                served.clone(),
                 subscription,
                 dead_letters.clone(),
                 policy,
@@ -139,17 +138,17 @@ impl ServiceConsumers {
     }
 }
 
-/// Runs `service`'s handler for every delivery of `subscription` until `stop` fires or the
+/// Runs the served service's handler for every delivery of `subscription` until `stop` fires or the
 /// stream ends; then waits for the handlers in flight and settles them.
 pub async fn run(
-    service: Arc<Service>,
+    served: Arc<Served>,
     mut subscription: Subscription,
     dead_letters: Arc<dyn Publisher>,
     policy: ConsumerPolicy,
     mut stop: oneshot::Receiver<()>,
 ) {
     if policy.ordered_by_key {
-        return run_ordered(service, subscription, dead_letters, policy, stop).await;
+        return run_ordered(served, subscription, dead_letters, policy, stop).await;
     }
     let permits = Arc::new(Semaphore::new(policy.concurrency.max(1)));
     let policy = Arc::new(policy);
@@ -165,9 +164,9 @@ pub async fn run(
         };
         match next {
             Some(Ok(delivery)) => {
-                let (service, dl, policy) = (service.clone(), dead_letters.clone(), policy.clone());
+                let (served, dl, policy) = (served.clone(), dead_letters.clone(), policy.clone());
                 in_flight.spawn(async move {
-                    handle_one(&service, delivery, dl.as_ref(), &policy).await;
+                    handle_one(&served, delivery, dl.as_ref(), &policy).await;
                     drop(permit);
                 });
             }
@@ -186,7 +185,7 @@ pub async fn run(
 /// [`run`] with per-key order: deliveries go through a [`KeyedPool`] keyed by their ordering
 /// key, so a key's messages are handled one at a time in the order received.
 async fn run_ordered(
-    service: Arc<Service>,
+    served: Arc<Served>,
     mut subscription: Subscription,
     dead_letters: Arc<dyn Publisher>,
     policy: ConsumerPolicy,
@@ -208,9 +207,9 @@ async fn run_ordered(
         match next {
             Some(Ok(delivery)) => {
                 let key = delivery.envelope.ordering_key().map(str::to_string);
-                let (service, dl, policy) = (service.clone(), dead_letters.clone(), policy.clone());
+                let (served, dl, policy) = (served.clone(), dead_letters.clone(), policy.clone());
                 let job = async move {
-                    handle_one(&service, delivery, dl.as_ref(), &policy).await;
+                    handle_one(&served, delivery, dl.as_ref(), &policy).await;
                     Ok::<(), std::convert::Infallible>(())
                 };
                 if pool.submit(key, job).await.is_err() {
@@ -229,16 +228,17 @@ async fn run_ordered(
 }
 
 async fn handle_one(
-    service: &Service,
+    served: &Served,
     delivery: Delivery,
     dead_letters: &dyn Publisher,
     policy: &ConsumerPolicy,
 ) {
     let env = delivery.envelope.clone();
     let mut attempt = env.headers.attempt();
-    if service.hub().has_subscribers(&env.subject) {
+    let hub = served.service().hub();
+    if hub.has_subscribers(&env.subject) {
         if let Ok(text) = std::str::from_utf8(&env.payload) {
-            service.hub().push(&env.subject, text);
+            hub.push(&env.subject, text);
         }
     }
     let outcome = loop {
@@ -261,7 +261,7 @@ async fn handle_one(
                 }
             }
         }
-        let outcome = service.handle_event(env.clone()).await;
+        let outcome = served.handle_event(env.clone()).await;
         if let Some(inbox) = &policy.inbox {
             let recorded = match &outcome {
                 Ok(()) => inbox.done(&env.id).await,

@@ -213,6 +213,15 @@ pub enum CallError {
         /// What went wrong.
         reason: String,
     },
+    /// The call names no service, and the transport delivers calls by service name (every
+    /// transport but HTTP, whose URL is one service).
+    #[error("the call to {route} names no service: over {transport}, name it with Client::service(NAME)")]
+    NoService {
+        /// The route called.
+        route: String,
+        /// The transport's URL, credentials removed.
+        transport: String,
+    },
     /// The transport failed in another way.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -279,6 +288,19 @@ pub enum TransportError {
     /// The receiving side rejected the message.
     #[error("rejected by the receiver: {0}")]
     Rejected(RemoteError),
+    /// The service cannot be served as it was put together.
+    #[error("the service cannot be served: {0}")]
+    InvalidService(#[from] crate::service::ServiceError),
+    /// A name (topic, route, service) the transport cannot carry.
+    #[error("{what} {name:?} cannot be used on this transport: {reason}")]
+    InvalidName {
+        /// What kind of name: `topic`, `route`, `service`.
+        what: &'static str,
+        /// The name.
+        name: String,
+        /// Why not.
+        reason: String,
+    },
     /// Any other failure of the underlying library.
     #[error("transport failure: {0}")]
     Other(#[source] BoxError),

@@ -371,6 +371,53 @@ where
     }
 }
 
+struct Untyped<F>(F);
+
+impl<F, Fut, R> ErasedHandler for Untyped<F>
+where
+    F: Fn(Vec<Value>, Map<String, Value>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoReply,
+{
+    fn call(&self, args: Args, _params: &[String]) -> ReplyFuture {
+        match args.into_wire() {
+            Ok((args, kwargs)) => {
+                let fut = (self.0)(args, kwargs);
+                Box::pin(async move { fut.await.into_reply() })
+            }
+            Err(e) => Box::pin(async move {
+                Err(HandlerError::bad_request(format!(
+                    "arguments are not JSON values: {e}"
+                )))
+            }),
+        }
+    }
+}
+
+/// An RPC route whose handler takes the call's arguments as they came, untyped: the
+/// positional ones and the keyword ones, as JSON values (for proxies, echo services and
+/// tools that do not know the arguments' types).
+///
+/// ```
+/// use switchyard_core::{handler::untyped, service::Service};
+/// let s = Service::new("echo").route("/echo", untyped(|args, _kwargs| async move { args }));
+/// assert!(s.has_route("/echo"));
+/// ```
+pub fn untyped<F, Fut, R>(f: F) -> Route
+where
+    F: Fn(Vec<Value>, Map<String, Value>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoReply,
+{
+    Route {
+        handler: Arc::new(Untyped(f)),
+        params: Vec::new(),
+        token: None,
+        arity: None,
+        kind: RouteKind::Rpc,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,13 +5,19 @@
 //! re-exports it. Until 1.0 this crate follows the version of `switchyard` exactly (the
 //! workspace pins it with `=`), so a transport crate and the facade always agree.
 //!
-//! How a message flows: a [`client::Client`] turns a call into a [`service::CallRequest`] and
-//! hands it to a [`transport::Requester`]; the serving side's transport decodes it and calls
+//! How a message flows: a [`client::Client`] turns a call into a [`call::CallRequest`] naming
+//! a service, passes it through the client's [`layer`]s and hands it to a
+//! [`transport::Requester`]. On the serving side, [`server::serve`] (written once for every
+//! transport) takes each [`transport::IncomingCall`] from the transport's
+//! [`transport::Responder`], passes it through the service's layers to
 //! [`service::Service::dispatch`], which finds the [`handler::Route`], checks its token, and
 //! runs the handler within the caller's deadline. Events go through a
 //! [`transport::Publisher`] and come back from a [`transport::Subscriber`] as
-//! [`transport::Delivery`]s, which [`consumer::run`] feeds to the service's event handlers.
+//! [`transport::Delivery`]s, which [`consumer::run`] feeds through the service's event layers
+//! to its event handlers.
 
+pub(crate) mod backoff;
+pub mod call;
 pub mod client;
 pub mod codec;
 pub mod consumer;
@@ -19,9 +25,11 @@ pub mod context;
 pub mod error;
 pub mod handler;
 pub mod inbox;
+pub mod layer;
 pub mod mem;
 pub mod message;
 pub mod pool;
+pub mod server;
 pub mod service;
 pub mod shards;
 #[cfg(feature = "testkit")]
@@ -35,6 +43,7 @@ pub use codec::Codec;
 pub use error::{CallError, ErrorCode, HandlerError, RemoteError, TransportError};
 pub use handler::{json, rpc};
 pub use message::{Envelope, Headers};
+pub use server::serve;
 pub use service::Service;
 pub use transport::{Capabilities, Transport};
 pub use values::Json;

@@ -9,15 +9,14 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use tokio::sync::oneshot;
 
-use crate::consumer;
+use crate::call::CallRequest;
 use crate::error::{CallError, TransportError};
 use crate::message::{header, Envelope};
-use crate::service::{CallRequest, Service};
+use crate::server::Served;
 use crate::transport::{
-    Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher, Requester, Responder,
-    ServeHandle, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
+    Acker, Capabilities, Delivery, DeliveryGuarantee, Listener, Ordering, Publisher, Requester,
+    Responder, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
 };
 use crate::values::Reply;
 
@@ -27,7 +26,7 @@ pub const DEFAULT_MAX_MESSAGE: usize = 1024 * 1024;
 
 #[derive(Default)]
 struct Bus {
-    services: RwLock<Vec<Arc<Service>>>,
+    services: RwLock<Vec<Arc<Served>>>,
     next: AtomicUsize,
     topics: Mutex<HashMap<String, Topic>>,
 }
@@ -51,11 +50,11 @@ static BUSES: LazyLock<Mutex<HashMap<String, Arc<Bus>>>> = LazyLock::new(Default
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use std::sync::Arc;
-/// use switchyard_core::{client::Client, handler::rpc, mem::MemTransport, service::Service, transport::Responder};
+/// use switchyard_core::{client::Client, handler::rpc, mem::MemTransport, server, service::Service};
 /// async fn hello(name: String) -> String { format!("Welcome {name}") }
 /// let bus = Arc::new(MemTransport::new("doc-example"));
-/// let _server = bus.serve(Arc::new(Service::new("app1").route("/helloworld", rpc(hello)))).await.unwrap();
-/// let reply: String = Client::new(bus).call("/helloworld", "Mr. Developer".to_string()).await.unwrap();
+/// let _server = server::serve(bus.clone(), Service::new("app1").route("/helloworld", rpc(hello))).await.unwrap();
+/// let reply: String = Client::new(bus).service("app1").call("/helloworld", "Mr. Developer".to_string()).await.unwrap();
 /// assert_eq!(reply, "Welcome Mr. Developer");
 /// # }
 /// ```
@@ -239,70 +238,59 @@ impl Subscriber for MemTransport {
 }
 
 impl MemTransport {
-    fn pick_service(&self) -> Option<Arc<Service>> {
+    /// An instance of the service named `name` on this bus, taking turns between instances.
+    fn pick(&self, name: &str) -> Option<Arc<Served>> {
         let services = self.bus.services.read().unwrap_or_else(|p| p.into_inner());
-        match services.len() {
-            0 => None,
-            1 => Some(services[0].clone()),
-            n => {
-                let i = self.bus.next.fetch_add(1, AtomicOrdering::Relaxed) % n;
-                Some(services[i].clone())
-            }
+        let mut named = services.iter().filter(|s| s.name() == name);
+        let first = named.next()?;
+        let others = named.count();
+        if others == 0 {
+            return Some(first.clone());
         }
-    }
-
-    fn no_service(&self) -> CallError {
-        CallError::Unreachable {
-            target: format!("mem://{}", self.name),
-            source: "no service is serving on this bus".into(),
-        }
+        let i = self.bus.next.fetch_add(1, AtomicOrdering::Relaxed) % (others + 1);
+        services.iter().filter(|s| s.name() == name).nth(i).cloned()
     }
 }
 
 impl Requester for MemTransport {
     fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
         Box::pin(async move {
-            let service = self.pick_service().ok_or_else(|| self.no_service())?;
+            let Some(name) = request.service.clone() else {
+                return Err(CallError::NoService {
+                    route: request.route,
+                    transport: self.url(),
+                });
+            };
+            let served = self.pick(&name).ok_or_else(|| CallError::Unreachable {
+                target: format!("mem://{} (service {name})", self.name),
+                source: "no instance of the service is serving on this bus".into(),
+            })?;
             let route = request.route.clone();
-            service
-                .dispatch(request)
-                .await
-                .map_err(|e| CallError::Remote {
-                    route,
-                    error: e.into_remote(),
-                })
+            served.call(request).await.map_err(|e| CallError::Remote {
+                route,
+                error: e.into_remote(),
+            })
         })
     }
 }
 
 impl Responder for MemTransport {
-    fn serve(&self, service: Arc<Service>) -> BoxFuture<'_, Result<ServeHandle, TransportError>> {
+    /// Calls in process are answered in the caller's task (see [`Transport::local`]): the
+    /// listener only makes the service findable by name until the server stops.
+    fn listen(&self, served: Arc<Served>) -> BoxFuture<'_, Result<Listener, TransportError>> {
         Box::pin(async move {
-            service
-                .validate()
-                .map_err(|e| TransportError::Other(Box::new(e)))?;
             self.bus
                 .services
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(service.clone());
-            let dead_letters: Arc<dyn Publisher> = Arc::new(self.clone());
-            let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
-            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+                .push(served.clone());
             let bus = self.bus.clone();
-            let task = tokio::spawn(async move {
-                let _ = stop_rx.await;
+            Ok(Listener::driven(self.url(), false).on_close(async move {
                 bus.services
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
-                    .retain(|s| !Arc::ptr_eq(s, &service));
-                consumers.stop().await;
-            });
-            Ok(ServeHandle::new(
-                stop_tx,
-                task,
-                format!("mem://{}", self.name),
-            ))
+                    .retain(|s| !Arc::ptr_eq(s, &served));
+            }))
         })
     }
 }
@@ -328,7 +316,15 @@ impl Transport for MemTransport {
         format!("mem://{}", self.name)
     }
 
-    fn local_service(&self) -> Option<Arc<Service>> {
-        self.pick_service()
+    fn requester(&self) -> Option<&dyn Requester> {
+        Some(self)
+    }
+
+    fn responder(&self) -> Option<&dyn Responder> {
+        Some(self)
+    }
+
+    fn local(&self, service: &str) -> Option<Arc<Served>> {
+        self.pick(service)
     }
 }

@@ -19,49 +19,15 @@ use crate::consumer::ConsumerPolicy;
 use crate::context::{self, Context};
 use crate::error::{ErrorCode, HandlerError};
 use crate::handler::Route;
-use crate::message::{header, Envelope, Headers};
-use crate::values::{short_type_name, Args, Reply};
+use crate::message::{header, Envelope};
+use crate::values::{short_type_name, Reply};
+
+pub(crate) use crate::call::CallParts;
+pub use crate::call::CallRequest;
+pub use crate::server::run_in_place_or_spawn;
 
 /// Default largest accepted request body: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
-
-/// One call to a route, as a transport hands it to [`Service::dispatch`].
-#[derive(Debug)]
-pub struct CallRequest {
-    /// The route, e.g. `/helloworld`.
-    pub route: String,
-    /// The arguments.
-    pub args: Args,
-    /// The token the caller sent, if any.
-    pub token: Option<String>,
-    /// The call's headers (trace context, version…).
-    pub headers: Headers,
-    /// When the caller stops waiting. Wire transports send it as the relative
-    /// `x-deadline-ms` header; in process it stays an `Instant`.
-    pub deadline: Option<std::time::Instant>,
-}
-
-impl CallRequest {
-    /// A call of `route` with `args` and no token or headers.
-    pub fn new(route: impl Into<String>, args: Args) -> Self {
-        Self {
-            route: route.into(),
-            args,
-            token: None,
-            headers: Headers::new(),
-            deadline: None,
-        }
-    }
-}
-
-/// A call with its route and token borrowed from the caller (the in-process fast path).
-pub(crate) struct CallParts<'a> {
-    pub(crate) route: &'a str,
-    pub(crate) args: Args,
-    pub(crate) token: Option<&'a str>,
-    pub(crate) headers: Headers,
-    pub(crate) deadline: Option<std::time::Instant>,
-}
 
 /// A mistake in how a service was put together, reported when it is served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -251,6 +217,8 @@ pub struct Service {
     codec: Codec,
     hub: PushHub,
     policy: ConsumerPolicy,
+    pub(crate) call_layers: Vec<crate::layer::CallLayerFn>,
+    pub(crate) event_layers: Vec<crate::layer::EventLayerFn>,
 }
 
 impl std::fmt::Debug for Service {
@@ -277,7 +245,68 @@ impl Service {
             codec: Codec::Json,
             hub: PushHub::default(),
             policy: ConsumerPolicy::default(),
+            call_layers: Vec::new(),
+            event_layers: Vec::new(),
         }
+    }
+
+    /// Wraps every call this service answers, on every transport, in `layer` (a tower
+    /// [`Layer`](tower::Layer) over a [`CallService`](crate::layer::CallService)). The
+    /// first layer added is the outermost: it sees the call first. The framework's own checks
+    /// (route, token, deadline, panic recovery) run inside every user layer, next to the
+    /// handler; `docs/MIDDLEWARE.md` gives the whole order.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::sync::{Arc, atomic::{AtomicUsize, Ordering}};
+    /// use switchyard_core::{client::Client, handler::rpc, mem::MemTransport, server, service::Service};
+    /// let seen = Arc::new(AtomicUsize::new(0));
+    /// let counter = seen.clone();
+    /// let service = Service::new("counted")
+    ///     .route("/one", rpc(|| async { 1 }))
+    ///     .layer(tower::layer::layer_fn(move |inner| {
+    ///         let counter = counter.clone();
+    ///         tower::service_fn(move |call| {
+    ///             counter.fetch_add(1, Ordering::Relaxed);
+    ///             tower::ServiceExt::oneshot(std::clone::Clone::clone(&inner), call)
+    ///         })
+    ///     }));
+    /// let bus = Arc::new(MemTransport::new("layer-doc"));
+    /// let _s = server::serve(bus.clone(), service).await.unwrap();
+    /// let one: i32 = Client::new(bus).service("counted").call("/one", ()).await.unwrap();
+    /// assert_eq!((one, seen.load(Ordering::Relaxed)), (1, 1));
+    /// # }
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<crate::layer::CallService> + Send + Sync + 'static,
+        L::Service: tower::Service<CallRequest, Response = Reply, Error = HandlerError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<CallRequest>>::Future: Send + 'static,
+    {
+        self.call_layers.push(crate::layer::call_layer_fn(layer));
+        self
+    }
+
+    /// Wraps every event this service handles, on every transport, in `layer` (a tower
+    /// [`Layer`](tower::Layer) over an [`EventService`](crate::layer::EventService)).
+    /// The first layer added is the outermost. The consumer's own policies (inbox, retries,
+    /// dead letters) run outside it: a layer sees each delivery attempt.
+    pub fn event_layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<crate::layer::EventService> + Send + Sync + 'static,
+        L::Service: tower::Service<Envelope, Response = (), Error = HandlerError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<Envelope>>::Future: Send + 'static,
+    {
+        self.event_layers.push(crate::layer::event_layer_fn(layer));
+        self
     }
 
     /// Sets how the service's event handlers are retried and dead-lettered on transports that
@@ -485,6 +514,7 @@ impl Service {
             token,
             headers,
             deadline,
+            ..
         } = req;
         let call = CallParts {
             route: &route,
@@ -579,20 +609,6 @@ impl Service {
     }
 }
 
-/// Runs `call` in place when it completes on its first poll (a handler that never waits) and
-/// spawns it into `calls` otherwise, so that slow handlers still run side by side. For
-/// transports that read calls off one subscription or queue: a spawn per call would cost more
-/// than most handlers.
-pub async fn run_in_place_or_spawn<F>(calls: &mut tokio::task::JoinSet<()>, call: F)
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let mut call = Box::pin(call);
-    if futures::poll!(call.as_mut()).is_pending() {
-        calls.spawn(call);
-    }
-}
-
 fn panic_error(what: &str, panic: Box<dyn std::any::Any + Send>) -> HandlerError {
     let msg = panic
         .downcast_ref::<&str>()
@@ -623,6 +639,7 @@ impl<E: Into<HandlerError> + Send + 'static> EventOutcome for Result<(), E> {
 mod tests {
     use super::*;
     use crate::handler::rpc;
+    use crate::values::Args;
     use std::time::Duration;
 
     async fn protected(a: i64) -> i64 {

@@ -389,10 +389,14 @@ pub async fn events_and_calls(transport: Arc<dyn Transport>, caller: Arc<dyn Tra
         format!("Welcome {name}")
     }
     let service = Service::new("option").route("/hello", rpc(hello));
-    let _served = transport.serve(Arc::new(service)).await.expect("serve");
+    let _served = crate::server::serve(transport.clone(), service)
+        .await
+        .expect("serve");
     let reply: String = tokio::time::timeout(
         Duration::from_secs(10),
-        Client::new(caller).call("/hello", "you".to_string()),
+        Client::new(caller)
+            .service("option")
+            .call("/hello", "you".to_string()),
     )
     .await
     .expect("answered in time")
@@ -714,8 +718,12 @@ pub async fn rpc_with_timeout(h: &Harness) -> Outcome {
             "/slow",
             rpc(|| async { tokio::time::sleep(Duration::from_secs(30)).await }),
         );
-    let server = transport.serve(Arc::new(service)).await.expect("serve");
-    let client = Client::new(h.connect(server.url())).with_timeout(Duration::from_secs(10));
+    let server = crate::server::serve(transport.clone(), service)
+        .await
+        .expect("serve");
+    let client = Client::new(h.connect(server.url()))
+        .service("conformance-rpc")
+        .with_timeout(Duration::from_secs(10));
     let reply: String = client
         .call("/echo", "ping".to_string())
         .await
@@ -756,7 +764,9 @@ pub async fn rpc_to_absent_service_fails_fast(h: &Harness) -> Outcome {
     if !transport.capabilities().request_reply {
         return Outcome::Skipped("capabilities.request_reply is false".into());
     }
-    let client = Client::new(transport).with_timeout(Duration::from_secs(20));
+    let client = Client::new(transport)
+        .service("conformance-absent")
+        .with_timeout(Duration::from_secs(20));
     let started = Instant::now();
     let err = client
         .call::<_, String>("/echo", "x".to_string())
@@ -803,7 +813,9 @@ pub async fn retry_then_dead_letter(h: &Harness) -> Outcome {
         .subscribe(&format!("{t}.dlq"), SubscribeOptions::group("watch"))
         .await
         .expect("subscribe dlq");
-    let server = transport.serve(Arc::new(service)).await.expect("serve");
+    let server = crate::server::serve(transport.clone(), service)
+        .await
+        .expect("serve");
     let publisher = h.connect(&url);
     publisher
         .publish(numbered(&t, 7, None))
@@ -951,7 +963,9 @@ pub async fn graceful_shutdown(h: &Harness) -> Outcome {
             f.lock().unwrap_or_else(|p| p.into_inner()).push(m.n);
         }
     });
-    let server = transport.serve(Arc::new(service)).await.expect("serve");
+    let server = crate::server::serve(transport.clone(), service)
+        .await
+        .expect("serve");
     let publisher = h.connect(server.url());
     let p = publisher.clone();
     let topic_name = t.clone();
@@ -1019,7 +1033,9 @@ pub async fn ordered_consumption(h: &Harness) -> Outcome {
                 Ok(())
             }
         });
-    let server = transport.serve(Arc::new(service)).await.expect("serve");
+    let server = crate::server::serve(transport.clone(), service)
+        .await
+        .expect("serve");
     let publisher = h.connect(&url);
     let total = 200;
     for i in 0..total {

@@ -1,5 +1,6 @@
-//! Transport traits. Every transport — in-process, HTTP, and the brokers — implements the same
-//! four small traits and declares what it guarantees in [`Capabilities`].
+//! Transport traits. Every transport — in-process, HTTP, and the brokers — publishes and
+//! subscribes ([`Publisher`], [`Subscriber`]), may have request/reply ([`Requester`],
+//! [`Responder`], optional), and declares what it guarantees in [`Capabilities`].
 //!
 //! # Acknowledgement contract
 //! A [`Delivery`] must be settled exactly once: [`Delivery::ack`] after the handler succeeded,
@@ -16,11 +17,12 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::Stream;
 use tokio::sync::{oneshot, OnceCell};
-use tokio::task::JoinHandle;
 
-use crate::error::{CallError, TransportError};
+use crate::call::CallRequest;
+use crate::error::{CallError, RemoteError, TransportError};
 use crate::message::Envelope;
-use crate::service::{CallRequest, Service};
+pub use crate::server::ServeHandle;
+use crate::server::Served;
 use crate::values::Reply;
 
 /// Order in which a subscriber sees messages.
@@ -223,21 +225,105 @@ pub trait Subscriber: Send + Sync {
     ) -> BoxFuture<'_, Result<Subscription, TransportError>>;
 }
 
-/// Sends calls and waits for replies.
+/// Sends calls and waits for replies: the request/reply ability, which a transport may lack
+/// (Kafka has none). See [`Transport::requester`].
 pub trait Requester: Send + Sync {
-    /// Sends `request` and waits for its reply. The caller bounds the wait; transports send
-    /// `request.deadline` to the server so that it can give up too.
+    /// Sends `request` to an instance of `request.service` and waits for its reply. The
+    /// caller bounds the wait; transports send `request.deadline` to the server so that it
+    /// can give up too.
     fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>>;
 }
 
-/// Serves a [`Service`]: its routes, and its event handlers through a consumer.
+/// Receives the calls addressed to a service: the serving half of request/reply. The serve
+/// loop, the consumers, draining and shutdown are written once, in [`crate::server`]; a
+/// transport only says where calls come from and how each is answered.
 pub trait Responder: Send + Sync {
-    /// Starts serving `service` until the returned handle is shut down.
-    fn serve(&self, service: Arc<Service>) -> BoxFuture<'_, Result<ServeHandle, TransportError>>;
+    /// Starts receiving the calls addressed to `served` (by [`Served::name`]); instances of one
+    /// service share its calls, services with other names never see them.
+    fn listen(&self, served: Arc<Served>) -> BoxFuture<'_, Result<Listener, TransportError>>;
 }
 
-/// A complete transport, chosen by URL scheme.
-pub trait Transport: Publisher + Subscriber + Requester + Responder {
+/// Incoming calls, each with the means to answer it.
+pub type IncomingCalls = Pin<Box<dyn Stream<Item = IncomingCall> + Send>>;
+
+/// What [`Responder::listen`] gives the server.
+#[non_exhaustive]
+pub struct Listener {
+    /// The calls to answer, or `None` when the transport's own server answers them through
+    /// [`Served::call`] (HTTP, where hyper runs a task per connection).
+    pub calls: Option<IncomingCalls>,
+    /// Where the service can be reached (for `http://127.0.0.1:0` the port actually bound).
+    pub url: String,
+    /// Whether events for the service's topics also arrive through this listener (HTTP, where
+    /// they are POSTed to the same port), so that the server starts no consumers for them.
+    pub receives_events: bool,
+    /// Run once the server stops taking calls: stops what the transport runs for the service
+    /// (a heartbeat, an HTTP server draining its connections) and waits for it.
+    pub close: BoxFuture<'static, ()>,
+}
+
+impl Listener {
+    /// A listener over `calls`, reachable at `url`, with nothing to close.
+    pub fn new(calls: IncomingCalls, url: impl Into<String>) -> Self {
+        Self {
+            calls: Some(calls),
+            url: url.into(),
+            receives_events: false,
+            close: Box::pin(async {}),
+        }
+    }
+
+    /// A listener whose transport answers calls itself (see [`Listener::calls`]).
+    pub fn driven(url: impl Into<String>, receives_events: bool) -> Self {
+        Self {
+            calls: None,
+            url: url.into(),
+            receives_events,
+            close: Box::pin(async {}),
+        }
+    }
+
+    /// Sets what runs when the server stops.
+    pub fn on_close(mut self, close: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.close = Box::pin(close);
+        self
+    }
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("url", &self.url)
+            .field("driven", &self.calls.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One received call and where its answer goes.
+pub struct IncomingCall {
+    /// The decoded call, or why it could not be decoded (answered to the caller as is).
+    pub request: Result<CallRequest, RemoteError>,
+    /// Sends the answer.
+    pub reply: Box<dyn ReplyTo>,
+}
+
+impl fmt::Debug for IncomingCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncomingCall")
+            .field("request", &self.request)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends the answer to one call back to its caller; implemented by each transport.
+pub trait ReplyTo: Send + 'static {
+    /// Sends `outcome`: the handler's reply, or the error the caller gets.
+    fn send(self: Box<Self>, outcome: Result<Reply, RemoteError>) -> BoxFuture<'static, ()>;
+}
+
+/// A complete transport, chosen by URL scheme: events both ways, and request/reply when it
+/// has it.
+pub trait Transport: Publisher + Subscriber {
     /// Short name (`mem`, `http`, `amqp`…).
     fn name(&self) -> &'static str;
     /// What this transport guarantees.
@@ -245,10 +331,18 @@ pub trait Transport: Publisher + Subscriber + Requester + Responder {
     /// The URL it was made from, credentials removed.
     fn url(&self) -> String;
 
-    /// A service in this very process that answers calls made through this transport, for a
-    /// client to call without boxing a transport future (the in-process fast path). Only the
-    /// in-process transport returns one.
-    fn local_service(&self) -> Option<Arc<Service>> {
+    /// The calling half of request/reply; `None` for a transport without it.
+    fn requester(&self) -> Option<&dyn Requester>;
+
+    /// The serving half of request/reply; `None` for a transport without it.
+    fn responder(&self) -> Option<&dyn Responder>;
+
+    /// The instance of `service` served in this very process on this transport, for a client
+    /// to call without a transport future (the in-process fast path). Only the in-process
+    /// transport returns one; the call still runs inside the client's layers and the
+    /// service's.
+    fn local(&self, service: &str) -> Option<Arc<Served>> {
+        let _ = service;
         None
     }
 
@@ -300,7 +394,7 @@ impl ConnectRetry {
 
     /// The wait after failed try number `failed` (from 1).
     pub fn backoff(&self, failed: u32) -> Duration {
-        crate::consumer::doubling_backoff(self.initial_backoff, self.max_backoff, failed)
+        crate::backoff::doubling(self.initial_backoff, self.max_backoff, failed)
     }
 }
 
@@ -452,61 +546,6 @@ impl<K: Eq + std::hash::Hash + Clone, T> Future for ReplyWait<'_, K, T> {
 impl<K: Eq + std::hash::Hash + Clone, T> Drop for ReplyWait<'_, K, T> {
     fn drop(&mut self) {
         self.pending.waiting().remove(&self.key);
-    }
-}
-
-/// A running server; shut it down to stop taking new work and finish what is in flight.
-#[derive(Debug)]
-pub struct ServeHandle {
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-    url: String,
-}
-
-impl ServeHandle {
-    /// A handle for a server task that stops when `shutdown` fires.
-    pub fn new(
-        shutdown: oneshot::Sender<()>,
-        task: JoinHandle<()>,
-        url: impl Into<String>,
-    ) -> Self {
-        Self {
-            shutdown: Some(shutdown),
-            task: Some(task),
-            url: url.into(),
-        }
-    }
-
-    /// Where the service can be reached (for `http://127.0.0.1:0` the port actually bound).
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// Stops taking new work and waits for in-flight work to finish.
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-
-    /// Waits until the server stops by itself (or forever).
-    pub async fn wait(mut self) {
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for ServeHandle {
-    fn drop(&mut self) {
-        // Dropping the handle stops the server, like dropping a tokio JoinHandle's owner would
-        // leak it otherwise.
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 

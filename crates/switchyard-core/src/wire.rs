@@ -80,47 +80,37 @@ pub fn decode_error(body: &[u8]) -> Option<RemoteError> {
         .map(|b| b.error)
 }
 
-/// Serves one call that arrived as a JSON body (as every broker transport carries it):
-/// decodes it, dispatches it on `service` and returns the reply body with, for a failure, its
-/// error code (which the transport sends in a status header). A body that does not decode is
-/// a `BadRequest` for the caller, not a failure of the server.
-///
-/// The body is decoded before the returned future is first polled, and the future borrows
-/// only `service` (an `async fn` would hold every argument for the whole call).
-pub fn answer_call<'s>(
-    service: &'s crate::service::Service,
+/// Decodes one call that arrived as a JSON body (as every broker transport carries it). A
+/// body that does not decode is a `BadRequest` for the caller, not a failure of the server.
+pub fn decode_call(
     route: String,
     body: &[u8],
     headers: crate::message::Headers,
     deadline: Option<std::time::Instant>,
-) -> impl std::future::Future<Output = (Bytes, Option<crate::error::ErrorCode>)> + Send + 's {
-    use crate::error::ErrorCode;
-    use futures::future::{ready, Either, FutureExt};
+) -> Result<crate::call::CallRequest, RemoteError> {
     match serde_json::from_slice::<CallBody>(body) {
         Ok(body) => {
             let (args, token) = body.into_parts();
-            let request = crate::service::CallRequest {
+            Ok(crate::call::CallRequest {
+                service: None,
                 route,
                 args,
                 token,
                 headers,
                 deadline,
-            };
-            Either::Left(
-                service
-                    .dispatch(request)
-                    .map(|outcome| reply_body(outcome.map_err(|e| e.into_remote()))),
-            )
+            })
         }
-        Err(e) => Either::Right(ready(reply_body(Err(RemoteError::new(
-            ErrorCode::BadRequest,
+        Err(e) => Err(RemoteError::new(
+            crate::error::ErrorCode::BadRequest,
             format!("malformed request body: {e}"),
-        ))))),
+        )),
     }
 }
 
-/// A call's outcome as the reply body and, for a failure, its error code.
-fn reply_body(
+/// A call's outcome as the reply body (JSON: the returned values, or
+/// `{"error": {"code", "message"}}`) and, for a failure, its error code, which a transport
+/// sends in a status header.
+pub fn reply_body(
     outcome: Result<crate::values::Reply, RemoteError>,
 ) -> (Bytes, Option<crate::error::ErrorCode>) {
     use crate::error::ErrorCode;
@@ -141,7 +131,7 @@ fn reply_body(
 }
 
 /// Decodes the reply to a call of `route`: the returned values when `failed` is false, the
-/// remote error otherwise (the counterpart of [`answer_call`]).
+/// remote error otherwise (the counterpart of [`reply_body`]).
 pub fn decode_reply(
     route: String,
     failed: bool,

@@ -8,13 +8,15 @@ use axum::serve::ListenerExt;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use serde_json::Value;
+use switchyard_core::call::CallRequest;
 use switchyard_core::codec::Codec;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
 use switchyard_core::message::{header as h, Envelope};
-use switchyard_core::service::{CallRequest, Service, DEFAULT_MAX_BODY};
+use switchyard_core::server::Served;
+use switchyard_core::service::DEFAULT_MAX_BODY;
 use switchyard_core::transport::{
-    Capabilities, DeliveryGuarantee, Ordering, Publisher, Requester, Responder, ServeHandle,
-    SubscribeOptions, Subscriber, Subscription, Transport,
+    Capabilities, DeliveryGuarantee, Listener, Ordering, Publisher, Requester, Responder,
+    ServeHandle, SubscribeOptions, Subscriber, Subscription, Transport,
 };
 use switchyard_core::values::Reply;
 use switchyard_core::wire;
@@ -119,7 +121,7 @@ impl HttpTransport {
 
     async fn start_server(
         &self,
-        service: Option<Arc<Service>>,
+        served: Option<Arc<Served>>,
     ) -> Result<ServeHandle, TransportError> {
         let addr = self.bind_addr();
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
@@ -132,7 +134,7 @@ impl HttpTransport {
             .local_addr()
             .map_err(|e| TransportError::Other(Box::new(e)))?;
         let app = router_with(ServerState {
-            service,
+            served,
             subscriptions: self.subscriptions.clone(),
         });
         let (tx, rx) = oneshot::channel::<()>();
@@ -297,12 +299,13 @@ impl Subscriber for HttpTransport {
 }
 
 impl Responder for HttpTransport {
-    fn serve(&self, service: Arc<Service>) -> BoxFuture<'_, Result<ServeHandle, TransportError>> {
+    /// Starts an HTTP server on the URL's address: hyper runs its connections, and each call
+    /// and event posted to it goes through the served service's layers.
+    fn listen(&self, served: Arc<Served>) -> BoxFuture<'_, Result<Listener, TransportError>> {
         Box::pin(async move {
-            service
-                .validate()
-                .map_err(|e| TransportError::Other(Box::new(e)))?;
-            self.start_server(Some(service)).await
+            let server = self.start_server(Some(served)).await?;
+            let url = server.url().to_string();
+            Ok(Listener::driven(url, true).on_close(server.shutdown()))
         })
     }
 }
@@ -327,5 +330,13 @@ impl Transport for HttpTransport {
 
     fn url(&self) -> String {
         redact_url(&self.base)
+    }
+
+    fn requester(&self) -> Option<&dyn Requester> {
+        Some(self)
+    }
+
+    fn responder(&self) -> Option<&dyn Responder> {
+        Some(self)
     }
 }

@@ -11,11 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
+use switchyard_core::call::CallRequest;
 use switchyard_core::codec::Codec;
 use switchyard_core::error::{ErrorCode, RemoteError, TransportError};
 use switchyard_core::handler::RouteKind;
 use switchyard_core::message::{header as h, Envelope, Headers};
-use switchyard_core::service::{CallRequest, Service, DEFAULT_MAX_BODY};
+use switchyard_core::server::Served;
+use switchyard_core::service::{Service, DEFAULT_MAX_BODY};
 use switchyard_core::transport::{Acker, Delivery, SubscriptionMode};
 use switchyard_core::values::{Args, Reply};
 use switchyard_core::wire::CallBody;
@@ -119,15 +121,16 @@ impl Acker for PushAcker {
 
 #[derive(Clone)]
 pub(crate) struct ServerState {
-    pub(crate) service: Option<Arc<Service>>,
+    pub(crate) served: Option<Arc<Served>>,
     pub(crate) subscriptions: Arc<Subscriptions>,
 }
 
-/// The axum router that serves `service`: mount it, wrap it in tower layers, or serve it
-/// with `axum::serve`. (The `http://` transport's `serve` does exactly that.)
+/// The axum router that serves `service`, its layers included: mount it, wrap it in tower
+/// layers, or serve it with `axum::serve`. (The `http://` transport's listener does exactly
+/// that.)
 pub fn router(service: Arc<Service>) -> Router {
     router_with(ServerState {
-        service: Some(service),
+        served: Some(Arc::new(Served::new(service))),
         subscriptions: Arc::default(),
     })
 }
@@ -263,9 +266,10 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
     if is_cloud_event(req.headers()) {
         return handle_event(state, req, path).await;
     }
-    let Some(service) = state.service.clone() else {
+    let Some(served) = state.served.clone() else {
         return error_response(ErrorCode::NotFound, format!("no route {path}"));
     };
+    let service = served.service();
     let Some(route) = service.route_at(&path) else {
         return error_response(ErrorCode::NotFound, format!("no route {path}"));
     };
@@ -387,13 +391,14 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
         .map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
     let headers = context_headers(&parts.headers);
     let request = CallRequest {
+        service: None,
         route: path,
         args,
         token,
         deadline,
         headers,
     };
-    match service.dispatch(request).await {
+    match served.call(request).await {
         Ok(reply) => ok_response(reply, codec),
         Err(e) => error_response(e.code(), e.message()),
     }
@@ -524,9 +529,9 @@ async fn handle_event(state: ServerState, req: Request, path: String) -> Respons
         return error_response(ErrorCode::MethodNotAllowed, "events are sent with POST");
     }
     let limit = state
-        .service
+        .served
         .as_ref()
-        .map_or(DEFAULT_MAX_BODY, |s| s.body_limit());
+        .map_or(DEFAULT_MAX_BODY, |s| s.service().body_limit());
     let (parts, body) = req.into_parts();
     let bytes = match read_body(body, &parts.headers, limit).await {
         Ok(b) => b,
@@ -538,7 +543,8 @@ async fn handle_event(state: ServerState, req: Request, path: String) -> Respons
         Err(msg) => return error_response(ErrorCode::BadRequest, msg),
     };
     let accepted = || (StatusCode::OK, [(header::CONTENT_TYPE, JSON)], "{}").into_response();
-    if let Some(service) = &state.service {
+    if let Some(served) = &state.served {
+        let service = served.service();
         let pushed = service.hub().has_subscribers(topic);
         if pushed {
             if let Ok(text) = std::str::from_utf8(&env.payload) {
@@ -546,7 +552,7 @@ async fn handle_event(state: ServerState, req: Request, path: String) -> Respons
             }
         }
         if service.handles_topic(topic) {
-            return match service.handle_event(env).await {
+            return match served.handle_event(env).await {
                 Ok(()) => accepted(),
                 Err(e) => error_response(e.code(), e.message()),
             };

@@ -17,7 +17,7 @@ pub(crate) async fn upgrade(state: ServerState, req: Request, path: String) -> R
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
-    let service = state.service.clone();
+    let service = state.served.as_ref().map(|s| s.service().clone());
     let route = service
         .as_ref()
         .and_then(|s| s.ws_route(&path).map(|(r, p)| (r.clone(), p)));

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use switchyard_core::error::{CallError, ErrorCode};
 use switchyard_core::handler::{json as json_route, rpc};
 use switchyard_core::service::{Service, WsMessage};
-use switchyard_core::transport::{Responder, ServeHandle};
+use switchyard_core::transport::ServeHandle;
 use switchyard_core::{Client, Json};
 use switchyard_http::HttpTransport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -87,8 +87,8 @@ fn service() -> Service {
 }
 
 async fn start() -> (ServeHandle, String) {
-    let t = HttpTransport::from_url("http://127.0.0.1:0").unwrap();
-    let h = t.serve(Arc::new(service())).await.unwrap();
+    let t = Arc::new(HttpTransport::from_url("http://127.0.0.1:0").unwrap());
+    let h = switchyard_core::server::serve(t, service()).await.unwrap();
     let url = h.url().to_string();
     (h, url)
 }
@@ -361,11 +361,11 @@ async fn msgpack_requests_get_msgpack_replies() {
     assert!(HttpTransport::from_url(&format!("{url}?codec=xml")).is_err());
 
     // A service may make MessagePack its default for requests that name no content type.
-    let t = HttpTransport::from_url("http://127.0.0.1:0").unwrap();
+    let t = Arc::new(HttpTransport::from_url("http://127.0.0.1:0").unwrap());
     let packed = Service::new("packed")
         .codec(switchyard_core::Codec::MsgPack)
         .route("/echo", rpc(|s: String| async move { s }));
-    let h = t.serve(Arc::new(packed)).await.unwrap();
+    let h = switchyard_core::server::serve(t, packed).await.unwrap();
     let r = reqwest::Client::new()
         .post(format!("{}/echo", h.url()))
         .body(rmp_serde::to_vec_named(&json!({"args": ["p"]})).unwrap())

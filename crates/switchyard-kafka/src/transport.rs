@@ -17,17 +17,13 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use switchyard_core::codec::Codec;
-use switchyard_core::consumer;
-use switchyard_core::error::{redact_url, CallError, TransportError};
+use switchyard_core::error::{redact_url, TransportError};
 use switchyard_core::message::{header as h, new_id, CloudEventAttribute as Ce, Envelope, Headers};
-use switchyard_core::service::{CallRequest, Service};
 use switchyard_core::transport::{
     get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher,
-    Requester, Responder, ServeHandle, SubscribeOptions, Subscriber, Subscription,
-    SubscriptionMode, Transport,
+    Requester, Responder, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
 };
-use switchyard_core::values::Reply;
-use tokio::sync::{oneshot, watch, Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
 
 /// Largest event payload published by default (1 MiB, Kafka's own default message limit).
 const MAX_MESSAGE: usize = 1024 * 1024;
@@ -778,37 +774,6 @@ impl Subscriber for KafkaTransport {
     }
 }
 
-impl Requester for KafkaTransport {
-    fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
-        let _ = request;
-        Box::pin(async move {
-            Err(CallError::Transport(TransportError::Unsupported {
-                transport: "kafka",
-                operation: "request/reply (call services over http, amqp, nats, redis or mqtt)",
-            }))
-        })
-    }
-}
-
-impl Responder for KafkaTransport {
-    fn serve(&self, service: Arc<Service>) -> BoxFuture<'_, Result<ServeHandle, TransportError>> {
-        Box::pin(async move {
-            service
-                .validate()
-                .map_err(|e| TransportError::Other(Box::new(e)))?;
-            let dead_letters: Arc<dyn Publisher> =
-                Arc::new(KafkaTransport::from_url(&self.inner.url)?);
-            let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
-            let (stop_tx, stop_rx) = oneshot::channel::<()>();
-            let task = tokio::spawn(async move {
-                let _ = stop_rx.await;
-                consumers.stop().await;
-            });
-            Ok(ServeHandle::new(stop_tx, task, self.inner.url.clone()))
-        })
-    }
-}
-
 impl Transport for KafkaTransport {
     fn name(&self) -> &'static str {
         "kafka"
@@ -828,6 +793,15 @@ impl Transport for KafkaTransport {
 
     fn url(&self) -> String {
         redact_url(&self.inner.url)
+    }
+
+    /// Kafka has no request/reply: call services over http, amqp, nats, redis or mqtt.
+    fn requester(&self) -> Option<&dyn Requester> {
+        None
+    }
+
+    fn responder(&self) -> Option<&dyn Responder> {
+        None
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {

@@ -9,15 +9,15 @@ use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, Publish, PublishPropertie
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{Outgoing, TlsConfiguration};
+use switchyard_core::call::CallRequest;
 use switchyard_core::codec::Codec;
-use switchyard_core::consumer;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
 use switchyard_core::message::{header as h, new_id, CloudEventAttribute as Ce, Envelope, Headers};
-use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
+use switchyard_core::server::Served;
 use switchyard_core::transport::{
-    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, PendingReplies,
-    Publisher, Requester, Responder, ServeHandle, SubscribeOptions, Subscriber, Subscription,
-    SubscriptionMode, Transport,
+    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, IncomingCall, Listener,
+    Ordering, PendingReplies, Publisher, ReplyTo, Requester, Responder, SubscribeOptions,
+    Subscriber, Subscription, SubscriptionMode, Transport,
 };
 use switchyard_core::values::Reply;
 use switchyard_core::wire;
@@ -765,23 +765,42 @@ impl Subscriber for MqttTransport {
     }
 }
 
-fn route_topic(namespace: &str, route: &str) -> Result<String, String> {
+/// A service name usable as one topic level.
+fn check_service(service: &str) -> Result<(), String> {
+    if service.is_empty() || service.contains(['+', '#', '/', '\0']) {
+        return Err(format!(
+            "service name {service:?} is not usable as an MQTT topic level"
+        ));
+    }
+    Ok(())
+}
+
+/// `sy/rpc/<namespace>/<service>/<route>`.
+fn route_topic(namespace: &str, service: &str, route: &str) -> Result<String, String> {
+    check_service(service)?;
     let path = route.trim_start_matches('/');
     if path.is_empty() || path.contains(['+', '#', '\0']) {
         return Err(format!("route {route:?} is not usable as an MQTT topic"));
     }
-    Ok(format!("sy/rpc/{namespace}/{path}"))
+    Ok(format!("sy/rpc/{namespace}/{service}/{path}"))
 }
 
 impl Requester for MqttTransport {
     fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
         Box::pin(async move {
             let route = request.route.clone();
-            let topic =
-                route_topic(&self.inner.namespace, &route).map_err(|reason| CallError::Encode {
+            let Some(service) = request.service.as_deref() else {
+                return Err(CallError::NoService {
+                    route,
+                    transport: redact_url(&self.inner.url),
+                });
+            };
+            let topic = route_topic(&self.inner.namespace, service, &route).map_err(|reason| {
+                CallError::Encode {
                     route: route.clone(),
                     reason,
-                })?;
+                }
+            })?;
             let body = wire::encode_call(&request.args, request.token.as_deref(), Codec::Json)
                 .map_err(|e| CallError::Encode {
                     route: route.clone(),
@@ -819,7 +838,7 @@ impl Requester for MqttTransport {
                 PubAckReason::NoMatchingSubscribers => {
                     return Err(CallError::Unreachable {
                         target: format!(
-                            "{} (no service serves {route} in namespace {})",
+                            "{} (no instance of service {service} in namespace {})",
                             redact_url(&self.inner.url),
                             self.inner.namespace
                         ),
@@ -851,40 +870,68 @@ impl Requester for MqttTransport {
     }
 }
 
-async fn answer(client: AsyncClient, service: Arc<Service>, prefix: Arc<String>, p: Publish) {
-    let Some(props) = p.properties else { return };
-    let Some(reply_to) = props.response_topic else {
-        return;
-    };
-    let topic = String::from_utf8_lossy(&p.topic);
-    let route = format!("/{}", topic.strip_prefix(prefix.as_str()).unwrap_or(""));
-    let headers: Headers = props.user_properties.into_iter().collect();
-    let deadline = headers.deadline().map(|w| Instant::now() + w);
-    let (payload, status) = wire::answer_call(&service, route, &p.payload, headers, deadline).await;
-    let reply = PublishProperties {
-        correlation_data: props.correlation_data,
-        user_properties: status
-            .map(|c| vec![(STATUS.to_string(), c.to_string())])
-            .unwrap_or_default(),
-        content_type: Some(Codec::Json.content_type().to_string()),
-        ..Default::default()
-    };
-    if let Err(e) = client
-        .publish_with_properties(reply_to, QoS::AtMostOnce, false, payload, reply)
-        .await
-    {
-        tracing::warn!(target: "switchyard", error = %e, "could not send an MQTT reply");
+/// Answers one call on its response topic.
+struct MqttReply {
+    client: AsyncClient,
+    reply_to: String,
+    correlation: Option<Bytes>,
+}
+
+impl ReplyTo for MqttReply {
+    fn send(self: Box<Self>, outcome: Result<Reply, RemoteError>) -> BoxFuture<'static, ()> {
+        let (payload, status) = wire::reply_body(outcome);
+        let reply = PublishProperties {
+            correlation_data: self.correlation,
+            user_properties: status
+                .map(|c| vec![(STATUS.to_string(), c.to_string())])
+                .unwrap_or_default(),
+            content_type: Some(Codec::Json.content_type().to_string()),
+            ..Default::default()
+        };
+        let (client, reply_to) = (self.client, self.reply_to);
+        Box::pin(async move {
+            if let Err(e) = client
+                .publish_with_properties(reply_to, QoS::AtMostOnce, false, payload, reply)
+                .await
+            {
+                tracing::warn!(target: "switchyard", error = %e, "could not send an MQTT reply");
+            }
+        })
     }
 }
 
+/// One received call, or `None` for a publish without a response topic.
+fn incoming(client: &AsyncClient, prefix: &str, p: Publish) -> Option<IncomingCall> {
+    let props = p.properties?;
+    let reply_to = props.response_topic?;
+    let topic = String::from_utf8_lossy(&p.topic);
+    let route = format!("/{}", topic.strip_prefix(prefix).unwrap_or(""));
+    let headers: Headers = props.user_properties.into_iter().collect();
+    let deadline = headers.deadline().map(|w| Instant::now() + w);
+    Some(IncomingCall {
+        request: wire::decode_call(route, &p.payload, headers, deadline),
+        reply: Box::new(MqttReply {
+            client: client.clone(),
+            reply_to,
+            correlation: props.correlation_data,
+        }),
+    })
+}
+
 impl Responder for MqttTransport {
-    fn serve(&self, service: Arc<Service>) -> BoxFuture<'_, Result<ServeHandle, TransportError>> {
+    /// The calls come on a connection of the instance's own, whose event loop runs in a task
+    /// until the server closes: replies are sent through it while the last calls finish.
+    fn listen(&self, served: Arc<Served>) -> BoxFuture<'_, Result<Listener, TransportError>> {
         Box::pin(async move {
-            service
-                .validate()
-                .map_err(|e| TransportError::Other(Box::new(e)))?;
-            let ns = self.inner.namespace.clone();
-            let filter = format!("$share/{ns}/sy/rpc/{ns}/#");
+            let (ns, service) = (self.inner.namespace.clone(), served.name().to_string());
+            check_service(&service).map_err(|reason| TransportError::InvalidName {
+                what: "service",
+                name: service.clone(),
+                reason,
+            })?;
+            let prefix = format!("sy/rpc/{ns}/{service}/");
+            // Instances of one service share its calls: the share group is the service.
+            let filter = format!("$share/{service}/{prefix}#");
             let (client, mut eventloop) = AsyncClient::new(self.inner.options("srv"), 1024);
             connected(&self.inner, &mut eventloop).await?;
             client
@@ -893,13 +940,10 @@ impl Responder for MqttTransport {
                 .map_err(TransportError::other)?;
             // No call can arrive before the subscription exists.
             subscribed(&self.inner, &mut eventloop, 1).await?;
-            let dead_letters: Arc<dyn Publisher> =
-                Arc::new(MqttTransport::from_url(&self.inner.url)?);
-            let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
+            let (calls_tx, calls_rx) = mpsc::channel::<IncomingCall>(256);
             let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-            let prefix = Arc::new(format!("sy/rpc/{ns}/"));
+            let reader = client.clone();
             let task = tokio::spawn(async move {
-                let mut calls = tokio::task::JoinSet::new();
                 loop {
                     let event = tokio::select! {
                         _ = &mut stop_rx => break,
@@ -907,11 +951,14 @@ impl Responder for MqttTransport {
                     };
                     match event {
                         Ok(Event::Incoming(Packet::Publish(p))) => {
-                            let call = answer(client.clone(), service.clone(), prefix.clone(), p);
-                            run_in_place_or_spawn(&mut calls, call).await;
+                            if let Some(call) = incoming(&reader, &prefix, p) {
+                                // Closed once the server stops taking calls: the call is
+                                // dropped unanswered, as one arriving after it stopped.
+                                let _ = calls_tx.send(call).await;
+                            }
                         }
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                            let _ = client.try_subscribe(filter.clone(), QoS::AtMostOnce);
+                            let _ = reader.try_subscribe(filter.clone(), QoS::AtMostOnce);
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -919,25 +966,20 @@ impl Responder for MqttTransport {
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                     }
-                    while calls.try_join_next().is_some() {}
                 }
-                let _ = client.try_unsubscribe(filter.clone());
-                consumers.stop().await;
-                // Keep the connection polled while the last calls send their replies.
-                let drain = async { while calls.join_next().await.is_some() {} };
-                tokio::pin!(drain);
-                loop {
-                    tokio::select! {
-                        _ = &mut drain => break,
-                        e = eventloop.poll() => if e.is_err() {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        },
-                    }
-                }
-                let _ = client.try_disconnect();
+                let _ = reader.try_unsubscribe(filter);
+                let _ = reader.try_disconnect();
                 let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
             });
-            Ok(ServeHandle::new(stop_tx, task, self.inner.url.clone()))
+            let calls = futures::stream::unfold(calls_rx, |mut rx| async move {
+                rx.recv().await.map(|c| (c, rx))
+            });
+            Ok(
+                Listener::new(Box::pin(calls), self.inner.url.clone()).on_close(async move {
+                    let _ = stop_tx.send(());
+                    let _ = task.await;
+                }),
+            )
         })
     }
 }
@@ -964,6 +1006,14 @@ impl Transport for MqttTransport {
 
     fn url(&self) -> String {
         redact_url(&self.inner.url)
+    }
+
+    fn requester(&self) -> Option<&dyn Requester> {
+        Some(self)
+    }
+
+    fn responder(&self) -> Option<&dyn Responder> {
+        Some(self)
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use switchyard_core::message::Envelope;
 use switchyard_core::testkit::{require_server, wait_for_port};
-use switchyard_core::transport::{Publisher, Responder, SubscribeOptions, Subscriber};
+use switchyard_core::transport::{Publisher, SubscribeOptions, Subscriber};
 use switchyard_core::{rpc, Client, Service};
 use switchyard_mqtt::MqttTransport;
 
@@ -57,13 +57,15 @@ async fn reconnects_after_restart() {
     );
     let topic = format!("restart.{}", &switchyard_core::message::new_id()[..8]);
     let transport = Arc::new(MqttTransport::from_url(&url).expect("url"));
-    let server = transport
-        .serve(Arc::new(
-            Service::new("shouter").route("/shout", rpc(shout)),
-        ))
-        .await
-        .expect("serve");
-    let client = Client::new(transport.clone()).with_timeout(Duration::from_secs(2));
+    let server = switchyard_core::server::serve(
+        transport.clone(),
+        Service::new("shouter").route("/shout", rpc(shout)),
+    )
+    .await
+    .expect("serve");
+    let client = Client::new(transport.clone())
+        .service("shouter")
+        .with_timeout(Duration::from_secs(2));
     let reply: String = client
         .call("/shout", "before".to_string())
         .await

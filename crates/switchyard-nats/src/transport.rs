@@ -8,19 +8,19 @@ use async_nats::jetstream::{
 };
 use futures::future::BoxFuture;
 use futures::StreamExt;
+use switchyard_core::call::CallRequest;
 use switchyard_core::codec::Codec;
-use switchyard_core::consumer;
-use switchyard_core::error::{redact_url, CallError, TransportError};
+use switchyard_core::error::{redact_url, CallError, RemoteError, TransportError};
 use switchyard_core::message::{header as h, Envelope, Headers};
-use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
+use switchyard_core::server::Served;
 use switchyard_core::transport::{
-    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, PendingReplies,
-    Publisher, ReplyWait, Requester, Responder, ServeHandle, SubscribeOptions, Subscriber,
-    Subscription, SubscriptionMode, Transport,
+    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, IncomingCall, Listener,
+    Ordering, PendingReplies, Publisher, ReplyTo, ReplyWait, Requester, Responder,
+    SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
 };
 use switchyard_core::values::Reply;
 use switchyard_core::wire;
-use tokio::sync::{oneshot, OnceCell};
+use tokio::sync::OnceCell;
 
 /// Header carrying the error code of a failed call's reply.
 const STATUS: &str = "x-status";
@@ -71,18 +71,49 @@ fn check_subject(what: &str, s: &str) -> Result<(), String> {
     }
 }
 
-/// `sy.rpc.<namespace>.<route with '/' as '.'>`, built in one allocation: every call makes it.
-fn route_subject(namespace: &str, route: &str) -> Result<String, String> {
+/// Appends `name` to a subject as one token: `.` (the token separator) is written `%2E` and
+/// `%` itself `%25`, so that a route like `/v1.2/x` keeps its dot.
+fn push_escaped(subject: &mut String, name: &str) {
+    for c in name.chars() {
+        match c {
+            '.' => subject.push_str("%2E"),
+            '%' => subject.push_str("%25"),
+            c => subject.push(c),
+        }
+    }
+}
+
+/// `sy.rpc.<namespace>.<service>.<route, each segment a token>`, built in one allocation:
+/// every call makes it.
+fn route_subject(namespace: &str, service: &str, route: &str) -> Result<String, String> {
     const PREFIX: &str = "sy.rpc.";
     let route = route.trim_start_matches('/');
-    let mut subject = String::with_capacity(PREFIX.len() + namespace.len() + 1 + route.len());
+    let mut subject =
+        String::with_capacity(PREFIX.len() + namespace.len() + service.len() + 2 + route.len());
     subject.push_str(PREFIX);
     subject.push_str(namespace);
     subject.push('.');
+    let service_at = subject.len();
+    push_escaped(&mut subject, service);
+    check_subject("service", &subject[service_at..])?;
+    subject.push('.');
     let token_at = subject.len();
-    subject.extend(route.chars().map(|c| if c == '/' { '.' } else { c }));
+    for (i, segment) in route.split('/').enumerate() {
+        if i > 0 {
+            subject.push('.');
+        }
+        push_escaped(&mut subject, segment);
+    }
     check_subject("route", &subject[token_at..])?;
     Ok(subject)
+}
+
+/// The subject prefix of every call to `service`: `sy.rpc.<namespace>.<service>.`.
+fn service_prefix(namespace: &str, service: &str) -> String {
+    let mut prefix = format!("sy.rpc.{namespace}.");
+    push_escaped(&mut prefix, service);
+    prefix.push('.');
+    prefix
 }
 
 /// A name JetStream accepts for streams and consumers: letters, digits, `-` and `_`.
@@ -545,13 +576,20 @@ impl Requester for NatsTransport {
         // What needs no waiting is done before the future exists: the boxed future then holds
         // only what the call waits on.
         let CallRequest {
+            service,
             route,
             args,
             token,
             headers: call_headers,
             deadline,
         } = request;
-        let subject = match route_subject(&self.namespace, &route) {
+        let Some(service) = service else {
+            return Box::pin(futures::future::ready(Err(CallError::NoService {
+                route,
+                transport: redact_url(&self.url),
+            })));
+        };
+        let subject = match route_subject(&self.namespace, &service, &route) {
             Ok(s) => s,
             Err(reason) => {
                 return Box::pin(futures::future::ready(Err(CallError::Encode {
@@ -593,7 +631,10 @@ impl Requester for NatsTransport {
             })?;
             if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
                 return Err(CallError::Unreachable {
-                    target: format!("{} (no service serves {route})", redact_url(&self.url)),
+                    target: format!(
+                        "{} (no instance of service {service} serves {route})",
+                        redact_url(&self.url)
+                    ),
                     source: "no responders".into(),
                 });
             }
@@ -606,92 +647,103 @@ impl Requester for NatsTransport {
     }
 }
 
-/// The route a call's subject names: `sy.rpc.<ns>.a.b` → `/a/b` (one allocation, no
-/// formatting: it runs for every call).
+/// The route a call's subject names: `sy.rpc.<ns>.<service>.a.b` → `/a/b`, escapes undone
+/// (one allocation, no formatting: it runs for every call).
 fn route_of(subject: &str, prefix: &str) -> String {
     let rest = subject.strip_prefix(prefix).unwrap_or("");
     let mut route = String::with_capacity(rest.len() + 1);
     route.push('/');
-    route.extend(rest.chars().map(|c| if c == '.' { '/' } else { c }));
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '.' => route.push('/'),
+            '%' => {
+                let escape: String = chars.by_ref().take(2).collect();
+                match escape.as_str() {
+                    "2E" => route.push('.'),
+                    "25" => route.push('%'),
+                    other => {
+                        route.push('%');
+                        route.push_str(other);
+                    }
+                }
+            }
+            c => route.push(c),
+        }
+    }
     route
 }
 
-/// The answer to one call, or `None` for a message without a reply subject. What the
-/// future does not need is read and dropped here, before it exists: it is boxed per call,
-/// and one over the allocator's small-size cache (about 1 KB) costs several times more.
-fn answer(
+/// Answers one call on its reply subject.
+struct NatsReply {
+    client: async_nats::Client,
+    reply_to: async_nats::Subject,
+}
+
+impl ReplyTo for NatsReply {
+    fn send(self: Box<Self>, outcome: Result<Reply, RemoteError>) -> BoxFuture<'static, ()> {
+        let (payload, status) = wire::reply_body(outcome);
+        let Self { client, reply_to } = *self;
+        Box::pin(async move {
+            // A success needs no header block; only an error carries its code.
+            let sent = match status {
+                None => client.publish(reply_to, payload).await,
+                Some(code) => {
+                    let mut hm = async_nats::HeaderMap::new();
+                    hm.insert(STATUS, code.to_string().as_str());
+                    client.publish_with_headers(reply_to, hm, payload).await
+                }
+            };
+            if let Err(e) = sent {
+                tracing::warn!(target: "switchyard", error = %e, "could not send a NATS reply");
+            }
+        })
+    }
+}
+
+/// One received call, or `None` for a message without a reply subject.
+fn incoming(
     client: &async_nats::Client,
-    service: &Arc<Service>,
     prefix: &str,
     message: async_nats::Message,
-) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+) -> Option<IncomingCall> {
     let reply_to = message.reply?;
     let route = route_of(message.subject.as_str(), prefix);
     let headers = from_nats_headers(message.headers.as_ref());
     let deadline = headers.deadline().map(|d| Instant::now() + d);
-    let body = message.payload;
-    let (client, service) = (client.clone(), service.clone());
-    Some(async move {
-        let (payload, status) = wire::answer_call(&service, route, &body, headers, deadline).await;
-        // A success needs no header block; only an error carries its code.
-        let sent = match status {
-            None => client.publish(reply_to, payload).await,
-            Some(code) => {
-                let mut hm = async_nats::HeaderMap::new();
-                hm.insert(STATUS, code.to_string().as_str());
-                client.publish_with_headers(reply_to, hm, payload).await
-            }
-        };
-        if let Err(e) = sent {
-            tracing::warn!(target: "switchyard", error = %e, "could not send a NATS reply");
-        }
+    Some(IncomingCall {
+        request: wire::decode_call(route, &message.payload, headers, deadline),
+        reply: Box::new(NatsReply {
+            client: client.clone(),
+            reply_to,
+        }),
     })
 }
 
 impl Responder for NatsTransport {
-    fn serve(&self, service: Arc<Service>) -> BoxFuture<'_, Result<ServeHandle, TransportError>> {
+    fn listen(&self, served: Arc<Served>) -> BoxFuture<'_, Result<Listener, TransportError>> {
         Box::pin(async move {
-            service
-                .validate()
-                .map_err(|e| TransportError::Other(Box::new(e)))?;
             let client = self.client().await?.clone();
-            let mut rpc = client
-                .queue_subscribe(
-                    format!("sy.rpc.{}.>", self.namespace),
-                    self.namespace.clone(),
-                )
+            // Made once: every call's route is read off its subject after this prefix.
+            let prefix = service_prefix(&self.namespace, served.name());
+            check_subject("service", prefix.trim_end_matches('.')).map_err(|reason| {
+                TransportError::InvalidName {
+                    what: "service",
+                    name: served.name().to_string(),
+                    reason,
+                }
+            })?;
+            // Instances of one service share its calls: the queue group is the service.
+            let calls = client
+                .queue_subscribe(format!("{prefix}>"), served.name().to_string())
                 .await
                 .map_err(TransportError::other)?;
-            // The subscription is only queued for the connection to send: `serve` returns once
-            // the server has it, so that a call made right after finds a responder.
+            // The subscription is only queued for the connection to send: `listen` returns
+            // once the server has it, so that a call made right after finds a responder.
             client.flush().await.map_err(TransportError::other)?;
-            let dead_letters: Arc<dyn Publisher> = Arc::new(NatsTransport::from_url(&self.url)?);
-            let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
-            let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-            // Made once: every call's route is read off its subject after this prefix.
-            let prefix: Arc<str> = format!("sy.rpc.{}.", self.namespace).into();
-            let svc = service.clone();
-            let task = tokio::spawn(async move {
-                let mut calls = tokio::task::JoinSet::new();
-                loop {
-                    tokio::select! {
-                        _ = &mut stop_rx => break,
-                        m = rpc.next() => match m {
-                            Some(m) => {
-                                if let Some(call) = answer(&client, &svc, &prefix, m) {
-                                    run_in_place_or_spawn(&mut calls, call).await;
-                                }
-                            }
-                            None => break,
-                        },
-                    }
-                    while calls.try_join_next().is_some() {}
-                }
-                let _ = rpc.unsubscribe().await;
-                consumers.stop().await;
-                while calls.join_next().await.is_some() {}
-            });
-            Ok(ServeHandle::new(stop_tx, task, self.url.clone()))
+            let calls =
+                calls.filter_map(move |m| futures::future::ready(incoming(&client, &prefix, m)));
+            Ok(Listener::new(Box::pin(calls), self.url.clone()))
         })
     }
 }
@@ -717,6 +769,14 @@ impl Transport for NatsTransport {
         redact_url(&self.url)
     }
 
+    fn requester(&self) -> Option<&dyn Requester> {
+        Some(self)
+    }
+
+    fn responder(&self) -> Option<&dyn Responder> {
+        Some(self)
+    }
+
     fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move { self.client().await.map(drop) })
     }
@@ -728,15 +788,30 @@ mod tests {
 
     #[test]
     fn a_route_survives_its_subject() {
-        for route in ["/hello", "/orders/create", "/a/b/c"] {
-            let subject = route_subject("shop", route).unwrap();
-            assert_eq!(route_of(&subject, "sy.rpc.shop."), route);
+        for route in ["/hello", "/orders/create", "/a/b/c", "/v1.2/x", "/50%/a.b"] {
+            let subject = route_subject("shop", "cart", route).unwrap();
+            assert_eq!(route_of(&subject, "sy.rpc.shop.cart."), route, "{subject}");
         }
-        assert_eq!(route_subject("shop", "/a/b").unwrap(), "sy.rpc.shop.a.b");
+        assert_eq!(
+            route_subject("shop", "cart", "/a/b").unwrap(),
+            "sy.rpc.shop.cart.a.b"
+        );
+        assert_eq!(
+            route_subject("shop", "cart", "/v1.2/x").unwrap(),
+            "sy.rpc.shop.cart.v1%2E2.x"
+        );
         for bad in ["/a b", "/a//b", "/a/*", "/>", "/"] {
-            assert!(route_subject("shop", bad).is_err(), "{bad} accepted");
+            assert!(
+                route_subject("shop", "cart", bad).is_err(),
+                "{bad} accepted"
+            );
         }
-        // A subject outside the namespace names no route.
-        assert_eq!(route_of("sy.rpc.other.hello", "sy.rpc.shop."), "/");
+        assert!(route_subject("shop", "my cart", "/a").is_err());
+        // Another service's subject is not under this one's prefix.
+        assert_eq!(
+            service_prefix("shop", "cart"),
+            "sy.rpc.shop.cart.",
+            "the prefix a served instance reads routes after"
+        );
     }
 }

@@ -93,14 +93,13 @@ async fn calls_answered_after_restart() {
         "nats://127.0.0.1:4222/restartrpc{}",
         &switchyard_core::message::new_id()[..8]
     );
-    let server = NatsTransport::from_url(&url).expect("url");
-    let _serving = switchyard_core::transport::Responder::serve(
-        &server,
-        Arc::new(Service::new("restart").route("/hello", rpc(hello))),
-    )
-    .await
-    .expect("serve");
+    let server = Arc::new(NatsTransport::from_url(&url).expect("url"));
+    let _serving =
+        switchyard_core::server::serve(server, Service::new("restart").route("/hello", rpc(hello)))
+            .await
+            .expect("serve");
     let client = Client::new(Arc::new(NatsTransport::from_url(&url).expect("url")))
+        .service("restart")
         .with_timeout(Duration::from_secs(2));
     let first: String = client
         .call("/hello", "before".to_string())

@@ -1,5 +1,4 @@
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,19 +9,19 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use switchyard_core::call::CallRequest;
 use switchyard_core::codec::Codec;
-use switchyard_core::consumer;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
 use switchyard_core::message::{header as h, Envelope, Headers};
-use switchyard_core::service::{run_in_place_or_spawn, CallRequest, Service};
+use switchyard_core::server::Served;
 use switchyard_core::transport::{
-    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, PendingReplies,
-    Publisher, Requester, Responder, ServeHandle, SubscribeOptions, Subscriber, Subscription,
-    SubscriptionMode, Transport,
+    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, IncomingCall, Listener,
+    Ordering, PendingReplies, Publisher, ReplyTo, Requester, Responder, SubscribeOptions,
+    Subscriber, Subscription, SubscriptionMode, Transport,
 };
 use switchyard_core::values::Reply;
 use switchyard_core::wire;
-use tokio::sync::{mpsc, oneshot, OnceCell, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OnceCell, OwnedSemaphorePermit, Semaphore};
 
 /// Largest event payload published (default 1 MiB, as on the other transports).
 const MAX_MESSAGE: usize = 1024 * 1024;
@@ -35,9 +34,9 @@ pub struct RedisTransport {
     claim_idle: Duration,
     con: OnceCell<ConnectionManager>,
     replies: OnceCell<Arc<Replies>>,
-    // When a call last found a live instance (ms since the epoch): within `ALIVE_FOR_MS` of it a
-    // call is pushed without asking again.
-    seen_alive_ms: AtomicU64,
+    // When a call last found a live instance of each service (ms since the epoch): within
+    // `ALIVE_FOR_MS` of it a call is pushed without asking again.
+    seen_alive_ms: std::sync::Mutex<HashMap<Arc<str>, u64>>,
 }
 
 /// How long a seen heartbeat spares the next calls the liveness check. Heartbeats are
@@ -160,7 +159,7 @@ impl RedisTransport {
             claim_idle,
             con: OnceCell::new(),
             replies: OnceCell::new(),
-            seen_alive_ms: AtomicU64::new(0),
+            seen_alive_ms: std::sync::Mutex::default(),
         })
     }
 
@@ -612,6 +611,12 @@ impl Requester for RedisTransport {
     fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
         Box::pin(async move {
             let route = request.route.clone();
+            let Some(service) = request.service.clone() else {
+                return Err(CallError::NoService {
+                    route,
+                    transport: redact_url(&self.url),
+                });
+            };
             let mut con = self.con().await?;
             let replies = self.replies().await?;
             let body = wire::encode_call(&request.args, request.token.as_deref(), Codec::Json)
@@ -643,10 +648,10 @@ impl Requester for RedisTransport {
             };
             // Forgotten when this call stops waiting (reply, error, timeout or a failed push).
             let reply = replies.waiting.wait(cid);
-            let queue = format!("sy:rpc:{}", self.namespace);
+            let queue = call_queue(&self.namespace, &service);
             let body = serde_json::to_vec(&req).unwrap_or_default();
             let now = now_ms();
-            let seen = self.seen_alive_ms.load(AtomicOrdering::Relaxed);
+            let seen = self.seen_alive(&service);
             let pushed: Result<i64, _> = if now.saturating_sub(seen) < ALIVE_FOR_MS {
                 redis::cmd("LPUSH")
                     .arg(&queue)
@@ -657,14 +662,17 @@ impl Requester for RedisTransport {
             } else {
                 // One round trip: the call is queued only if an instance is alive.
                 let r = PUSH_IF_ALIVE
-                    .key(format!("sy:rpc:{}:alive", self.namespace))
+                    .key(alive_key(&queue))
                     .key(&queue)
                     .arg(now)
                     .arg(body)
                     .invoke_async(&mut con)
                     .await;
                 if matches!(r, Ok(1)) {
-                    self.seen_alive_ms.store(now, AtomicOrdering::Relaxed);
+                    self.seen_alive_ms
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(service.clone(), now);
                 }
                 r
             };
@@ -673,7 +681,7 @@ impl Requester for RedisTransport {
                 Ok(_) => {
                     return Err(CallError::Unreachable {
                         target: format!(
-                            "{} (no service serves namespace {})",
+                            "{} (no instance of service {service} in namespace {})",
                             redact_url(&self.url),
                             self.namespace
                         ),
@@ -709,131 +717,170 @@ static PUSH_IF_ALIVE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::
     )
 });
 
-async fn answer(mut con: ConnectionManager, service: Arc<Service>, raw: Vec<u8>) {
-    let Ok(req) = serde_json::from_slice::<RpcRequest>(&raw) else {
+/// The list a service's calls are queued on: `sy:rpc:<namespace>:<service>`.
+fn call_queue(namespace: &str, service: &str) -> String {
+    format!("sy:rpc:{namespace}:{service}")
+}
+
+/// The sorted set of a service's live instances, by heartbeat expiry.
+fn alive_key(queue: &str) -> String {
+    format!("{queue}:alive")
+}
+
+impl RedisTransport {
+    fn seen_alive(&self, service: &str) -> u64 {
+        let seen = self.seen_alive_ms.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(service).copied().unwrap_or(0)
+    }
+}
+
+/// One call popped off the queue, decoded.
+fn incoming(con: &ConnectionManager, raw: &[u8]) -> Option<IncomingCall> {
+    let Ok(req) = serde_json::from_slice::<RpcRequest>(raw) else {
         tracing::warn!(target: "switchyard", "malformed RPC request on the queue; dropped");
-        return;
+        return None;
     };
-    let outcome = match serde_json::from_str::<wire::CallBody>(req.call.get()) {
-        Ok(body) => {
-            let (args, token) = body.into_parts();
-            let headers: Headers = req.headers.into_iter().collect();
-            let request = CallRequest {
-                route: req.route,
-                args,
-                token,
-                headers,
-                deadline: req
-                    .deadline_ms
-                    .map(|ms| Instant::now() + Duration::from_millis(ms)),
-            };
-            match service.dispatch(request).await {
-                Ok(reply) => reply.into_values().map_err(|e| {
-                    RemoteError::new(ErrorCode::Internal, format!("reply does not encode: {e}"))
-                }),
-                Err(e) => Err(e.into_remote()),
+    let headers: Headers = req.headers.into_iter().collect();
+    let deadline = req
+        .deadline_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    Some(IncomingCall {
+        request: wire::decode_call(req.route, req.call.get().as_bytes(), headers, deadline),
+        reply: Box::new(RedisReply {
+            con: con.clone(),
+            channel: req.reply,
+            cid: req.cid,
+        }),
+    })
+}
+
+/// Answers one call on its caller's reply channel.
+struct RedisReply {
+    con: ConnectionManager,
+    channel: String,
+    cid: String,
+}
+
+impl ReplyTo for RedisReply {
+    fn send(self: Box<Self>, outcome: Result<Reply, RemoteError>) -> BoxFuture<'static, ()> {
+        let Self {
+            mut con,
+            channel,
+            cid,
+        } = *self;
+        let outcome = outcome.and_then(|reply| {
+            reply.into_values().map_err(|e| {
+                RemoteError::new(ErrorCode::Internal, format!("reply does not encode: {e}"))
+            })
+        });
+        let reply = match outcome {
+            Ok(values) => RpcReply {
+                cid,
+                values: Some(values),
+                error: None,
+            },
+            Err(error) => RpcReply {
+                cid,
+                values: None,
+                error: Some(error),
+            },
+        };
+        let body = serde_json::to_vec(&reply).unwrap_or_default();
+        Box::pin(async move {
+            let sent: Result<i64, _> = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(body)
+                .query_async(&mut con)
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(target: "switchyard", error = %e, "could not publish an RPC reply");
+            }
+        })
+    }
+}
+
+/// What the call stream of one served instance reads with: a blocking connection of its own
+/// for BLPOP, and the shared one for heartbeats and replies.
+struct CallQueue {
+    blocking: MultiplexedConnection,
+    con: ConnectionManager,
+    queue: String,
+    alive_key: String,
+    instance: String,
+    next_beat: Instant,
+}
+
+impl CallQueue {
+    /// Writes this instance's heartbeat: alive for the next 5 s.
+    async fn beat(&mut self) -> Result<(), redis::RedisError> {
+        redis::cmd("ZADD")
+            .arg(&self.alive_key)
+            .arg(now_ms() + 5_000)
+            .arg(&self.instance)
+            .query_async::<i64>(&mut self.con)
+            .await?;
+        self.next_beat = Instant::now() + Duration::from_secs(1);
+        Ok(())
+    }
+
+    /// The next call: heartbeats every second between waits of at most half a second.
+    async fn next(mut self) -> Option<(IncomingCall, Self)> {
+        loop {
+            if Instant::now() >= self.next_beat {
+                if let Err(e) = self.beat().await {
+                    tracing::warn!(target: "switchyard", error = %e, "RPC heartbeat failed");
+                }
+            }
+            let mut blpop = redis::cmd("BLPOP");
+            blpop.arg(&self.queue).arg(0.5);
+            let popped: Result<Option<(String, Vec<u8>)>, _> =
+                blpop.query_async(&mut self.blocking).await;
+            match popped {
+                Ok(Some((_, raw))) => {
+                    if let Some(call) = incoming(&self.con, &raw) {
+                        return Some((call, self));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(target: "switchyard", error = %e, "RPC queue read failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         }
-        Err(e) => Err(RemoteError::new(
-            ErrorCode::BadRequest,
-            format!("malformed request body: {e}"),
-        )),
-    };
-    let reply = match outcome {
-        Ok(values) => RpcReply {
-            cid: req.cid,
-            values: Some(values),
-            error: None,
-        },
-        Err(error) => RpcReply {
-            cid: req.cid,
-            values: None,
-            error: Some(error),
-        },
-    };
-    let sent: Result<i64, _> = redis::cmd("PUBLISH")
-        .arg(&req.reply)
-        .arg(serde_json::to_vec(&reply).unwrap_or_default())
-        .query_async(&mut con)
-        .await;
-    if let Err(e) = sent {
-        tracing::warn!(target: "switchyard", error = %e, "could not publish an RPC reply");
     }
 }
 
 impl Responder for RedisTransport {
-    fn serve(&self, service: Arc<Service>) -> BoxFuture<'_, Result<ServeHandle, TransportError>> {
+    fn listen(&self, served: Arc<Served>) -> BoxFuture<'_, Result<Listener, TransportError>> {
         Box::pin(async move {
-            service
-                .validate()
-                .map_err(|e| TransportError::Other(Box::new(e)))?;
             let con = self.con().await?;
-            let mut blocking = self.dedicated().await?;
-            let queue = format!("sy:rpc:{}", self.namespace);
-            let alive_key = format!("sy:rpc:{}:alive", self.namespace);
-            let instance = switchyard_core::message::new_id();
-            let dead_letters: Arc<dyn Publisher> = Arc::new(RedisTransport::from_url(&self.url)?);
-            let consumers = consumer::ServiceConsumers::start(&service, self, dead_letters).await?;
-            // The first heartbeat is written before `serve` returns: a call made right after
-            // must find this instance alive (written by the task below, it raced such a call,
-            // which then failed with "no live instance").
-            let mut heartbeat_con = con.clone();
-            let first_beat = redis::cmd("ZADD")
-                .arg(&alive_key)
-                .arg(now_ms() + 5_000)
-                .arg(&instance)
-                .query_async::<i64>(&mut heartbeat_con)
-                .await;
-            if let Err(e) = first_beat {
-                consumers.stop().await;
-                return Err(TransportError::other(e));
-            }
-            let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-            let svc = service.clone();
-            let task = tokio::spawn(async move {
-                let mut next_beat = Instant::now() + Duration::from_secs(1);
-                let mut calls = tokio::task::JoinSet::new();
-                loop {
-                    if Instant::now() >= next_beat {
-                        let _: Result<i64, _> = redis::cmd("ZADD")
-                            .arg(&alive_key)
-                            .arg(now_ms() + 5_000)
-                            .arg(&instance)
-                            .query_async(&mut heartbeat_con)
-                            .await;
-                        next_beat = Instant::now() + Duration::from_secs(1);
-                    }
-                    let mut blpop = redis::cmd("BLPOP");
-                    blpop.arg(&queue).arg(0.5);
-                    let popped: Result<Option<(String, Vec<u8>)>, _> = tokio::select! {
-                        _ = &mut stop_rx => break,
-                        r = blpop.query_async(&mut blocking) => r,
-                    };
-                    match popped {
-                        Ok(Some((_, raw))) => {
-                            run_in_place_or_spawn(
-                                &mut calls,
-                                answer(con.clone(), svc.clone(), raw),
-                            )
-                            .await;
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(target: "switchyard", error = %e, "RPC queue read failed");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
-                    while calls.try_join_next().is_some() {}
-                }
-                let _: Result<i64, _> = redis::cmd("ZREM")
-                    .arg(&alive_key)
-                    .arg(&instance)
-                    .query_async(&mut heartbeat_con)
-                    .await;
-                consumers.stop().await;
-                while calls.join_next().await.is_some() {}
-            });
-            Ok(ServeHandle::new(stop_tx, task, self.url.clone()))
+            let blocking = self.dedicated().await?;
+            let queue = call_queue(&self.namespace, served.name());
+            let mut calls = CallQueue {
+                blocking,
+                con: con.clone(),
+                alive_key: alive_key(&queue),
+                queue,
+                instance: served.instance().to_string(),
+                next_beat: Instant::now(),
+            };
+            // The first heartbeat is written before `listen` returns: a call made right after
+            // must find this instance alive (written later, it raced such a call, which then
+            // failed with "no live instance").
+            calls.beat().await.map_err(TransportError::other)?;
+            let (mut con, alive_key, instance) =
+                (con, calls.alive_key.clone(), calls.instance.clone());
+            let calls = futures::stream::unfold(calls, CallQueue::next);
+            Ok(
+                Listener::new(Box::pin(calls), self.url.clone()).on_close(async move {
+                    let _: Result<i64, _> = redis::cmd("ZREM")
+                        .arg(&alive_key)
+                        .arg(&instance)
+                        .query_async(&mut con)
+                        .await;
+                }),
+            )
         })
     }
 }
@@ -857,6 +904,14 @@ impl Transport for RedisTransport {
 
     fn url(&self) -> String {
         redact_url(&self.url)
+    }
+
+    fn requester(&self) -> Option<&dyn Requester> {
+        Some(self)
+    }
+
+    fn responder(&self) -> Option<&dyn Responder> {
+        Some(self)
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {

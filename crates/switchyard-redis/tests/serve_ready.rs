@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use switchyard_core::testkit::require_server;
-use switchyard_core::transport::Responder;
 use switchyard_core::{rpc, Client, Service};
 use switchyard_redis::RedisTransport;
 
@@ -26,18 +25,19 @@ async fn a_call_right_after_serve_is_answered() {
         "redis://127.0.0.1:6379?ns=ready{}",
         &switchyard_core::message::new_id()[..8]
     );
-    let server = RedisTransport::from_url(&url).expect("url");
-    let client = Client::new(Arc::new(RedisTransport::from_url(&url).expect("url")));
+    let server = Arc::new(RedisTransport::from_url(&url).expect("url"));
+    let client =
+        Client::new(Arc::new(RedisTransport::from_url(&url).expect("url"))).service("ready");
     // The caller is connected and its reply channel subscribed before the service starts (a
     // first call finds nobody), so the next call goes out without waiting on anything.
     let absent = client
         .call::<_, String>("/hello", "early".to_string())
         .await;
     assert!(absent.is_err(), "answered before anything served");
-    let serving = server
-        .serve(Arc::new(Service::new("ready").route("/hello", rpc(hello))))
-        .await
-        .expect("serve");
+    let serving =
+        switchyard_core::server::serve(server, Service::new("ready").route("/hello", rpc(hello)))
+            .await
+            .expect("serve");
     let reply: String = client
         .call("/hello", "now".to_string())
         .await

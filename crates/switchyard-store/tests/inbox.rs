@@ -9,7 +9,7 @@ use switchyard_core::consumer::ConsumerPolicy;
 use switchyard_core::inbox::{Claim, InboxStore, MemoryInbox};
 use switchyard_core::mem::MemTransport;
 use switchyard_core::testkit::require_server;
-use switchyard_core::transport::{Publisher, Responder};
+use switchyard_core::transport::Publisher;
 use switchyard_core::{Envelope, Service};
 use switchyard_store::{PgInbox, RedisInbox};
 
@@ -75,7 +75,9 @@ async fn effectively_once(store: Arc<dyn InboxStore>) {
                 h.fetch_add(1, Ordering::SeqCst);
             }
         });
-    let server = bus.serve(Arc::new(service)).await.unwrap();
+    let server = switchyard_core::server::serve(Arc::new(bus.clone()), service)
+        .await
+        .unwrap();
     let first = Envelope::new("orders", r#"{"n":1}"#);
     for _ in 0..5 {
         // The same message, redelivered or published twice: same id.

@@ -2,8 +2,9 @@
 //!
 //! Typed RPC and events between services. A service answers named routes with plain async
 //! functions; a caller gets typed values back. The transport — in-process, HTTP/WebSocket,
-//! NATS/JetStream, Redis, and (soon) RabbitMQ, MQTT, Kafka — is chosen by a URL, in code, in a config
-//! file or in the environment, with no change to service code.
+//! NATS/JetStream, Redis, RabbitMQ, MQTT, Kafka — is chosen by a URL, in code, in a config
+//! file or in the environment, with no change to service code. A call names the service it is
+//! for, so several services share one broker.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -13,13 +14,13 @@
 //!     format!("Welcome {name}")
 //! }
 //!
-//! // The listener (seed 000's app1)…
+//! // The listener (app1 in microservices_connector's tutorial)…
 //! let transport = switchyard::connect("mem://quickstart")?;
 //! let service = Service::new("app1").route("/helloworld", rpc(helloworld));
 //! let _server = switchyard::serve(&transport, service).await?;
 //!
 //! // …and the sender (app2). Change the URL to http://127.0.0.1:5000 and nothing else changes.
-//! let message: String = Client::new(transport).call("/helloworld", "Mr. Developer".to_string()).await?;
+//! let message: String = Client::new(transport).service("app1").call("/helloworld", "Mr. Developer".to_string()).await?;
 //! assert_eq!(message, "Welcome Mr. Developer");
 //! # Ok(()) }
 //! ```
@@ -44,7 +45,7 @@
 //!
 //! let transport = switchyard::connect("mem://calc-doc")?;
 //! let _server = switchyard::serve(&transport, Calc.into_service("calc")).await?;
-//! let calc = CalculatorClient::new(switchyard::Client::new(transport));
+//! let calc = CalculatorClient::new(switchyard::Client::new(transport).service("calc"));
 //! assert_eq!(calc.add(2, 3).await?, 5);
 //! assert_eq!(calc.div(1, 0).await.unwrap_err().remote_code(), Some(switchyard::ErrorCode::BadRequest));
 //! # Ok(()) }
@@ -68,8 +69,8 @@ use std::sync::Arc;
 #[cfg(feature = "testkit")]
 pub use switchyard_core::testkit;
 pub use switchyard_core::{
-    client, codec, consumer, context, error, handler, inbox, mem, message, pool, service, shards,
-    transport, values, wire,
+    call, client, codec, consumer, context, error, handler, inbox, layer, mem, message, pool,
+    server, service, shards, transport, values, wire,
 };
 pub use switchyard_core::{
     json, rpc, CallError, Capabilities, Client, Codec, Envelope, ErrorCode, HandlerError, Headers,
@@ -130,7 +131,7 @@ pub fn schemes() -> &'static [&'static str] {
     ]
 }
 
-/// A transport for `url`, chosen by its scheme (seed 001's switch).
+/// A transport for `url`, chosen by its scheme.
 ///
 /// ```
 /// let t = switchyard::connect("mem://example").unwrap();
@@ -188,10 +189,11 @@ pub async fn connect_ready(
     Ok(t)
 }
 
-/// Serves `service` on `transport` until the handle is shut down or dropped.
+/// Serves `service` on `transport` until the handle is shut down or dropped: its routes,
+/// answered under its name, and its event handlers (see [`server::serve`]).
 pub async fn serve(
     transport: &Arc<dyn Transport>,
     service: Service,
 ) -> Result<ServeHandle, TransportError> {
-    transport.serve(Arc::new(service)).await
+    switchyard_core::server::serve(transport.clone(), service).await
 }

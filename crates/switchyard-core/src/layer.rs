@@ -1,0 +1,84 @@
+//! The hook around every call and every event, on both sides: tower [`Layer`]s.
+//!
+//! A service takes layers around the calls it answers ([`Service::layer`]) and the events it
+//! handles ([`Service::event_layer`]); a client takes layers around the calls it makes
+//! ([`Client::layer`]) and the events it publishes ([`Client::publish_layer`]). Layers are
+//! composed once, when a service is served or a layer is added to a client, so a call still
+//! costs one boxed future per layer and none when there is no layer.
+//!
+//! [`Service::layer`]: crate::service::Service::layer
+//! [`Service::event_layer`]: crate::service::Service::event_layer
+//! [`Client::layer`]: crate::client::Client::layer
+//! [`Client::publish_layer`]: crate::client::Client::publish_layer
+
+use std::sync::Arc;
+
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service};
+
+use crate::call::CallRequest;
+use crate::error::{CallError, HandlerError, TransportError};
+use crate::message::Envelope;
+use crate::values::Reply;
+
+/// What a service layer wraps on the serving side: a call in, the handler's reply out.
+pub type CallService = BoxCloneSyncService<CallRequest, Reply, HandlerError>;
+/// What an event layer wraps on the serving side: one delivery attempt of an event.
+pub type EventService = BoxCloneSyncService<Envelope, (), HandlerError>;
+/// What a client layer wraps: a call out, its reply back.
+pub type ClientService = BoxCloneSyncService<CallRequest, Reply, CallError>;
+/// What a publish layer wraps: an event out, the transport's confirmation back.
+pub type PublishService = BoxCloneSyncService<Envelope, (), TransportError>;
+
+/// A layer with its types erased, kept until the stack is built.
+pub(crate) type LayerFn<Req, Res, E> =
+    Arc<dyn Fn(BoxCloneSyncService<Req, Res, E>) -> BoxCloneSyncService<Req, Res, E> + Send + Sync>;
+pub(crate) type CallLayerFn = LayerFn<CallRequest, Reply, HandlerError>;
+pub(crate) type EventLayerFn = LayerFn<Envelope, (), HandlerError>;
+
+/// Erases `layer`'s types: what it makes of a boxed service is boxed again.
+pub(crate) fn boxed<L, Req, Res, E>(layer: L) -> LayerFn<Req, Res, E>
+where
+    L: Layer<BoxCloneSyncService<Req, Res, E>> + Send + Sync + 'static,
+    L::Service: Service<Req, Response = Res, Error = E> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Req>>::Future: Send + 'static,
+    Req: 'static,
+    Res: 'static,
+    E: 'static,
+{
+    Arc::new(move |inner| BoxCloneSyncService::new(layer.layer(inner)))
+}
+
+pub(crate) fn call_layer_fn<L>(layer: L) -> CallLayerFn
+where
+    L: Layer<CallService> + Send + Sync + 'static,
+    L::Service: Service<CallRequest, Response = Reply, Error = HandlerError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as Service<CallRequest>>::Future: Send + 'static,
+{
+    boxed(layer)
+}
+
+pub(crate) fn event_layer_fn<L>(layer: L) -> EventLayerFn
+where
+    L: Layer<EventService> + Send + Sync + 'static,
+    L::Service:
+        Service<Envelope, Response = (), Error = HandlerError> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Envelope>>::Future: Send + 'static,
+{
+    boxed(layer)
+}
+
+/// `innermost` wrapped in `layers`, the first of them outermost.
+pub(crate) fn stack<Req, Res, E>(
+    layers: &[LayerFn<Req, Res, E>],
+    innermost: BoxCloneSyncService<Req, Res, E>,
+) -> BoxCloneSyncService<Req, Res, E> {
+    layers
+        .iter()
+        .rev()
+        .fold(innermost, |inner, layer| layer(inner))
+}
