@@ -1029,6 +1029,7 @@ impl Transport for AmqpTransport {
             consumer_groups: true,
             broadcast: true,
             redelivery: true,
+            services_share_url: true,
         }
     }
 

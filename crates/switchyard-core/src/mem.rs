@@ -309,6 +309,7 @@ impl Transport for MemTransport {
             consumer_groups: true,
             broadcast: true,
             redelivery: true,
+            services_share_url: true,
         }
     }
 

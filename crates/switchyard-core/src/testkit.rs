@@ -1133,6 +1133,229 @@ pub async fn reconnect_after_restart(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
+/// Counts what passes through it: the user layer of [`layers_see_every_call_and_event`].
+#[derive(Clone)]
+struct Count<S> {
+    inner: S,
+    seen: Arc<AtomicUsize>,
+}
+
+impl<S: tower::Service<R>, R> tower::Service<R> for Count<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> S::Future {
+        self.seen.fetch_add(1, AtomicOrdering::SeqCst);
+        self.inner.call(request)
+    }
+}
+
+#[derive(Clone, Default)]
+struct CountLayer(Arc<AtomicUsize>);
+
+impl<S> tower::Layer<S> for CountLayer {
+    type Service = Count<S>;
+
+    fn layer(&self, inner: S) -> Count<S> {
+        Count {
+            inner,
+            seen: self.0.clone(),
+        }
+    }
+}
+
+impl CountLayer {
+    fn seen(&self) -> usize {
+        self.0.load(AtomicOrdering::SeqCst)
+    }
+}
+
+/// Two services with different names on one URL (one broker namespace) each answer only the
+/// calls that name them, and two instances of one service share its calls.
+pub async fn two_services_share_a_namespace(h: &Harness) -> Outcome {
+    let (url, transport) = h.open();
+    if !transport.capabilities().request_reply {
+        return Outcome::Skipped("capabilities.request_reply is false".into());
+    }
+    let who = |name: &'static str, instance: usize| {
+        Service::new(name).route(
+            "/who",
+            rpc(move || async move { format!("{name}#{instance}") }),
+        )
+    };
+    let shared = transport.capabilities().services_share_url;
+    let a1 = crate::server::serve(transport.clone(), who("conformance-a", 1))
+        .await
+        .expect("serve a");
+    // Where a URL is one service (HTTP), the other service has a URL of its own: what is
+    // checked then is that naming a service does not get in the way.
+    let b_url = if shared { url.clone() } else { h.open().0 };
+    let b = crate::server::serve(h.connect(&b_url), who("conformance-b", 1))
+        .await
+        .expect("serve b");
+    let a2 = if shared {
+        Some(
+            crate::server::serve(h.connect(&url), who("conformance-a", 2))
+                .await
+                .expect("serve a again"),
+        )
+    } else {
+        None
+    };
+    let call = |url: &str, service: &str| {
+        Client::new(h.connect(url))
+            .service(service.to_string())
+            .with_timeout(Duration::from_secs(10))
+    };
+    let (to_a, to_b) = (
+        call(a1.url(), "conformance-a"),
+        call(b.url(), "conformance-b"),
+    );
+    let mut instances_of_a = HashSet::new();
+    for i in 0..20 {
+        let from_a: String = to_a.call("/who", ()).await.expect("call a");
+        assert!(
+            from_a.starts_with("conformance-a#"),
+            "call {i} to a answered by {from_a}"
+        );
+        instances_of_a.insert(from_a);
+        let from_b: String = to_b.call("/who", ()).await.expect("call b");
+        assert_eq!(from_b, "conformance-b#1", "call {i} to b");
+    }
+    if a2.is_some() {
+        assert_eq!(
+            instances_of_a.len(),
+            2,
+            "20 calls to a service with two instances all went to {instances_of_a:?}"
+        );
+    }
+    if let Some(a2) = a2 {
+        a2.shutdown().await;
+    }
+    a1.shutdown().await;
+    b.shutdown().await;
+    Outcome::Passed
+}
+
+/// A published envelope arrives with its id and every header it was published with.
+pub async fn envelope_id_and_headers_survive(h: &Harness) -> Outcome {
+    let (url, publisher) = h.open();
+    let subscriber = h.connect(&url);
+    let t = topic("metadata");
+    let mut sub = subscriber
+        .subscribe(&t, SubscribeOptions::group("g"))
+        .await
+        .expect("subscribe");
+    let sent = Envelope::new(t.as_str(), r#"{"n":1}"#)
+        .with_header("x-custom", "custom value / with spaces")
+        .with_header(header::ORDERING_KEY, "key-1")
+        .with_header(
+            header::TRACEPARENT,
+            crate::context::trace::child_traceparent(None),
+        );
+    // Read while publishing: over HTTP a publish returns once the subscriber acknowledged.
+    let patience = h.patience;
+    let reader = tokio::spawn(async move {
+        let d = tokio::time::timeout(patience, sub.next())
+            .await
+            .expect("delivered in time")
+            .expect("subscription open")
+            .expect("delivery");
+        let envelope = d.envelope.clone();
+        d.ack().await.expect("ack");
+        envelope
+    });
+    publisher.publish(sent.clone()).await.expect("publish");
+    let got = reader.await.expect("reader");
+    assert_eq!(got.id, sent.id, "the envelope id changed on the way");
+    assert_eq!(got.subject, t);
+    assert_eq!(&got.payload[..], &sent.payload[..]);
+    for (name, value) in sent.headers.iter() {
+        assert_eq!(
+            got.headers.get(name),
+            Some(value),
+            "header {name} did not survive: {:?}",
+            got.headers
+        );
+    }
+    Outcome::Passed
+}
+
+/// A user layer on the service sees every call it answers and every event it handles, and a
+/// user layer on the client sees every call it makes and every event it publishes, on every
+/// transport.
+pub async fn layers_see_every_call_and_event(h: &Harness) -> Outcome {
+    let (url, transport) = h.open();
+    let rpc_too = transport.capabilities().request_reply;
+    let t = topic("layers");
+    let (served_calls, served_events) = (CountLayer::default(), CountLayer::default());
+    let (made_calls, published) = (CountLayer::default(), CountLayer::default());
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = handled.clone();
+    let mut service = Service::new("conformance-layers")
+        .layer(served_calls.clone())
+        .event_layer(served_events.clone())
+        .on_event(&t, move |_n: Numbered| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, AtomicOrdering::SeqCst);
+            }
+        });
+    if rpc_too {
+        service = service.route("/echo", rpc(echo));
+    }
+    let server = crate::server::serve(transport.clone(), service)
+        .await
+        .expect("serve");
+    let client_url = if rpc_too {
+        server.url().to_string()
+    } else {
+        url
+    };
+    let client = Client::new(h.connect(&client_url))
+        .service("conformance-layers")
+        .with_timeout(Duration::from_secs(10))
+        .layer(made_calls.clone())
+        .publish_layer(published.clone());
+    const N: usize = 5;
+    if rpc_too {
+        for i in 0..N {
+            let back: String = client.call("/echo", format!("{i}")).await.expect("call");
+            assert_eq!(back, i.to_string());
+        }
+    }
+    for i in 0..N {
+        client
+            .publish(&t, &Numbered { n: i, key: None })
+            .await
+            .expect("publish");
+    }
+    let deadline = Instant::now() + h.patience;
+    while handled.load(AtomicOrdering::SeqCst) < N {
+        assert!(Instant::now() < deadline, "events not handled in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.shutdown().await;
+    let calls = if rpc_too { N } else { 0 };
+    assert_eq!(made_calls.seen(), calls, "client layer: calls made");
+    assert_eq!(served_calls.seen(), calls, "service layer: calls answered");
+    assert_eq!(published.seen(), N, "client layer: events published");
+    assert!(
+        served_events.seen() >= N,
+        "service layer saw {} of {N} events",
+        served_events.seen()
+    );
+    Outcome::Passed
+}
+
 /// Generates one `#[tokio::test]` per conformance case for the harness expression given.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -1142,7 +1365,8 @@ macro_rules! conformance_suite {
             rpc_to_absent_service_fails_fast, retry_then_dead_letter,
             group_resumes_after_settled, dropped_delivery_is_redelivered, graceful_shutdown,
             oversized_publish_is_rejected,
-            reconnect_after_restart, ordered_consumption);
+            reconnect_after_restart, ordered_consumption, two_services_share_a_namespace,
+            envelope_id_and_headers_survive, layers_see_every_call_and_event);
     };
     (@cases $harness:expr; $($case:ident),*) => {
         $(

@@ -65,6 +65,10 @@ pub struct Capabilities {
     pub broadcast: bool,
     /// A nack (or a dropped delivery) leads to redelivery.
     pub redelivery: bool,
+    /// Several services serve on one URL, each answering only the calls that name it (true
+    /// on brokers and in process); false where a URL is one service (HTTP) or there are no
+    /// calls (Kafka).
+    pub services_share_url: bool,
 }
 
 /// How a subscriber joins a topic.

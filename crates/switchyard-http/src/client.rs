@@ -325,6 +325,7 @@ impl Transport for HttpTransport {
             consumer_groups: true,
             broadcast: true,
             redelivery: false,
+            services_share_url: false,
         }
     }
 

@@ -788,6 +788,7 @@ impl Transport for KafkaTransport {
             consumer_groups: true,
             broadcast: true,
             redelivery: true,
+            services_share_url: false,
         }
     }
 

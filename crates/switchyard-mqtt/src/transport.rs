@@ -1001,6 +1001,7 @@ impl Transport for MqttTransport {
             broadcast: true,
             // A nack (and a handler error) is redelivered through the retry topic.
             redelivery: true,
+            services_share_url: true,
         }
     }
 

@@ -762,6 +762,7 @@ impl Transport for NatsTransport {
             consumer_groups: true,
             broadcast: true,
             redelivery: true,
+            services_share_url: true,
         }
     }
 

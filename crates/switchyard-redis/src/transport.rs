@@ -899,6 +899,7 @@ impl Transport for RedisTransport {
             consumer_groups: true,
             broadcast: true,
             redelivery: true,
+            services_share_url: true,
         }
     }
 
