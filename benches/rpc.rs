@@ -29,7 +29,7 @@ fn in_process(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("rt");
-    let (client, typed, _servers) = rt.block_on(async {
+    let (client, typed, layered, layered_client, _servers) = rt.block_on(async {
         let t = switchyard::connect("mem://bench").expect("mem");
         let s1 = switchyard::serve(&t, Service::new("b").route("/helloworld", rpc(helloworld)))
             .await
@@ -38,10 +38,25 @@ fn in_process(c: &mut Criterion) {
         let s2 = switchyard::serve(&t2, G.into_service("g"))
             .await
             .expect("serve");
+        // The same route on a service with one user layer that does nothing (tower's
+        // `Identity`): what a layer costs by being there.
+        let t3 = switchyard::connect("mem://bench-layered").expect("mem");
+        let s3 = switchyard::serve(
+            &t3,
+            Service::new("l")
+                .route("/helloworld", rpc(helloworld))
+                .layer(tower::layer::util::Identity::new()),
+        )
+        .await
+        .expect("serve");
         (
             Client::new(t).service("b"),
             GreeterClient::new(Client::new(t2).service("g")),
-            (s1, s2),
+            Client::new(t3).service("l"),
+            Client::new(switchyard::connect("mem://bench").expect("mem"))
+                .service("b")
+                .layer(tower::layer::util::Identity::new()),
+            (s1, s2, s3),
         )
     });
     let mut g = c.benchmark_group("in_process");
@@ -58,6 +73,20 @@ fn in_process(c: &mut Criterion) {
             black_box(r)
         })
     });
+    for (name, client) in [
+        ("client_call_mem_service_layer", &layered),
+        ("client_call_mem_client_layer", &layered_client),
+    ] {
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let r: String = client
+                    .call("/helloworld", black_box("Mr. Developer".to_string()))
+                    .await
+                    .expect("call");
+                black_box(r)
+            })
+        });
+    }
     g.bench_function("typed_client_mem", |b| {
         b.to_async(&rt).iter(|| async {
             black_box(

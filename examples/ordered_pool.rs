@@ -1,4 +1,4 @@
-//! Seed 000's ordering demo: many workers, and each id's items still come out in order.
+//! microservices_connector's ordering demo: many workers, and each id's items still come out in order.
 //!
 //! `cargo run --example ordered_pool`
 

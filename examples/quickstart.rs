@@ -1,4 +1,4 @@
-//! Seed 000's quickstart: app1 listens, app2 sends, in one program.
+//! microservices_connector's quickstart: app1 listens, app2 sends, in one program.
 //!
 //! `cargo run --example quickstart` runs in process; point it anywhere else with
 //! `SWITCHYARD_URL=http://127.0.0.1:5000 cargo run --example quickstart` — the service code

@@ -1,4 +1,4 @@
-//! Seed 001's switch: the same service and the same caller on every transport compiled in,
+//! Switching transports: the same service and the same caller on every transport compiled in,
 //! chosen only by URL. Each URL gets one call (where the transport has request/reply) and one
 //! event through the service's event handler.
 //!

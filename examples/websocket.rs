@@ -1,4 +1,4 @@
-//! WebSocket routes (seed 000's minisocket): an echo route, a route with a path parameter, and
+//! WebSocket routes (microservices_connector's minisocket): an echo route, a route with a path parameter, and
 //! a push stream of events.
 //!
 //! `cargo run --example websocket`

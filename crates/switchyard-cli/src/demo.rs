@@ -1,4 +1,4 @@
-//! `yard demo`: seed 000's quickstart and tutorial, end to end on loopback.
+//! `yard demo`: microservices_connector's quickstart and tutorial, end to end on loopback.
 
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
@@ -251,10 +251,10 @@ pub(crate) async fn run(calls: usize) -> Result<(), BoxError> {
         "  {:<10} {:>10.0} calls/s   p50 {:>8.1} µs   p99 {:>8.1} µs",
         "in-process", local.0, local.1, local.2
     );
-    println!("  (seed 000's Python listener: about 575 calls/s, p50 1.6 ms; benchmarks: docs/PERFORMANCE.md)");
+    println!("  (microservices_connector's Python listener: about 575 calls/s, p50 1.6 ms; benchmarks: docs/PERFORMANCE.md)");
     mem_server.shutdown().await;
     server.shutdown().await;
-    println!("\ndemo finished: every result matched seed 000's documented output");
+    println!("\ndemo finished: every result matched microservices_connector's documented output");
     Ok(())
 }
 

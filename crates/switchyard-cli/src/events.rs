@@ -1,4 +1,4 @@
-//! `yard events`: seed 002's consumer and propagator.
+//! `yard events`: the event consumer and propagator.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ pub(crate) enum EventsCommand {
         /// Path of the endpoint.
         #[arg(long, default_value = "/event")]
         path: String,
-        /// A JSON Schema for other event shapes (default: seed 002's two string fields).
+        /// A JSON Schema for other event shapes (default: the two string fields `event_type` and `event_payload`).
         #[arg(long)]
         schema: Option<PathBuf>,
         /// Also take events from this transport URL (repeatable), e.g. mem://x.
@@ -51,7 +51,7 @@ pub(crate) enum EventsCommand {
         /// `ENDPOINT`).
         #[arg(long, env = "ENDPOINT", default_value = "http://127.0.0.1:4444/event")]
         endpoint: String,
-        /// JSON list of events (the original's `INPUT_FILE_LOCATION`; default: seed 002's set).
+        /// JSON list of events (the original's `INPUT_FILE_LOCATION`; default: the built-in set of eleven events).
         #[arg(long, env = "INPUT_FILE_LOCATION")]
         input: Option<PathBuf>,
         /// Seconds between events (the original's `WAIT_SECONDS`; fractions allowed).
@@ -70,7 +70,7 @@ pub(crate) enum EventsCommand {
         #[arg(long)]
         quiet: bool,
     },
-    /// Runs both on loopback at once (the seed's `make services`) for COUNT events.
+    /// Runs both on loopback at once (the original's `make services`) for COUNT events.
     Demo {
         /// Events to send.
         #[arg(long, default_value_t = 11)]

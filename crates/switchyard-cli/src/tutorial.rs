@@ -1,4 +1,4 @@
-//! Seed 000's tutorial listener, route for route: the same arguments give the same results.
+//! The listener of microservices_connector's tutorial, route for route: the same arguments give the same results.
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -7,7 +7,7 @@ use switchyard::{json, rpc, Json, Service};
 /// The token of the three class routes.
 pub const CLASS_TOKEN: &str = "123456";
 
-/// Seed 000's `testservice` object, as its listener returns it (fields in the order the
+/// microservices_connector's `testservice` object, as its listener returns it (fields in the order the
 /// Python client prints them).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct TestService {
@@ -81,7 +81,7 @@ async fn class3(a: Value, key: Value) -> (TestService, TestService, Vec<TestServ
     (x, y, z)
 }
 
-/// Keyword arguments of `/json`, with the seed's defaults.
+/// Keyword arguments of `/json`, with the original's defaults.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonArgs {
@@ -106,7 +106,7 @@ struct Json1Args {
     a: Value,
 }
 
-/// The tutorial listener: every route of seed 000's README, plus its WebSocket route `/hello`,
+/// The tutorial listener: every route of microservices_connector's README, plus its WebSocket route `/hello`,
 /// a parameterized `/user/<name>`, and a push stream at `/events/<topic>`.
 pub fn service() -> Service {
     Service::new("example")

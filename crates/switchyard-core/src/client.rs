@@ -143,7 +143,7 @@ impl Client {
         self
     }
 
-    /// Sends `token` with every call of `route` (seed 000's `setRule`).
+    /// Sends `token` with every call of `route` (microservices_connector's `setRule`).
     pub fn with_token(mut self, route: impl Into<String>, token: impl Into<String>) -> Self {
         Arc::make_mut(&mut self.tokens).insert(route.into(), token.into());
         self

@@ -7,7 +7,7 @@ use serde::{de::DeserializeOwned, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Codec {
-    /// `application/json`: what seed 000's Python clients speak.
+    /// `application/json`: what microservices_connector's Python clients speak.
     #[default]
     Json,
     /// `application/msgpack`: smaller and faster to parse.

@@ -9,10 +9,10 @@ use futures::StreamExt;
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::error::ErrorCode;
 use crate::error::TransportError;
+use crate::error::{ErrorCode, HandlerError};
 use crate::inbox::{Claim, InboxStore};
-use crate::message::header;
+use crate::message::{header, Envelope};
 use crate::pool::{KeyedPool, PoolConfig};
 use crate::server::Served;
 use crate::transport::{Delivery, Publisher, SubscribeOptions, Subscriber, Subscription};
@@ -227,6 +227,56 @@ async fn run_ordered(
     let _ = drain.await;
 }
 
+/// What became of one attempt at an event, the inbox consulted.
+pub(crate) enum Attempt {
+    /// The handler ran, with this outcome.
+    Handled(Result<(), HandlerError>),
+    /// The inbox has it done already: a duplicate, not run again.
+    Duplicate,
+    /// Another consumer holds its claim right now.
+    Claimed,
+    /// The inbox could not be asked.
+    InboxDown,
+}
+
+/// Pushes the event to the service's WebSocket watchers of its topic.
+pub(crate) fn push_to_watchers(served: &Served, env: &Envelope) {
+    let hub = served.service().hub();
+    if hub.has_subscribers(&env.subject) {
+        if let Ok(text) = std::str::from_utf8(&env.payload) {
+            hub.push(&env.subject, text);
+        }
+    }
+}
+
+/// One attempt at `env`: claims it in the inbox (when the policy has one), runs the handler
+/// through the service's event layers, and records the outcome in the inbox. Every event,
+/// from a broker or pushed over HTTP, goes through this.
+pub(crate) async fn attempt(served: &Served, env: &Envelope, policy: &ConsumerPolicy) -> Attempt {
+    if let Some(inbox) = &policy.inbox {
+        match inbox.claim(&env.id, policy.inbox_lease).await {
+            Ok(Claim::Fresh) => {}
+            Ok(Claim::Done) => return Attempt::Duplicate,
+            Ok(Claim::InProgress) => return Attempt::Claimed,
+            Err(e) => {
+                tracing::warn!(target: "switchyard", error = %e, "inbox unavailable");
+                return Attempt::InboxDown;
+            }
+        }
+    }
+    let outcome = served.handle_event(env.clone()).await;
+    if let Some(inbox) = &policy.inbox {
+        let recorded = match &outcome {
+            Ok(()) => inbox.done(&env.id).await,
+            Err(_) => inbox.release(&env.id).await,
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(target: "switchyard", error = %e, "could not record the message in the inbox");
+        }
+    }
+    Attempt::Handled(outcome)
+}
+
 async fn handle_one(
     served: &Served,
     delivery: Delivery,
@@ -234,58 +284,33 @@ async fn handle_one(
     policy: &ConsumerPolicy,
 ) {
     let env = delivery.envelope.clone();
-    let mut attempt = env.headers.attempt();
-    let hub = served.service().hub();
-    if hub.has_subscribers(&env.subject) {
-        if let Ok(text) = std::str::from_utf8(&env.payload) {
-            hub.push(&env.subject, text);
-        }
-    }
+    let mut attempt_no = env.headers.attempt();
+    push_to_watchers(served, &env);
     let outcome = loop {
-        if let Some(inbox) = &policy.inbox {
-            match inbox.claim(&env.id, policy.inbox_lease).await {
-                Ok(Claim::Fresh) => {}
-                Ok(Claim::Done) => {
-                    // A duplicate of a message already processed: effectively once.
-                    settle(delivery.ack().await);
-                    return;
-                }
-                Ok(Claim::InProgress) => {
-                    settle(delivery.nack(Some(policy.backoff(attempt))).await);
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(target: "switchyard", error = %e, "inbox unavailable; message will be redelivered");
-                    settle(delivery.nack(Some(policy.backoff(attempt))).await);
-                    return;
-                }
+        let outcome = match attempt(served, &env, policy).await {
+            Attempt::Handled(outcome) => outcome,
+            // A duplicate of a message already processed: effectively once.
+            Attempt::Duplicate => return settle(delivery.ack().await),
+            Attempt::Claimed | Attempt::InboxDown => {
+                return settle(delivery.nack(Some(policy.backoff(attempt_no))).await)
             }
-        }
-        let outcome = served.handle_event(env.clone()).await;
-        if let Some(inbox) = &policy.inbox {
-            let recorded = match &outcome {
-                Ok(()) => inbox.done(&env.id).await,
-                Err(_) => inbox.release(&env.id).await,
-            };
-            if let Err(e) = recorded {
-                tracing::warn!(target: "switchyard", error = %e, "could not record the message in the inbox");
-            }
-        }
+        };
         match outcome {
             // In key order, a failed message is retried where it stands: a redelivery would
             // put it behind the key's later messages.
             Err(e)
                 if policy.ordered_by_key
                     && e.code() != ErrorCode::BadRequest
-                    && attempt < policy.max_attempts =>
+                    && attempt_no < policy.max_attempts =>
             {
-                tracing::debug!(target: "switchyard", error = %e, attempt, "handler failed; retrying in place");
-                tokio::time::sleep(policy.backoff(attempt)).await;
-                attempt += 1;
+                tracing::debug!(target: "switchyard", error = %e, attempt = attempt_no, "handler failed; retrying in place");
+                tokio::time::sleep(policy.backoff(attempt_no)).await;
+                attempt_no += 1;
             }
             other => break other,
         }
     };
+    let attempt = attempt_no;
     let settled = match outcome {
         Ok(()) => delivery.ack().await,
         Err(e) if e.code() == ErrorCode::BadRequest || attempt >= policy.max_attempts => {

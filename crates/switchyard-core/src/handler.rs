@@ -257,7 +257,7 @@ impl Route {
         self
     }
 
-    /// Requires this token on every call (seed 000's `typing(rule, token=...)`). Compared in
+    /// Requires this token on every call (microservices_connector's `typing(rule, token=...)`). Compared in
     /// constant time.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
@@ -352,7 +352,7 @@ where
     }
 }
 
-/// A JSON endpoint (seed 000's `@Micro.json`): the request body is one object of keyword
+/// A JSON endpoint (microservices_connector's `@Micro.json`): the request body is one object of keyword
 /// arguments, deserialized into `T`; the reply uses the same array form as RPC. Served on
 /// GET, POST, PUT and DELETE.
 pub fn json<F, Fut, T, R>(f: F) -> Route

@@ -25,7 +25,7 @@ pub mod header {
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state.
     pub const TRACESTATE: &str = "tracestate";
-    /// Per-route token of seed 000's `setRule`.
+    /// Per-route token of microservices_connector's `setRule`.
     pub const TOKEN: &str = "x-token";
     /// Version of the service that produced the message.
     pub const SERVICE_VERSION: &str = "x-service-version";

@@ -1,7 +1,7 @@
 //! A keyed ordered pool: jobs with the same key run one at a time, in submission order; jobs
 //! with different keys run in parallel up to a worker limit; jobs without a key run
 //! unordered. Bounded: at `max_in_flight`, [`KeyedPool::submit`] waits — there is no unbounded
-//! queue and no polling. Seed 000's `DistributedThreads`, without its flaws: keyword-style
+//! queue and no polling. microservices_connector's `DistributedThreads`, without its flaws: keyword-style
 //! closures keep all their arguments, a failing or panicking job is reported on the result
 //! stream and neither kills its worker nor blocks its key, and waiting is event-driven.
 //!

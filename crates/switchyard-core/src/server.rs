@@ -128,6 +128,26 @@ impl Served {
         }
     }
 
+    /// Receives one event pushed to this instance by a transport that hands the outcome back to
+    /// its sender instead of redelivering (HTTP): WebSocket watchers, the inbox (a duplicate is
+    /// accepted without running the handler again), then the event layers and the handler.
+    /// The sender is the retry and the dead letter: a failure goes back to it.
+    pub async fn receive_event(&self, envelope: Envelope) -> Result<(), HandlerError> {
+        use crate::consumer::{attempt, push_to_watchers, Attempt};
+        push_to_watchers(self, &envelope);
+        match attempt(self, &envelope, self.service.policy()).await {
+            Attempt::Handled(outcome) => outcome,
+            Attempt::Duplicate => Ok(()),
+            Attempt::Claimed => Err(HandlerError::unavailable(format!(
+                "event {} is being handled by another consumer; retry later",
+                envelope.id
+            ))),
+            Attempt::InboxDown => Err(HandlerError::unavailable(
+                "the inbox cannot be reached; retry later",
+            )),
+        }
+    }
+
     /// Handles one delivery attempt of an event through the service's event layers.
     pub fn handle_event(
         &self,
@@ -182,8 +202,8 @@ impl tower::Service<Envelope> for HandleEvent {
 /// routes through the transport's [`Responder`](crate::transport::Responder), its event
 /// handlers through a consumer per topic (group = the service's name).
 ///
-/// A service with routes on a transport without request/reply is refused
-/// ([`TransportError::Unsupported`]); a badly assembled one too
+/// On a transport without request/reply (Kafka) only the service's events are served, and a
+/// warning names the routes left out. A badly assembled service is refused
 /// ([`TransportError::InvalidService`]).
 pub async fn serve(
     transport: Arc<dyn Transport>,
@@ -194,12 +214,20 @@ pub async fn serve(
     let served = Arc::new(Served::new(service));
     let listener = match transport.responder() {
         Some(responder) => Some(responder.listen(served.clone()).await?),
-        None if served.service().route_paths().is_empty() => None,
         None => {
-            return Err(TransportError::Unsupported {
-                transport: transport.name(),
-                operation: "request/reply, which this service's routes need",
-            })
+            let routes = served.service().route_paths();
+            if !routes.is_empty() {
+                // The same service code runs on every transport: its events are served here,
+                // its routes where there is request/reply.
+                tracing::warn!(
+                    target: "switchyard",
+                    transport = transport.name(),
+                    service = served.name(),
+                    ?routes,
+                    "this transport has no request/reply: only the service's events are served"
+                );
+            }
+            None
         }
     };
     let consumers = if listener.as_ref().is_some_and(|l| l.receives_events) {

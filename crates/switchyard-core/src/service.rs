@@ -87,7 +87,7 @@ impl IntoWsReply for () {
     }
 }
 
-/// A route pattern with `<name>` segments, as in seed 000 (`/user/<name>`).
+/// A route pattern with `<name>` segments, as in microservices_connector (`/user/<name>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutePattern {
     segments: Vec<Segment>,
@@ -396,7 +396,7 @@ impl Service {
         self
     }
 
-    /// Registers a WebSocket route (seed 000's minisocket): each text frame goes to `handler`,
+    /// Registers a WebSocket route (microservices_connector's minisocket): each text frame goes to `handler`,
     /// and its answer, if any, is sent back.
     pub fn ws<F, Fut>(mut self, pattern: &str, handler: F) -> Self
     where

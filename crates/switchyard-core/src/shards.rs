@@ -1,4 +1,4 @@
-//! The keyed pool across processes (seed 000's `DistributedProcess`): each key belongs to one
+//! The keyed pool across processes (microservices_connector's `DistributedProcess`): each key belongs to one
 //! worker process, chosen by a stable hash, so one key's jobs always run in the same process,
 //! one at a time and in submission order, while different keys run in parallel across the
 //! processes. A worker process is any switchyard service (over HTTP, a broker, anything with

@@ -1,7 +1,7 @@
 //! Typed values on both sides of a call, with or without serialization.
 //!
 //! On the wire a call carries positional `args` and keyword `kwargs`, and a reply is a JSON
-//! array with one element per returned value (seed 000's format: a tuple of three gives three
+//! array with one element per returned value (microservices_connector's format: a tuple of three gives three
 //! elements, nothing gives `[null]`, a list gives `[[...]]`). In process, the same values travel
 //! as boxed Rust values ([`LocalValue`]) and are downcast on the other side, so a local call
 //! never serializes; only when the types on both sides differ does it fall back to JSON.

@@ -1,4 +1,4 @@
-//! A `.env` loader for seed 002's files, which write `WAIT_SECONDS = '5'` (spaces around `=`,
+//! A `.env` loader for the original Flask service's files, which write `WAIT_SECONDS = '5'` (spaces around `=`,
 //! quoted values) and leave unused settings empty (`INPUT_FILE_LOCATION = ''`). Small enough to
 //! write here rather than bend a general loader to those files.
 
@@ -36,7 +36,7 @@ pub fn parse(text: &str) -> Vec<(String, String)> {
 }
 
 /// Sets each pair of `path` that the environment does not set already (the environment wins,
-/// as with every `.env` loader). Empty values are skipped: the seed uses them to mean "default".
+/// as with every `.env` loader). Empty values are skipped: the original uses them to mean "default".
 pub fn load(path: &Path) -> std::io::Result<usize> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,

@@ -1,4 +1,4 @@
-//! Seed 002's two services, rebuilt on switchyard:
+//! The event consumer and propagator of a Flask event service, rebuilt on switchyard:
 //!
 //! - the **event consumer** ([`consumer`]): `POST /event` validates each event exactly as the
 //!   original Flask service did (same status codes, same bodies), appends every accepted one
@@ -16,5 +16,5 @@ pub mod pyfmt;
 pub mod store;
 pub mod validate;
 
-/// Seed 002's dataset: eleven events, the last one deliberately invalid.
+/// The built-in dataset: eleven events, the last one deliberately invalid.
 pub const DEFAULT_EVENTS: &str = include_str!("../data/events.json");

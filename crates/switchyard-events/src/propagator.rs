@@ -15,7 +15,7 @@ pub struct PropagatorConfig {
     /// `http(s)://…` for a plain `POST` of the event (default
     /// `http://127.0.0.1:4444/event`), or any transport URL to publish on `topic`.
     pub endpoint: String,
-    /// A JSON file holding a list of events; `None` uses seed 002's dataset.
+    /// A JSON file holding a list of events; `None` uses the built-in dataset.
     pub input: Option<PathBuf>,
     /// Pause between events (default 5 s), when no rate is given.
     pub interval: Duration,
@@ -114,7 +114,7 @@ pub fn load_events(input: Option<&PathBuf>) -> Result<Vec<Value>, PropagateError
             })?,
         ),
         None => (
-            "<built-in seed 002 dataset>".into(),
+            "<built-in dataset>".into(),
             crate::DEFAULT_EVENTS.to_string(),
         ),
     };

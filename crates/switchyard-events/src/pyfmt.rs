@@ -1,5 +1,5 @@
 //! Python's `repr()` of strings and dicts, and `json.dumps` with `ensure_ascii`, so that error
-//! bodies are byte-for-byte what seed 002's Flask service sent. Written by hand: no crate
+//! bodies are byte-for-byte what the original Flask service sent. Written by hand: no crate
 //! renders Python reprs.
 
 use std::fmt::Write;

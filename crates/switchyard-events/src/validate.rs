@@ -1,4 +1,4 @@
-//! Event validation: seed 002's schema, reproduced message for message, or any JSON Schema.
+//! Event validation: the original Flask service's schema, reproduced message for message, or any JSON Schema.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -43,7 +43,7 @@ pub struct Accepted {
 
 /// Which schema events must match.
 pub enum Validator {
-    /// Exactly two string fields, `event_type` and `event_payload` (seed 002).
+    /// Exactly two string fields, `event_type` and `event_payload` (the original Flask service's schema).
     Seed002,
     /// A JSON Schema.
     JsonSchema(Box<jsonschema::Validator>),

@@ -232,7 +232,7 @@ fn context_headers(headers: &HeaderMap) -> Headers {
 }
 
 /// The codec of a request: its content type, or the service's codec when it names none (JSON
-/// unless the service chose otherwise, since seed 000's clients send JSON).
+/// unless the service chose otherwise, since microservices_connector's clients send JSON).
 fn request_codec(headers: &HeaderMap, service_default: Codec) -> Result<Codec, Rejection> {
     match headers
         .get(header::CONTENT_TYPE)
@@ -545,19 +545,19 @@ async fn handle_event(state: ServerState, req: Request, path: String) -> Respons
     let accepted = || (StatusCode::OK, [(header::CONTENT_TYPE, JSON)], "{}").into_response();
     if let Some(served) = &state.served {
         let service = served.service();
-        let pushed = service.hub().has_subscribers(topic);
-        if pushed {
-            if let Ok(text) = std::str::from_utf8(&env.payload) {
-                service.hub().push(topic, text);
-            }
-        }
         if service.handles_topic(topic) {
-            return match served.handle_event(env).await {
+            // The same path as a broker's deliveries: watchers, inbox, event layers, handler.
+            return match served.receive_event(env).await {
                 Ok(()) => accepted(),
                 Err(e) => error_response(e.code(), e.message()),
             };
         }
-        if pushed {
+        // A topic the service only pushes to its WebSocket watchers.
+        let hub = service.hub();
+        if hub.has_subscribers(topic) {
+            if let Ok(text) = std::str::from_utf8(&env.payload) {
+                hub.push(topic, text);
+            }
             return accepted();
         }
     }

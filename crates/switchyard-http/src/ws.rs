@@ -1,4 +1,4 @@
-//! WebSocket routes (seed 000's minisocket) on the same port as RPC.
+//! WebSocket routes (microservices_connector's minisocket) on the same port as RPC.
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Request};
@@ -8,7 +8,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::server::ServerState;
 
-/// The frame an unknown path gets before the socket closes, as seed 000 sends it.
+/// The frame an unknown path gets before the socket closes, as microservices_connector sends it.
 pub(crate) const NO_PATH: &str = "Websocket close: path does not exist";
 
 pub(crate) async fn upgrade(state: ServerState, req: Request, path: String) -> Response {

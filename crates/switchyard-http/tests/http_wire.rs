@@ -510,3 +510,61 @@ async fn subscribed_sockets_receive_pushed_events() {
         json!({"hello": "socket"})
     );
 }
+
+/// Events posted over HTTP go through the same consumer stack as a broker's: with an inbox, a
+/// sender's retry of an event already handled is accepted without running the handler again,
+/// and the service's event layers see it.
+#[tokio::test]
+async fn events_over_http_are_deduplicated_by_the_inbox() {
+    use switchyard_core::consumer::ConsumerPolicy;
+    use switchyard_core::inbox::MemoryInbox;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = handled.clone();
+    let layered = Arc::new(AtomicUsize::new(0));
+    let seen = layered.clone();
+    let service = Service::new("deduped")
+        .consumer_policy(ConsumerPolicy {
+            inbox: Some(Arc::new(MemoryInbox::new(1_000, Duration::from_secs(60)))),
+            ..ConsumerPolicy::default()
+        })
+        .event_layer(tower::layer::layer_fn(move |inner| {
+            let seen = seen.clone();
+            tower::service_fn(move |env| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                tower::ServiceExt::oneshot(Clone::clone(&inner), env)
+            })
+        }))
+        .on_event("orders", move |_v: Value| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    let t = Arc::new(HttpTransport::from_url("http://127.0.0.1:0").unwrap());
+    let h = switchyard_core::server::serve(t, service).await.unwrap();
+    let http = reqwest::Client::new();
+    let post = |id: &str| {
+        http.post(format!("{}/orders", h.url()))
+            .header("ce-specversion", "1.0")
+            .header("ce-type", "order")
+            .header("ce-source", "/test")
+            .header("ce-id", id)
+            .header("content-type", "application/json")
+            .body(r#"{"n":1}"#)
+            .send()
+    };
+    for id in ["order-1", "order-1", "order-2", "order-1"] {
+        assert_eq!(post(id).await.unwrap().status().as_u16(), 200, "{id}");
+    }
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        2,
+        "each event id handled once"
+    );
+    assert_eq!(
+        layered.load(Ordering::SeqCst),
+        2,
+        "the event layer saw each handling"
+    );
+    h.shutdown().await;
+}

@@ -1,4 +1,4 @@
-//! NATS transport for switchyard (`nats://HOST:PORT[/NAMESPACE]`). Not for direct use; see
+//! NATS transport for switchyard (`nats://HOST:PORT[?ns=NAMESPACE]`). Not for direct use; see
 //! the `switchyard` crate.
 //!
 //! - **RPC** uses core NATS request/reply on `sy.rpc.<namespace>.<service>.<route>` (route

@@ -215,7 +215,8 @@ impl Replies {
 }
 
 impl NatsTransport {
-    /// A transport for `nats://HOST:PORT[/NAMESPACE]` (namespace `default` when absent). The
+    /// A transport for `nats://HOST:PORT[?ns=NAMESPACE]` (or `nats://HOST:PORT/NAMESPACE`;
+    /// namespace `default` when absent). The
     /// connection is made on first use; an unreachable server is then an error naming the URL.
     pub fn from_url(url: &str) -> Result<Self, TransportError> {
         let parsed =
@@ -230,11 +231,16 @@ impl NatsTransport {
             .host_str()
             .ok_or_else(|| TransportError::invalid_url(url, "no host"))?;
         let port = parsed.port().unwrap_or(4222);
-        let ns = parsed.path().trim_matches('/');
+        // `?ns=NAME`, as on every transport; a path (`nats://HOST/NAME`) still names it too.
+        let ns = parsed
+            .query_pairs()
+            .find(|(k, _)| k == "ns")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| parsed.path().trim_matches('/').replace('/', "."));
         let namespace = if ns.is_empty() {
             "default".to_string()
         } else {
-            ns.replace('/', ".")
+            ns
         };
         check_subject("namespace", &namespace).map_err(|r| TransportError::invalid_url(url, r))?;
         // `?ack_wait_ms=N`: how long JetStream waits for an ack before it redelivers to another
@@ -264,10 +270,11 @@ impl NatsTransport {
                     })?;
                     ack_wait = Duration::from_millis(ms.max(100));
                 }
+                "ns" => {}
                 other => {
                     return Err(TransportError::invalid_url(
                         url,
-                        format!("unknown option {other:?} (known: ack_wait_ms, tls, tls_ca)"),
+                        format!("unknown option {other:?} (known: ns, ack_wait_ms, tls, tls_ca)"),
                     ))
                 }
             }
@@ -808,6 +815,13 @@ mod tests {
             );
         }
         assert!(route_subject("shop", "my cart", "/a").is_err());
+        for (url, ns) in [
+            ("nats://127.0.0.1:4222?ns=shop", "shop"),
+            ("nats://127.0.0.1:4222/shop", "shop"),
+            ("nats://127.0.0.1:4222", "default"),
+        ] {
+            assert_eq!(NatsTransport::from_url(url).unwrap().namespace, ns, "{url}");
+        }
         // Another service's subject is not under this one's prefix.
         assert_eq!(
             service_prefix("shop", "cart"),

@@ -32,7 +32,7 @@ pub enum ConfigError {
     },
 }
 
-/// One named queue whose producer and consumer may use different transports (seed 001's
+/// One named queue whose producer and consumer may use different transports (
 /// mixed pairs: an HTTP producer feeding a broker-backed queue).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
