@@ -1,6 +1,6 @@
 //! docs/TRANSPORTS.md's capability table is rendered from the transports' own
 //! `capabilities()`: this test fails when the two disagree (regenerate with
-//! `SWITCHYARD_BLESS=1 cargo test --test capabilities_doc`).
+//! `SWITCHYARD_BLESS=1 cargo test -p switchyard-cli --test capabilities_doc`).
 
 use switchyard::transport::{DeliveryGuarantee, Ordering};
 
@@ -48,7 +48,7 @@ fn render() -> String {
 
 #[test]
 fn the_capability_table_matches_the_code() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/TRANSPORTS.md");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/TRANSPORTS.md");
     let doc = std::fs::read_to_string(path).unwrap_or_default();
     let begin = "<!-- capabilities:begin -->\n";
     let end = "<!-- capabilities:end -->";
@@ -66,6 +66,6 @@ fn the_capability_table_matches_the_code() {
         .expect("docs/TRANSPORTS.md has the capability markers");
     assert_eq!(
         current, table,
-        "docs/TRANSPORTS.md is stale: run SWITCHYARD_BLESS=1 cargo test --test capabilities_doc"
+        "docs/TRANSPORTS.md is stale: run SWITCHYARD_BLESS=1 cargo test -p switchyard-cli --test capabilities_doc"
     );
 }

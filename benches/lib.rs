@@ -1,0 +1,1 @@
+//! The benchmarks are `[[bench]]` targets of this package; it has no library code.

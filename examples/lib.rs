@@ -1,0 +1,1 @@
+//! The examples are `[[example]]` targets of this package; it has no library code.

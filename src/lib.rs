@@ -1,1 +1,0 @@
-//! Runnable examples live in `examples/`; this crate has no library code of its own.
