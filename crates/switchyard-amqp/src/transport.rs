@@ -55,7 +55,7 @@ const RPC_PREFETCH: u16 = 256;
 /// use std::sync::Arc;
 /// use switchyard_core::Client;
 /// let amqp = Arc::new(switchyard_amqp::AmqpTransport::from_url("amqp://guest:guest@127.0.0.1:5672/%2f?ns=app1")?);
-/// let reply: String = Client::new(amqp).call("/helloworld", "Mr. Developer".to_string()).await?;
+/// let reply: String = Client::new(amqp).service("app1").call("/helloworld", "Mr. Developer".to_string()).await?;
 /// # Ok(()) }
 /// ```
 pub struct AmqpTransport {

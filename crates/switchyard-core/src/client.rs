@@ -18,7 +18,7 @@ use crate::call::{CallParts, CallRequest};
 use crate::codec::Codec;
 use crate::context::{self, trace, FirstPollOrTimeout};
 use crate::error::{CallError, ErrorCode, RemoteError, TransportError};
-use crate::layer::{self, ClientService, LayerFn, PublishService};
+use crate::layer::{self, ClientService, LayerFn, LayerFor, PublishService};
 use crate::message::{header, Envelope, Headers};
 use crate::transport::Transport;
 use crate::values::{Args, Reply};
@@ -99,17 +99,8 @@ impl Client {
     /// Wraps every call this client makes in `layer` (a tower [`Layer`](tower::Layer) over a
     /// [`ClientService`]). The first layer added is the outermost. In process, the call to
     /// the served service runs inside these layers, as a transport would.
-    pub fn layer<L>(mut self, layer: L) -> Self
-    where
-        L: tower::Layer<ClientService> + Send + Sync + 'static,
-        L::Service: tower::Service<CallRequest, Response = Reply, Error = CallError>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as tower::Service<CallRequest>>::Future: Send + 'static,
-    {
-        self.call_layers.push(layer::boxed(layer));
+    pub fn layer(mut self, layer: impl LayerFor<CallRequest, Reply, CallError>) -> Self {
+        self.call_layers.push(layer.erased().0);
         self.calls = Some(layer::stack(
             &self.call_layers,
             BoxCloneSyncService::new(TransportCall(self.transport.clone())),
@@ -119,17 +110,8 @@ impl Client {
 
     /// Wraps every event this client publishes in `layer` (a tower [`Layer`](tower::Layer)
     /// over a [`PublishService`]). The first layer added is the outermost.
-    pub fn publish_layer<L>(mut self, layer: L) -> Self
-    where
-        L: tower::Layer<PublishService> + Send + Sync + 'static,
-        L::Service: tower::Service<Envelope, Response = (), Error = TransportError>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as tower::Service<Envelope>>::Future: Send + 'static,
-    {
-        self.publish_layers.push(layer::boxed(layer));
+    pub fn publish_layer(mut self, layer: impl LayerFor<Envelope, (), TransportError>) -> Self {
+        self.publish_layers.push(layer.erased().0);
         self.publishes = Some(layer::stack(
             &self.publish_layers,
             BoxCloneSyncService::new(TransportPublish(self.transport.clone())),

@@ -36,8 +36,21 @@ pub(crate) type LayerFn<Req, Res, E> =
 pub(crate) type CallLayerFn = LayerFn<CallRequest, Reply, HandlerError>;
 pub(crate) type EventLayerFn = LayerFn<Envelope, (), HandlerError>;
 
-/// Erases `layer`'s types: what it makes of a boxed service is boxed again.
-pub(crate) fn boxed<L, Req, Res, E>(layer: L) -> LayerFn<Req, Res, E>
+/// A tower layer usable around `Req → Res, E`: any [`Layer`] over the boxed service whose
+/// service is cloneable, shareable and sendable. Implemented for every such layer; it only
+/// names the bounds once for [`Service::layer`](crate::service::Service::layer),
+/// [`Service::event_layer`](crate::service::Service::event_layer),
+/// [`Client::layer`](crate::client::Client::layer) and
+/// [`Client::publish_layer`](crate::client::Client::publish_layer).
+pub trait LayerFor<Req, Res, E>: Send + Sync + 'static {
+    /// This layer with its types erased.
+    fn erased(self) -> ErasedLayer<Req, Res, E>;
+}
+
+/// A layer with its types erased (see [`LayerFor`]).
+pub struct ErasedLayer<Req, Res, E>(pub(crate) LayerFn<Req, Res, E>);
+
+impl<L, Req, Res, E> LayerFor<Req, Res, E> for L
 where
     L: Layer<BoxCloneSyncService<Req, Res, E>> + Send + Sync + 'static,
     L::Service: Service<Req, Response = Res, Error = E> + Clone + Send + Sync + 'static,
@@ -46,30 +59,11 @@ where
     Res: 'static,
     E: 'static,
 {
-    Arc::new(move |inner| BoxCloneSyncService::new(layer.layer(inner)))
-}
-
-pub(crate) fn call_layer_fn<L>(layer: L) -> CallLayerFn
-where
-    L: Layer<CallService> + Send + Sync + 'static,
-    L::Service: Service<CallRequest, Response = Reply, Error = HandlerError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    <L::Service as Service<CallRequest>>::Future: Send + 'static,
-{
-    boxed(layer)
-}
-
-pub(crate) fn event_layer_fn<L>(layer: L) -> EventLayerFn
-where
-    L: Layer<EventService> + Send + Sync + 'static,
-    L::Service:
-        Service<Envelope, Response = (), Error = HandlerError> + Clone + Send + Sync + 'static,
-    <L::Service as Service<Envelope>>::Future: Send + 'static,
-{
-    boxed(layer)
+    fn erased(self) -> ErasedLayer<Req, Res, E> {
+        ErasedLayer(Arc::new(move |inner| {
+            BoxCloneSyncService::new(self.layer(inner))
+        }))
+    }
 }
 
 /// `innermost` wrapped in `layers`, the first of them outermost.

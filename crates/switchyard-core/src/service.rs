@@ -19,6 +19,7 @@ use crate::consumer::ConsumerPolicy;
 use crate::context::{self, Context};
 use crate::error::{ErrorCode, HandlerError};
 use crate::handler::Route;
+use crate::layer::LayerFor;
 use crate::message::{header, Envelope};
 use crate::values::{short_type_name, Reply};
 
@@ -251,7 +252,8 @@ impl Service {
     }
 
     /// Wraps every call this service answers, on every transport, in `layer` (a tower
-    /// [`Layer`](tower::Layer) over a [`CallService`](crate::layer::CallService)). The
+    /// [`Layer`](tower::Layer) over a [`CallService`](crate::layer::CallService), see
+    /// [`LayerFor`]). The
     /// first layer added is the outermost: it sees the call first. The framework's own checks
     /// (route, token, deadline, panic recovery) run inside every user layer, next to the
     /// handler; `docs/MIDDLEWARE.md` gives the whole order.
@@ -277,17 +279,8 @@ impl Service {
     /// assert_eq!((one, seen.load(Ordering::Relaxed)), (1, 1));
     /// # }
     /// ```
-    pub fn layer<L>(mut self, layer: L) -> Self
-    where
-        L: tower::Layer<crate::layer::CallService> + Send + Sync + 'static,
-        L::Service: tower::Service<CallRequest, Response = Reply, Error = HandlerError>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as tower::Service<CallRequest>>::Future: Send + 'static,
-    {
-        self.call_layers.push(crate::layer::call_layer_fn(layer));
+    pub fn layer(mut self, layer: impl LayerFor<CallRequest, Reply, HandlerError>) -> Self {
+        self.call_layers.push(layer.erased().0);
         self
     }
 
@@ -295,17 +288,8 @@ impl Service {
     /// [`Layer`](tower::Layer) over an [`EventService`](crate::layer::EventService)).
     /// The first layer added is the outermost. The consumer's own policies (inbox, retries,
     /// dead letters) run outside it: a layer sees each delivery attempt.
-    pub fn event_layer<L>(mut self, layer: L) -> Self
-    where
-        L: tower::Layer<crate::layer::EventService> + Send + Sync + 'static,
-        L::Service: tower::Service<Envelope, Response = (), Error = HandlerError>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as tower::Service<Envelope>>::Future: Send + 'static,
-    {
-        self.event_layers.push(crate::layer::event_layer_fn(layer));
+    pub fn event_layer(mut self, layer: impl LayerFor<Envelope, (), HandlerError>) -> Self {
+        self.event_layers.push(layer.erased().0);
         self
     }
 

@@ -55,7 +55,7 @@ const LANE_QUEUE: usize = 1024;
 /// use std::sync::Arc;
 /// use switchyard_core::Client;
 /// let mqtt = Arc::new(switchyard_mqtt::MqttTransport::from_url("mqtt://127.0.0.1:1883?ns=app1")?);
-/// let reply: String = Client::new(mqtt).call("/helloworld", "Mr. Developer".to_string()).await?;
+/// let reply: String = Client::new(mqtt).service("app1").call("/helloworld", "Mr. Developer".to_string()).await?;
 /// # Ok(()) }
 /// ```
 pub struct MqttTransport {

@@ -13,6 +13,88 @@
 //! - Headers travel as NATS headers; events carry CloudEvents attributes as `ce-*` headers
 //!   (the CloudEvents NATS binding, binary mode).
 
-mod transport;
+mod binding;
+mod connection;
+mod events;
+mod options;
+mod rpc;
 
-pub use transport::NatsTransport;
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::future::BoxFuture;
+use switchyard_core::error::{redact_url, TransportError};
+use switchyard_core::transport::{
+    Capabilities, DeliveryGuarantee, Ordering, Requester, Responder, Transport,
+};
+use tokio::sync::OnceCell;
+
+use crate::connection::Replies;
+
+/// The NATS transport.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use switchyard_core::Client;
+/// let nats = Arc::new(switchyard_nats::NatsTransport::from_url("nats://127.0.0.1:4222")?);
+/// let reply: String = Client::new(nats).service("app1").call("/helloworld", "Mr. Developer".to_string()).await?;
+/// # Ok(()) }
+/// ```
+pub struct NatsTransport {
+    pub(crate) url: String,
+    pub(crate) server: String,
+    pub(crate) namespace: String,
+    pub(crate) client: OnceCell<async_nats::Client>,
+    // Topics whose stream is known to exist; checked on every publish, so a plain lock.
+    pub(crate) streams: std::sync::Mutex<HashSet<String>>,
+    pub(crate) js: OnceCell<jetstream::Context>,
+    pub(crate) replies: OnceCell<Replies>,
+    pub(crate) ack_wait: Duration,
+    pub(crate) tls: bool,
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for NatsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsTransport")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+impl Transport for NatsTransport {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: true,
+            ordering: Ordering::None,
+            delivery: DeliveryGuarantee::AtLeastOnce,
+            request_reply: true,
+            consumer_groups: true,
+            broadcast: true,
+            redelivery: true,
+            services_share_url: true,
+        }
+    }
+
+    fn url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    fn requester(&self) -> Option<&dyn Requester> {
+        Some(self)
+    }
+
+    fn responder(&self) -> Option<&dyn Responder> {
+        Some(self)
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move { self.client().await.map(drop) })
+    }
+}
