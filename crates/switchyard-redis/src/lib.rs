@@ -6,10 +6,89 @@
 //!   that died are taken over with `XAUTOCLAIM` after `claim_idle_ms` (default 30 s), a nack
 //!   re-adds the message with its attempt count raised (after the delay) and acks the old
 //!   entry. Broadcast subscribers read the stream from its end (`XREAD $`).
-//! - **RPC**: calls are pushed on the list `sy:rpc:<ns>` and taken by one serving instance
-//!   (`BLPOP`); the reply is published on the caller's own channel. Serving instances keep a
-//!   heartbeat in `sy:rpc:<ns>:alive`, so a call nobody serves fails at once.
+//! - **RPC**: calls are pushed on the named service's list `sy:rpc:<ns>:<service>` and taken by
+//!   one of its serving instances (`BLPOP`); the reply is published on the caller's own
+//!   channel. Serving instances keep a heartbeat in `sy:rpc:<ns>:<service>:alive`, so a call
+//!   nobody serves fails at once.
 
-mod transport;
+mod binding;
+mod connection;
+mod events;
+mod options;
+mod rpc;
 
-pub use transport::RedisTransport;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use redis::aio::ConnectionManager;
+use switchyard_core::error::{redact_url, TransportError};
+use switchyard_core::transport::{
+    Capabilities, DeliveryGuarantee, Ordering, Requester, Responder, Transport,
+};
+use tokio::sync::OnceCell;
+
+use crate::rpc::Replies;
+
+/// The Redis transport.
+pub struct RedisTransport {
+    pub(crate) url: String,
+    pub(crate) client: redis::Client,
+    pub(crate) namespace: String,
+    pub(crate) claim_idle: Duration,
+    pub(crate) con: OnceCell<ConnectionManager>,
+    pub(crate) replies: OnceCell<Arc<Replies>>,
+    // When a call last found a live instance of each service (ms since the epoch): within
+    // `ALIVE_FOR_MS` of it a call is pushed without asking again.
+    pub(crate) seen_alive_ms: std::sync::Mutex<HashMap<Arc<str>, u64>>,
+}
+
+/// How long a seen heartbeat spares the next calls the liveness check. Heartbeats are
+/// written every second and count for 5 s, so a dead service is noticed at most one second
+/// later than the heartbeat alone allows; the check costs a Lua script per call (sequential
+/// calls 0.76x of a raw client with it, 0.86x without).
+pub(crate) const ALIVE_FOR_MS: u64 = 1_000;
+
+impl std::fmt::Debug for RedisTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTransport")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+impl Transport for RedisTransport {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: true,
+            ordering: Ordering::None,
+            delivery: DeliveryGuarantee::AtLeastOnce,
+            request_reply: true,
+            consumer_groups: true,
+            broadcast: true,
+            redelivery: true,
+            services_share_url: true,
+        }
+    }
+
+    fn url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    fn requester(&self) -> Option<&dyn Requester> {
+        Some(self)
+    }
+
+    fn responder(&self) -> Option<&dyn Responder> {
+        Some(self)
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move { self.con().await.map(drop) })
+    }
+}

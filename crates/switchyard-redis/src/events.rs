@@ -1,0 +1,306 @@
+//! Events: XADD to publish, consumer groups (XREADGROUP, XAUTOCLAIM) or XREAD to subscribe,
+//! XACK to settle.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use switchyard_core::error::TransportError;
+use switchyard_core::message::{header as h, Envelope};
+use switchyard_core::transport::{
+    Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionMode,
+};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::binding::*;
+use crate::RedisTransport;
+
+/// Largest event payload published (default 1 MiB, as on the other transports).
+pub(crate) const MAX_MESSAGE: usize = 1024 * 1024;
+
+pub(crate) struct RedisAcker {
+    con: ConnectionManager,
+    key: String,
+    group: Option<String>,
+    entry: String,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl RedisAcker {
+    async fn requeue(
+        mut con: ConnectionManager,
+        key: String,
+        group: String,
+        entry: String,
+        mut env: Envelope,
+        delay: Option<Duration>,
+    ) -> Result<(), TransportError> {
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        let attempt = env.headers.attempt() + 1;
+        env.headers.insert(h::ATTEMPT, attempt.to_string());
+        add(&mut con, &env).await.map_err(TransportError::other)?;
+        redis::cmd("XACK")
+            .arg(&key)
+            .arg(&group)
+            .arg(&entry)
+            .query_async::<i64>(&mut con)
+            .await
+            .map_err(TransportError::other)?;
+        Ok(())
+    }
+}
+
+impl Acker for RedisAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        let RedisAcker {
+            mut con,
+            key,
+            group,
+            entry,
+            ..
+        } = *self;
+        Box::pin(async move {
+            match group {
+                Some(g) => redis::cmd("XACK")
+                    .arg(key)
+                    .arg(g)
+                    .arg(entry)
+                    .query_async::<i64>(&mut con)
+                    .await
+                    .map(|_| ())
+                    .map_err(TransportError::other),
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// Without the envelope nothing can be re-added: the entry stays pending, and XAUTOCLAIM
+    /// hands it to a live consumer after `claim_idle`. `Delivery` always calls `nack_with`.
+    fn nack(
+        self: Box<Self>,
+        _delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn nack_with(
+        self: Box<Self>,
+        envelope: Envelope,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        (*self).requeue_beside(envelope, delay);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn abandon(self: Box<Self>, envelope: Envelope) {
+        // Dropped unsettled: the consumer died mid-message; hand it back at once.
+        (*self).requeue_beside(envelope, None);
+    }
+}
+
+impl RedisAcker {
+    /// Re-adds the message (attempt + 1) after `delay`, then acks the original. The delay
+    /// runs beside the consumer: its slot is free meanwhile.
+    fn requeue_beside(self, envelope: Envelope, delay: Option<Duration>) {
+        let RedisAcker {
+            con,
+            key,
+            group,
+            entry,
+            ..
+        } = self;
+        let Some(g) = group else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = RedisAcker::requeue(con, key, g, entry, envelope, delay).await {
+                    tracing::warn!(target: "switchyard", error = %e, "could not requeue; XAUTOCLAIM will take it over");
+                }
+            });
+        }
+    }
+}
+
+impl Publisher for RedisTransport {
+    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            if envelope.payload.len() > MAX_MESSAGE {
+                return Err(TransportError::PayloadTooLarge {
+                    size: envelope.payload.len(),
+                    limit: MAX_MESSAGE,
+                });
+            }
+            let mut con = self.con().await?;
+            add(&mut con, &envelope)
+                .await
+                .map_err(TransportError::other)
+        })
+    }
+}
+
+impl Subscriber for RedisTransport {
+    fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<Subscription, TransportError>> {
+        let topic = topic.to_string();
+        Box::pin(async move {
+            let key = stream_key(&topic);
+            let manager = self.con().await?;
+            let mut reader = self.dedicated().await?;
+            let prefetch = options.prefetch.max(1);
+            let (tx, rx) = mpsc::channel::<Result<Delivery, TransportError>>(prefetch);
+            let group = match options.mode {
+                SubscriptionMode::Group(g) => {
+                    let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&key)
+                        .arg(&g)
+                        .arg("0")
+                        .arg("MKSTREAM")
+                        .query_async(&mut reader)
+                        .await;
+                    if let Err(e) = created {
+                        if !e.to_string().contains("BUSYGROUP") {
+                            return Err(TransportError::other(e));
+                        }
+                    }
+                    Some(g)
+                }
+                _ => None,
+            };
+            let claim_idle = self.claim_idle;
+            let slots = Arc::new(Semaphore::new(prefetch));
+            tokio::spawn(async move {
+                let consumer_name = switchyard_core::message::new_id();
+                let mut last_id = "$".to_string();
+                let mut last_claim = Instant::now() - claim_idle;
+                while !tx.is_closed() {
+                    let Ok(first) = slots.clone().acquire_owned().await else {
+                        break;
+                    };
+                    // Read in batches: a consumer that settles one message at a time frees one
+                    // slot at a time, and reading as soon as one is free cost a round trip per
+                    // message. Wait a moment (not longer) for half the prefetch to be free.
+                    let half = (prefetch / 2).max(1) as u32;
+                    if slots.available_permits() + 1 < half as usize {
+                        let more = tokio::time::timeout(
+                            Duration::from_millis(2),
+                            slots.acquire_many(half - 1),
+                        )
+                        .await;
+                        drop(more);
+                    }
+                    let mut permits = vec![first];
+                    while let Ok(p) = slots.clone().try_acquire_owned() {
+                        permits.push(p);
+                    }
+                    let mut entries: Vec<StreamId> = Vec::new();
+                    match &group {
+                        Some(g) => {
+                            if last_claim.elapsed() >= claim_idle / 2 {
+                                last_claim = Instant::now();
+                                let claimed: Result<StreamAutoClaimReply, _> =
+                                    redis::cmd("XAUTOCLAIM")
+                                        .arg(&key)
+                                        .arg(g)
+                                        .arg(&consumer_name)
+                                        .arg(claim_idle.as_millis() as u64)
+                                        .arg("0-0")
+                                        .arg("COUNT")
+                                        .arg(permits.len())
+                                        .query_async(&mut reader)
+                                        .await;
+                                if let Ok(c) = claimed {
+                                    entries.extend(c.claimed);
+                                }
+                            }
+                            if entries.is_empty() {
+                                let read: Result<Option<StreamReadReply>, _> =
+                                    redis::cmd("XREADGROUP")
+                                        .arg("GROUP")
+                                        .arg(g)
+                                        .arg(&consumer_name)
+                                        .arg("COUNT")
+                                        .arg(permits.len())
+                                        .arg("BLOCK")
+                                        .arg(500)
+                                        .arg("STREAMS")
+                                        .arg(&key)
+                                        .arg(">")
+                                        .query_async(&mut reader)
+                                        .await;
+                                match read {
+                                    Ok(Some(r)) => {
+                                        entries.extend(r.keys.into_iter().flat_map(|k| k.ids))
+                                    }
+                                    Ok(None) => {}
+                                    Err(e) => {
+                                        let _ = tx.send(Err(TransportError::other(e))).await;
+                                        tokio::time::sleep(Duration::from_millis(200)).await;
+                                    }
+                                }
+                            }
+                        }
+                        None => {
+                            let read: Result<Option<StreamReadReply>, _> = redis::cmd("XREAD")
+                                .arg("COUNT")
+                                .arg(permits.len())
+                                .arg("BLOCK")
+                                .arg(500)
+                                .arg("STREAMS")
+                                .arg(&key)
+                                .arg(&last_id)
+                                .query_async(&mut reader)
+                                .await;
+                            match read {
+                                Ok(Some(r)) => {
+                                    entries.extend(r.keys.into_iter().flat_map(|k| k.ids))
+                                }
+                                Ok(None) => {}
+                                Err(e) => {
+                                    let _ = tx.send(Err(TransportError::other(e))).await;
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                }
+                            }
+                            if let Some(last) = entries.last() {
+                                last_id = last.id.clone();
+                            }
+                        }
+                    }
+                    for entry in entries {
+                        let env = envelope_of(&topic, &entry);
+                        let permit = permits.pop();
+                        let acker = RedisAcker {
+                            con: manager.clone(),
+                            key: key.clone(),
+                            group: group.clone(),
+                            entry: entry.id.clone(),
+                            // Handed back on nack or abandon: no copy per delivery.
+                            _permit: permit,
+                        };
+                        if tx
+                            .send(Ok(Delivery::new(env, Box::new(acker))))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+            let stream =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|d| (d, rx)) },
+                );
+            Ok(Box::pin(stream) as Subscription)
+        })
+    }
+}
