@@ -19,6 +19,76 @@
 //! - The connection is re-opened when it breaks; subscriptions re-attach by themselves.
 //!   Messages a broken channel held unacked are redelivered by the broker.
 
-mod transport;
+mod binding;
+mod connection;
+mod events;
+mod options;
+mod rpc;
 
-pub use transport::AmqpTransport;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use switchyard_core::error::{redact_url, TransportError};
+use switchyard_core::transport::{
+    Capabilities, DeliveryGuarantee, Ordering, Requester, Responder, Transport,
+};
+
+use crate::connection::*;
+
+/// The RabbitMQ transport.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use switchyard_core::Client;
+/// let amqp = Arc::new(switchyard_amqp::AmqpTransport::from_url("amqp://guest:guest@127.0.0.1:5672/%2f?ns=app1")?);
+/// let reply: String = Client::new(amqp).service("app1").call("/helloworld", "Mr. Developer".to_string()).await?;
+/// # Ok(()) }
+/// ```
+pub struct AmqpTransport {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AmqpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpTransport")
+            .field("url", &redact_url(&self.inner.url))
+            .finish()
+    }
+}
+
+impl Transport for AmqpTransport {
+    fn name(&self) -> &'static str {
+        "amqp"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: true,
+            ordering: Ordering::None,
+            delivery: DeliveryGuarantee::AtLeastOnce,
+            request_reply: true,
+            consumer_groups: true,
+            broadcast: true,
+            redelivery: true,
+            services_share_url: true,
+        }
+    }
+
+    fn url(&self) -> String {
+        redact_url(&self.inner.url)
+    }
+
+    fn requester(&self) -> Option<&dyn Requester> {
+        Some(self)
+    }
+
+    fn responder(&self) -> Option<&dyn Responder> {
+        Some(self)
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move { self.inner.link().await.map(drop) })
+    }
+}
