@@ -20,6 +20,80 @@
 //! - Sessions are clean: a message is kept for subscribers connected when it is published, so
 //!   the transport does not declare itself durable.
 
-mod transport;
+mod binding;
+mod connection;
+mod events;
+mod options;
+mod rpc;
 
-pub use transport::MqttTransport;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use switchyard_core::error::{redact_url, TransportError};
+
+use switchyard_core::transport::{
+    Capabilities, DeliveryGuarantee, Ordering, Requester, Responder, Transport,
+};
+
+use crate::connection::*;
+
+/// The MQTT 5 transport.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use switchyard_core::Client;
+/// let mqtt = Arc::new(switchyard_mqtt::MqttTransport::from_url("mqtt://127.0.0.1:1883?ns=app1")?);
+/// let reply: String = Client::new(mqtt).service("app1").call("/helloworld", "Mr. Developer".to_string()).await?;
+/// # Ok(()) }
+/// ```
+pub struct MqttTransport {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MqttTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttTransport")
+            .field("url", &redact_url(&self.inner.url))
+            .finish()
+    }
+}
+
+impl Transport for MqttTransport {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // Clean sessions: a message reaches the subscribers connected when it is
+            // published; one that dies mid-message loses it (no other member gets it).
+            durable: false,
+            ordering: Ordering::None,
+            delivery: DeliveryGuarantee::AtMostOnce,
+            request_reply: true,
+            consumer_groups: true,
+            broadcast: true,
+            // A nack (and a handler error) is redelivered through the retry topic.
+            redelivery: true,
+            services_share_url: true,
+        }
+    }
+
+    fn url(&self) -> String {
+        redact_url(&self.inner.url)
+    }
+
+    fn requester(&self) -> Option<&dyn Requester> {
+        Some(self)
+    }
+
+    fn responder(&self) -> Option<&dyn Responder> {
+        Some(self)
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move { self.inner.lane().await.map(drop) })
+    }
+}
