@@ -15,6 +15,88 @@
 //! - Kafka has no request/reply: `request` is unsupported (capabilities say so); `serve` runs
 //!   a service's event handlers.
 
-mod transport;
+mod binding;
+mod connection;
+mod events;
+mod options;
 
-pub use transport::KafkaTransport;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use switchyard_core::error::{redact_url, TransportError};
+use switchyard_core::transport::{
+    Capabilities, DeliveryGuarantee, Ordering, Requester, Responder, Transport,
+};
+
+use crate::connection::*;
+
+/// The Kafka transport.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use switchyard_core::transport::Publisher;
+/// use switchyard_core::message::Envelope;
+/// let kafka = switchyard_kafka::KafkaTransport::from_url("kafka://127.0.0.1:9092")?;
+/// kafka.publish(Envelope::new("orders", br#"{"id":1}"#.to_vec())).await?;
+/// # Ok(()) }
+/// ```
+pub struct KafkaTransport {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for KafkaTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaTransport")
+            .field("url", &redact_url(&self.inner.url))
+            .finish()
+    }
+}
+
+impl Transport for KafkaTransport {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: true,
+            ordering: Ordering::PerKey,
+            delivery: DeliveryGuarantee::AtLeastOnce,
+            request_reply: false,
+            consumer_groups: true,
+            broadcast: true,
+            redelivery: true,
+            services_share_url: false,
+        }
+    }
+
+    fn url(&self) -> String {
+        redact_url(&self.inner.url)
+    }
+
+    /// Kafka has no request/reply: call services over http, amqp, nats, redis or mqtt.
+    fn requester(&self) -> Option<&dyn Requester> {
+        None
+    }
+
+    fn responder(&self) -> Option<&dyn Responder> {
+        None
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            // A client connects in the background: asking for the cluster's metadata is what
+            // shows whether a broker answers.
+            let producer = self.inner.producer().await?.clone();
+            tokio::task::spawn_blocking(move || {
+                rdkafka::producer::Producer::client(&producer)
+                    .fetch_metadata(None, Duration::from_secs(5))
+                    .map(drop)
+            })
+            .await
+            .map_err(TransportError::other)?
+            .map_err(|e| self.inner.unreachable(e))
+        })
+    }
+}

@@ -1,332 +1,44 @@
-use std::collections::{BTreeSet, HashMap, HashSet};
+//! Events: produce with the ordering key as record key, consume in groups committing only
+//! settled offsets, redeliver through a retry topic.
+
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use switchyard_core::codec::Codec;
 use switchyard_core::error::{redact_url, TransportError};
-use switchyard_core::message::{header as h, new_id, CloudEventAttribute as Ce, Envelope, Headers};
+use switchyard_core::message::{header as h, new_id, Envelope};
 use switchyard_core::transport::{
-    get_or_init_boxed, Acker, Capabilities, Delivery, DeliveryGuarantee, Ordering, Publisher,
-    Requester, Responder, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
+    Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionMode,
 };
-use tokio::sync::{watch, Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::binding::*;
+use crate::connection::*;
+use crate::KafkaTransport;
 
 /// Largest event payload published by default (1 MiB, Kafka's own default message limit).
-const MAX_MESSAGE: usize = 1024 * 1024;
-/// Prefix of CloudEvents attributes in Kafka headers (the CloudEvents Kafka binding).
-const CE_PREFIX: &str = "ce_";
-/// The attributes' Kafka header names, indexed by [`Ce`].
-const CE_NAMES: [&str; 7] = switchyard_core::cloud_event_names!("ce_");
-
-/// The Kafka transport.
-///
-/// ```no_run
-/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use switchyard_core::transport::Publisher;
-/// use switchyard_core::message::Envelope;
-/// let kafka = switchyard_kafka::KafkaTransport::from_url("kafka://127.0.0.1:9092")?;
-/// kafka.publish(Envelope::new("orders", br#"{"id":1}"#.to_vec())).await?;
-/// # Ok(()) }
-/// ```
-pub struct KafkaTransport {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for KafkaTransport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaTransport")
-            .field("url", &redact_url(&self.inner.url))
-            .finish()
-    }
-}
-
-struct Inner {
-    url: String,
-    brokers: String,
-    partitions: i32,
-    max_message: usize,
-    producer: OnceCell<FutureProducer>,
-    admin: OnceCell<AdminClient<DefaultClientContext>>,
-    topics: Mutex<HashSet<String>>,
-}
-
-/// Kafka topic names: 1 to 249 of `[a-zA-Z0-9._-]`.
-fn check_topic(url: &str, topic: &str) -> Result<(), TransportError> {
-    let ok = !topic.is_empty()
-        && topic.len() <= 200
-        && topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(TransportError::invalid_url(
-            url,
-            format!("topic {topic:?} is not a Kafka topic name (1 to 200 of a-z A-Z 0-9 . _ -)"),
-        ))
-    }
-}
-
-fn topic_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-impl KafkaTransport {
-    /// A transport for `kafka://HOST:PORT[,HOST:PORT…]`. Options: `partitions` (of the
-    /// topics it creates, default 4), `max_message_bytes` (default 1 MiB). Connections are made
-    /// on first use.
-    pub fn from_url(url: &str) -> Result<Self, TransportError> {
-        let rest = url.strip_prefix("kafka://").ok_or_else(|| {
-            TransportError::invalid_url(url, "expected kafka://HOST:PORT[,HOST:PORT]")
-        })?;
-        let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let brokers = hosts.trim_end_matches('/').to_string();
-        if brokers.is_empty() {
-            return Err(TransportError::invalid_url(url, "no broker address"));
-        }
-        let mut partitions = 4;
-        let mut max_message = MAX_MESSAGE;
-        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-            match k.as_ref() {
-                "partitions" => {
-                    partitions = v.parse::<i32>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                        TransportError::invalid_url(
-                            url,
-                            format!("partitions={v} is not a positive number"),
-                        )
-                    })?;
-                }
-                "max_message_bytes" => {
-                    max_message = v.parse().map_err(|_| {
-                        TransportError::invalid_url(
-                            url,
-                            format!("max_message_bytes={v} is not a whole number"),
-                        )
-                    })?;
-                }
-                unknown => {
-                    return Err(TransportError::invalid_url(
-                        url,
-                        format!(
-                            "unknown option {unknown:?} (known: partitions, max_message_bytes)"
-                        ),
-                    ))
-                }
-            }
-        }
-        Ok(Self {
-            inner: Arc::new(Inner {
-                url: url.to_string(),
-                brokers,
-                partitions,
-                max_message,
-                producer: OnceCell::new(),
-                admin: OnceCell::new(),
-                topics: Mutex::new(HashSet::new()),
-            }),
-        })
-    }
-}
-
-impl Inner {
-    fn base_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers)
-            .set("socket.connection.setup.timeout.ms", "5000");
-        c
-    }
-
-    fn unreachable(&self, e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
-        TransportError::Unreachable {
-            url: redact_url(&self.url),
-            source: Box::new(e),
-        }
-    }
-
-    async fn producer(&self) -> Result<&FutureProducer, TransportError> {
-        get_or_init_boxed(&self.producer, || async {
-            self.base_config()
-                .set("acks", "all")
-                // Latency first; batches still form under load.
-                .set("linger.ms", "1")
-                .set("message.timeout.ms", "30000")
-                .set(
-                    "message.max.bytes",
-                    (self.max_message + 64 * 1024).to_string(),
-                )
-                .create::<FutureProducer>()
-                .map_err(|e| self.unreachable(e))
-        })
-        .await
-    }
-
-    async fn admin(&self) -> Result<&AdminClient<DefaultClientContext>, TransportError> {
-        get_or_init_boxed(&self.admin, || async {
-            self.base_config()
-                .create::<AdminClient<DefaultClientContext>>()
-                .map_err(|e| self.unreachable(e))
-        })
-        .await
-    }
-
-    /// Creates `topic` (with `partitions` partitions) unless this transport already did.
-    async fn ensure_topic(&self, topic: &str) -> Result<(), TransportError> {
-        if self
-            .topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(topic)
-        {
-            return Ok(());
-        }
-        let admin = self.admin().await?;
-        let new = NewTopic::new(topic, self.partitions, TopicReplication::Fixed(1));
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results =
-            tokio::time::timeout(Duration::from_secs(15), admin.create_topics([&new], &opts))
-                .await
-                .map_err(|e| self.unreachable(e))?
-                .map_err(|e| self.unreachable(e))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, code)) => {
-                    return Err(TransportError::Other(
-                        format!("cannot create Kafka topic {t}: {code}").into(),
-                    ))
-                }
-            }
-        }
-        self.topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(topic.to_string());
-        Ok(())
-    }
-
-    async fn send(&self, topic: &str, envelope: &Envelope) -> Result<(), TransportError> {
-        self.ensure_topic(topic).await?;
-        let producer = self.producer().await?;
-        let headers = kafka_headers(envelope);
-        let mut record = FutureRecord::to(topic)
-            .payload(envelope.payload.as_ref())
-            .headers(headers);
-        // The ordering key is the message key: Kafka keeps one key on one partition, in order.
-        if let Some(k) = envelope.ordering_key() {
-            record = record.key(k);
-        }
-        producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| match e {
-                KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => {
-                    TransportError::PayloadTooLarge {
-                        size: envelope.payload.len(),
-                        limit: self.max_message,
-                    }
-                }
-                other => TransportError::Other(Box::new(other)),
-            })
-    }
-}
-
-/// Our headers as they are, CloudEvents attributes as `ce_*`, the content type as
-/// `content-type` (the CloudEvents Kafka binding, binary mode).
-fn kafka_headers(envelope: &Envelope) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(envelope.headers.len() + 4);
-    for (k, v) in envelope.headers.iter() {
-        if !k.starts_with("ce-") {
-            out = out.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-    }
-    for (attr, value) in envelope.cloud_event_attributes() {
-        // The binding puts the content type in `content-type`, copied above.
-        if attr != Ce::DataContentType {
-            out = out.insert(Header {
-                key: CE_NAMES[attr as usize],
-                value: Some(value),
-            });
-        }
-    }
-    out
-}
-
-fn envelope_of(topic: &str, m: &BorrowedMessage<'_>) -> Envelope {
-    let mut headers = Headers::new();
-    let mut id = None;
-    if let Some(hs) = m.headers() {
-        for hd in hs.iter() {
-            let value = || {
-                hd.value
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default()
-            };
-            let attr = hd.key.strip_prefix(CE_PREFIX);
-            match attr.map(|a| (a, Ce::from_name(a))) {
-                Some((_, Some(Ce::Id))) => id = Some(value()),
-                Some((_, Some(Ce::SpecVersion))) => {}
-                Some((_, Some(known))) => headers.insert(known.header(), value()),
-                Some((other, None)) => headers.insert(format!("ce-{other}"), value()),
-                None => headers.insert(hd.key, value()),
-            }
-        }
-    }
-    if headers.get(h::CONTENT_TYPE).is_none() {
-        headers.insert(h::CONTENT_TYPE, Codec::Json.content_type());
-    }
-    if headers.get(h::ORDERING_KEY).is_none() {
-        if let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
-            headers.insert(h::ORDERING_KEY, k);
-        }
-    }
-    if headers.get(h::ATTEMPT).is_none() {
-        headers.insert(h::ATTEMPT, "1");
-    }
-    Envelope {
-        id: id.unwrap_or_else(new_id),
-        subject: topic.to_string(),
-        headers,
-        payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-    }
-}
+pub(crate) const MAX_MESSAGE: usize = 1024 * 1024;
 
 /// Offsets handed out and not yet settled, per partition: the committed position is the
 /// lowest of them, so a later offset is never committed before an earlier one is done.
 #[derive(Default)]
-struct Positions {
+pub(crate) struct Positions {
     // By topic, then partition: looked up with the topic as `&str`, no allocation per message.
-    partitions: HashMap<Arc<str>, HashMap<i32, Track>>,
+    pub(crate) partitions: HashMap<Arc<str>, HashMap<i32, Track>>,
 }
 
-struct Track {
-    pending: BTreeSet<i64>,
-    last: i64,
+pub(crate) struct Track {
+    pub(crate) pending: BTreeSet<i64>,
+    pub(crate) last: i64,
 }
 
 impl Positions {
@@ -369,9 +81,9 @@ impl Positions {
 
 /// Tells `subscribe` when the group gave this member its partitions, and forgets the
 /// positions of partitions taken away.
-struct GroupContext {
-    assigned: watch::Sender<bool>,
-    positions: Arc<Mutex<Positions>>,
+pub(crate) struct GroupContext {
+    pub(crate) assigned: watch::Sender<bool>,
+    pub(crate) positions: Arc<Mutex<Positions>>,
 }
 
 impl ClientContext for GroupContext {}
@@ -394,20 +106,20 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-type GroupConsumer = StreamConsumer<GroupContext>;
+pub(crate) type GroupConsumer = StreamConsumer<GroupContext>;
 
-struct KafkaAcker {
-    consumer: Arc<GroupConsumer>,
-    positions: Arc<Mutex<Positions>>,
-    committing: bool,
-    topic: Arc<str>,
-    partition: i32,
-    offset: i64,
-    inner: Arc<Inner>,
-    retry_topic: Arc<str>,
-    envelope: Option<Envelope>,
+pub(crate) struct KafkaAcker {
+    pub(crate) consumer: Arc<GroupConsumer>,
+    pub(crate) positions: Arc<Mutex<Positions>>,
+    pub(crate) committing: bool,
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) retry_topic: Arc<str>,
+    pub(crate) envelope: Option<Envelope>,
     // Holds one unit of prefetch until settled.
-    _permit: OwnedSemaphorePermit,
+    pub(crate) _permit: OwnedSemaphorePermit,
 }
 
 impl KafkaAcker {
@@ -488,26 +200,26 @@ impl Acker for KafkaAcker {
 /// A group member must keep polling even when nobody reads its stream, or a rebalance (a
 /// member joining) waits for it: a [`keeper`] task polls in the reader's place while the
 /// reader is idle and keeps what it reads for the reader's next turn.
-struct Reader(Arc<Shared>);
+pub(crate) struct Reader(Arc<Shared>);
 
-struct Shared {
-    inner: Arc<Inner>,
-    consumer: Arc<GroupConsumer>,
-    positions: Arc<Mutex<Positions>>,
-    committing: bool,
-    main: Arc<str>,
-    retry_topic: Arc<str>,
+pub(crate) struct Shared {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) consumer: Arc<GroupConsumer>,
+    pub(crate) positions: Arc<Mutex<Positions>>,
+    pub(crate) committing: bool,
+    pub(crate) main: Arc<str>,
+    pub(crate) retry_topic: Arc<str>,
     // At most `prefetch` deliveries unsettled: each holds a permit until settled.
-    room: Arc<Semaphore>,
+    pub(crate) room: Arc<Semaphore>,
     // Whoever holds it polls the consumer: the reader, or the keeper while the reader is idle.
-    polling: tokio::sync::Mutex<()>,
+    pub(crate) polling: tokio::sync::Mutex<()>,
     // The reader asks the keeper to hand polling back.
-    wanted: Notify,
+    pub(crate) wanted: Notify,
     // Reads so far, for the keeper to see whether the reader is active.
-    reads: AtomicU64,
+    pub(crate) reads: AtomicU64,
     // A delivery the keeper read (at most one: it reads again only once this is taken).
-    kept: Mutex<Option<Delivery>>,
-    has_kept: AtomicBool,
+    pub(crate) kept: Mutex<Option<Delivery>>,
+    pub(crate) has_kept: AtomicBool,
 }
 
 impl Shared {
@@ -593,7 +305,7 @@ impl Reader {
 
 /// Polls the consumer while the reader is idle (it has not asked for a message for a while
 /// and is not polling), so that rebalances proceed; stops when the reader is dropped.
-async fn keeper(shared: Weak<Shared>) {
+pub(crate) async fn keeper(shared: Weak<Shared>) {
     const IDLE: Duration = Duration::from_millis(50);
     let mut seen = u64::MAX;
     loop {
@@ -770,54 +482,6 @@ impl Subscriber for KafkaTransport {
                 Some((d, reader))
             });
             Ok(Box::pin(stream) as Subscription)
-        })
-    }
-}
-
-impl Transport for KafkaTransport {
-    fn name(&self) -> &'static str {
-        "kafka"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            durable: true,
-            ordering: Ordering::PerKey,
-            delivery: DeliveryGuarantee::AtLeastOnce,
-            request_reply: false,
-            consumer_groups: true,
-            broadcast: true,
-            redelivery: true,
-            services_share_url: false,
-        }
-    }
-
-    fn url(&self) -> String {
-        redact_url(&self.inner.url)
-    }
-
-    /// Kafka has no request/reply: call services over http, amqp, nats, redis or mqtt.
-    fn requester(&self) -> Option<&dyn Requester> {
-        None
-    }
-
-    fn responder(&self) -> Option<&dyn Responder> {
-        None
-    }
-
-    fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
-        Box::pin(async move {
-            // A client connects in the background: asking for the cluster's metadata is what
-            // shows whether a broker answers.
-            let producer = self.inner.producer().await?.clone();
-            tokio::task::spawn_blocking(move || {
-                rdkafka::producer::Producer::client(&producer)
-                    .fetch_metadata(None, Duration::from_secs(5))
-                    .map(drop)
-            })
-            .await
-            .map_err(TransportError::other)?
-            .map_err(|e| self.inner.unreachable(e))
         })
     }
 }
