@@ -290,7 +290,7 @@ pub enum TransportError {
     Rejected(RemoteError),
     /// The service cannot be served as it was put together.
     #[error("the service cannot be served: {0}")]
-    InvalidService(#[from] crate::service::ServiceError),
+    InvalidService(#[from] ServiceError),
     /// A name (topic, route, service) the transport cannot carry.
     #[error("{what} {name:?} cannot be used on this transport: {reason}")]
     InvalidName {
@@ -380,4 +380,29 @@ mod tests {
             assert_eq!(ErrorCode::from_http_status(code.http_status()), code);
         }
     }
+}
+
+/// A mistake in how a service was put together, reported when it is served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// Two handlers for one route.
+    #[error("route {0} is registered twice")]
+    DuplicateRoute(String),
+    /// Two handlers for one topic.
+    #[error("topic {0} has two event handlers")]
+    DuplicateTopic(String),
+    /// `.params([...])` names a different number of arguments than the handler takes.
+    #[error("route {route} names {named} parameters but its handler takes {arity}")]
+    ParamCount {
+        /// The route.
+        route: String,
+        /// Names given.
+        named: usize,
+        /// Arguments the handler takes.
+        arity: usize,
+    },
+    /// A route must start with `/`.
+    #[error("route {0:?} must start with '/'")]
+    BadRoute(String),
 }

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use crate::call::CallRequest;
 use crate::error::{CallError, TransportError};
 use crate::message::{header, Envelope};
-use crate::server::Served;
+use crate::served::Served;
 use crate::transport::{
     Acker, Capabilities, Delivery, DeliveryGuarantee, Listener, Ordering, Publisher, Requester,
     Responder, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,

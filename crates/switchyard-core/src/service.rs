@@ -15,45 +15,20 @@ use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 
 use crate::codec::Codec;
-use crate::consumer::ConsumerPolicy;
 use crate::context::{self, Context};
 use crate::error::{ErrorCode, HandlerError};
 use crate::handler::Route;
 use crate::layer::LayerFor;
 use crate::message::{header, Envelope};
+use crate::policy::ConsumerPolicy;
 use crate::values::{short_type_name, Reply};
 
 pub(crate) use crate::call::CallParts;
 pub use crate::call::CallRequest;
-pub use crate::server::run_in_place_or_spawn;
+pub use crate::error::ServiceError;
 
 /// Default largest accepted request body: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
-
-/// A mistake in how a service was put together, reported when it is served.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServiceError {
-    /// Two handlers for one route.
-    #[error("route {0} is registered twice")]
-    DuplicateRoute(String),
-    /// Two handlers for one topic.
-    #[error("topic {0} has two event handlers")]
-    DuplicateTopic(String),
-    /// `.params([...])` names a different number of arguments than the handler takes.
-    #[error("route {route} names {named} parameters but its handler takes {arity}")]
-    ParamCount {
-        /// The route.
-        route: String,
-        /// Names given.
-        named: usize,
-        /// Arguments the handler takes.
-        arity: usize,
-    },
-    /// A route must start with `/`.
-    #[error("route {0:?} must start with '/'")]
-    BadRoute(String),
-}
 
 type EventFn = Arc<dyn Fn(Envelope) -> BoxFuture<'static, Result<(), HandlerError>> + Send + Sync>;
 type WsFn = Arc<dyn Fn(WsMessage) -> BoxFuture<'static, Option<String>> + Send + Sync>;

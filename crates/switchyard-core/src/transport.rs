@@ -17,12 +17,12 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::Stream;
 use tokio::sync::{oneshot, OnceCell};
+use tokio::task::JoinHandle;
 
 use crate::call::CallRequest;
 use crate::error::{CallError, RemoteError, TransportError};
 use crate::message::Envelope;
-pub use crate::server::ServeHandle;
-use crate::server::Served;
+use crate::served::Served;
 use crate::values::Reply;
 
 /// Order in which a subscriber sees messages.
@@ -550,6 +550,60 @@ impl<K: Eq + std::hash::Hash + Clone, T> Future for ReplyWait<'_, K, T> {
 impl<K: Eq + std::hash::Hash + Clone, T> Drop for ReplyWait<'_, K, T> {
     fn drop(&mut self) {
         self.pending.waiting().remove(&self.key);
+    }
+}
+
+/// A running server; shut it down to stop taking new work and finish what is in flight.
+#[derive(Debug)]
+pub struct ServeHandle {
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    url: String,
+}
+
+impl ServeHandle {
+    /// A handle for a server task that stops when `shutdown` fires.
+    pub fn new(
+        shutdown: oneshot::Sender<()>,
+        task: JoinHandle<()>,
+        url: impl Into<String>,
+    ) -> Self {
+        Self {
+            shutdown: Some(shutdown),
+            task: Some(task),
+            url: url.into(),
+        }
+    }
+
+    /// Where the service can be reached (for `http://127.0.0.1:0` the port actually bound).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops taking new work and waits for in-flight work to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the server stops by itself (or forever).
+    pub async fn wait(mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ServeHandle {
+    fn drop(&mut self) {
+        // Dropping the handle stops the server, as a dropped owner would otherwise leak it.
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
     }
 }
 

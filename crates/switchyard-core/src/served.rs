@@ -1,0 +1,236 @@
+//! A service as it is served: its layers composed around its handlers, its identity, and the
+//! one path every call and every event takes into it, whichever transport brought them.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::{BoxFuture, Either};
+use tower::util::BoxCloneSyncService;
+use tower::ServiceExt;
+
+use crate::call::{CallParts, CallRequest};
+use crate::error::HandlerError;
+use crate::inbox::Claim;
+use crate::layer::{self, CallService, EventService};
+use crate::message::Envelope;
+use crate::policy::ConsumerPolicy;
+use crate::service::Service;
+use crate::values::Reply;
+
+/// A service being served: the service, its layers composed around its handlers, and this
+/// instance's identity. Transports that run their own server (HTTP) call [`Served::call`] for
+/// each call they receive.
+pub struct Served {
+    service: Arc<Service>,
+    instance: String,
+    // `None` when the service has no layers: calls then go straight to `Service::dispatch`,
+    // with no boxed future of their own.
+    calls: Option<CallService>,
+    events: Option<EventService>,
+}
+
+impl fmt::Debug for Served {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Served")
+            .field("service", &self.service.name())
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Served {
+    /// `service` with its layers composed, as a new instance with a fresh id.
+    pub fn new(service: Arc<Service>) -> Self {
+        let calls = (!service.call_layers.is_empty()).then(|| {
+            layer::stack(
+                &service.call_layers,
+                BoxCloneSyncService::new(Dispatch(service.clone())),
+            )
+        });
+        let events = (!service.event_layers.is_empty()).then(|| {
+            layer::stack(
+                &service.event_layers,
+                BoxCloneSyncService::new(HandleEvent(service.clone())),
+            )
+        });
+        Self {
+            service,
+            instance: crate::message::new_id(),
+            calls,
+            events,
+        }
+    }
+
+    /// The service.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// The service's name: what callers address.
+    pub fn name(&self) -> &str {
+        self.service.name()
+    }
+
+    /// The service's version, if it has one.
+    pub fn version(&self) -> Option<&str> {
+        self.service.service_version()
+    }
+
+    /// This instance's id, unique to one `serve`.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Answers one call through the service's layers.
+    pub fn call(
+        &self,
+        request: CallRequest,
+    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + '_ {
+        match &self.calls {
+            None => Either::Left(self.service.dispatch(request)),
+            Some(stack) => Either::Right(stack.clone().oneshot(request)),
+        }
+    }
+
+    /// A call made in this process, with its route and token borrowed. The caller bounds it by
+    /// its own timeout.
+    pub(crate) fn call_local<'a>(
+        &'a self,
+        call: CallParts<'a>,
+    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + 'a {
+        match &self.calls {
+            None => Either::Left(self.service.dispatch_parts(call, false)),
+            Some(stack) => {
+                let request = CallRequest {
+                    service: None,
+                    route: call.route.to_string(),
+                    args: call.args,
+                    token: call.token.map(str::to_string),
+                    headers: call.headers,
+                    deadline: call.deadline,
+                };
+                Either::Right(stack.clone().oneshot(request))
+            }
+        }
+    }
+
+    /// Receives one event pushed to this instance by a transport that hands the outcome back to
+    /// its sender instead of redelivering (HTTP): WebSocket watchers, the inbox (a duplicate is
+    /// accepted without running the handler again), then the event layers and the handler.
+    /// The sender is the retry and the dead letter: a failure goes back to it.
+    pub async fn receive_event(&self, envelope: Envelope) -> Result<(), HandlerError> {
+        push_to_watchers(self, &envelope);
+        match attempt(self, &envelope, self.service.policy()).await {
+            Attempt::Handled(outcome) => outcome,
+            Attempt::Duplicate => Ok(()),
+            Attempt::Claimed => Err(HandlerError::unavailable(format!(
+                "event {} is being handled by another consumer; retry later",
+                envelope.id
+            ))),
+            Attempt::InboxDown => Err(HandlerError::unavailable(
+                "the inbox cannot be reached; retry later",
+            )),
+        }
+    }
+
+    /// Handles one delivery attempt of an event through the service's event layers.
+    pub fn handle_event(
+        &self,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + '_ {
+        match &self.events {
+            None => Either::Left(self.service.handle_event(envelope)),
+            Some(stack) => Either::Right(stack.clone().oneshot(envelope)),
+        }
+    }
+}
+
+/// The innermost service of a call stack: route, token, deadline, panic recovery, handler.
+#[derive(Clone)]
+struct Dispatch(Arc<Service>);
+
+impl tower::Service<CallRequest> for Dispatch {
+    type Response = Reply;
+    type Error = HandlerError;
+    type Future = BoxFuture<'static, Result<Reply, HandlerError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: CallRequest) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.dispatch(request).await })
+    }
+}
+
+/// The innermost service of an event stack: the topic's handler.
+#[derive(Clone)]
+struct HandleEvent(Arc<Service>);
+
+impl tower::Service<Envelope> for HandleEvent {
+    type Response = ();
+    type Error = HandlerError;
+    type Future = BoxFuture<'static, Result<(), HandlerError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, envelope: Envelope) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.handle_event(envelope).await })
+    }
+}
+
+/// What became of one attempt at an event, the inbox consulted.
+pub(crate) enum Attempt {
+    /// The handler ran, with this outcome.
+    Handled(Result<(), HandlerError>),
+    /// The inbox has it done already: a duplicate, not run again.
+    Duplicate,
+    /// Another consumer holds its claim right now.
+    Claimed,
+    /// The inbox could not be asked.
+    InboxDown,
+}
+
+/// Pushes the event to the service's WebSocket watchers of its topic.
+pub(crate) fn push_to_watchers(served: &Served, env: &Envelope) {
+    let hub = served.service().hub();
+    if hub.has_subscribers(&env.subject) {
+        if let Ok(text) = std::str::from_utf8(&env.payload) {
+            hub.push(&env.subject, text);
+        }
+    }
+}
+
+/// One attempt at `env`: claims it in the inbox (when the policy has one), runs the handler
+/// through the service's event layers, and records the outcome in the inbox. Every event,
+/// from a broker or pushed over HTTP, goes through this.
+pub(crate) async fn attempt(served: &Served, env: &Envelope, policy: &ConsumerPolicy) -> Attempt {
+    if let Some(inbox) = &policy.inbox {
+        match inbox.claim(&env.id, policy.inbox_lease).await {
+            Ok(Claim::Fresh) => {}
+            Ok(Claim::Done) => return Attempt::Duplicate,
+            Ok(Claim::InProgress) => return Attempt::Claimed,
+            Err(e) => {
+                tracing::warn!(target: "switchyard", error = %e, "inbox unavailable");
+                return Attempt::InboxDown;
+            }
+        }
+    }
+    let outcome = served.handle_event(env.clone()).await;
+    if let Some(inbox) = &policy.inbox {
+        let recorded = match &outcome {
+            Ok(()) => inbox.done(&env.id).await,
+            Err(_) => inbox.release(&env.id).await,
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(target: "switchyard", error = %e, "could not record the message in the inbox");
+        }
+    }
+    Attempt::Handled(outcome)
+}
