@@ -8,8 +8,8 @@
 //!   the handler succeeds; prefetch (`basic.qos`) bounds what is in flight; a nack re-publishes
 //!   the message to its queue after the delay with `x-attempt` raised, then acks the original;
 //!   a delivery dropped unsettled is requeued at once.
-//! - **RPC** goes to the queue `sy.rpc.<ns>`, declared auto-delete by the serving instances,
-//!   which share it. Calls are published `mandatory` with a correlation id and RabbitMQ's
+//! - **RPC** goes to the named service's queue `sy.rpc.<ns>.<service>`, declared auto-delete
+//!   by its serving instances, which share it. Calls are published `mandatory` with a correlation id and RabbitMQ's
 //!   direct reply-to, so a call that no instance serves comes back at once (`Unreachable`)
 //!   instead of waiting out its timeout; a call's remaining time becomes its `expiration`, so
 //!   a call nobody took in time is dropped by the broker rather than run late.

@@ -10,9 +10,9 @@
 //!   negative acknowledgement, so a nack re-publishes the message, after the delay and with
 //!   `x-attempt` raised, on a retry topic only its group (or subscriber) listens to
 //!   (`sy/retry/<group>/<topic>`), then acknowledges the original.
-//! - **RPC** publishes the call at QoS 1 on `sy/rpc/<ns>/<route>` with an MQTT 5 response topic
-//!   (this client's `sy/reply/<id>`) and correlation data; instances share the calls through
-//!   `$share/<ns>/…`. A call nobody serves fails at once: the broker's PUBACK says "no matching
+//! - **RPC** publishes the call at QoS 1 on `sy/rpc/<ns>/<service>/<route>` with an MQTT 5
+//!   response topic (this client's `sy/reply/<id>`) and correlation data; the instances of a
+//!   service share its calls through `$share/<service>/…`. A call nobody serves fails at once: the broker's PUBACK says "no matching
 //!   subscribers". The call's remaining time becomes its message expiry.
 //! - Headers travel as MQTT 5 user properties; events carry CloudEvents attributes as user
 //!   properties and the content type in the Content Type property (the CloudEvents MQTT 5
