@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
@@ -204,27 +204,13 @@ impl Client {
                 error,
             },
         };
-        if let Some(stack) = &self.calls {
-            let request = CallRequest {
-                service: self.service.clone(),
-                route: route.to_string(),
-                args,
-                token: token.map(str::to_string),
-                headers,
-                deadline: Some(deadline),
-            };
-            return match FirstPollOrTimeout::new(Some(wait), stack.clone().oneshot(request)).await {
-                Some(Err(CallError::Remote { error, .. })) => Err(remote(error)),
-                Some(r) => r,
-                None => Err(timed_out()),
-            };
-        }
-        let local = self
-            .service
-            .as_deref()
-            .and_then(|name| self.transport.local(name));
+        // Without layers, in process: call the service directly, in this task; our timeout
+        // bounds it. With layers, the in-process call is their innermost service instead.
+        let local = match (&self.calls, self.service.as_deref()) {
+            (None, Some(name)) => self.transport.local(name),
+            _ => None,
+        };
         if let Some(served) = local {
-            // In process: call the service directly, in this task; our timeout bounds it.
             let call = CallParts {
                 route,
                 args,
@@ -239,9 +225,6 @@ impl Client {
                 None => Err(timed_out()),
             };
         }
-        let Some(requester) = self.transport.requester() else {
-            return Err(no_request_reply(self.transport.as_ref()));
-        };
         let request = CallRequest {
             service: self.service.clone(),
             route: route.to_string(),
@@ -250,7 +233,12 @@ impl Client {
             headers,
             deadline: Some(deadline),
         };
-        match FirstPollOrTimeout::new(Some(wait), requester.request(request)).await {
+        let call = match (&self.calls, self.transport.requester()) {
+            (Some(stack), _) => Either::Left(stack.clone().oneshot(request)),
+            (None, Some(requester)) => Either::Right(requester.request(request)),
+            (None, None) => return Err(no_request_reply(self.transport.as_ref())),
+        };
+        match FirstPollOrTimeout::new(Some(wait), call).await {
             Some(Err(CallError::Remote { error, .. })) => Err(remote(error)),
             Some(r) => r,
             None => Err(timed_out()),
@@ -321,19 +309,9 @@ impl tower::Service<CallRequest> for TransportCall {
     }
 
     fn call(&mut self, request: CallRequest) -> Self::Future {
+        // In process, the requester is the bus: it calls the named service's instance itself.
         let transport = self.0.clone();
         Box::pin(async move {
-            let local = request
-                .service
-                .as_deref()
-                .and_then(|name| transport.local(name));
-            if let Some(served) = local {
-                let route = request.route.clone();
-                return served.call(request).await.map_err(|e| CallError::Remote {
-                    route,
-                    error: e.into_remote(),
-                });
-            }
             match transport.requester() {
                 Some(requester) => requester.request(request).await,
                 None => Err(no_request_reply(transport.as_ref())),
