@@ -135,6 +135,12 @@ impl Served {
         }
     }
 
+    /// Pushes an event the service has no handler for to its WebSocket watchers of the topic
+    /// (server push); `false` when nobody watches it.
+    pub fn push_to_watchers(&self, envelope: &Envelope) -> bool {
+        push_to_watchers(self, envelope)
+    }
+
     /// Handles one delivery attempt of an event through the service's event layers.
     pub fn handle_event(
         &self,
@@ -197,14 +203,16 @@ pub(crate) enum Attempt {
     InboxDown,
 }
 
-/// Pushes the event to the service's WebSocket watchers of its topic.
-pub(crate) fn push_to_watchers(served: &Served, env: &Envelope) {
+/// Pushes the event to the service's WebSocket watchers of its topic; whether it had any.
+pub(crate) fn push_to_watchers(served: &Served, env: &Envelope) -> bool {
     let hub = served.service().hub();
-    if hub.has_subscribers(&env.subject) {
+    let watched = hub.has_subscribers(&env.subject);
+    if watched {
         if let Ok(text) = std::str::from_utf8(&env.payload) {
             hub.push(&env.subject, text);
         }
     }
+    watched
 }
 
 /// One attempt at `env`: claims it in the inbox (when the policy has one), runs the handler

@@ -553,11 +553,7 @@ async fn handle_event(state: ServerState, req: Request, path: String) -> Respons
             };
         }
         // A topic the service only pushes to its WebSocket watchers.
-        let hub = service.hub();
-        if hub.has_subscribers(topic) {
-            if let Ok(text) = std::str::from_utf8(&env.payload) {
-                hub.push(topic, text);
-            }
+        if served.push_to_watchers(&env) {
             return accepted();
         }
     }
