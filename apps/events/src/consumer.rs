@@ -252,17 +252,21 @@ pub async fn start(
         let s = shared.clone();
         // Invalid events are a BadRequest: the consumer sends them to `<topic>.dlq` with the
         // validation error instead of retrying them; a storage failure is retried.
-        let service = Service::new("switchyard-events").on_event(topic, move |event: Value| {
-            let s = s.clone();
-            async move {
-                let bytes = serde_json::to_vec(&event).map_err(HandlerError::from)?;
-                match s.take(&bytes).await {
-                    Outcome::Stored(_) => Ok(()),
-                    Outcome::Rejected(r) => Err(HandlerError::bad_request(r.to_string())),
-                    Outcome::NotStored(e) => Err(HandlerError::unavailable(e.to_string())),
+        // The HTTP endpoint's body limit holds for broker events too: a larger one is
+        // dead-lettered unhandled.
+        let service = Service::new("switchyard-events")
+            .max_body(config.max_body)
+            .on_event(topic, move |event: Value| {
+                let s = s.clone();
+                async move {
+                    let bytes = serde_json::to_vec(&event).map_err(HandlerError::from)?;
+                    match s.take(&bytes).await {
+                        Outcome::Stored(_) => Ok(()),
+                        Outcome::Rejected(r) => Err(HandlerError::bad_request(r.to_string())),
+                        Outcome::NotStored(e) => Err(HandlerError::unavailable(e.to_string())),
+                    }
                 }
-            }
-        });
+            });
         brokers.push(switchyard::serve(&transport, service).await?);
     }
     Ok(RunningConsumer {

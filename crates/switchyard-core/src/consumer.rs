@@ -9,12 +9,11 @@ use futures::StreamExt;
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::error::ErrorCode;
 use crate::error::TransportError;
-use crate::message::header;
+use crate::middleware::{self, DeliveryService, Disposition};
 pub use crate::policy::ConsumerPolicy;
 use crate::pool::{KeyedPool, PoolConfig};
-use crate::served::{attempt, push_to_watchers, Attempt, Served};
+use crate::served::{push_to_watchers, Served};
 use crate::transport::{Delivery, Publisher, SubscribeOptions, Subscriber, Subscription};
 
 /// The consumers of a served service's event handlers, one per topic.
@@ -78,11 +77,17 @@ pub async fn run(
     policy: ConsumerPolicy,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let policy = Arc::new(policy);
+    let stack = middleware::consumer_stack(
+        served.event_handler(),
+        policy.clone(),
+        served.service().body_limit(),
+        dead_letters,
+    );
     if policy.ordered_by_key {
-        return run_ordered(served, subscription, dead_letters, policy, stop).await;
+        return run_ordered(served, subscription, stack, policy, stop).await;
     }
     let permits = Arc::new(Semaphore::new(policy.concurrency.max(1)));
-    let policy = Arc::new(policy);
     let mut in_flight = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -95,9 +100,9 @@ pub async fn run(
         };
         match next {
             Some(Ok(delivery)) => {
-                let (served, dl, policy) = (served.clone(), dead_letters.clone(), policy.clone());
+                let (served, stack, policy) = (served.clone(), stack.clone(), policy.clone());
                 in_flight.spawn(async move {
-                    handle_one(&served, delivery, dl.as_ref(), &policy).await;
+                    handle_one(&served, delivery, &stack, &policy).await;
                     drop(permit);
                 });
             }
@@ -118,8 +123,8 @@ pub async fn run(
 async fn run_ordered(
     served: Arc<Served>,
     mut subscription: Subscription,
-    dead_letters: Arc<dyn Publisher>,
-    policy: ConsumerPolicy,
+    stack: DeliveryService,
+    policy: Arc<ConsumerPolicy>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let n = policy.concurrency.max(1);
@@ -129,7 +134,6 @@ async fn run_ordered(
     });
     // Outcomes are settled inside each job; the results only need taking.
     let drain = tokio::spawn(results.for_each(|_| async {}));
-    let policy = Arc::new(policy);
     loop {
         let next = tokio::select! {
             _ = &mut stop => break,
@@ -138,9 +142,9 @@ async fn run_ordered(
         match next {
             Some(Ok(delivery)) => {
                 let key = delivery.envelope.ordering_key().map(str::to_string);
-                let (served, dl, policy) = (served.clone(), dead_letters.clone(), policy.clone());
+                let (served, stack, policy) = (served.clone(), stack.clone(), policy.clone());
                 let job = async move {
-                    handle_one(&served, delivery, dl.as_ref(), &policy).await;
+                    handle_one(&served, delivery, &stack, &policy).await;
                     Ok::<(), std::convert::Infallible>(())
                 };
                 if pool.submit(key, job).await.is_err() {
@@ -161,57 +165,16 @@ async fn run_ordered(
 async fn handle_one(
     served: &Served,
     delivery: Delivery,
-    dead_letters: &dyn Publisher,
+    stack: &DeliveryService,
     policy: &ConsumerPolicy,
 ) {
-    let env = delivery.envelope.clone();
-    let mut attempt_no = env.headers.attempt();
-    push_to_watchers(served, &env);
-    let outcome = loop {
-        let outcome = match attempt(served, &env, policy).await {
-            Attempt::Handled(outcome) => outcome,
-            // A duplicate of a message already processed: effectively once.
-            Attempt::Duplicate => return settle(delivery.ack().await),
-            Attempt::Claimed | Attempt::InboxDown => {
-                return settle(delivery.nack(Some(policy.backoff(attempt_no))).await)
-            }
-        };
-        match outcome {
-            // In key order, a failed message is retried where it stands: a redelivery would
-            // put it behind the key's later messages.
-            Err(e)
-                if policy.ordered_by_key
-                    && e.code() != ErrorCode::BadRequest
-                    && attempt_no < policy.max_attempts =>
-            {
-                tracing::debug!(target: "switchyard", error = %e, attempt = attempt_no, "handler failed; retrying in place");
-                tokio::time::sleep(policy.backoff(attempt_no)).await;
-                attempt_no += 1;
-            }
-            other => break other,
-        }
-    };
-    let attempt = attempt_no;
-    let settled = match outcome {
-        Ok(()) => delivery.ack().await,
-        Err(e) if e.code() == ErrorCode::BadRequest || attempt >= policy.max_attempts => {
-            // A poison message (does not decode) is not retried: it could never succeed.
-            let mut dead = env;
-            dead.headers.insert(header::ERROR, e.message());
-            dead.headers
-                .insert("x-original-topic", dead.subject.clone());
-            dead.headers.insert(header::ATTEMPT, attempt.to_string());
-            dead.subject = format!("{}{}", dead.subject, policy.dead_letter_suffix);
-            match dead_letters.publish(dead).await {
-                Ok(()) => delivery.ack().await,
-                Err(pe) => {
-                    tracing::error!(target: "switchyard", error = %pe, "dead-letter publish failed; message will be redelivered");
-                    delivery.nack(Some(policy.backoff(attempt))).await
-                }
-            }
-        }
-        Err(e) => {
-            tracing::debug!(target: "switchyard", error = %e, attempt, "handler failed; redelivering");
+    push_to_watchers(served, &delivery.envelope);
+    let attempt = delivery.envelope.headers.attempt();
+    let settled = match middleware::dispose(stack, delivery.envelope.clone()).await {
+        Disposition::Done => delivery.ack().await,
+        Disposition::Retry { after, .. } => delivery.nack(Some(after)).await,
+        // Every failure is decided by the stack; one that is not is retried, never lost.
+        Disposition::Failed(_) | Disposition::DeadLetter { .. } => {
             delivery.nack(Some(policy.backoff(attempt))).await
         }
     };

@@ -28,6 +28,7 @@ pub mod inbox;
 pub mod layer;
 pub mod mem;
 pub mod message;
+pub mod middleware;
 pub mod policy;
 pub mod pool;
 pub mod served;

@@ -89,7 +89,8 @@ impl MemTransport {
         }
     }
 
-    /// The bus of a `mem://NAME` URL (`mem://` alone is the bus named `default`).
+    /// The bus of a `mem://NAME[?max_message_bytes=N]` URL (`mem://` alone is the bus named
+    /// `default`).
     pub fn from_url(url: &str) -> Result<Self, TransportError> {
         let rest = url
             .strip_prefix("mem://")
@@ -97,8 +98,28 @@ impl MemTransport {
                 url: url.to_string(),
                 reason: "expected mem://NAME".into(),
             })?;
-        let name = rest.trim_matches('/');
-        Ok(Self::new(if name.is_empty() { "default" } else { name }))
+        let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let name = name.trim_matches('/');
+        let mut transport = Self::new(if name.is_empty() { "default" } else { name });
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let invalid = |reason: String| TransportError::InvalidUrl {
+                url: url.to_string(),
+                reason,
+            };
+            match pair.split_once('=') {
+                Some(("max_message_bytes", v)) => {
+                    transport.max_message = v.parse().map_err(|_| {
+                        invalid(format!("max_message_bytes={v} is not a whole number"))
+                    })?;
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "unknown option {pair:?} (known: max_message_bytes)"
+                    )))
+                }
+            }
+        }
+        Ok(transport)
     }
 
     /// Sets the largest message accepted by `publish`.

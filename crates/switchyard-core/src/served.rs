@@ -12,10 +12,9 @@ use tower::ServiceExt;
 
 use crate::call::{CallParts, CallRequest};
 use crate::error::HandlerError;
-use crate::inbox::Claim;
 use crate::layer::{self, CallService, EventService};
 use crate::message::Envelope;
-use crate::policy::ConsumerPolicy;
+use crate::middleware::{self, DeliveryService, Disposition};
 use crate::service::Service;
 use crate::values::Reply;
 
@@ -29,6 +28,8 @@ pub struct Served {
     // with no boxed future of their own.
     calls: Option<CallService>,
     events: Option<EventService>,
+    // What an event pushed over HTTP goes through (`receive_event`).
+    pushed: DeliveryService,
 }
 
 impl fmt::Debug for Served {
@@ -55,11 +56,21 @@ impl Served {
                 BoxCloneSyncService::new(HandleEvent(service.clone())),
             )
         });
+        let handler = match &events {
+            Some(stack) => stack.clone(),
+            None => BoxCloneSyncService::new(HandleEvent(service.clone())),
+        };
+        let pushed = middleware::pushed_stack(
+            handler,
+            Arc::new(service.policy().clone()),
+            service.body_limit(),
+        );
         Self {
             service,
             instance: crate::message::new_id(),
             calls,
             events,
+            pushed,
         }
     }
 
@@ -122,16 +133,20 @@ impl Served {
     /// The sender is the retry and the dead letter: a failure goes back to it.
     pub async fn receive_event(&self, envelope: Envelope) -> Result<(), HandlerError> {
         push_to_watchers(self, &envelope);
-        match attempt(self, &envelope, self.service.policy()).await {
-            Attempt::Handled(outcome) => outcome,
-            Attempt::Duplicate => Ok(()),
-            Attempt::Claimed => Err(HandlerError::unavailable(format!(
-                "event {} is being handled by another consumer; retry later",
-                envelope.id
-            ))),
-            Attempt::InboxDown => Err(HandlerError::unavailable(
-                "the inbox cannot be reached; retry later",
-            )),
+        match middleware::dispose(&self.pushed, envelope).await {
+            Disposition::Done => Ok(()),
+            Disposition::Failed(e)
+            | Disposition::Retry { cause: e, .. }
+            | Disposition::DeadLetter { cause: e, .. } => Err(e),
+        }
+    }
+
+    /// The service's event layers around its event handlers: one attempt at an event, what
+    /// the consumer stack ([`middleware::consumer_stack`]) wraps.
+    pub fn event_handler(&self) -> EventService {
+        match &self.events {
+            Some(stack) => stack.clone(),
+            None => BoxCloneSyncService::new(HandleEvent(self.service.clone())),
         }
     }
 
@@ -191,18 +206,6 @@ impl tower::Service<Envelope> for HandleEvent {
     }
 }
 
-/// What became of one attempt at an event, the inbox consulted.
-pub(crate) enum Attempt {
-    /// The handler ran, with this outcome.
-    Handled(Result<(), HandlerError>),
-    /// The inbox has it done already: a duplicate, not run again.
-    Duplicate,
-    /// Another consumer holds its claim right now.
-    Claimed,
-    /// The inbox could not be asked.
-    InboxDown,
-}
-
 /// Pushes the event to the service's WebSocket watchers of its topic; whether it had any.
 pub(crate) fn push_to_watchers(served: &Served, env: &Envelope) -> bool {
     let hub = served.service().hub();
@@ -213,32 +216,4 @@ pub(crate) fn push_to_watchers(served: &Served, env: &Envelope) -> bool {
         }
     }
     watched
-}
-
-/// One attempt at `env`: claims it in the inbox (when the policy has one), runs the handler
-/// through the service's event layers, and records the outcome in the inbox. Every event,
-/// from a broker or pushed over HTTP, goes through this.
-pub(crate) async fn attempt(served: &Served, env: &Envelope, policy: &ConsumerPolicy) -> Attempt {
-    if let Some(inbox) = &policy.inbox {
-        match inbox.claim(&env.id, policy.inbox_lease).await {
-            Ok(Claim::Fresh) => {}
-            Ok(Claim::Done) => return Attempt::Duplicate,
-            Ok(Claim::InProgress) => return Attempt::Claimed,
-            Err(e) => {
-                tracing::warn!(target: "switchyard", error = %e, "inbox unavailable");
-                return Attempt::InboxDown;
-            }
-        }
-    }
-    let outcome = served.handle_event(env.clone()).await;
-    if let Some(inbox) = &policy.inbox {
-        let recorded = match &outcome {
-            Ok(()) => inbox.done(&env.id).await,
-            Err(_) => inbox.release(&env.id).await,
-        };
-        if let Err(e) = recorded {
-            tracing::warn!(target: "switchyard", error = %e, "could not record the message in the inbox");
-        }
-    }
-    Attempt::Handled(outcome)
 }

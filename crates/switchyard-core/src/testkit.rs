@@ -859,6 +859,124 @@ pub async fn retry_then_dead_letter(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
+/// `url` with the query option `name=value` added.
+fn with_option(url: &str, name: &str, value: impl std::fmt::Display) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{name}={value}")
+}
+
+/// Hostile events never stop a consumer nor loop in it: an event over the service's size
+/// limit is dead-lettered without reaching the handler; a poison message too large for the
+/// broker to take back whole as a dead letter is dead-lettered without its payload (its size
+/// and hash instead) and settled; each bad message leaves one dead letter, with an id of its
+/// own, and the valid events around them are handled.
+pub async fn hostile_events_are_dead_lettered(h: &Harness) -> Outcome {
+    use crate::middleware::dead_letter::{ERROR_CODE, ORIGINAL_ID, ORIGINAL_SIZE};
+    let (url, publisher) = h.open();
+    if !publisher.capabilities().redelivery {
+        return Outcome::Skipped("capabilities.redelivery is false".into());
+    }
+    // The serving side publishes dead letters of at most 48 KiB and accepts events of at most
+    // 100 KiB; the publisher sends what a raw client of the broker could.
+    const DEAD_LETTER_LIMIT: usize = 48 * 1024;
+    let server_side = h.connect(&with_option(&url, "max_message_bytes", DEAD_LETTER_LIMIT));
+    let t = topic("hostile");
+    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = handled.clone();
+    let service = Service::new("conformance-hostile")
+        .max_body(100 * 1024)
+        .on_event(&t, move |m: Numbered| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap_or_else(|p| p.into_inner()).push(m.n);
+                Ok::<(), crate::error::HandlerError>(())
+            }
+        });
+    let watcher = h.connect(&url);
+    let mut dead = watcher
+        .subscribe(&format!("{t}.dlq"), SubscribeOptions::group("watch"))
+        .await
+        .expect("subscribe dlq");
+    let server = crate::server::serve(server_side, service)
+        .await
+        .expect("serve");
+    let json = |payload: Vec<u8>| {
+        let mut e = Envelope::new(t.as_str(), payload);
+        e.headers.insert(header::CONTENT_TYPE, "application/json");
+        e
+    };
+    // Valid JSON (trailing white space is), over the service's limit.
+    let mut over_limit = br#"{"n":2,"key":null}"#.to_vec();
+    over_limit.resize(200 * 1024, b' ');
+    let mut sent = vec![
+        numbered(&t, 1, None),
+        // Under the limit, does not decode, too large to be dead-lettered whole.
+        json(vec![b'z'; 80 * 1024]),
+        json(over_limit),
+    ];
+    for bad in ["not json 1", "not json 2", "not json 3"] {
+        sent.push(json(bad.as_bytes().to_vec()));
+    }
+    let ids: HashSet<String> = sent.iter().skip(1).map(|e| e.id.clone()).collect();
+    sent.push(numbered(&t, 7, None));
+    for e in sent {
+        publisher.publish(e).await.expect("publish");
+    }
+    let mut letters = Vec::new();
+    while letters.len() < 5 {
+        let d = tokio::time::timeout(h.patience, dead.next())
+            .await
+            .unwrap_or_else(|_| panic!("5 dead letters within patience, got {letters:#?}"))
+            .expect("stream open")
+            .expect("delivery");
+        letters.push(d.envelope.clone());
+        let _ = d.ack().await;
+    }
+    // Nothing loops: no sixth dead letter comes.
+    if let Ok(Some(Ok(extra))) = tokio::time::timeout(Duration::from_secs(2), dead.next()).await {
+        panic!("a message was dead-lettered twice: {:?}", extra.envelope);
+    }
+    let code = |e: &Envelope| e.headers.get(ERROR_CODE).unwrap_or_default().to_string();
+    let sized = |n: usize| {
+        letters
+            .iter()
+            .find(|e| e.headers.get(ORIGINAL_SIZE) == Some(n.to_string().as_str()))
+            .unwrap_or_else(|| panic!("no dead letter of a {n}-byte message: {letters:#?}"))
+    };
+    let poison = sized(80 * 1024);
+    assert!(
+        poison.payload.is_empty(),
+        "kept whole over the broker's limit"
+    );
+    assert_eq!(code(poison), "bad_request");
+    let too_big = sized(200 * 1024);
+    assert!(too_big.payload.is_empty());
+    assert_eq!(code(too_big), "payload_too_large");
+    // Each dead letter has an id of its own and names its original's.
+    let originals: HashSet<String> = letters
+        .iter()
+        .map(|e| e.headers.get(ORIGINAL_ID).unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(originals, ids, "one dead letter per bad message");
+    assert!(letters.iter().all(|e| !ids.contains(&e.id)));
+    let deadline = Instant::now() + h.patience;
+    loop {
+        let mut got = handled.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        got.sort_unstable();
+        got.dedup();
+        if got == [1, 7] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "valid events handled: {got:?}, want [1, 7] (2 is over the limit)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.shutdown().await;
+    Outcome::Passed
+}
+
 /// A group member that settles some messages and leaves: the next member of the group gets
 /// exactly the others. Nothing settled comes back (an off-by-one in a stored position shows
 /// here as a repeat), nothing unread is skipped.
@@ -1363,6 +1481,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@cases $harness;
             round_trip, per_key_order, competing_consumers, broadcast, rpc_with_timeout,
             rpc_to_absent_service_fails_fast, retry_then_dead_letter,
+            hostile_events_are_dead_lettered,
             group_resumes_after_settled, dropped_delivery_is_redelivered, graceful_shutdown,
             oversized_publish_is_rejected,
             reconnect_after_restart, ordered_consumption, two_services_share_a_namespace,

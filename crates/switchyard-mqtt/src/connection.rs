@@ -107,6 +107,9 @@ pub(crate) async fn subscribed(
     Ok(early)
 }
 
+/// The smallest cap on an incoming packet (see [`Inner::options`]): 32 MiB.
+const INCOMING_PACKET_FLOOR: usize = 32 * 1024 * 1024;
+
 impl Inner {
     pub(crate) fn unreachable(
         &self,
@@ -126,8 +129,15 @@ impl Inner {
         );
         o.set_keep_alive(Duration::from_secs(10));
         o.set_clean_start(true);
-        let packet = u32::try_from(self.max_message.saturating_add(64 * 1024)).unwrap_or(u32::MAX);
-        o.set_max_packet_size(Some(packet));
+        // The largest packet this client takes. An MQTT 5 broker silently drops what is larger
+        // for this client, so it is not the publish limit but well above it: an oversized event
+        // must arrive to be refused by the consumer (and dead-lettered with the reason), not
+        // vanish at the broker.
+        let packet = self
+            .max_message
+            .saturating_add(64 * 1024)
+            .max(INCOMING_PACKET_FLOOR);
+        o.set_max_packet_size(Some(u32::try_from(packet).unwrap_or(u32::MAX)));
         if let Some((u, p)) = &self.credentials {
             o.set_credentials(u.clone(), p.clone());
         }

@@ -91,6 +91,24 @@ pub(crate) fn to_nats_headers(headers: &Headers) -> async_nats::HeaderMap {
     out
 }
 
+/// The size of `headers` on the wire: `NATS/1.0\r\n`, `name: value\r\n` each, `\r\n`.
+pub(crate) fn header_block_len(headers: &async_nats::HeaderMap) -> usize {
+    if headers.is_empty() {
+        return 0;
+    }
+    let lines: usize = headers
+        .iter()
+        .map(|(k, values)| {
+            let name = AsRef::<str>::as_ref(k).len();
+            values
+                .iter()
+                .map(|v| name + 2 + v.as_str().len() + 2)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + lines + 2
+}
+
 pub(crate) fn from_nats_headers(headers: Option<&async_nats::HeaderMap>) -> Headers {
     let mut out = Headers::new();
     if let Some(hm) = headers {

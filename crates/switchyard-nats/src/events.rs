@@ -104,13 +104,14 @@ impl Publisher for NatsTransport {
         let Envelope {
             subject, payload, ..
         } = envelope;
+        // The server counts the header block in its `max_payload`: a message just under it
+        // with headers added (a dead letter's) is refused by the server, not here, with an
+        // error that does not say it is too large.
+        let size = payload.len() + header_block_len(&headers);
         Box::pin(async move {
-            let limit = self.client().await?.max_payload();
-            if payload.len() > limit {
-                return Err(TransportError::PayloadTooLarge {
-                    size: payload.len(),
-                    limit,
-                });
+            let limit = self.client().await?.max_payload().min(self.max_message);
+            if size > limit {
+                return Err(TransportError::PayloadTooLarge { size, limit });
             }
             // Create the topic's stream once per transport, not on every publish (that is a
             // JetStream API round trip).

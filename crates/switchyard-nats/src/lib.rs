@@ -52,6 +52,8 @@ pub struct NatsTransport {
     pub(crate) js: OnceCell<jetstream::Context>,
     pub(crate) replies: OnceCell<Replies>,
     pub(crate) ack_wait: Duration,
+    // Largest message `publish` accepts, below the server's own `max_payload`.
+    pub(crate) max_message: usize,
     pub(crate) tls: bool,
     pub(crate) tls_ca: Option<std::path::PathBuf>,
 }

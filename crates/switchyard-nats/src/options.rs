@@ -45,6 +45,9 @@ impl NatsTransport {
         // `?tls=true`: TLS required (the server's certificate checked against the system's
         // roots); `?tls_ca=PATH`: also trust the PEM certificates in PATH (implies TLS).
         let (mut tls, mut tls_ca) = (false, None);
+        // `?max_message_bytes=N`: the largest message `publish` accepts, payload and headers
+        // (default and at most: the server's `max_payload`).
+        let mut max_message = usize::MAX;
         for (k, v) in parsed.query_pairs() {
             match k.as_ref() {
                 "tls" => {
@@ -65,11 +68,22 @@ impl NatsTransport {
                     })?;
                     ack_wait = Duration::from_millis(ms.max(100));
                 }
+                "max_message_bytes" => {
+                    max_message = v.parse().map_err(|_| {
+                        TransportError::invalid_url(
+                            url,
+                            format!("max_message_bytes={v} is not a whole number"),
+                        )
+                    })?;
+                }
                 "ns" => {}
                 other => {
                     return Err(TransportError::invalid_url(
                         url,
-                        format!("unknown option {other:?} (known: ns, ack_wait_ms, tls, tls_ca)"),
+                        format!(
+                            "unknown option {other:?} \
+                             (known: ns, ack_wait_ms, max_message_bytes, tls, tls_ca)"
+                        ),
                     ))
                 }
             }
@@ -88,6 +102,7 @@ impl NatsTransport {
             js: OnceCell::new(),
             replies: OnceCell::new(),
             ack_wait,
+            max_message,
             tls,
             tls_ca,
         })

@@ -129,10 +129,10 @@ impl RedisAcker {
 impl Publisher for RedisTransport {
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
-            if envelope.payload.len() > MAX_MESSAGE {
+            if envelope.payload.len() > self.max_message {
                 return Err(TransportError::PayloadTooLarge {
                     size: envelope.payload.len(),
-                    limit: MAX_MESSAGE,
+                    limit: self.max_message,
                 });
             }
             let mut con = self.con().await?;

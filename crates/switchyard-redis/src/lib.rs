@@ -37,6 +37,8 @@ pub struct RedisTransport {
     pub(crate) client: redis::Client,
     pub(crate) namespace: String,
     pub(crate) claim_idle: Duration,
+    // Largest payload `publish` accepts (`?max_message_bytes=`, default 1 MiB).
+    pub(crate) max_message: usize,
     pub(crate) con: OnceCell<ConnectionManager>,
     pub(crate) replies: OnceCell<Arc<Replies>>,
     // When a call last found a live instance of each service (ms since the epoch): within

@@ -8,7 +8,7 @@ use tokio::sync::OnceCell;
 use crate::RedisTransport;
 
 impl RedisTransport {
-    /// A transport for `redis://HOST:PORT[/DB][?ns=NAME&claim_idle_ms=N]`, or `rediss://…` for
+    /// A transport for `redis://HOST:PORT[/DB][?ns=NAME&claim_idle_ms=N&max_message_bytes=N]`, or `rediss://…` for
     /// TLS (the server's certificate checked against the system's roots, or only against the
     /// PEM certificates in `tls_ca=PATH`). Connects on first use.
     pub fn from_url(url: &str) -> Result<Self, TransportError> {
@@ -23,6 +23,7 @@ impl RedisTransport {
         let mut namespace = "default".to_string();
         let mut claim_idle = Duration::from_secs(30);
         let mut tls_ca = None;
+        let mut max_message = crate::events::MAX_MESSAGE;
         for (k, v) in parsed.query_pairs() {
             match k.as_ref() {
                 "ns" => namespace = v.to_string(),
@@ -47,10 +48,21 @@ impl RedisTransport {
                     })?;
                     claim_idle = Duration::from_millis(ms.max(50));
                 }
+                "max_message_bytes" => {
+                    max_message = v.parse().map_err(|_| {
+                        TransportError::invalid_url(
+                            url,
+                            format!("max_message_bytes={v} is not a whole number"),
+                        )
+                    })?;
+                }
                 other => {
                     return Err(TransportError::invalid_url(
                         url,
-                        format!("unknown option {other:?} (known: ns, claim_idle_ms, tls_ca)"),
+                        format!(
+                            "unknown option {other:?} \
+                             (known: ns, claim_idle_ms, max_message_bytes, tls_ca)"
+                        ),
                     ))
                 }
             }
@@ -72,6 +84,7 @@ impl RedisTransport {
             client,
             namespace,
             claim_idle,
+            max_message,
             con: OnceCell::new(),
             replies: OnceCell::new(),
             seen_alive_ms: std::sync::Mutex::default(),

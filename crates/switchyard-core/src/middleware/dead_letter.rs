@@ -1,0 +1,279 @@
+//! Dead letters: an event given up on is published to `<topic><suffix>` (`orders.dlq`) with
+//! why, and only then acknowledged. Every dead letter is kept and logged:
+//!
+//! - it gets its own id, derived from the original's id and content, so that a broker that
+//!   de-duplicates by id (JetStream) keeps distinct bad messages that share an id, and still
+//!   stores one dead letter when the same message is dead-lettered twice (a redelivery after a
+//!   lost acknowledgement);
+//! - one that the broker refuses as too large is published again without its payload, with
+//!   the payload's size and SHA-256 in its headers, so a poison message larger than the
+//!   broker's limit is settled instead of looping for ever;
+//! - each rejection is logged on one line, at most [`LOG_PER_SECOND`] lines a second (a flood
+//!   of bad input must not flood the log; what is left out is counted).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
+use tower::Layer;
+
+use super::{always_ready, call_inner, Disposition, Inner};
+use crate::error::{HandlerError, TransportError};
+use crate::message::{header, Envelope, Headers};
+use crate::policy::ConsumerPolicy;
+use crate::transport::Publisher;
+
+/// The original topic of a dead letter.
+pub const ORIGINAL_TOPIC: &str = "x-original-topic";
+/// The original id of a dead letter (the dead letter has its own).
+pub const ORIGINAL_ID: &str = "x-original-id";
+/// The error code of why it was given up (`bad_request`, `payload_too_large`, …).
+pub const ERROR_CODE: &str = "x-error-code";
+/// Size in bytes of the original payload, on a dead letter published without it.
+pub const ORIGINAL_SIZE: &str = "x-original-size";
+/// SHA-256 (hex) of the original payload, on a dead letter published without it.
+pub const ORIGINAL_SHA256: &str = "x-original-sha256";
+/// Lines logged per second about rejected messages, at most.
+pub const LOG_PER_SECOND: u32 = 10;
+/// Longest error reason kept in a dead letter published without its payload.
+const MAX_REASON: usize = 1024;
+
+/// Publishes what the layers below give up on as a dead letter, then reports it done.
+#[derive(Clone)]
+pub struct DeadLetter<S> {
+    inner: S,
+    publisher: Arc<dyn Publisher>,
+    policy: Arc<ConsumerPolicy>,
+}
+
+/// Layer of [`DeadLetter`].
+#[derive(Clone)]
+pub struct DeadLetterLayer {
+    publisher: Arc<dyn Publisher>,
+    policy: Arc<ConsumerPolicy>,
+}
+
+impl DeadLetterLayer {
+    /// Dead letters go through `publisher` to the topic plus `policy.dead_letter_suffix`.
+    pub fn new(publisher: Arc<dyn Publisher>, policy: Arc<ConsumerPolicy>) -> Self {
+        Self { publisher, policy }
+    }
+}
+
+impl<S> Layer<S> for DeadLetterLayer {
+    type Service = DeadLetter<S>;
+    fn layer(&self, inner: S) -> DeadLetter<S> {
+        DeadLetter {
+            inner,
+            publisher: self.publisher.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+impl<S: Inner> tower::Service<Envelope> for DeadLetter<S> {
+    type Response = Disposition;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Disposition, Infallible>>;
+
+    always_ready!();
+
+    fn call(&mut self, envelope: Envelope) -> Self::Future {
+        let inner = self.inner.clone();
+        let publisher = self.publisher.clone();
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            // The inner layers take the envelope; what a dead letter needs of it is kept here
+            // (a clone shares the payload's bytes).
+            let original = envelope.clone();
+            let (cause, attempts) = match call_inner(inner, envelope).await {
+                Disposition::DeadLetter { cause, attempts } => (cause, attempts),
+                other => return Ok(other),
+            };
+            let dead = dead_letter(original, &cause, attempts, &policy.dead_letter_suffix);
+            log_rejection(&dead, &cause);
+            Ok(match publish(publisher.as_ref(), dead).await {
+                Ok(()) => Disposition::Done,
+                Err(e) => {
+                    tracing::error!(target: "switchyard", error = %e, "dead-letter publish failed; the message will be redelivered");
+                    Disposition::Retry {
+                        after: policy.backoff(attempts),
+                        cause: HandlerError::unavailable(format!(
+                            "the dead letter could not be published: {e}"
+                        )),
+                    }
+                }
+            })
+        })
+    }
+}
+
+/// Publishes `dead`; when the broker refuses it as too large, publishes it again without its
+/// payload and with only the dead letter's own headers.
+async fn publish(publisher: &dyn Publisher, dead: Envelope) -> Result<(), TransportError> {
+    let stripped = without_payload(&dead);
+    match publisher.publish(dead).await {
+        Err(TransportError::PayloadTooLarge { size, limit }) => {
+            tracing::warn!(target: "switchyard", size, limit, id = %stripped.id, "dead letter too large for the broker; kept without its payload");
+            publisher.publish(stripped).await
+        }
+        other => other,
+    }
+}
+
+/// `original` as the dead letter of `cause` after `attempts`: its own id, the original's topic
+/// and id, why, and how many attempts, addressed to the dead-letter topic.
+pub fn dead_letter(
+    original: Envelope,
+    cause: &HandlerError,
+    attempts: u32,
+    suffix: &str,
+) -> Envelope {
+    let mut dead = original;
+    let digest = Sha256::new()
+        .chain_update(dead.id.as_bytes())
+        .chain_update([0])
+        .chain_update(dead.subject.as_bytes())
+        .chain_update([0])
+        .chain_update(&dead.payload)
+        .finalize();
+    let own_id = format!("dl-{}", &hex(&digest)[..32]);
+    let original_id = std::mem::replace(&mut dead.id, own_id);
+    dead.headers.insert(ORIGINAL_ID, original_id);
+    dead.headers.insert(header::ERROR, cause.message());
+    dead.headers.insert(ERROR_CODE, cause.code().to_string());
+    dead.headers.insert(ORIGINAL_TOPIC, dead.subject.clone());
+    dead.headers.insert(header::ATTEMPT, attempts.to_string());
+    dead.subject.push_str(suffix);
+    dead
+}
+
+/// `dead` without its payload: its size and SHA-256 instead, and of the headers only the
+/// dead letter's own (a hostile message's headers can be as large as its payload).
+pub fn without_payload(dead: &Envelope) -> Envelope {
+    let mut headers = Headers::new();
+    for name in [ORIGINAL_ID, ERROR_CODE, ORIGINAL_TOPIC, header::ATTEMPT] {
+        if let Some(v) = dead.headers.get(name) {
+            headers.insert(name, v);
+        }
+    }
+    let reason = dead.headers.get(header::ERROR).unwrap_or_default();
+    headers.insert(header::ERROR, truncate(reason, MAX_REASON));
+    headers.insert(ORIGINAL_SIZE, dead.payload.len().to_string());
+    headers.insert(ORIGINAL_SHA256, hex(&Sha256::digest(&dead.payload)));
+    Envelope {
+        id: dead.id.clone(),
+        subject: dead.subject.clone(),
+        headers,
+        payload: bytes::Bytes::new(),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The window of the rejection log's rate limit: when it started, lines logged in it, lines
+/// left out since the last one logged. Shared by every consumer of the process: the limit is
+/// on the log, not per topic. (A counter under a mutex: `tracing` has no rate limit of its
+/// own, and this is taken once per rejected message only.)
+static LOG_WINDOW: Mutex<Option<(Instant, u32, u64)>> = Mutex::new(None);
+
+fn log_rejection(dead: &Envelope, cause: &HandlerError) {
+    let now = Instant::now();
+    let suppressed = {
+        let mut window = LOG_WINDOW.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, logged, left_out) = window.get_or_insert((now, 0, 0));
+        if now.duration_since(*start) >= Duration::from_secs(1) {
+            *start = now;
+            *logged = 0;
+        }
+        if *logged >= LOG_PER_SECOND {
+            *left_out += 1;
+            return;
+        }
+        *logged += 1;
+        std::mem::take(left_out)
+    };
+    tracing::warn!(
+        target: "switchyard",
+        topic = dead.headers.get(ORIGINAL_TOPIC).unwrap_or_default(),
+        id = dead.headers.get(ORIGINAL_ID).unwrap_or_default(),
+        size = dead.payload.len(),
+        code = %cause.code(),
+        reason = truncate(cause.message(), MAX_REASON),
+        dead_letter = %dead.subject,
+        not_logged_before = suppressed,
+        "message rejected; dead-lettered"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn a_dead_letter_has_its_own_id_and_says_why() {
+        let mut a = Envelope::new("orders", "not json");
+        a.id = "same".into();
+        let mut b = Envelope::new("orders", "also not json");
+        b.id = "same".into();
+        let why = HandlerError::bad_request("does not decode");
+        let (da, db) = (
+            dead_letter(a.clone(), &why, 1, ".dlq"),
+            dead_letter(b, &why, 1, ".dlq"),
+        );
+        assert_ne!(
+            da.id, db.id,
+            "distinct messages sharing an id keep distinct dead letters"
+        );
+        assert_eq!(
+            dead_letter(a, &why, 2, ".dlq").id,
+            da.id,
+            "the same message twice: one id"
+        );
+        assert_eq!(da.subject, "orders.dlq");
+        assert_eq!(da.headers.get(ORIGINAL_ID), Some("same"));
+        assert_eq!(da.headers.get(ORIGINAL_TOPIC), Some("orders"));
+        assert_eq!(da.headers.get(ERROR_CODE), Some("bad_request"));
+        assert_eq!(da.headers.get(header::ERROR), Some("does not decode"));
+    }
+
+    #[test]
+    fn without_payload_keeps_size_hash_and_only_its_own_headers() {
+        let mut big = Envelope::new("t", vec![b'x'; 3000]);
+        big.headers.insert("x-hostile", "y".repeat(100_000));
+        let why = HandlerError::new(ErrorCode::PayloadTooLarge, "é".repeat(2000));
+        let dead = without_payload(&dead_letter(big, &why, 1, ".dlq"));
+        assert!(dead.payload.is_empty());
+        assert_eq!(dead.headers.get(ORIGINAL_SIZE), Some("3000"));
+        assert_eq!(
+            dead.headers.get(ORIGINAL_SHA256),
+            Some(hex(&Sha256::digest(vec![b'x'; 3000])).as_str())
+        );
+        assert_eq!(dead.headers.get("x-hostile"), None);
+        assert!(dead
+            .headers
+            .get(header::ERROR)
+            .is_some_and(|e| e.len() <= MAX_REASON));
+    }
+}

@@ -1,0 +1,72 @@
+//! One size limit on every input: an event larger than the service accepts is not handled,
+//! whichever transport brought it (a broker takes what its raw clients send, up to its own
+//! limit, far above the service's).
+
+use std::convert::Infallible;
+
+use futures::future::BoxFuture;
+use tower::Layer;
+
+use super::{always_ready, call_inner, Disposition, Inner};
+use crate::error::{ErrorCode, HandlerError};
+use crate::message::Envelope;
+
+/// Dead-letters an event whose payload is over `limit` bytes instead of handling it.
+#[derive(Clone, Debug)]
+pub struct Limit<S> {
+    inner: S,
+    limit: usize,
+}
+
+/// Layer of [`Limit`].
+#[derive(Clone, Copy, Debug)]
+pub struct LimitLayer {
+    limit: usize,
+}
+
+impl LimitLayer {
+    /// Events above `limit` bytes of payload are refused.
+    pub fn new(limit: usize) -> Self {
+        Self { limit }
+    }
+}
+
+impl<S> Layer<S> for LimitLayer {
+    type Service = Limit<S>;
+    fn layer(&self, inner: S) -> Limit<S> {
+        Limit {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+impl<S: Inner> tower::Service<Envelope> for Limit<S> {
+    type Response = Disposition;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Disposition, Infallible>>;
+
+    always_ready!();
+
+    fn call(&mut self, envelope: Envelope) -> Self::Future {
+        let size = envelope.payload.len();
+        if size > self.limit {
+            let why = HandlerError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "payload of {size} bytes is over the limit of {} bytes",
+                    self.limit
+                ),
+            );
+            let attempts = envelope.headers.attempt();
+            return Box::pin(async move {
+                Ok(Disposition::DeadLetter {
+                    cause: why,
+                    attempts,
+                })
+            });
+        }
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(call_inner(inner, envelope).await) })
+    }
+}
