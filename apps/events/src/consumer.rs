@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use serde_json::Value;
+use switchyard::http::ServerLimits;
 use switchyard::transport::ServeHandle;
 use switchyard::{HandlerError, Service, TransportError};
 use tokio::sync::oneshot;
@@ -36,6 +37,8 @@ pub struct ConsumerConfig {
     pub max_body: usize,
     /// The schema.
     pub validator: Validator,
+    /// Limits on the endpoint's connections.
+    pub limits: ServerLimits,
 }
 
 impl Default for ConsumerConfig {
@@ -46,6 +49,7 @@ impl Default for ConsumerConfig {
             output: PathBuf::from("output/events.json"),
             max_body: DEFAULT_MAX_BODY,
             validator: Validator::Seed002,
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -109,8 +113,17 @@ async fn accept(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     if declared.is_some_and(|n| n > limit) {
         return too_large();
     }
-    let Ok(body) = to_bytes(req.into_body(), limit).await else {
-        return too_large();
+    let body = match to_bytes(req.into_body(), limit).await {
+        Ok(body) => body,
+        Err(e) => {
+            return match switchyard::http::listen::body_timeout(&e) {
+                Some(t) => json_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    pyfmt::error_body(&t.to_string()),
+                ),
+                None => too_large(),
+            }
+        }
     };
     match shared.take(&body).await {
         // Flask's jsonify: compact, sorted keys, a trailing newline.
@@ -239,12 +252,13 @@ pub async fn start(
         source,
     })?;
     let (stop, stopped) = oneshot::channel::<()>();
+    // The framework's listener: connection cap, header, body and idle timeouts.
+    let limits = config.limits;
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        switchyard::http::listen::serve(listener, app, limits, shutdown).await;
     });
     let mut brokers = Vec::new();
     for url in from {

@@ -381,3 +381,47 @@ fn a_bad_input_file_is_a_clear_error() {
         "the seed's dataset ships built in"
     );
 }
+
+/// Idle connections cannot take the endpoint: over the cap a connection is answered 503 and
+/// closed, and a silent one is closed after the idle time, after which events are taken again.
+#[tokio::test]
+async fn idle_connections_cannot_make_the_endpoint_unreachable() {
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ConsumerConfig {
+        listen: "127.0.0.1:0".into(),
+        output: dir.path().join("output/events.json"),
+        limits: switchyard::http::ServerLimits::default()
+            .max_connections(3)
+            .header_read(Duration::from_millis(300))
+            .idle(Duration::from_millis(300)),
+        ..ConsumerConfig::default()
+    };
+    let c = consumer::start(config, &[], "events").await.unwrap();
+    let url = format!("http://{}", c.addr);
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(c.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+    let mut said = String::new();
+    tokio::time::timeout(Duration::from_secs(5), over.read_to_string(&mut said))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    assert!(said.starts_with("HTTP/1.1 503"), "{said}");
+    // The idle ones are closed by the server, not by this test.
+    for s in &mut idle {
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed by the server")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    let (s, _, body) = post(&url, r#"{"event_type": "m", "event_payload": "p"}"#, None).await;
+    assert_eq!(s, 200, "{body}");
+    drop(idle);
+}

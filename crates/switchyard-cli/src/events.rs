@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard::http::ServerLimits;
 
 use clap::Subcommand;
 use switchyard_events::consumer::{self, ConsumerConfig};
@@ -19,7 +20,8 @@ pub(crate) enum EventsCommand {
         /// Port (the original's `PORT`).
         #[arg(long, env = "PORT", default_value_t = 4444)]
         port: u16,
-        /// Address to bind.
+        /// Address to bind: every interface by default, as the original Flask service does
+        /// (reachable from other machines); use 127.0.0.1 to keep it local.
         #[arg(long, default_value = "0.0.0.0")]
         host: String,
         /// Output file (the original's `TARGET_FILE_LOCATION`).
@@ -41,9 +43,13 @@ pub(crate) enum EventsCommand {
         /// Topic to take events from on `--from` transports.
         #[arg(long, default_value = "events")]
         topic: String,
-        /// Largest accepted body in bytes.
+        /// Largest accepted body in bytes, over HTTP and from `--from` transports alike.
         #[arg(long, default_value_t = consumer::DEFAULT_MAX_BODY)]
         max_body: usize,
+        /// Most HTTP connections open at once; more are answered 503 (default: three quarters
+        /// of the open-file limit, at most 10,000).
+        #[arg(long)]
+        max_connections: Option<usize>,
     },
     /// Sends events picked at random from a file, one every interval (or at a rate).
     Propagate {
@@ -99,6 +105,7 @@ pub(crate) async fn run(cmd: EventsCommand) -> Result<(), BoxError> {
             from,
             topic,
             max_body,
+            max_connections,
         } => {
             let validator = match schema {
                 Some(p) => Validator::from_schema_file(&p)?,
@@ -110,6 +117,10 @@ pub(crate) async fn run(cmd: EventsCommand) -> Result<(), BoxError> {
                 output: output.clone(),
                 max_body,
                 validator,
+                limits: match max_connections {
+                    Some(n) => ServerLimits::default().max_connections(n),
+                    None => ServerLimits::default(),
+                },
             };
             let running = consumer::start(config, &from, &topic).await?;
             println!(

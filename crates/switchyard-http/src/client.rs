@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use serde_json::Value;
@@ -22,6 +21,7 @@ use switchyard_core::values::Reply;
 use switchyard_core::wire;
 use tokio::sync::{oneshot, Mutex};
 
+use crate::listen::ServerLimits;
 use crate::server::{router_with, ServerState, Subscriptions};
 
 /// The HTTP transport.
@@ -40,6 +40,7 @@ pub struct HttpTransport {
     codec: Codec,
     http: reqwest::Client,
     max_message: usize,
+    limits: ServerLimits,
     subscriptions: Arc<Subscriptions>,
     listener: Mutex<Option<ServeHandle>>,
 }
@@ -79,7 +80,16 @@ impl HttpTransport {
         let prefix = parsed.path().trim_end_matches('/');
         // `?codec=msgpack` makes this client send MessagePack calls (JSON is the default).
         let mut codec = Codec::Json;
+        // The serving side's connection limits (see `ServerLimits`): `max_connections`,
+        // `header_timeout_ms`, `body_timeout_ms`, `idle_timeout_ms`.
+        let mut limits = ServerLimits::default();
         for (k, v) in parsed.query_pairs() {
+            let number = || {
+                v.parse::<u64>().map_err(|_| TransportError::InvalidUrl {
+                    url: redact_url(url),
+                    reason: format!("{k}={v} is not a whole number"),
+                })
+            };
             match (k.as_ref(), Codec::from_name(&v)) {
                 ("codec", Some(c)) => codec = c,
                 ("codec", None) => {
@@ -88,6 +98,17 @@ impl HttpTransport {
                         reason: format!("unknown codec {v:?}: use json or msgpack"),
                     })
                 }
+                ("max_connections", _) => {
+                    limits =
+                        limits.max_connections(usize::try_from(number()?).unwrap_or(usize::MAX))
+                }
+                ("header_timeout_ms", _) => {
+                    limits = limits.header_read(Duration::from_millis(number()?))
+                }
+                ("body_timeout_ms", _) => {
+                    limits = limits.body_read(Duration::from_millis(number()?))
+                }
+                ("idle_timeout_ms", _) => limits = limits.idle(Duration::from_millis(number()?)),
                 _ => {}
             }
         }
@@ -103,9 +124,17 @@ impl HttpTransport {
             codec,
             http,
             max_message: DEFAULT_MAX_BODY,
+            limits,
             subscriptions: Arc::default(),
             listener: Mutex::new(None),
         })
+    }
+
+    /// Sets the limits on the connections the serving side accepts (also set by the URL's
+    /// `max_connections`, `header_timeout_ms`, `body_timeout_ms` and `idle_timeout_ms`).
+    pub fn server_limits(mut self, limits: ServerLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Sets the largest event payload `publish` sends (default 1 MiB).
@@ -138,20 +167,12 @@ impl HttpTransport {
             subscriptions: self.subscriptions.clone(),
         });
         let (tx, rx) = oneshot::channel::<()>();
+        let limits = self.limits;
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = rx.await;
             };
-            // Small request/reply frames: without TCP_NODELAY, Nagle's algorithm holds them back.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(target: "switchyard", error = %e, "HTTP server failed");
-            }
+            crate::listen::serve(listener, app, limits, shutdown).await;
         });
         Ok(ServeHandle::new(tx, task, format!("http://{local}")))
     }

@@ -15,8 +15,10 @@
 //! WebSocket routes share the port: `ws://HOST:PORT/<route>`.
 
 mod client;
+pub mod listen;
 mod server;
 mod ws;
 
 pub use client::HttpTransport;
+pub use listen::ServerLimits;
 pub use server::router;

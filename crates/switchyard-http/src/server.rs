@@ -188,9 +188,21 @@ fn is_websocket_upgrade(req: &Request) -> bool {
 /// A request refused before it reached a handler.
 struct Rejection(ErrorCode, String);
 
+impl Rejection {
+    /// A body that did not arrive in time: `408`, the error code a deadline's.
+    fn timeout(t: crate::listen::BodyReadTimeout) -> Self {
+        Self(ErrorCode::DeadlineExceeded, t.to_string())
+    }
+}
+
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
-        error_response(self.0, self.1)
+        let mut response = error_response(self.0, self.1);
+        if self.0 == ErrorCode::DeadlineExceeded {
+            // The client was too slow, not a server behind this one: 408, not 504.
+            *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+        }
+        response
     }
 }
 
@@ -209,7 +221,12 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    to_bytes(body, limit).await.map_err(|_| too_large())
+    to_bytes(body, limit)
+        .await
+        .map_err(|e| match crate::listen::body_timeout(&e) {
+            Some(t) => Rejection::timeout(t),
+            None => too_large(),
+        })
 }
 
 /// Headers that travel into a call's or an event's context.

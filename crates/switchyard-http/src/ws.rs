@@ -18,6 +18,13 @@ pub(crate) async fn upgrade(state: ServerState, req: Request, path: String) -> R
         Err(rejection) => return rejection.into_response(),
     };
     let service = state.served.as_ref().map(|s| s.service().clone());
+    // The body limit holds for WebSocket messages too (tungstenite's default is 64 MiB).
+    let limit = service
+        .as_ref()
+        .map_or(switchyard_core::service::DEFAULT_MAX_BODY, |s| {
+            s.body_limit()
+        });
+    let upgrade = upgrade.max_message_size(limit).max_frame_size(limit);
     let route = service
         .as_ref()
         .and_then(|s| s.ws_route(&path).map(|(r, p)| (r.clone(), p)));

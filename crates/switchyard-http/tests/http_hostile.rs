@@ -1,0 +1,204 @@
+//! What one hostile client can do to an HTTP server, against a real server on loopback:
+//! connections that stay silent, send slowly or never finish, too many connections, and
+//! WebSocket messages over the body limit. None of them may hold the server.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use switchyard_core::handler::rpc;
+use switchyard_core::service::{Service, WsMessage};
+use switchyard_core::transport::ServeHandle;
+use switchyard_http::HttpTransport;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+fn service() -> Service {
+    Service::new("hostile-test")
+        .max_body(1024)
+        .route("/echo", rpc(|s: String| async move { s }).params(["s"]))
+        .route(
+            "/sleep",
+            rpc(|ms: u64| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                ms
+            })
+            .params(["ms"]),
+        )
+        .ws(
+            "/hello",
+            |m: WsMessage| async move { format!("ok:{}", m.text) },
+        )
+}
+
+async fn start(options: &str) -> (ServeHandle, String) {
+    let url = format!("http://127.0.0.1:0?{options}");
+    let t = Arc::new(HttpTransport::from_url(&url).expect("url"));
+    let h = switchyard_core::server::serve(t, service())
+        .await
+        .expect("serve");
+    let url = h.url().to_string();
+    (h, url)
+}
+
+fn addr(url: &str) -> String {
+    url.trim_start_matches("http://").to_string()
+}
+
+/// Reads until the server closes the connection; what it sent, and how long that took.
+/// Panics if it is still open after `within`.
+async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = within.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "connection still open after {within:?}; got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
+}
+
+const TIMEOUTS: &str = "header_timeout_ms=300&body_timeout_ms=300&idle_timeout_ms=300";
+
+#[tokio::test]
+async fn silent_slow_and_unfinished_connections_are_closed() {
+    let (_h, url) = start(TIMEOUTS).await;
+    let within = Duration::from_secs(5);
+
+    // Says nothing at all.
+    let mut silent = TcpStream::connect(addr(&url)).await.expect("connect");
+    let (said, _) = read_until_closed(&mut silent, within).await;
+    assert!(!said.contains("200 OK"), "{said}");
+
+    // Sends its head one byte at a time, never finishing it.
+    let mut slow = TcpStream::connect(addr(&url)).await.expect("connect");
+    let trickle = tokio::spawn(async move {
+        for b in b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Slow: "
+            .iter()
+            .cycle()
+            .take(200)
+        {
+            if slow.write_all(&[*b]).await.is_err() {
+                return slow;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        slow
+    });
+    let mut slow = trickle.await.expect("trickle");
+    let (said, _) = read_until_closed(&mut slow, within).await;
+    assert!(!said.contains("200 OK"), "{said}");
+
+    // A body that never arrives whole, with a length and chunked.
+    for head in [
+        "POST /echo HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n[\"abc",
+        "POST /echo HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5\r\n[\"abc\r\n",
+    ] {
+        let mut s = TcpStream::connect(addr(&url)).await.expect("connect");
+        s.write_all(head.as_bytes()).await.expect("write");
+        let (said, _) = read_until_closed(&mut s, within).await;
+        assert!(said.starts_with("HTTP/1.1 408"), "{said}");
+    }
+
+    // Kept alive after a complete request, then silent.
+    let mut kept = TcpStream::connect(addr(&url)).await.expect("connect");
+    kept.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"args\":[\"hi\"]}",
+    )
+    .await
+    .expect("write");
+    let (said, took) = read_until_closed(&mut kept, within).await;
+    assert!(said.starts_with("HTTP/1.1 200"), "{said}");
+    assert!(
+        took >= Duration::from_millis(250),
+        "closed before idle: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_call_longer_than_the_idle_timeout_is_answered() {
+    let (_h, url) = start(TIMEOUTS).await;
+    let r = reqwest::Client::new()
+        .post(format!("{url}/sleep"))
+        .header("content-type", "application/json")
+        .body(r#"{"args":[1000]}"#)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await.expect("body"), "[1000]");
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_with_503_and_retry_after() {
+    let (_h, url) = start("max_connections=4").await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(addr(&url)).await.expect("connect"));
+    }
+    // Accepted in order: give the server a moment to take the four.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fifth = TcpStream::connect(addr(&url)).await.expect("connect");
+    let (said, _) = read_until_closed(&mut fifth, Duration::from_secs(5)).await;
+    assert!(said.starts_with("HTTP/1.1 503"), "{said}");
+    assert!(said.contains("Retry-After: 1"), "{said}");
+    assert!(said.contains("too many connections"), "{said}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = reqwest::Client::new()
+        .post(format!("{url}/echo"))
+        .header("content-type", "application/json")
+        .body(r#"{"args":["back"]}"#)
+        .send()
+        .await
+        .expect("served once the others left");
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn websocket_messages_over_the_body_limit_are_refused() {
+    let (_h, url) = start("").await;
+    let ws = url.replacen("http://", "ws://", 1);
+    let (mut s, _) = tokio_tungstenite::connect_async(format!("{ws}/hello"))
+        .await
+        .expect("connect");
+    s.send(Message::Text("x".repeat(10 * 1024).into()))
+        .await
+        .expect("send");
+    match tokio::time::timeout(Duration::from_secs(5), s.next()).await {
+        Ok(Some(Ok(Message::Close(frame)))) => {
+            assert_eq!(
+                frame.map(|f| u16::from(f.code)),
+                Some(1009),
+                "closed as too big"
+            );
+        }
+        Ok(None) | Ok(Some(Err(_))) => {}
+        other => panic!("a 10 KiB message over a 1 KiB limit was taken: {other:?}"),
+    }
+    // The server is fine: a new socket is served.
+    let (mut s, _) = tokio_tungstenite::connect_async(format!("{ws}/hello"))
+        .await
+        .expect("connect");
+    s.send(Message::Text("small".into())).await.expect("send");
+    assert_eq!(
+        s.next()
+            .await
+            .expect("reply")
+            .expect("frame")
+            .to_text()
+            .expect("text"),
+        "ok:small"
+    );
+}
