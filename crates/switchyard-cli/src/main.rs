@@ -159,6 +159,11 @@ async fn main() -> ExitCode {
             }),
         )
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal; none in a file or a pipe (`NO_COLOR` too).
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     // The event services read a `.env` file; the environment wins over it.
     if let Err(e) = switchyard_events::dotenv::load(std::path::Path::new(".env")) {

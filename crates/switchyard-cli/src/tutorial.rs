@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use switchyard::{json, rpc, Json, Service};
+use switchyard::{json, rpc, HandlerError, Json, Service};
 
 /// The token of the three class routes.
 pub const CLASS_TOKEN: &str = "123456";
@@ -44,14 +44,34 @@ async fn string2(a: String, key: String) -> (String, String, String) {
     let joined = format!("{a}-{key}");
     (a, key, joined)
 }
-async fn int1(a: i64, key: i64) -> i64 {
-    a + key
+// Python's integers never overflow and its floats print `inf`: where a 64-bit result cannot
+// say what Python would, the call fails with a 400 naming why, instead of a wrapped number or
+// a `null`.
+fn overflow(what: &str) -> HandlerError {
+    HandlerError::bad_request(format!("{what} overflows a 64-bit integer"))
 }
-async fn float2(a: f64, key: f64) -> f64 {
-    a + key
+fn finite(x: f64, what: &str) -> Result<f64, HandlerError> {
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(HandlerError::bad_request(format!(
+            "{what} is not a finite number (JSON cannot carry it)"
+        )))
+    }
 }
-async fn int3(a: f64, key: i64) -> (f64, i64, f64) {
-    (a + key as f64, key * key, a * a)
+async fn int1(a: i64, key: i64) -> Result<i64, HandlerError> {
+    a.checked_add(key).ok_or_else(|| overflow("a + key"))
+}
+async fn float2(a: f64, key: f64) -> Result<f64, HandlerError> {
+    finite(a + key, "a + key")
+}
+async fn int3(a: f64, key: i64) -> Result<(f64, i64, f64), HandlerError> {
+    let square = key.checked_mul(key).ok_or_else(|| overflow("key * key"))?;
+    Ok((
+        finite(a + key as f64, "a + key")?,
+        square,
+        finite(a * a, "a * a")?,
+    ))
 }
 async fn list1(mut a: Vec<Value>, key: Vec<Value>) -> Vec<Value> {
     a.extend(key);

@@ -75,6 +75,27 @@ fn yard_call_prints_decoded_replies_and_fails_clearly() {
     let (ok, _, err) = yard(&["call", &url, "/int", "x", "--kw", "key=1"]);
     assert!(!ok);
     assert!(err.contains("bad_request") && err.contains("'a'"), "{err}");
+    // No wrapped integers, no `null` for a number JSON cannot carry: a 400 that says why.
+    for (route, a, key, why) in [
+        (
+            "/int",
+            "9223372036854775807",
+            "1",
+            "a + key overflows a 64-bit integer",
+        ),
+        (
+            "/int3",
+            "1",
+            "9223372036854775807",
+            "key * key overflows a 64-bit integer",
+        ),
+        ("/float", "1e308", "1e308", "a + key is not a finite number"),
+    ] {
+        let kw = format!("key={key}");
+        let (ok, out, err) = yard(&["call", &url, route, a, "--kw", &kw]);
+        assert!(!ok, "{route} {a} {key} answered {out}");
+        assert!(err.contains("bad_request") && err.contains(why), "{err}");
+    }
     let (ok, _, err) = yard(&["call", "nats+carrier://x", "/r"]);
     assert!(!ok);
     assert!(err.contains("no transport for scheme"), "{err}");
@@ -412,4 +433,17 @@ fn two_services_on_one_broker_each_answer_their_own_calls() {
         assert!(!ok, "{name}: a call naming no service was answered");
         assert!(err.contains("--service"), "{name}: {err}");
     }
+}
+
+#[test]
+fn logs_written_to_a_pipe_have_no_colour_codes() {
+    let out = Command::new(YARD)
+        .args(["call", "http://127.0.0.1:9", "/x"])
+        .env("RUST_LOG", "debug")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("run yard");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DEBUG"), "no log line to check: {err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
 }

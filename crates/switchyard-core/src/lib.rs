@@ -31,6 +31,7 @@ pub mod message;
 pub mod middleware;
 pub mod policy;
 pub mod pool;
+pub mod push;
 pub mod served;
 pub mod server;
 pub mod service;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -12,7 +12,6 @@ use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
-use tokio::sync::broadcast;
 
 use crate::codec::Codec;
 use crate::context::{self, Context};
@@ -140,37 +139,7 @@ pub enum WsRoute {
     },
 }
 
-/// Fan-out of events to WebSocket subscribers (server push).
-#[derive(Default)]
-pub struct PushHub {
-    topics: Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>,
-}
-
-impl PushHub {
-    /// Subscribes to `topic`; the receiver lags (drops the oldest) if it reads too slowly.
-    pub fn subscribe(&self, topic: &str) -> broadcast::Receiver<Arc<str>> {
-        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        topics
-            .entry(topic.to_string())
-            .or_insert_with(|| broadcast::channel(1024).0)
-            .subscribe()
-    }
-
-    /// Sends `text` to every subscriber of `topic`; returns how many there were.
-    pub fn push(&self, topic: &str, text: impl Into<Arc<str>>) -> usize {
-        let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        match topics.get(topic) {
-            Some(tx) => tx.send(text.into()).unwrap_or(0),
-            None => 0,
-        }
-    }
-
-    /// Whether anyone listens on `topic`.
-    pub fn has_subscribers(&self, topic: &str) -> bool {
-        let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        topics.get(topic).is_some_and(|tx| tx.receiver_count() > 0)
-    }
-}
+pub use crate::push::{PushHub, Watch, WatchError};
 
 /// A service: what a listener answers. Build it once, serve it on any transport.
 ///
@@ -192,6 +161,7 @@ pub struct Service {
     max_body: usize,
     codec: Codec,
     hub: PushHub,
+    ws_token: Option<String>,
     policy: ConsumerPolicy,
     pub(crate) call_layers: Vec<crate::layer::CallLayerFn>,
     pub(crate) event_layers: Vec<crate::layer::EventLayerFn>,
@@ -220,6 +190,7 @@ impl Service {
             max_body: DEFAULT_MAX_BODY,
             codec: Codec::Json,
             hub: PushHub::default(),
+            ws_token: None,
             policy: ConsumerPolicy::default(),
             call_layers: Vec::new(),
             event_layers: Vec::new(),
@@ -382,6 +353,31 @@ impl Service {
             },
         ));
         self
+    }
+
+    /// Requires `token` to open any of the service's WebSocket routes (event watchers
+    /// included), checked like an RPC route's token: the upgrade request's `token` query
+    /// parameter, `Authorization: Bearer` or `x-token` header, compared in constant time.
+    pub fn ws_token(mut self, token: impl Into<String>) -> Self {
+        self.ws_token = Some(token.into());
+        self
+    }
+
+    /// Caps the WebSocket watchers of pushed events: `topics` watched at once and `watchers`
+    /// in all (defaults [`crate::push::MAX_TOPICS`] and [`crate::push::MAX_WATCHERS`]).
+    pub fn watch_limits(mut self, topics: usize, watchers: usize) -> Self {
+        self.hub = PushHub::with_limits(topics, watchers);
+        self
+    }
+
+    /// Whether `given` opens the service's WebSocket routes.
+    pub fn ws_token_accepts(&self, given: Option<&str>) -> bool {
+        match &self.ws_token {
+            None => true,
+            Some(expected) => {
+                given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())))
+            }
+        }
     }
 
     /// The service's name.

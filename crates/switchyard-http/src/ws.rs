@@ -25,6 +25,14 @@ pub(crate) async fn upgrade(state: ServerState, req: Request, path: String) -> R
             s.body_limit()
         });
     let upgrade = upgrade.max_message_size(limit).max_frame_size(limit);
+    if let Some(service) = &service {
+        if !service.ws_token_accepts(ws_token(&parts).as_deref()) {
+            return crate::server::error_response(
+                switchyard_core::error::ErrorCode::Unauthorized,
+                format!("missing or invalid token for {path}"),
+            );
+        }
+    }
     let route = service
         .as_ref()
         .and_then(|s| s.ws_route(&path).map(|(r, p)| (r.clone(), p)));
@@ -43,10 +51,10 @@ pub(crate) async fn upgrade(state: ServerState, req: Request, path: String) -> R
             Some((WsRoute::Events { topic }, params)) => {
                 let topic = topic.or_else(|| params.get("topic").cloned());
                 match (topic, service) {
-                    (Some(topic), Some(service)) => {
-                        let rx = service.hub().subscribe(&topic);
-                        events_loop(socket, rx).await
-                    }
+                    (Some(topic), Some(service)) => match service.hub().subscribe(&topic) {
+                        Ok(watch) => events_loop(socket, watch).await,
+                        Err(full) => refuse(socket, &full.to_string()).await,
+                    },
                     _ => not_found(socket).await,
                 }
             }
@@ -54,6 +62,35 @@ pub(crate) async fn upgrade(state: ServerState, req: Request, path: String) -> R
             Some(_) => not_found(socket).await,
         }
     })
+}
+
+/// The token given with an upgrade request: `?token=`, `Authorization: Bearer`, `x-token`.
+fn ws_token(parts: &axum::http::request::Parts) -> Option<String> {
+    let query = parts.uri.query().unwrap_or("");
+    let from_query = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned());
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    from_query
+        .or_else(|| {
+            header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
+        })
+        .or_else(|| header(switchyard_core::message::header::TOKEN))
+}
+
+/// Closes a watcher over the hub's caps: "try again later".
+async fn refuse(mut socket: WebSocket, why: &str) {
+    let frame = axum::extract::ws::CloseFrame {
+        code: 1013,
+        reason: why.to_string().into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
 async fn not_found(mut socket: WebSocket) {
@@ -92,10 +129,7 @@ where
     }
 }
 
-async fn events_loop(
-    mut socket: WebSocket,
-    mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
-) {
+async fn events_loop(mut socket: WebSocket, mut rx: switchyard_core::push::Watch) {
     loop {
         tokio::select! {
             event = rx.recv() => match event {

@@ -202,3 +202,74 @@ async fn websocket_messages_over_the_body_limit_are_refused() {
         "ok:small"
     );
 }
+
+#[tokio::test]
+async fn watchers_need_the_token_are_capped_and_free_their_topics() {
+    let service = Arc::new(
+        Service::new("watch-test")
+            .ws_events("/events/<topic>", None)
+            .watch_limits(1_000, 3)
+            .ws_token("s3cret"),
+    );
+    let t = Arc::new(HttpTransport::from_url("http://127.0.0.1:0").expect("url"));
+    let h = switchyard_core::server::serve(t, service.clone())
+        .await
+        .expect("serve");
+    let ws = h.url().replacen("http://", "ws://", 1);
+
+    // No token, a wrong one: refused before the upgrade.
+    for url in [
+        format!("{ws}/events/a"),
+        format!("{ws}/events/a?token=nope"),
+    ] {
+        match tokio_tungstenite::connect_async(&url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status().as_u16(), 401)
+            }
+            other => panic!("{url} opened without the token: {other:?}"),
+        }
+    }
+
+    // Open and close watchers on ever new topics: nothing stays behind.
+    for i in 0..300 {
+        let (mut s, _) = tokio_tungstenite::connect_async(format!("{ws}/events/t{i}?token=s3cret"))
+            .await
+            .expect("connect");
+        s.close(None).await.expect("close");
+        while s.next().await.is_some() {}
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while service.hub().topic_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(service.hub().topic_count(), 0, "topics left behind");
+    assert_eq!(service.hub().watcher_count(), 0);
+
+    // Three watchers at most; the fourth is told to come back later.
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let (s, _) = tokio_tungstenite::connect_async(format!("{ws}/events/c{i}?token=s3cret"))
+            .await
+            .expect("connect");
+        open.push(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while service.hub().watcher_count() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut fourth, _) = tokio_tungstenite::connect_async(format!("{ws}/events/c9?token=s3cret"))
+        .await
+        .expect("connect");
+    match tokio::time::timeout(Duration::from_secs(5), fourth.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => {
+            assert_eq!(u16::from(frame.code), 1013);
+            assert!(
+                frame.reason.contains("too many watchers"),
+                "{}",
+                frame.reason
+            );
+        }
+        other => panic!("a fourth watcher was taken: {other:?}"),
+    }
+    drop(open);
+}
