@@ -36,7 +36,12 @@ impl ServiceConsumers {
         let service = served.service();
         for topic in service.topics() {
             let policy = service.policy().clone();
-            let options = SubscribeOptions::group(service.name()).prefetch(policy.concurrency);
+            // A message delivered this often was never settled by the consumer (which settles
+            // by `max_attempts`): its client library could not read it. The broker then hands
+            // it over as unreadable, to be dead-lettered.
+            let options = SubscribeOptions::group(service.name())
+                .prefetch(policy.concurrency)
+                .max_deliveries(policy.max_attempts.saturating_add(2));
             let subscription = match subscriber.subscribe(topic, options).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -170,7 +175,9 @@ async fn handle_one(
 ) {
     push_to_watchers(served, &delivery.envelope);
     let attempt = delivery.envelope.headers.attempt();
-    let settled = match middleware::dispose(stack, delivery.envelope.clone()).await {
+    let mut envelope = delivery.envelope.clone();
+    middleware::limit::mark_unreadable(&mut envelope, delivery.unreadable_reason());
+    let settled = match middleware::dispose(stack, envelope).await {
         Disposition::Done => delivery.ack().await,
         Disposition::Retry { after, .. } => delivery.nack(Some(after)).await,
         // Every failure is decided by the stack; one that is not is retried, never lost.

@@ -88,6 +88,10 @@ pub struct SubscribeOptions {
     pub mode: SubscriptionMode,
     /// Most unacknowledged deliveries in flight (prefetch); the concurrency bound.
     pub prefetch: usize,
+    /// Deliveries of one message after which a broker that counts them may stop delivering
+    /// it; the subscriber then hands it over once more as [`Delivery::unreadable`] (what
+    /// happens to a message its client library cannot read). `None`: no bound.
+    pub max_deliveries: Option<u32>,
 }
 
 impl SubscribeOptions {
@@ -96,6 +100,7 @@ impl SubscribeOptions {
         Self {
             mode: SubscriptionMode::Group(name.into()),
             prefetch: 64,
+            max_deliveries: None,
         }
     }
 
@@ -104,12 +109,19 @@ impl SubscribeOptions {
         Self {
             mode: SubscriptionMode::Broadcast,
             prefetch: 64,
+            max_deliveries: None,
         }
     }
 
     /// Sets the prefetch.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = n.max(1);
+        self
+    }
+
+    /// Sets the bound on deliveries of one message.
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = Some(n.max(1));
         self
     }
 }
@@ -150,6 +162,8 @@ pub struct Delivery {
     pub envelope: Envelope,
     // `None` once settled.
     acker: Option<Box<dyn Acker>>,
+    // Why the transport could not read the message whole, if it could not.
+    unreadable: Option<String>,
 }
 
 impl fmt::Debug for Delivery {
@@ -166,7 +180,28 @@ impl Delivery {
         Self {
             envelope,
             acker: Some(acker),
+            unreadable: None,
         }
+    }
+
+    /// A message the transport could not read whole (its client library refused its headers,
+    /// say), with what could be recovered of it and why: the consumer dead-letters it with
+    /// that reason instead of handling it.
+    pub fn unreadable(
+        envelope: Envelope,
+        reason: impl Into<String>,
+        acker: Box<dyn Acker>,
+    ) -> Self {
+        Self {
+            envelope,
+            acker: Some(acker),
+            unreadable: Some(reason.into()),
+        }
+    }
+
+    /// Why the message could not be read, if it could not (see [`Delivery::unreadable`]).
+    pub fn unreadable_reason(&self) -> Option<&str> {
+        self.unreadable.as_deref()
     }
 
     /// Acknowledges the message.

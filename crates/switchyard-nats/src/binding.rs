@@ -182,6 +182,69 @@ pub(crate) fn envelope_of(
     }
 }
 
+/// A message read through the stream's JSON API (`STREAM.MSG.GET`: `hdrs` and `data` in
+/// base64) as an envelope, its headers read leniently (lines that do not parse are skipped),
+/// with what in its header block the client library cannot read, if anything (checked as
+/// async-nats 0.51 parses a header block); `None` if `message` is not such a message.
+pub(crate) fn raw_envelope(
+    topic: &str,
+    message: &serde_json::Value,
+    deliveries: u64,
+) -> Option<(Envelope, Option<String>)> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let payload = b64
+        .decode(message.get("data")?.as_str().unwrap_or(""))
+        .ok()?;
+    let raw_headers = match message.get("hdrs").and_then(|h| h.as_str()) {
+        Some(h) => b64.decode(h).ok()?,
+        None => Vec::new(),
+    };
+    let text = String::from_utf8_lossy(&raw_headers);
+    let mut lines = text.split("\r\n");
+    let first = lines.next().unwrap_or("");
+    let mut why = Vec::new();
+    if std::str::from_utf8(&raw_headers).is_err() {
+        why.push("its header block is not UTF-8".to_string());
+    }
+    let status = first.strip_prefix("NATS/1.0").map(str::trim).unwrap_or("");
+    if !status.is_empty() {
+        why.push(format!("its header block has the status line {first:?}"));
+    } else if !raw_headers.is_empty() && !first.starts_with("NATS/1.0") {
+        why.push(format!("its header block starts with {first:?}"));
+    }
+    let mut headers = Headers::new();
+    let mut id = None;
+    for line in lines.filter(|l| !l.is_empty()) {
+        let Some((name, value)) = line.split_once(':') else {
+            why.push(format!("the header line {line:?} has no colon"));
+            continue;
+        };
+        let (name, value) = (name.trim(), value.trim());
+        if <async_nats::HeaderName as std::str::FromStr>::from_str(name).is_err() {
+            why.push(format!("the header name {name:?} is not valid"));
+            continue;
+        }
+        if value.contains('\r') {
+            why.push(format!("the value of {name} holds a carriage return"));
+        }
+        if name.eq_ignore_ascii_case("ce-id") {
+            id = Some(value.to_string());
+        } else if !name.is_empty() {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert(h::ATTEMPT, deliveries.to_string());
+    let envelope = Envelope {
+        id: id.unwrap_or_else(switchyard_core::message::new_id),
+        subject: topic.to_string(),
+        headers,
+        payload: payload.into(),
+    };
+    let why = (!why.is_empty()).then(|| why.join("; "));
+    Some((envelope, why))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,6 +148,7 @@ impl Subscriber for NatsTransport {
         Box::pin(async move {
             let stream = self.stream(&topic).await?;
             let max_ack_pending = i64::try_from(options.prefetch).unwrap_or(i64::MAX);
+            let max_deliver = options.max_deliveries.map_or(-1, i64::from);
             let consumer: jetstream::consumer::PullConsumer = match options.mode {
                 SubscriptionMode::Group(group) => {
                     let durable = jetstream_name(&group);
@@ -160,6 +161,7 @@ impl Subscriber for NatsTransport {
                                 deliver_policy: DeliverPolicy::All,
                                 ack_wait: self.ack_wait,
                                 max_ack_pending,
+                                max_deliver,
                                 ..Default::default()
                             },
                         )
@@ -173,27 +175,201 @@ impl Subscriber for NatsTransport {
                         deliver_policy: DeliverPolicy::New,
                         inactive_threshold: Duration::from_secs(60),
                         max_ack_pending,
+                        max_deliver,
                         ..Default::default()
                     })
                     .await
                     .map_err(TransportError::other)?,
             };
+            let client = self.client().await?.clone();
+            let stream_name = stream_name(&topic);
+            // Messages the client library could not read (see `pump`) come back through the
+            // advisory JetStream publishes when one reaches `max_deliver`.
+            let advisories = client
+                .subscribe(format!(
+                    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream_name}.{}",
+                    consumer.cached_info().name
+                ))
+                .await
+                .map_err(TransportError::other)?;
             let messages = consumer.messages().await.map_err(TransportError::other)?;
-            let topic = Arc::new(topic);
-            let flush = Arc::new(FlushOnDrop(self.client().await?.clone()));
-            let deliveries = messages.map(move |m| match m {
-                Ok(m) => {
-                    let attempt = m.info().ok().map(|i| i.delivered);
-                    let env = envelope_of(&topic, &m.message, attempt);
-                    let acker = NatsAcker {
-                        message: Some(m),
-                        flush: flush.clone(),
-                    };
-                    Ok(Delivery::new(env, Box::new(acker)))
-                }
-                Err(e) => Err(TransportError::Other(Box::new(e))),
-            });
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let pump = Pump {
+                topic: Arc::new(topic),
+                stream: stream_name,
+                flush: Arc::new(FlushOnDrop(client)),
+                js: self.js().await?.clone(),
+                tx,
+            };
+            tokio::spawn(pump.run(consumer, messages, advisories));
+            let deliveries =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|d| (d, rx)) },
+                );
             Ok(Box::pin(deliveries) as Subscription)
         })
+    }
+}
+
+/// Feeds a subscription from a pull consumer, for as long as the subscription is held.
+///
+/// async-nats reads a stream message's header block as its own protocol: a message whose
+/// headers start with a status line (`NATS/1.0 409 …`) is taken for a server status (and may
+/// end the pull stream), and one whose headers do not parse drops the whole connection. Such
+/// a message is never handed over nor settled, so it is redelivered until `max_deliver`; the
+/// pump then reads it through the stream's JSON API, which carries the headers as bytes, and
+/// hands it over as unreadable, to be dead-lettered. A pull stream that ends is started again.
+struct Pump {
+    topic: Arc<String>,
+    stream: String,
+    flush: Arc<FlushOnDrop>,
+    js: jetstream::Context,
+    tx: tokio::sync::mpsc::Sender<Result<Delivery, TransportError>>,
+}
+
+impl Pump {
+    async fn run(
+        self,
+        consumer: jetstream::consumer::PullConsumer,
+        mut messages: pull::Stream,
+        mut advisories: async_nats::Subscriber,
+    ) {
+        loop {
+            tokio::select! {
+                _ = self.tx.closed() => return,
+                m = messages.next() => match m {
+                    Some(Ok(m)) => {
+                        let attempt = m.info().ok().map(|i| i.delivered);
+                        let env = envelope_of(&self.topic, &m.message, attempt);
+                        let acker = NatsAcker {
+                            message: Some(m),
+                            flush: self.flush.clone(),
+                        };
+                        if !self.send(Ok(Delivery::new(env, Box::new(acker)))).await {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(target: "switchyard", topic = %self.topic, error = %e, "NATS pull stream error");
+                    }
+                    None => {
+                        tracing::warn!(target: "switchyard", topic = %self.topic, "NATS pull stream ended; starting it again");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        match consumer.messages().await {
+                            Ok(m) => messages = m,
+                            Err(e) => {
+                                tracing::warn!(target: "switchyard", topic = %self.topic, error = %e, "cannot restart the NATS pull stream");
+                            }
+                        }
+                    }
+                },
+                a = advisories.next() => match a {
+                    Some(advisory) => self.undeliverable(&advisory.payload).await,
+                    None => return,
+                },
+            }
+        }
+    }
+
+    async fn send(&self, item: Result<Delivery, TransportError>) -> bool {
+        self.tx.send(item).await.is_ok()
+    }
+
+    /// Hands over the message a `MAX_DELIVERIES` advisory names, read as bytes.
+    async fn undeliverable(&self, advisory: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Advisory {
+            stream_seq: u64,
+            deliveries: u64,
+        }
+        let Ok(advisory) = serde_json::from_slice::<Advisory>(advisory) else {
+            return;
+        };
+        let request = serde_json::json!({ "seq": advisory.stream_seq });
+        let got: Result<serde_json::Value, _> = self
+            .js
+            .request(format!("STREAM.MSG.GET.{}", self.stream), &request)
+            .await;
+        let raw = match got {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(target: "switchyard", topic = %self.topic, seq = advisory.stream_seq, error = %e, "cannot read an undeliverable message; it stays in the stream");
+                return;
+            }
+        };
+        let Some((mut env, why)) = raw_envelope(&self.topic, &raw["message"], advisory.deliveries)
+        else {
+            tracing::error!(target: "switchyard", topic = %self.topic, seq = advisory.stream_seq, answer = %raw, "undeliverable message not found; it stays in the stream");
+            return;
+        };
+        let requeued: u32 = env
+            .headers
+            .get(REQUEUED)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let reason = match why {
+            Some(why) => format!(
+                "delivered {} times and never settled: the NATS client cannot read it ({why})",
+                advisory.deliveries
+            ),
+            None if requeued >= MAX_REQUEUES => format!(
+                "delivered {} times and never settled, {requeued} times over",
+                advisory.deliveries
+            ),
+            None => {
+                // Readable: its deliveries were cut off (a connection dropped by another
+                // message, a consumer that died). It goes to the back of the topic again, with
+                // an id JetStream has not seen, for another round of deliveries.
+                tracing::warn!(target: "switchyard", topic = %self.topic, id = %env.id, deliveries = advisory.deliveries, "message delivered too often without being settled; requeued");
+                env.headers.insert(REQUEUED, (requeued + 1).to_string());
+                env.headers
+                    .remove(switchyard_core::message::header::ATTEMPT);
+                let publish = self.requeue(env).await;
+                if let Err(e) = publish {
+                    tracing::error!(target: "switchyard", topic = %self.topic, error = %e, "cannot requeue; the message stays in the stream");
+                }
+                return;
+            }
+        };
+        // JetStream delivers it no more: there is nothing to settle.
+        let _ = self
+            .send(Ok(Delivery::unreadable(env, reason, Box::new(Settled))))
+            .await;
+    }
+
+    async fn requeue(&self, env: Envelope) -> Result<(), TransportError> {
+        let mut headers = to_nats_headers(&env.headers);
+        headers.insert("ce-id", env.id.as_str());
+        headers.insert("Nats-Msg-Id", switchyard_core::message::new_id().as_str());
+        self.js
+            .publish_with_headers(self.topic.to_string(), headers, env.payload)
+            .await
+            .map_err(TransportError::other)?
+            .await
+            .map_err(TransportError::other)?;
+        Ok(())
+    }
+}
+
+/// How often a readable message that was never settled is put back on its topic before it is
+/// given up as a dead letter; counted in its [`REQUEUED`] header.
+const MAX_REQUEUES: u32 = 3;
+/// Header counting a message's requeues.
+const REQUEUED: &str = "x-requeued";
+
+/// The acker of a message the broker no longer delivers.
+struct Settled;
+
+impl Acker for Settled {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn nack(
+        self: Box<Self>,
+        _: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        Box::pin(async { Ok(()) })
     }
 }

@@ -15,6 +15,7 @@ async fn delete_conformance_streams() {
     while let Some(Ok(name)) = names.next().await {
         if name.starts_with("SY_conformance_")
             || name.starts_with("SY_restart_")
+            || name.starts_with("SY_hostile_")
             || name.starts_with("SY_crash_")
         {
             ours.push(name);

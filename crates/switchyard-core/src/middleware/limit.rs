@@ -1,6 +1,6 @@
-//! One size limit on every input: an event larger than the service accepts is not handled,
-//! whichever transport brought it (a broker takes what its raw clients send, up to its own
-//! limit, far above the service's).
+//! One check on every input, whichever transport brought it: an event the transport could not
+//! read whole, or larger than the service accepts, is not handled (a broker takes what its raw
+//! clients send, up to its own limit, far above the service's).
 
 use std::convert::Infallible;
 
@@ -11,7 +11,21 @@ use super::{always_ready, call_inner, Disposition, Inner};
 use crate::error::{ErrorCode, HandlerError};
 use crate::message::Envelope;
 
-/// Dead-letters an event whose payload is over `limit` bytes instead of handling it.
+/// The header by which the consumer tells this layer that the transport could not read the
+/// message whole, and why. Set only by the consumer (see [`mark_unreadable`]): one that came
+/// with the message is removed first.
+pub const UNREADABLE: &str = "x-switchyard-unreadable";
+
+/// Marks `envelope` as unreadable for `reason`, or clears any such mark it came with.
+pub fn mark_unreadable(envelope: &mut Envelope, reason: Option<&str>) {
+    envelope.headers.remove(UNREADABLE);
+    if let Some(reason) = reason {
+        envelope.headers.insert(UNREADABLE, reason);
+    }
+}
+
+/// Dead-letters an event the transport could not read, or whose payload is over `limit`
+/// bytes, instead of handling it.
 #[derive(Clone, Debug)]
 pub struct Limit<S> {
     inner: S,
@@ -49,6 +63,16 @@ impl<S: Inner> tower::Service<Envelope> for Limit<S> {
     always_ready!();
 
     fn call(&mut self, envelope: Envelope) -> Self::Future {
+        if let Some(reason) = envelope.headers.get(UNREADABLE) {
+            let why = HandlerError::bad_request(format!("unreadable message: {reason}"));
+            let attempts = envelope.headers.attempt();
+            return Box::pin(async move {
+                Ok(Disposition::DeadLetter {
+                    cause: why,
+                    attempts,
+                })
+            });
+        }
         let size = envelope.payload.len();
         if size > self.limit {
             let why = HandlerError::new(
