@@ -81,7 +81,7 @@ impl HttpTransport {
         // `?codec=msgpack` makes this client send MessagePack calls (JSON is the default).
         let mut codec = Codec::Json;
         // The serving side's connection limits (see `ServerLimits`): `max_connections`,
-        // `header_timeout_ms`, `body_timeout_ms`, `idle_timeout_ms`.
+        // `header_timeout_ms`, `body_timeout_ms`, `idle_timeout_ms`, `max_in_flight`.
         let mut limits = ServerLimits::default();
         for (k, v) in parsed.query_pairs() {
             let number = || {
@@ -109,6 +109,9 @@ impl HttpTransport {
                     limits = limits.body_read(Duration::from_millis(number()?))
                 }
                 ("idle_timeout_ms", _) => limits = limits.idle(Duration::from_millis(number()?)),
+                ("max_in_flight", _) => {
+                    limits = limits.max_in_flight(usize::try_from(number()?).unwrap_or(usize::MAX))
+                }
                 _ => {}
             }
         }
@@ -131,7 +134,8 @@ impl HttpTransport {
     }
 
     /// Sets the limits on the connections the serving side accepts (also set by the URL's
-    /// `max_connections`, `header_timeout_ms`, `body_timeout_ms` and `idle_timeout_ms`).
+    /// `max_connections`, `header_timeout_ms`, `body_timeout_ms`, `idle_timeout_ms` and
+    /// `max_in_flight`).
     pub fn server_limits(mut self, limits: ServerLimits) -> Self {
         self.limits = limits;
         self

@@ -42,6 +42,11 @@ pub struct ServerLimits {
     pub body_read: Duration,
     /// Time a connection with no request in flight may stay silent (default 60 s).
     pub idle: Duration,
+    /// Requests handled at once; more are answered `503` at once (default 1,024).
+    pub max_in_flight: usize,
+    /// Bytes of request bodies in flight at once, as declared (a body of unknown length counts
+    /// as 64 KiB, one over 16 MiB as 16 MiB); more are answered `503` (default 256 MiB).
+    pub max_in_flight_bytes: usize,
 }
 
 impl Default for ServerLimits {
@@ -51,6 +56,8 @@ impl Default for ServerLimits {
             header_read: Duration::from_secs(10),
             body_read: Duration::from_secs(30),
             idle: Duration::from_secs(60),
+            max_in_flight: 1024,
+            max_in_flight_bytes: 256 << 20,
         }
     }
 }
@@ -79,6 +86,97 @@ impl ServerLimits {
         self.idle = d;
         self
     }
+
+    /// Sets the bound on requests in flight.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Sets the bound on request-body bytes in flight.
+    pub fn max_in_flight_bytes(mut self, n: usize) -> Self {
+        self.max_in_flight_bytes = n.max(1);
+        self
+    }
+}
+
+/// Admission: the requests and body bytes a server has in flight, bounded. Beyond either
+/// bound a request is answered `503` with `Retry-After` before its body is read: an overload
+/// costs the server nothing but the refusal, never memory (the adaptive limiter of the
+/// resilience work is the general form; this bound holds either way).
+struct Admission {
+    requests: Arc<Semaphore>,
+    // In KiB, so that a semaphore's `u32` counts up to 4 TiB.
+    kib: Arc<Semaphore>,
+}
+
+/// A request admitted: its share of the bounds, given back when it is answered.
+struct Admitted {
+    _request: tokio::sync::OwnedSemaphorePermit,
+    _kib: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Admission {
+    fn new(limits: &ServerLimits) -> Self {
+        Self {
+            requests: Arc::new(Semaphore::new(limits.max_in_flight)),
+            kib: Arc::new(Semaphore::new(limits.max_in_flight_bytes.div_ceil(1024))),
+        }
+    }
+
+    fn admit(&self, headers: &axum::http::HeaderMap) -> Result<Admitted, &'static str> {
+        let declared = headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let bytes = match (
+            declared,
+            headers.contains_key(axum::http::header::TRANSFER_ENCODING),
+        ) {
+            (Some(n), _) => n.min(16 << 20),
+            (None, true) => 64 << 10,
+            (None, false) => 0,
+        };
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        let request = self
+            .requests
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "too many requests in flight")?;
+        let kib = self
+            .kib
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map_err(|_| "too many request bytes in flight")?;
+        Ok(Admitted {
+            _request: request,
+            _kib: kib,
+        })
+    }
+}
+
+/// The answer to a request over the admission bounds.
+fn busy(why: &str) -> axum::response::Response {
+    let body = serde_json::json!({
+        "error": {"code": "unavailable", "message": format!("server busy: {why}; retry later")}
+    });
+    let mut r = axum::response::Response::new(axum::body::Body::from(body.to_string()));
+    *r.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    let h = r.headers_mut();
+    h.insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    // The body was not read: the connection is not reused.
+    h.insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    r
 }
 
 /// Three quarters of the process's open-file limit (what is left covers brokers, files and
@@ -111,6 +209,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let admission = Arc::new(Admission::new(&limits));
     // Connections watch `stop`; the server waits on `done` until every one has dropped it.
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = watch::channel(());
@@ -135,6 +234,7 @@ pub async fn serve(
             continue;
         };
         let (app, mut stop, done) = (app.clone(), stop_rx.clone(), done_tx.clone());
+        let admission = admission.clone();
         tokio::spawn(async move {
             let state = Arc::new(ConnState::default());
             let io = TokioIo::new(IdleIo::new(tcp, state.clone(), limits.idle));
@@ -142,7 +242,12 @@ pub async fn serve(
                 move |req: axum::http::Request<hyper::body::Incoming>| {
                     let app = app.clone();
                     let state = state.clone();
+                    let admitted = admission.admit(req.headers());
                     async move {
+                        let _admitted = match admitted {
+                            Ok(a) => a,
+                            Err(why) => return Ok(busy(why)),
+                        };
                         let _busy = Busy::enter(&state);
                         let req = req.map(|body| {
                             axum::body::Body::new(TimedBody::new(body, limits.body_read))

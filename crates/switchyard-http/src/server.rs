@@ -80,23 +80,38 @@ impl Subscriptions {
             let groups: Vec<_> = t.groups.values().map(|(tx, _)| tx.clone()).collect();
             (groups, t.broadcast.clone())
         };
-        for tx in broadcast {
-            let _ = tx.try_send(Delivery::new(env.clone(), Box::new(PushAcker(None))));
-        }
         let mut all_acked = true;
+        for tx in broadcast {
+            // A broadcast subscriber whose queue stays full is not sent a 200 for an event it
+            // will never see: the sender gets 503 and retries (a subscriber that had it then
+            // sees it twice: at least once, as everywhere).
+            let d = Delivery::new(env.clone(), Box::new(PushAcker(None)));
+            let queued = tokio::time::timeout(QUEUE_WAIT, tx.send(d)).await;
+            all_acked &= matches!(queued, Ok(Ok(())));
+        }
         for tx in groups {
             let (ack_tx, ack_rx) = oneshot::channel();
             let d = Delivery::new(env.clone(), Box::new(PushAcker(Some(ack_tx))));
-            if tx.send(d).await.is_err() {
+            if !matches!(
+                tokio::time::timeout(QUEUE_WAIT, tx.send(d)).await,
+                Ok(Ok(()))
+            ) {
                 all_acked = false;
                 continue;
             }
-            // A dropped delivery counts as a nack: the sender gets 503 and may retry.
-            all_acked &= ack_rx.await.unwrap_or(false);
+            // A dropped delivery counts as a nack, and so does one not settled in time: the
+            // sender gets 503 and may retry.
+            let settled = tokio::time::timeout(SETTLE_WAIT, ack_rx).await;
+            all_acked &= matches!(settled, Ok(Ok(true)));
         }
         Some(all_acked)
     }
 }
+
+/// How long a pushed event waits for room in a subscriber's queue.
+const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a pushed event waits for its group subscriber to settle it.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Acknowledges a pushed event by answering its HTTP request.
 struct PushAcker(Option<oneshot::Sender<bool>>);

@@ -273,3 +273,78 @@ async fn watchers_need_the_token_are_capped_and_free_their_topics() {
     }
     drop(open);
 }
+
+#[tokio::test]
+async fn requests_over_the_in_flight_bound_are_refused_at_once() {
+    let (_h, url) = start("max_in_flight=2").await;
+    let call = |ms: u64| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}/sleep"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"args":[{ms}]}}"#))
+                .send()
+                .await
+                .expect("answered")
+        }
+    };
+    let slow: Vec<_> = (0..2).map(|_| tokio::spawn(call(1500))).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let refused = call(0).await;
+    assert_eq!(refused.status().as_u16(), 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "not refused at once"
+    );
+    assert_eq!(
+        refused.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    assert!(refused
+        .text()
+        .await
+        .expect("body")
+        .contains("too many requests in flight"));
+    for s in slow {
+        assert_eq!(s.await.expect("slow call").status().as_u16(), 200);
+    }
+    assert_eq!(call(0).await.status().as_u16(), 200, "admitted again");
+}
+
+/// A broadcast subscriber that does not read is not sent a 200 for events it will never see:
+/// every event a publisher was told was delivered is there to read.
+#[tokio::test]
+async fn a_slow_broadcast_subscriber_gets_every_event_it_was_sent() {
+    use switchyard_core::message::Envelope;
+    use switchyard_core::transport::{Publisher, SubscribeOptions, Subscriber};
+    let port = switchyard_core::testkit::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let subscriber = HttpTransport::from_url(&url).expect("url");
+    let mut sub = subscriber
+        .subscribe("news", SubscribeOptions::broadcast())
+        .await
+        .expect("subscribe");
+    let publisher = Arc::new(HttpTransport::from_url(&url).expect("url"));
+    let mut confirmed = 0usize;
+    let mut refused = 0usize;
+    // More than the subscriber's queue holds, sent while nobody reads.
+    for i in 0..1_030 {
+        let env = Envelope::new("news", format!("{{\"n\":{i}}}"));
+        match publisher.publish(env).await {
+            Ok(()) => confirmed += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        refused > 0,
+        "every event confirmed although the queue is full"
+    );
+    let mut read = 0usize;
+    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+        read += 1;
+        let _ = d.ack().await;
+    }
+    assert_eq!(read, confirmed, "confirmed {confirmed}, refused {refused}");
+}
