@@ -72,6 +72,24 @@ impl Inner {
     }
 
     /// Creates `topic` (with `partitions` partitions) unless this transport already did.
+    /// Deletes `topic` (a broadcast subscriber's own retry topic, when it leaves).
+    pub(crate) async fn delete_topic(&self, topic: &str) -> Result<(), TransportError> {
+        let admin = self.admin().await?;
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        tokio::time::timeout(
+            Duration::from_secs(15),
+            admin.delete_topics(&[topic], &opts),
+        )
+        .await
+        .map_err(|e| self.unreachable(e))?
+        .map_err(|e| self.unreachable(e))?;
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic);
+        Ok(())
+    }
+
     pub(crate) async fn ensure_topic(&self, topic: &str) -> Result<(), TransportError> {
         if self
             .topics

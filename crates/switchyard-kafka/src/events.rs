@@ -346,6 +346,14 @@ impl Drop for Reader {
             // What was settled is committed before this member leaves the group.
             let _ = self.0.consumer.commit_consumer_state(CommitMode::Sync);
             self.0.consumer.unsubscribe();
+        } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // A broadcast subscriber's retry topic is its own: it leaves with it.
+            let (inner, retry) = (self.0.inner.clone(), self.0.retry_topic.clone());
+            rt.spawn(async move {
+                if let Err(e) = inner.delete_topic(&retry).await {
+                    tracing::warn!(target: "switchyard", topic = %retry, error = %e, "cannot delete a broadcast subscriber's retry topic");
+                }
+            });
         }
     }
 }
