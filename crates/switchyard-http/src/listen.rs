@@ -252,11 +252,24 @@ pub async fn serve(
                         let req = req.map(|body| {
                             axum::body::Body::new(TimedBody::new(body, limits.body_read))
                         });
-                        let response = app.oneshot(req).await;
-                        if let Ok(r) = &response {
-                            if r.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS {
+                        let mut response = app.oneshot(req).await;
+                        if let Ok(r) = &mut response {
+                            use axum::http::StatusCode;
+                            match r.status() {
                                 // A WebSocket now owns the connection: it is not idle when quiet.
-                                state.upgraded.store(true, Ordering::Release);
+                                StatusCode::SWITCHING_PROTOCOLS => {
+                                    state.upgraded.store(true, Ordering::Release)
+                                }
+                                // Answered before the body was read whole: the connection
+                                // cannot carry another request, and the client is told so
+                                // rather than finding out by sending one.
+                                StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT => {
+                                    r.headers_mut().insert(
+                                        axum::http::header::CONNECTION,
+                                        axum::http::HeaderValue::from_static("close"),
+                                    );
+                                }
+                                _ => {}
                             }
                         }
                         response

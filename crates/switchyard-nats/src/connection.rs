@@ -90,22 +90,30 @@ impl NatsTransport {
     }
 
     pub(crate) async fn client(&self) -> Result<&async_nats::Client, TransportError> {
-        get_or_init_boxed(&self.client, || async {
-            let mut options = async_nats::ConnectOptions::new()
-                .connection_timeout(Duration::from_secs(5))
-                .require_tls(self.tls);
-            if let Some(ca) = &self.tls_ca {
-                options = options.add_root_certificates(ca.clone());
-            }
-            options
-                .connect(&self.server)
-                .await
-                .map_err(|e| TransportError::Unreachable {
-                    url: redact_url(&self.url),
-                    source: Box::new(e),
-                })
-        })
-        .await
+        get_or_init_boxed(&self.client, || self.connect()).await
+    }
+
+    /// A second connection, for what must get through while the first is being dropped by a
+    /// message the client library cannot read (it drops the whole connection): the
+    /// `MAX_DELIVERIES` advisories and the reads that dead-letter such messages.
+    pub(crate) async fn control(&self) -> Result<&async_nats::Client, TransportError> {
+        get_or_init_boxed(&self.control, || self.connect()).await
+    }
+
+    async fn connect(&self) -> Result<async_nats::Client, TransportError> {
+        let mut options = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .require_tls(self.tls);
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        options
+            .connect(&self.server)
+            .await
+            .map_err(|e| TransportError::Unreachable {
+                url: redact_url(&self.url),
+                source: Box::new(e),
+            })
     }
 
     /// Deletes `topic`'s stream and everything in it (consumers included). For tests and

@@ -182,10 +182,12 @@ impl Subscriber for NatsTransport {
                     .map_err(TransportError::other)?,
             };
             let client = self.client().await?.clone();
+            let control = self.control().await?.clone();
             let stream_name = stream_name(&topic);
             // Messages the client library could not read (see `pump`) come back through the
-            // advisory JetStream publishes when one reaches `max_deliver`.
-            let advisories = client
+            // advisory JetStream publishes when one reaches `max_deliver`, on the connection
+            // they cannot drop.
+            let advisories = control
                 .subscribe(format!(
                     "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream_name}.{}",
                     consumer.cached_info().name
@@ -198,7 +200,7 @@ impl Subscriber for NatsTransport {
                 topic: Arc::new(topic),
                 stream: stream_name,
                 flush: Arc::new(FlushOnDrop(client)),
-                js: self.js().await?.clone(),
+                js: jetstream::new(control),
                 tx,
             };
             tokio::spawn(pump.run(consumer, messages, advisories));

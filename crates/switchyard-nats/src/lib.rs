@@ -47,6 +47,7 @@ pub struct NatsTransport {
     pub(crate) server: String,
     pub(crate) namespace: String,
     pub(crate) client: OnceCell<async_nats::Client>,
+    pub(crate) control: OnceCell<async_nats::Client>,
     // Topics whose stream is known to exist; checked on every publish, so a plain lock.
     pub(crate) streams: std::sync::Mutex<HashSet<String>>,
     pub(crate) js: OnceCell<jetstream::Context>,

@@ -98,6 +98,7 @@ impl NatsTransport {
             server: format!("nats://{auth}{host}:{port}"),
             namespace,
             client: OnceCell::new(),
+            control: OnceCell::new(),
             streams: std::sync::Mutex::new(HashSet::new()),
             js: OnceCell::new(),
             replies: OnceCell::new(),

@@ -16,6 +16,7 @@ async fn delete_conformance_streams() {
         if name.starts_with("SY_conformance_")
             || name.starts_with("SY_restart_")
             || name.starts_with("SY_hostile_")
+            || name.starts_with("SY_soak")
             || name.starts_with("SY_crash_")
         {
             ours.push(name);

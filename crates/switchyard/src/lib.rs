@@ -69,8 +69,8 @@ use std::sync::Arc;
 #[cfg(feature = "testkit")]
 pub use switchyard_core::testkit;
 pub use switchyard_core::{
-    call, client, codec, consumer, context, error, handler, inbox, layer, mem, message, pool,
-    server, service, shards, transport, values, wire,
+    call, client, codec, consumer, context, error, handler, inbox, layer, mem, message, middleware,
+    pool, push, server, service, shards, transport, values, wire,
 };
 pub use switchyard_core::{
     json, rpc, CallError, Capabilities, Client, Codec, Envelope, ErrorCode, HandlerError, Headers,
