@@ -15,7 +15,7 @@ use futures::StreamExt;
 use switchyard::message::{header, Envelope};
 use switchyard::middleware::dead_letter::ORIGINAL_ID;
 use switchyard::transport::{SubscribeOptions, Transport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const NATS: &str = "127.0.0.1:4222";
@@ -274,7 +274,7 @@ async fn hostile_and_valid_traffic_together_on_http_and_every_broker() {
                 .unwrap_or_else(|e| panic!("{name}: publish: {e}"));
             sent_valid.insert(payload);
         }
-        if round % 5 == 0 {
+        if round.is_multiple_of(5) {
             // Hostile over HTTP: refused with a reason.
             let big = "x".repeat(MAX_BODY * 2);
             for (body, want) in [
@@ -310,7 +310,7 @@ async fn hostile_and_valid_traffic_together_on_http_and_every_broker() {
                         .unwrap_or_else(|e| panic!("{name}: hostile publish: {e}"));
                 }
             }
-            if round % 20 == 0 {
+            if round.is_multiple_of(20) {
                 let ids: Vec<String> = (0..2).map(|_| switchyard::message::new_id()).collect();
                 nats_raw_hostile(&topic, &ids).await;
                 hostile_ids.entry("NATS").or_default().extend(ids);
