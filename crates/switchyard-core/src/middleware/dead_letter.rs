@@ -276,4 +276,59 @@ mod tests {
             .get(header::ERROR)
             .is_some_and(|e| e.len() <= MAX_REASON));
     }
+
+    /// Captures what is logged while `f` runs.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = capture.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn each_rejection_is_logged_once_and_a_flood_is_limited() {
+        let why = HandlerError::bad_request("does not decode");
+        // A fresh window of the rate limit for each part.
+        std::thread::sleep(Duration::from_millis(1100));
+        let one = logged(|| {
+            let dead = dead_letter(Envelope::new("orders", "x"), &why, 1, ".dlq");
+            log_rejection(&dead, &why);
+        });
+        assert_eq!(one.matches("message rejected").count(), 1, "{one}");
+        assert!(
+            one.contains("does not decode") && one.contains("orders"),
+            "{one}"
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        let flood = logged(|| {
+            for _ in 0..100 {
+                let dead = dead_letter(Envelope::new("orders", "x"), &why, 1, ".dlq");
+                log_rejection(&dead, &why);
+            }
+        });
+        let lines = flood.matches("message rejected").count();
+        assert!(
+            (1..=LOG_PER_SECOND as usize).contains(&lines),
+            "{lines} lines for 100 rejections in well under a second"
+        );
+    }
 }
