@@ -14,7 +14,7 @@ use crate::call::{CallParts, CallRequest};
 use crate::error::HandlerError;
 use crate::layer::{self, CallService, EventService};
 use crate::message::Envelope;
-use crate::middleware::{self, DeliveryService, Disposition};
+use crate::middleware::{self, DeliveryService, Disposition, EventHandler};
 use crate::service::Service;
 use crate::values::Reply;
 
@@ -57,8 +57,8 @@ impl Served {
             )
         });
         let handler = match &events {
-            Some(stack) => stack.clone(),
-            None => BoxCloneSyncService::new(HandleEvent(service.clone())),
+            Some(stack) => EventHandler::Layers(stack.clone()),
+            None => EventHandler::Service(service.clone()),
         };
         let pushed = middleware::pushed_stack(
             handler,
@@ -143,10 +143,10 @@ impl Served {
 
     /// The service's event layers around its event handlers: one attempt at an event, what
     /// the consumer stack ([`middleware::consumer_stack`]) wraps.
-    pub fn event_handler(&self) -> EventService {
+    pub fn event_handler(&self) -> EventHandler {
         match &self.events {
-            Some(stack) => stack.clone(),
-            None => BoxCloneSyncService::new(HandleEvent(self.service.clone())),
+            Some(stack) => EventHandler::Layers(stack.clone()),
+            None => EventHandler::Service(self.service.clone()),
         }
     }
 

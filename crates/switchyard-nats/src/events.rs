@@ -195,26 +195,27 @@ impl Subscriber for NatsTransport {
                 .await
                 .map_err(TransportError::other)?;
             let messages = consumer.messages().await.map_err(TransportError::other)?;
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let topic = Arc::new(topic);
             let pump = Pump {
-                topic: Arc::new(topic),
-                stream: stream_name,
+                topic: topic.clone(),
                 flush: Arc::new(FlushOnDrop(client)),
-                js: jetstream::new(control),
-                tx,
+                consumer,
+                messages,
+                advisories,
+                recovery: Arc::new(Recovery {
+                    topic,
+                    stream: stream_name,
+                    js: jetstream::new(control),
+                }),
+                side: None,
             };
-            tokio::spawn(pump.run(consumer, messages, advisories));
-            let deliveries =
-                futures::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|d| (d, rx)) },
-                );
+            let deliveries = pump;
             Ok(Box::pin(deliveries) as Subscription)
         })
     }
 }
 
-/// Feeds a subscription from a pull consumer, for as long as the subscription is held.
+/// Reads a subscription from a pull consumer.
 ///
 /// async-nats reads a stream message's header block as its own protocol: a message whose
 /// headers start with a status line (`NATS/1.0 409 …`) is taken for a server status (and may
@@ -224,69 +225,123 @@ impl Subscriber for NatsTransport {
 /// hands it over as unreadable, to be dead-lettered. A pull stream that ends is started again.
 struct Pump {
     topic: Arc<String>,
-    stream: String,
     flush: Arc<FlushOnDrop>,
-    js: jetstream::Context,
-    tx: tokio::sync::mpsc::Sender<Result<Delivery, TransportError>>,
+    consumer: jetstream::consumer::PullConsumer,
+    messages: pull::Stream,
+    advisories: async_nats::Subscriber,
+    recovery: Arc<Recovery>,
+    // What the pump is doing besides reading: restarting the pull stream, or bringing back a
+    // message an advisory named. Rare, hence boxed.
+    side: Option<Side>,
 }
 
-impl Pump {
-    async fn run(
-        self,
-        consumer: jetstream::consumer::PullConsumer,
-        mut messages: pull::Stream,
-        mut advisories: async_nats::Subscriber,
-    ) {
+enum Side {
+    Restart(BoxFuture<'static, Option<pull::Stream>>),
+    Recover(BoxFuture<'static, Option<Delivery>>),
+}
+
+/// A `Stream` by hand rather than `unfold` over an `async fn`: a message costs one poll of the
+/// pull stream, with no future made per message (that cost a tenth of the consume throughput).
+impl futures::Stream for Pump {
+    type Item = Result<Delivery, TransportError>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
         loop {
-            tokio::select! {
-                _ = self.tx.closed() => return,
-                m = messages.next() => match m {
-                    Some(Ok(m)) => {
-                        let attempt = m.info().ok().map(|i| i.delivered);
-                        let env = envelope_of(&self.topic, &m.message, attempt);
-                        let acker = NatsAcker {
-                            message: Some(m),
-                            flush: self.flush.clone(),
-                        };
-                        if !self.send(Ok(Delivery::new(env, Box::new(acker)))).await {
-                            return;
+            match &mut this.side {
+                Some(Side::Restart(f)) => match f.as_mut().poll(cx) {
+                    Poll::Ready(restarted) => {
+                        this.side = None;
+                        if let Some(m) = restarted {
+                            this.messages = m;
                         }
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(target: "switchyard", topic = %self.topic, error = %e, "NATS pull stream error");
-                    }
-                    None => {
-                        tracing::warn!(target: "switchyard", topic = %self.topic, "NATS pull stream ended; starting it again");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        match consumer.messages().await {
-                            Ok(m) => messages = m,
-                            Err(e) => {
-                                tracing::warn!(target: "switchyard", topic = %self.topic, error = %e, "cannot restart the NATS pull stream");
-                            }
+                    Poll::Pending => return Poll::Pending,
+                },
+                Some(Side::Recover(f)) => match f.as_mut().poll(cx) {
+                    Poll::Ready(recovered) => {
+                        this.side = None;
+                        if let Some(d) = recovered {
+                            return Poll::Ready(Some(Ok(d)));
                         }
                     }
+                    Poll::Pending => return Poll::Pending,
                 },
-                a = advisories.next() => match a {
-                    Some(advisory) => self.undeliverable(&advisory.payload).await,
-                    None => return,
-                },
+                None => {}
+            }
+            match this.messages.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(m))) => {
+                    let attempt = m.info().ok().map(|i| i.delivered);
+                    let env = envelope_of(&this.topic, &m.message, attempt);
+                    let acker = NatsAcker {
+                        message: Some(m),
+                        flush: this.flush.clone(),
+                    };
+                    return Poll::Ready(Some(Ok(Delivery::new(env, Box::new(acker)))));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(target: "switchyard", topic = %this.topic, error = %e, "NATS pull stream error");
+                    continue;
+                }
+                Poll::Ready(None) => {
+                    let (consumer, topic) = (this.consumer.clone(), this.topic.clone());
+                    this.side = Some(Side::Restart(Box::pin(restart(consumer, topic))));
+                    continue;
+                }
+                Poll::Pending => {}
+            }
+            match this.advisories.poll_next_unpin(cx) {
+                Poll::Ready(Some(advisory)) => {
+                    let recovery = this.recovery.clone();
+                    this.side = Some(Side::Recover(Box::pin(async move {
+                        recovery.undeliverable(&advisory.payload).await
+                    })));
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
+}
 
-    async fn send(&self, item: Result<Delivery, TransportError>) -> bool {
-        self.tx.send(item).await.is_ok()
+/// A new pull stream for `consumer`, after a short pause.
+async fn restart(
+    consumer: jetstream::consumer::PullConsumer,
+    topic: Arc<String>,
+) -> Option<pull::Stream> {
+    tracing::warn!(target: "switchyard", topic = %topic, "NATS pull stream ended; starting it again");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    match consumer.messages().await {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(target: "switchyard", topic = %topic, error = %e, "cannot restart the NATS pull stream");
+            None
+        }
     }
+}
 
+/// What brings back a message an advisory names: the stream's JSON API, on the second
+/// connection.
+struct Recovery {
+    topic: Arc<String>,
+    stream: String,
+    js: jetstream::Context,
+}
+
+impl Recovery {
     /// Hands over the message a `MAX_DELIVERIES` advisory names, read as bytes.
-    async fn undeliverable(&self, advisory: &[u8]) {
+    async fn undeliverable(&self, advisory: &[u8]) -> Option<Delivery> {
         #[derive(serde::Deserialize)]
         struct Advisory {
             stream_seq: u64,
             deliveries: u64,
         }
         let Ok(advisory) = serde_json::from_slice::<Advisory>(advisory) else {
-            return;
+            return None;
         };
         let request = serde_json::json!({ "seq": advisory.stream_seq });
         let got: Result<serde_json::Value, _> = self
@@ -297,13 +352,13 @@ impl Pump {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(target: "switchyard", topic = %self.topic, seq = advisory.stream_seq, error = %e, "cannot read an undeliverable message; it stays in the stream");
-                return;
+                return None;
             }
         };
         let Some((mut env, why)) = raw_envelope(&self.topic, &raw["message"], advisory.deliveries)
         else {
             tracing::error!(target: "switchyard", topic = %self.topic, seq = advisory.stream_seq, answer = %raw, "undeliverable message not found; it stays in the stream");
-            return;
+            return None;
         };
         let requeued: u32 = env
             .headers
@@ -331,13 +386,11 @@ impl Pump {
                 if let Err(e) = publish {
                     tracing::error!(target: "switchyard", topic = %self.topic, error = %e, "cannot requeue; the message stays in the stream");
                 }
-                return;
+                return None;
             }
         };
         // JetStream delivers it no more: there is nothing to settle.
-        let _ = self
-            .send(Ok(Delivery::unreadable(env, reason, Box::new(Settled))))
-            .await;
+        Some(Delivery::unreadable(env, reason, Box::new(Settled)))
     }
 
     async fn requeue(&self, env: Envelope) -> Result<(), TransportError> {

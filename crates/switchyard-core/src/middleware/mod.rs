@@ -62,32 +62,47 @@ pub enum Disposition {
 pub type DeliveryService = BoxCloneSyncService<Envelope, Disposition, Infallible>;
 
 /// The stack every transport's consumer runs for a served service: dead letters outermost,
-/// then the size limit, retries, the inbox, poison detection, and the service's event layers
+/// then the input check, retries, the inbox, poison detection, and the service's event layers
 /// and handler.
+///
+/// Composed as one concrete type and boxed once: a clone of the stack (one per delivery) then
+/// copies a few `Arc`s instead of allocating a box per layer.
 pub fn consumer_stack(
-    handler: EventService,
+    handler: EventHandler,
     policy: Arc<ConsumerPolicy>,
     limit: usize,
     dead_letters: Arc<dyn Publisher>,
 ) -> DeliveryService {
-    let inner = BoxCloneSyncService::new(Handle(handler));
-    let inner = BoxCloneSyncService::new(PoisonLayer.layer(inner));
-    let inner = BoxCloneSyncService::new(DedupeLayer::new(policy.clone()).layer(inner));
-    let inner = BoxCloneSyncService::new(RetryLayer::new(policy.clone()).layer(inner));
-    let inner = BoxCloneSyncService::new(LimitLayer::new(limit).layer(inner));
-    BoxCloneSyncService::new(DeadLetterLayer::new(dead_letters, policy).layer(inner))
+    let stack = (
+        DeadLetterLayer::new(dead_letters, policy.clone()),
+        LimitLayer::new(limit),
+        RetryLayer::new(policy.clone()),
+        DedupeLayer::new(policy),
+        PoisonLayer,
+    )
+        .layer(Handle(handler));
+    BoxCloneSyncService::new(stack)
 }
 
 /// The stack for an event pushed by a sender that takes the outcome back and is itself the
-/// retry and the dead letter (HTTP): the size limit, the inbox, and the handler.
+/// retry and the dead letter (HTTP): the input check, the inbox, and the handler.
 pub fn pushed_stack(
-    handler: EventService,
+    handler: EventHandler,
     policy: Arc<ConsumerPolicy>,
     limit: usize,
 ) -> DeliveryService {
-    let inner = BoxCloneSyncService::new(Handle(handler));
-    let inner = BoxCloneSyncService::new(DedupeLayer::new(policy).layer(inner));
-    BoxCloneSyncService::new(LimitLayer::new(limit).layer(inner))
+    let stack = (LimitLayer::new(limit), DedupeLayer::new(policy)).layer(Handle(handler));
+    BoxCloneSyncService::new(stack)
+}
+
+/// What the stack calls innermost: the service's event handlers, through its event layers
+/// when it has any.
+#[derive(Clone)]
+pub enum EventHandler {
+    /// No event layers: straight to [`Service::handle_event`](crate::service::Service::handle_event).
+    Service(Arc<crate::service::Service>),
+    /// The service's event layers around its handlers.
+    Layers(EventService),
 }
 
 /// Runs `stack` on one event.
@@ -101,7 +116,7 @@ pub async fn dispose(stack: &DeliveryService, envelope: Envelope) -> Disposition
 /// The innermost service of the stack: the service's event layers and handler, their outcome
 /// as a disposition.
 #[derive(Clone)]
-struct Handle(EventService);
+struct Handle(EventHandler);
 
 impl tower::Service<Envelope> for Handle {
     type Response = Disposition;
@@ -115,7 +130,11 @@ impl tower::Service<Envelope> for Handle {
     fn call(&mut self, envelope: Envelope) -> Self::Future {
         let handler = self.0.clone();
         Box::pin(async move {
-            Ok(match handler.oneshot(envelope).await {
+            let outcome = match handler {
+                EventHandler::Service(service) => service.handle_event(envelope).await,
+                EventHandler::Layers(stack) => stack.oneshot(envelope).await,
+            };
+            Ok(match outcome {
                 Ok(()) => Disposition::Done,
                 Err(e) => Disposition::Failed(e),
             })

@@ -55,6 +55,25 @@ impl<S: Inner> tower::Service<Envelope> for Retry<S> {
         let policy = self.policy.clone();
         Box::pin(async move {
             let mut attempt = envelope.headers.attempt();
+            if !policy.ordered_by_key {
+                // One attempt here; the broker brings the next.
+                return Ok(match call_inner(inner, envelope).await {
+                    Disposition::Failed(e) if attempt >= policy.max_attempts => {
+                        Disposition::DeadLetter {
+                            cause: e,
+                            attempts: attempt,
+                        }
+                    }
+                    Disposition::Failed(e) => {
+                        tracing::debug!(target: "switchyard", error = %e, attempt, "handler failed; redelivering");
+                        Disposition::Retry {
+                            after: policy.backoff(attempt),
+                            cause: e,
+                        }
+                    }
+                    other => other,
+                });
+            }
             loop {
                 let mut this = envelope.clone();
                 if attempt != envelope.headers.attempt() {
@@ -71,10 +90,6 @@ impl<S: Inner> tower::Service<Envelope> for Retry<S> {
                     });
                 }
                 let after = policy.backoff(attempt);
-                if !policy.ordered_by_key {
-                    tracing::debug!(target: "switchyard", error = %e, attempt, "handler failed; redelivering");
-                    return Ok(Disposition::Retry { after, cause: e });
-                }
                 tracing::debug!(target: "switchyard", error = %e, attempt, "handler failed; retrying in place");
                 tokio::time::sleep(after).await;
                 attempt += 1;
