@@ -128,7 +128,7 @@ pub(crate) async fn run(cmd: EventsCommand) -> Result<(), BoxError> {
                 running.addr,
                 output.display()
             );
-            tokio::signal::ctrl_c().await?;
+            switchyard_cli::shutdown_signal().await?;
             running.shutdown().await;
             Ok(())
         }

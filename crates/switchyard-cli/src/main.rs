@@ -215,7 +215,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             }
             let relay = outbox.relay(transport.clone()).await?;
             println!("relaying {table} to {}", transport.url());
-            tokio::signal::ctrl_c().await?;
+            switchyard_cli::shutdown_signal().await?;
             let stats = relay.stop().await;
             println!("relayed {} events", stats.sent);
             Ok(())
@@ -236,7 +236,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let served = service.name().to_string();
             let handle = switchyard::serve(&transport, service).await?;
             println!("serving {served} on {}", handle.url());
-            tokio::signal::ctrl_c().await?;
+            switchyard_cli::shutdown_signal().await?;
             handle.shutdown().await;
             Ok(())
         }
@@ -317,8 +317,22 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let mut sub = transport.subscribe(&topic, opts).await?;
             eprintln!("subscribed to {topic} on {}", transport.url());
             let mut seen = 0usize;
-            while let Some(delivery) = sub.next().await {
-                let delivery = delivery?;
+            let stop = switchyard_cli::shutdown_signal();
+            tokio::pin!(stop);
+            loop {
+                // A signal stops taking deliveries; the one in hand is printed and acked first.
+                let next = tokio::select! {
+                    _ = &mut stop => break,
+                    next = sub.next() => next,
+                };
+                let Some(delivery) = next else { break };
+                let delivery = match delivery {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("yard: subscription error (going on): {e}");
+                        continue;
+                    }
+                };
                 let env = &delivery.envelope;
                 let codec = env
                     .headers

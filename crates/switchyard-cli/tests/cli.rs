@@ -447,3 +447,56 @@ fn logs_written_to_a_pipe_have_no_colour_codes() {
     assert!(err.contains("DEBUG"), "no log line to check: {err}");
     assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
 }
+
+/// SIGTERM (what service managers send) drains: a call in flight is answered, then `yard`
+/// exits cleanly; before, it died at once and the call was cut.
+#[test]
+fn sigterm_lets_calls_in_flight_finish_then_exits_cleanly() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(YARD)
+        .args(["serve", "echo", "--name", "drain", "--url", &url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn yard serve echo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("first line");
+    assert!(line.starts_with("serving drain on"), "{line}");
+    let pid = child.id().to_string();
+    let mut running = Running(child);
+    let call_url = format!("{url}/sleep");
+    let call = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .post(call_url)
+            .header("content-type", "application/json")
+            .body(r#"{"args":[1500]}"#)
+            .send()
+            .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let answered = call.join().expect("caller");
+    assert!(
+        matches!(&answered, Ok((200, _))),
+        "the call in flight was cut: {answered:?}"
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = running.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "yard still running after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}
