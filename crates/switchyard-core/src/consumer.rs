@@ -10,7 +10,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::error::TransportError;
-use crate::middleware::{self, DeliveryService, Disposition};
+use crate::middleware::{self, ConsumerStack, Disposition};
 pub use crate::policy::ConsumerPolicy;
 use crate::pool::{KeyedPool, PoolConfig};
 use crate::served::{push_to_watchers, Served};
@@ -128,7 +128,7 @@ pub async fn run(
 async fn run_ordered(
     served: Arc<Served>,
     mut subscription: Subscription,
-    stack: DeliveryService,
+    stack: ConsumerStack,
     policy: Arc<ConsumerPolicy>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -170,7 +170,7 @@ async fn run_ordered(
 async fn handle_one(
     served: &Served,
     delivery: Delivery,
-    stack: &DeliveryService,
+    stack: &ConsumerStack,
     policy: &ConsumerPolicy,
 ) {
     push_to_watchers(served, &delivery.envelope);

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either};
 use tower::Layer;
 
 use super::{always_ready, call_inner, Disposition, Inner};
@@ -48,14 +48,18 @@ impl<S> Layer<S> for DedupeLayer {
 impl<S: Inner> tower::Service<Envelope> for Dedupe<S> {
     type Response = Disposition;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Disposition, Infallible>>;
+    type Future = Either<BoxFuture<'static, Result<Disposition, Infallible>>, S::Future>;
 
     always_ready!();
 
     fn call(&mut self, envelope: Envelope) -> Self::Future {
+        if self.policy.inbox.is_none() {
+            // Every layer here is always ready: no `poll_ready` of the inner one to wait for.
+            return Either::Right(self.inner.call(envelope));
+        }
         let inner = self.inner.clone();
         let policy = self.policy.clone();
-        Box::pin(async move {
+        Either::Left(Box::pin(async move {
             let Some(inbox) = &policy.inbox else {
                 return Ok(call_inner(inner, envelope).await);
             };
@@ -91,6 +95,6 @@ impl<S: Inner> tower::Service<Envelope> for Dedupe<S> {
                 tracing::warn!(target: "switchyard", error = %e, "could not record the message in the inbox");
             }
             Ok(disposition)
-        })
+        }))
     }
 }

@@ -4,10 +4,10 @@
 
 use std::convert::Infallible;
 
-use futures::future::BoxFuture;
+use futures::future::{ready, Either, Ready};
 use tower::Layer;
 
-use super::{always_ready, call_inner, Disposition, Inner};
+use super::{always_ready, Disposition, Inner};
 use crate::error::{ErrorCode, HandlerError};
 use crate::message::Envelope;
 
@@ -58,39 +58,33 @@ impl<S> Layer<S> for LimitLayer {
 impl<S: Inner> tower::Service<Envelope> for Limit<S> {
     type Response = Disposition;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Disposition, Infallible>>;
+    type Future = Either<Ready<Result<Disposition, Infallible>>, S::Future>;
 
     always_ready!();
 
     fn call(&mut self, envelope: Envelope) -> Self::Future {
+        let refuse = |cause| {
+            Either::Left(ready(Ok(Disposition::DeadLetter {
+                cause,
+                attempts: envelope.headers.attempt(),
+            })))
+        };
         if let Some(reason) = envelope.headers.get(UNREADABLE) {
-            let why = HandlerError::bad_request(format!("unreadable message: {reason}"));
-            let attempts = envelope.headers.attempt();
-            return Box::pin(async move {
-                Ok(Disposition::DeadLetter {
-                    cause: why,
-                    attempts,
-                })
-            });
+            return refuse(HandlerError::bad_request(format!(
+                "unreadable message: {reason}"
+            )));
         }
         let size = envelope.payload.len();
         if size > self.limit {
-            let why = HandlerError::new(
+            return refuse(HandlerError::new(
                 ErrorCode::PayloadTooLarge,
                 format!(
                     "payload of {size} bytes is over the limit of {} bytes",
                     self.limit
                 ),
-            );
-            let attempts = envelope.headers.attempt();
-            return Box::pin(async move {
-                Ok(Disposition::DeadLetter {
-                    cause: why,
-                    attempts,
-                })
-            });
+            ));
         }
-        let inner = self.inner.clone();
-        Box::pin(async move { Ok(call_inner(inner, envelope).await) })
+        // Every layer here is always ready: no `poll_ready` of the inner one to wait for.
+        Either::Right(self.inner.call(envelope))
     }
 }

@@ -65,23 +65,26 @@ pub type DeliveryService = BoxCloneSyncService<Envelope, Disposition, Infallible
 /// then the input check, retries, the inbox, poison detection, and the service's event layers
 /// and handler.
 ///
-/// Composed as one concrete type and boxed once: a clone of the stack (one per delivery) then
-/// copies a few `Arc`s instead of allocating a box per layer.
+/// One concrete type, not boxed: a clone of it (one per delivery) copies a few `Arc`s, and
+/// only the layers that wait on something of their own (a dead letter's publish, the inbox, an
+/// ordered retry) box their futures.
+pub type ConsumerStack = DeadLetter<Limit<Retry<Dedupe<Poison<Handle>>>>>;
+
+/// The consumer stack of a served service (see [`ConsumerStack`]).
 pub fn consumer_stack(
     handler: EventHandler,
     policy: Arc<ConsumerPolicy>,
     limit: usize,
     dead_letters: Arc<dyn Publisher>,
-) -> DeliveryService {
-    let stack = (
+) -> ConsumerStack {
+    (
         DeadLetterLayer::new(dead_letters, policy.clone()),
         LimitLayer::new(limit),
         RetryLayer::new(policy.clone()),
         DedupeLayer::new(policy),
         PoisonLayer,
     )
-        .layer(Handle(handler));
-    BoxCloneSyncService::new(stack)
+        .layer(Handle(handler))
 }
 
 /// The stack for an event pushed by a sender that takes the outcome back and is itself the
@@ -106,17 +109,14 @@ pub enum EventHandler {
 }
 
 /// Runs `stack` on one event.
-pub async fn dispose(stack: &DeliveryService, envelope: Envelope) -> Disposition {
-    match stack.clone().oneshot(envelope).await {
-        Ok(d) => d,
-        Err(never) => match never {},
-    }
+pub async fn dispose<S: Inner>(stack: &S, envelope: Envelope) -> Disposition {
+    call_inner(stack.clone(), envelope).await
 }
 
 /// The innermost service of the stack: the service's event layers and handler, their outcome
 /// as a disposition.
 #[derive(Clone)]
-struct Handle(EventHandler);
+pub struct Handle(EventHandler);
 
 impl tower::Service<Envelope> for Handle {
     type Response = Disposition;
@@ -158,24 +158,17 @@ pub(crate) use always_ready;
 
 /// The bounds a layer here needs of what it wraps.
 pub trait Inner:
-    tower::Service<
-        Envelope,
-        Response = Disposition,
-        Error = Infallible,
-        Future = BoxFuture<'static, Result<Disposition, Infallible>>,
-    > + Clone
+    tower::Service<Envelope, Response = Disposition, Error = Infallible, Future: Send + 'static>
+    + Clone
     + Send
+    + Sync
     + 'static
 {
 }
 
 impl<S> Inner for S where
-    S: tower::Service<
-            Envelope,
-            Response = Disposition,
-            Error = Infallible,
-            Future = BoxFuture<'static, Result<Disposition, Infallible>>,
-        > + Clone
+    S: tower::Service<Envelope, Response = Disposition, Error = Infallible, Future: Send + 'static>
+        + Clone
         + Send
         + Sync
         + 'static
@@ -187,5 +180,49 @@ pub(crate) async fn call_inner<S: Inner>(inner: S, envelope: Envelope) -> Dispos
     match inner.oneshot(envelope).await {
         Ok(d) => d,
         Err(never) => match never {},
+    }
+}
+
+/// What a layer decides once the layers below have answered, without waiting for anything
+/// else: its future is then [`Then`], not a boxed one.
+pub(crate) trait Decide: Send + 'static {
+    fn decide(self, disposition: Disposition) -> Disposition;
+}
+
+pin_project_lite::pin_project! {
+    /// The inner future, its disposition passed through a [`Decide`].
+    pub struct Then<F, D> {
+        #[pin]
+        inner: F,
+        decide: Option<D>,
+    }
+}
+
+impl<F, D> Then<F, D> {
+    pub(crate) fn new(inner: F, decide: D) -> Self {
+        Self {
+            inner,
+            decide: Some(decide),
+        }
+    }
+}
+
+impl<F, D> std::future::Future for Then<F, D>
+where
+    F: std::future::Future<Output = Result<Disposition, Infallible>>,
+    D: Decide,
+{
+    type Output = Result<Disposition, Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.poll(cx) {
+            Poll::Ready(Ok(d)) => match this.decide.take() {
+                Some(decide) => Poll::Ready(Ok(decide.decide(d))),
+                None => Poll::Ready(Ok(d)),
+            },
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => Poll::Pending,
+        }
     }
 }

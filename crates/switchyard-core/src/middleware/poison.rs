@@ -3,10 +3,9 @@
 
 use std::convert::Infallible;
 
-use futures::future::BoxFuture;
 use tower::Layer;
 
-use super::{always_ready, call_inner, Disposition, Inner};
+use super::{always_ready, Decide, Disposition, Inner, Then};
 use crate::error::ErrorCode;
 use crate::message::Envelope;
 
@@ -30,22 +29,34 @@ impl<S> Layer<S> for PoisonLayer {
 impl<S: Inner> tower::Service<Envelope> for Poison<S> {
     type Response = Disposition;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Disposition, Infallible>>;
+    type Future = Then<S::Future, Verdict>;
 
     always_ready!();
 
     fn call(&mut self, envelope: Envelope) -> Self::Future {
-        let inner = self.inner.clone();
         let attempts = envelope.headers.attempt();
-        Box::pin(async move {
-            Ok(match call_inner(inner, envelope).await {
-                Disposition::Failed(e)
-                    if matches!(e.code(), ErrorCode::BadRequest | ErrorCode::PayloadTooLarge) =>
-                {
-                    Disposition::DeadLetter { cause: e, attempts }
+        // Every layer here is always ready: no `poll_ready` of the inner one to wait for.
+        Then::new(self.inner.call(envelope), Verdict { attempts })
+    }
+}
+
+/// Poison's decision on what the handler answered.
+pub struct Verdict {
+    attempts: u32,
+}
+
+impl Decide for Verdict {
+    fn decide(self, disposition: Disposition) -> Disposition {
+        match disposition {
+            Disposition::Failed(e)
+                if matches!(e.code(), ErrorCode::BadRequest | ErrorCode::PayloadTooLarge) =>
+            {
+                Disposition::DeadLetter {
+                    cause: e,
+                    attempts: self.attempts,
                 }
-                other => other,
-            })
-        })
+            }
+            other => other,
+        }
     }
 }

@@ -6,10 +6,10 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either};
 use tower::Layer;
 
-use super::{always_ready, call_inner, Disposition, Inner};
+use super::{always_ready, call_inner, Decide, Disposition, Inner, Then};
 use crate::message::{header, Envelope};
 use crate::policy::ConsumerPolicy;
 
@@ -46,34 +46,26 @@ impl<S> Layer<S> for RetryLayer {
 impl<S: Inner> tower::Service<Envelope> for Retry<S> {
     type Response = Disposition;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Disposition, Infallible>>;
+    type Future =
+        Either<BoxFuture<'static, Result<Disposition, Infallible>>, Then<S::Future, Redeliver>>;
 
     always_ready!();
 
     fn call(&mut self, envelope: Envelope) -> Self::Future {
+        let attempt = envelope.headers.attempt();
+        if !self.policy.ordered_by_key {
+            // One attempt here; the broker brings the next. Every layer here is always ready:
+            // no `poll_ready` of the inner one to wait for.
+            let decide = Redeliver {
+                policy: self.policy.clone(),
+                attempt,
+            };
+            return Either::Right(Then::new(self.inner.call(envelope), decide));
+        }
         let inner = self.inner.clone();
         let policy = self.policy.clone();
-        Box::pin(async move {
-            let mut attempt = envelope.headers.attempt();
-            if !policy.ordered_by_key {
-                // One attempt here; the broker brings the next.
-                return Ok(match call_inner(inner, envelope).await {
-                    Disposition::Failed(e) if attempt >= policy.max_attempts => {
-                        Disposition::DeadLetter {
-                            cause: e,
-                            attempts: attempt,
-                        }
-                    }
-                    Disposition::Failed(e) => {
-                        tracing::debug!(target: "switchyard", error = %e, attempt, "handler failed; redelivering");
-                        Disposition::Retry {
-                            after: policy.backoff(attempt),
-                            cause: e,
-                        }
-                    }
-                    other => other,
-                });
-            }
+        Either::Left(Box::pin(async move {
+            let mut attempt = attempt;
             loop {
                 let mut this = envelope.clone();
                 if attempt != envelope.headers.attempt() {
@@ -89,11 +81,38 @@ impl<S: Inner> tower::Service<Envelope> for Retry<S> {
                         attempts: attempt,
                     });
                 }
-                let after = policy.backoff(attempt);
                 tracing::debug!(target: "switchyard", error = %e, attempt, "handler failed; retrying in place");
-                tokio::time::sleep(after).await;
+                tokio::time::sleep(policy.backoff(attempt)).await;
                 attempt += 1;
             }
-        })
+        }))
+    }
+}
+
+/// What a failure becomes when the broker redelivers: another delivery after the backoff, or
+/// a dead letter after `max_attempts`.
+pub struct Redeliver {
+    policy: Arc<ConsumerPolicy>,
+    attempt: u32,
+}
+
+impl Decide for Redeliver {
+    fn decide(self, disposition: Disposition) -> Disposition {
+        match disposition {
+            Disposition::Failed(e) if self.attempt >= self.policy.max_attempts => {
+                Disposition::DeadLetter {
+                    cause: e,
+                    attempts: self.attempt,
+                }
+            }
+            Disposition::Failed(e) => {
+                tracing::debug!(target: "switchyard", error = %e, attempt = self.attempt, "handler failed; redelivering");
+                Disposition::Retry {
+                    after: self.policy.backoff(self.attempt),
+                    cause: e,
+                }
+            }
+            other => other,
+        }
     }
 }
