@@ -10,9 +10,7 @@ use crate::events::*;
 use crate::AmqpTransport;
 
 pub(crate) fn ms_option(url: &str, key: &str, value: &str) -> Result<u64, TransportError> {
-    value.parse().map_err(|_| {
-        TransportError::invalid_url(url, format!("{key}={value} is not a whole number"))
-    })
+    TransportError::url_number(url, key, value)
 }
 
 impl AmqpTransport {

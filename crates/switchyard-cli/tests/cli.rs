@@ -9,20 +9,30 @@ mod common;
 use common::{free_port, Running, YARD};
 
 /// Starts `yard serve example` and waits until it says where it listens.
-fn serve_example() -> (Running, String) {
-    let port = free_port();
+/// Starts `yard ARGS` and waits for its first line, which must start with `says`.
+fn start_yard(args: &[&str], says: &str) -> Running {
     let mut child = Command::new(YARD)
-        .args(["serve", "example", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
-        .expect("spawn yard serve");
+        .expect("spawn yard");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("first line");
-    assert!(line.starts_with("serving example on http://"), "{line}");
-    (Running(child), format!("http://127.0.0.1:{port}"))
+    assert!(line.starts_with(says), "{line}");
+    Running(child)
+}
+
+fn serve_example() -> (Running, String) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let running = start_yard(
+        &["serve", "example", "--listen", &listen],
+        "serving example on http://",
+    );
+    (running, format!("http://{listen}"))
 }
 
 fn yard(args: &[&str]) -> (bool, String, String) {
@@ -454,19 +464,11 @@ fn logs_written_to_a_pipe_have_no_colour_codes() {
 fn sigterm_lets_calls_in_flight_finish_then_exits_cleanly() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(YARD)
-        .args(["serve", "echo", "--name", "drain", "--url", &url])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn yard serve echo");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("first line");
-    assert!(line.starts_with("serving drain on"), "{line}");
-    let pid = child.id().to_string();
-    let mut running = Running(child);
+    let mut running = start_yard(
+        &["serve", "echo", "--name", "drain", "--url", &url],
+        "serving drain on",
+    );
+    let pid = running.0.id().to_string();
     let call_url = format!("{url}/sleep");
     let call = std::thread::spawn(move || {
         reqwest::blocking::Client::new()

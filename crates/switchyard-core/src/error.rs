@@ -315,6 +315,14 @@ impl TransportError {
         }
     }
 
+    /// A URL option's value as a whole number, or [`TransportError::InvalidUrl`] naming the
+    /// option: one grammar for every transport's numeric options.
+    pub fn url_number<T: std::str::FromStr>(url: &str, key: &str, value: &str) -> Result<T, Self> {
+        value
+            .parse()
+            .map_err(|_| Self::invalid_url(url, format!("{key}={value} is not a whole number")))
+    }
+
     /// [`TransportError::Other`] wrapping a client library's error.
     pub fn other(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Other(Box::new(e))

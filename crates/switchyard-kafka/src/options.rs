@@ -36,12 +36,7 @@ impl KafkaTransport {
                     })?;
                 }
                 "max_message_bytes" => {
-                    max_message = v.parse().map_err(|_| {
-                        TransportError::invalid_url(
-                            url,
-                            format!("max_message_bytes={v} is not a whole number"),
-                        )
-                    })?;
+                    max_message = TransportError::url_number(url, &k, &v)?;
                 }
                 unknown => {
                     return Err(TransportError::invalid_url(

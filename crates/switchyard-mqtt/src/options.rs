@@ -50,12 +50,7 @@ impl MqttTransport {
                     namespace = v.to_string();
                 }
                 "max_message_bytes" => {
-                    max_message = v.parse().map_err(|_| {
-                        TransportError::invalid_url(
-                            url,
-                            format!("max_message_bytes={v} is not a whole number"),
-                        )
-                    })?;
+                    max_message = TransportError::url_number(url, &k, &v)?;
                 }
                 "tls_ca" if secure => {
                     tls_ca = Some(std::fs::read(v.as_ref()).map_err(|e| {

@@ -69,12 +69,7 @@ impl NatsTransport {
                     ack_wait = Duration::from_millis(ms.max(100));
                 }
                 "max_message_bytes" => {
-                    max_message = v.parse().map_err(|_| {
-                        TransportError::invalid_url(
-                            url,
-                            format!("max_message_bytes={v} is not a whole number"),
-                        )
-                    })?;
+                    max_message = TransportError::url_number(url, &k, &v)?;
                 }
                 "ns" => {}
                 other => {

@@ -49,12 +49,7 @@ impl RedisTransport {
                     claim_idle = Duration::from_millis(ms.max(50));
                 }
                 "max_message_bytes" => {
-                    max_message = v.parse().map_err(|_| {
-                        TransportError::invalid_url(
-                            url,
-                            format!("max_message_bytes={v} is not a whole number"),
-                        )
-                    })?;
+                    max_message = TransportError::url_number(url, &k, &v)?;
                 }
                 other => {
                     return Err(TransportError::invalid_url(
