@@ -35,6 +35,10 @@ pub mod header {
     pub const ATTEMPT: &str = "x-attempt";
     /// Why a message went to a dead-letter destination.
     pub const ERROR: &str = "x-error";
+    /// When an event stops being worth handling: milliseconds since the Unix epoch. Absolute,
+    /// unlike a call's [`DEADLINE_MS`], because an event waits in a broker for an unknown time;
+    /// hosts' clocks are assumed in step (NTP), as CloudEvents' `time` assumes.
+    pub const EXPIRES_AT: &str = "x-expires-at";
     /// CloudEvents `source` attribute.
     pub const CE_SOURCE: &str = "ce-source";
     /// CloudEvents `type` attribute.
@@ -177,6 +181,34 @@ impl Envelope {
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name, value);
         self
+    }
+
+    /// This event expires `ttl` from now: a consumer that gets it later dead-letters it
+    /// instead of handling it ([`header::EXPIRES_AT`]).
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use switchyard_core::message::Envelope;
+    ///
+    /// let env = Envelope::new("prices", "{}").with_ttl(Duration::from_secs(60));
+    /// let now = SystemTime::now();
+    /// assert!(env.expired_by(now).is_none());
+    /// assert!(env.expired_by(now + Duration::from_secs(61)).is_some());
+    /// ```
+    pub fn with_ttl(mut self, ttl: std::time::Duration) -> Self {
+        let at = std::time::SystemTime::now() + ttl;
+        let ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        self.headers.insert(header::EXPIRES_AT, ms.to_string());
+        self
+    }
+
+    /// How long ago, as of `now`, this event expired; `None` if it has not (or never does).
+    pub fn expired_by(&self, now: std::time::SystemTime) -> Option<std::time::Duration> {
+        let ms: u64 = self.headers.get(header::EXPIRES_AT)?.parse().ok()?;
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        now.duration_since(at).ok()
     }
 
     /// The ordering key, if any.

@@ -977,6 +977,76 @@ pub async fn hostile_events_are_dead_lettered(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
+/// An event past its expiry ([`Envelope::with_ttl`]) is dead-lettered, saying how late it
+/// was, instead of handled; one still within its time, and one without any, are handled.
+pub async fn expired_events_are_dead_lettered(h: &Harness) -> Outcome {
+    use crate::middleware::dead_letter::{ERROR_CODE, ORIGINAL_ID};
+    let (url, transport) = h.open();
+    if !transport.capabilities().redelivery {
+        return Outcome::Skipped("capabilities.redelivery is false".into());
+    }
+    let t = topic("expiry");
+    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = handled.clone();
+    let service = Service::new("conformance-expiry").on_event(&t, move |m: Numbered| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).push(m.n);
+            Ok::<(), crate::error::HandlerError>(())
+        }
+    });
+    let watcher = h.connect(&url);
+    let mut dead = watcher
+        .subscribe(&format!("{t}.dlq"), SubscribeOptions::group("watch"))
+        .await
+        .expect("subscribe dlq");
+    let server = crate::server::serve(transport.clone(), service)
+        .await
+        .expect("serve");
+    let publisher = h.connect(&url);
+    // Its time is up before any consumer can see it.
+    let expired = numbered(&t, 1, None).with_ttl(Duration::ZERO);
+    let expired_id = expired.id.clone();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    publisher.publish(expired).await.expect("publish");
+    let in_time = numbered(&t, 2, None).with_ttl(Duration::from_secs(600));
+    publisher.publish(in_time).await.expect("publish");
+    publisher
+        .publish(numbered(&t, 3, None))
+        .await
+        .expect("publish");
+    let d = tokio::time::timeout(h.patience, dead.next())
+        .await
+        .expect("the expired event dead-lettered")
+        .expect("stream open")
+        .expect("delivery");
+    assert_eq!(
+        d.envelope.headers.get(ORIGINAL_ID),
+        Some(expired_id.as_str())
+    );
+    assert_eq!(
+        d.envelope.headers.get(ERROR_CODE),
+        Some("deadline_exceeded")
+    );
+    let why = d.envelope.headers.get(header::ERROR).unwrap_or_default();
+    assert!(why.contains("expired") && why.contains("ms"), "{why}");
+    let _ = d.ack().await;
+    let deadline = Instant::now() + h.patience;
+    loop {
+        let mut got = handled.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        got.sort_unstable();
+        got.dedup();
+        if got == [2, 3] {
+            break;
+        }
+        assert!(!got.contains(&1), "the expired event was handled");
+        assert!(Instant::now() < deadline, "handled: {got:?}, want [2, 3]");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.shutdown().await;
+    Outcome::Passed
+}
+
 /// A group member that settles some messages and leaves: the next member of the group gets
 /// exactly the others. Nothing settled comes back (an off-by-one in a stored position shows
 /// here as a repeat), nothing unread is skipped.
@@ -1481,7 +1551,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@cases $harness;
             round_trip, per_key_order, competing_consumers, broadcast, rpc_with_timeout,
             rpc_to_absent_service_fails_fast, retry_then_dead_letter,
-            hostile_events_are_dead_lettered,
+            hostile_events_are_dead_lettered, expired_events_are_dead_lettered,
             group_resumes_after_settled, dropped_delivery_is_redelivered, graceful_shutdown,
             oversized_publish_is_rejected,
             reconnect_after_restart, ordered_consumption, two_services_share_a_namespace,

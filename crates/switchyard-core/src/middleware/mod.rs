@@ -9,6 +9,7 @@
 
 pub mod dead_letter;
 pub mod dedupe;
+pub mod expiry;
 pub mod limit;
 pub mod poison;
 pub mod retry;
@@ -30,6 +31,7 @@ use crate::transport::Publisher;
 
 pub use dead_letter::{DeadLetter, DeadLetterLayer};
 pub use dedupe::{Dedupe, DedupeLayer};
+pub use expiry::{Expiry, ExpiryLayer};
 pub use limit::{Limit, LimitLayer};
 pub use poison::{Poison, PoisonLayer};
 pub use retry::{Retry, RetryLayer};
@@ -62,13 +64,13 @@ pub enum Disposition {
 pub type DeliveryService = BoxCloneSyncService<Envelope, Disposition, Infallible>;
 
 /// The stack every transport's consumer runs for a served service: dead letters outermost,
-/// then the input check, retries, the inbox, poison detection, and the service's event layers
-/// and handler.
+/// then the input check, expiry, retries, the inbox, poison detection, and the service's
+/// event layers and handler.
 ///
 /// One concrete type, not boxed: a clone of it (one per delivery) copies a few `Arc`s, and
 /// only the layers that wait on something of their own (a dead letter's publish, the inbox, an
 /// ordered retry) box their futures.
-pub type ConsumerStack = DeadLetter<Limit<Retry<Dedupe<Poison<Handle>>>>>;
+pub type ConsumerStack = DeadLetter<Limit<Expiry<Retry<Dedupe<Poison<Handle>>>>>>;
 
 /// The consumer stack of a served service (see [`ConsumerStack`]).
 pub fn consumer_stack(
@@ -80,6 +82,7 @@ pub fn consumer_stack(
     (
         DeadLetterLayer::new(dead_letters, policy.clone()),
         LimitLayer::new(limit),
+        ExpiryLayer,
         RetryLayer::new(policy.clone()),
         DedupeLayer::new(policy),
         PoisonLayer,
@@ -88,13 +91,18 @@ pub fn consumer_stack(
 }
 
 /// The stack for an event pushed by a sender that takes the outcome back and is itself the
-/// retry and the dead letter (HTTP): the input check, the inbox, and the handler.
+/// retry and the dead letter (HTTP): the input check, expiry, the inbox, and the handler.
 pub fn pushed_stack(
     handler: EventHandler,
     policy: Arc<ConsumerPolicy>,
     limit: usize,
 ) -> DeliveryService {
-    let stack = (LimitLayer::new(limit), DedupeLayer::new(policy)).layer(Handle(handler));
+    let stack = (
+        LimitLayer::new(limit),
+        ExpiryLayer,
+        DedupeLayer::new(policy),
+    )
+        .layer(Handle(handler));
     BoxCloneSyncService::new(stack)
 }
 
