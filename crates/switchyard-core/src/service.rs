@@ -532,6 +532,14 @@ impl Service {
         } else {
             None
         };
+        if remaining.is_some_and(|r| r.is_zero()) {
+            // The caller has stopped waiting already (the call waited in a queue, say): the
+            // handler does not run for nobody.
+            return Either::Left(ready(Err(HandlerError::new(
+                ErrorCode::DeadlineExceeded,
+                format!("{path}: the caller's deadline passed before the call was handled"),
+            ))));
+        }
         // The handler is called inside the guarded block: a closure that panics before it
         // returns its future fails this call only, like one that panics while polled.
         let run = AssertUnwindSafe(async move {
@@ -702,5 +710,22 @@ mod tests {
                 .code(),
             ErrorCode::NotFound
         );
+    }
+
+    #[tokio::test]
+    async fn a_call_past_its_deadline_is_not_handled() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static RAN: AtomicUsize = AtomicUsize::new(0);
+        let service = Service::new("late").route(
+            "/work",
+            rpc(|| async {
+                RAN.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        let mut late = CallRequest::new("/work", Args::local(()));
+        late.deadline = Some(std::time::Instant::now() - Duration::from_millis(1));
+        let err = service.dispatch(late).await.expect_err("answered");
+        assert_eq!(err.code(), ErrorCode::DeadlineExceeded);
+        assert_eq!(RAN.load(Ordering::SeqCst), 0, "the handler ran for nobody");
     }
 }

@@ -36,6 +36,10 @@ pub(crate) struct RpcRequest {
     pub(crate) reply: String,
     pub(crate) route: String,
     pub(crate) deadline_ms: Option<u64>,
+    /// When the call was queued (ms since the epoch, the caller's clock): the time it waits in
+    /// the list counts against its deadline. Absent from older callers.
+    #[serde(default)]
+    pub(crate) sent_at_ms: Option<u64>,
     pub(crate) headers: HashMap<String, String>,
     /// The call body exactly as `wire::encode_call` wrote it: carried through, not re-parsed.
     pub(crate) call: Box<RawValue>,
@@ -82,6 +86,7 @@ impl Requester for RedisTransport {
                 deadline_ms: request
                     .deadline
                     .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
+                sent_at_ms: Some(now_ms()),
                 headers: request
                     .headers
                     .iter()
@@ -178,6 +183,15 @@ impl RedisTransport {
     }
 }
 
+/// What is left of a call's `deadline_ms` once it is taken off the queue at `now_ms`: the
+/// time since it was sent is taken off (the list is a queue: a call can wait there). Clocks
+/// are assumed in step, as for events' expiry; a clock behind the caller's takes nothing off
+/// (never more time than the caller gave).
+fn remaining(deadline_ms: u64, sent_at_ms: Option<u64>, now_ms: u64) -> Duration {
+    let waited = sent_at_ms.map_or(0, |sent| now_ms.saturating_sub(sent));
+    Duration::from_millis(deadline_ms.saturating_sub(waited))
+}
+
 /// One call popped off the queue, decoded.
 pub(crate) fn incoming(con: &ConnectionManager, raw: &[u8]) -> Option<IncomingCall> {
     let Ok(req) = serde_json::from_slice::<RpcRequest>(raw) else {
@@ -187,7 +201,7 @@ pub(crate) fn incoming(con: &ConnectionManager, raw: &[u8]) -> Option<IncomingCa
     let headers: Headers = req.headers.into_iter().collect();
     let deadline = req
         .deadline_ms
-        .map(|ms| Instant::now() + Duration::from_millis(ms));
+        .map(|ms| Instant::now() + remaining(ms, req.sent_at_ms, now_ms()));
     Some(IncomingCall {
         request: wire::decode_call(req.route, req.call.get().as_bytes(), headers, deadline),
         reply: Box::new(RedisReply {
@@ -326,5 +340,27 @@ impl Responder for RedisTransport {
                 }),
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_a_call_waited_in_the_queue_counts_against_its_deadline() {
+        // Sent with 300 ms left, taken 500 ms later: nothing left (answered as a timeout,
+        // the handler not run), where it used to get its 300 ms again.
+        assert_eq!(remaining(300, Some(1_000), 1_500), Duration::ZERO);
+        assert_eq!(
+            remaining(300, Some(1_000), 1_100),
+            Duration::from_millis(200)
+        );
+        // An older caller, or a clock behind the caller's: the deadline as given.
+        assert_eq!(remaining(300, None, 1_500), Duration::from_millis(300));
+        assert_eq!(
+            remaining(300, Some(2_000), 1_500),
+            Duration::from_millis(300)
+        );
     }
 }
