@@ -102,20 +102,15 @@ impl MemTransport {
         let name = name.trim_matches('/');
         let mut transport = Self::new(if name.is_empty() { "default" } else { name });
         for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let invalid = |reason: String| TransportError::InvalidUrl {
-                url: url.to_string(),
-                reason,
-            };
             match pair.split_once('=') {
-                Some(("max_message_bytes", v)) => {
-                    transport.max_message = v.parse().map_err(|_| {
-                        invalid(format!("max_message_bytes={v} is not a whole number"))
-                    })?;
+                Some((key @ "max_message_bytes", v)) => {
+                    transport.max_message = TransportError::url_number(url, key, v)?;
                 }
                 _ => {
-                    return Err(invalid(format!(
-                        "unknown option {pair:?} (known: max_message_bytes)"
-                    )))
+                    return Err(TransportError::invalid_url(
+                        url,
+                        format!("unknown option {pair:?} (known: max_message_bytes)"),
+                    ))
                 }
             }
         }

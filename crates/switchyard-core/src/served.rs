@@ -56,12 +56,8 @@ impl Served {
                 BoxCloneSyncService::new(HandleEvent(service.clone())),
             )
         });
-        let handler = match &events {
-            Some(stack) => EventHandler::Layers(stack.clone()),
-            None => EventHandler::Service(service.clone()),
-        };
         let pushed = middleware::pushed_stack(
-            handler,
+            event_handler(&service, &events),
             Arc::new(service.policy().clone()),
             service.body_limit(),
         );
@@ -144,10 +140,7 @@ impl Served {
     /// The service's event layers around its event handlers: one attempt at an event, what
     /// the consumer stack ([`middleware::consumer_stack`]) wraps.
     pub fn event_handler(&self) -> EventHandler {
-        match &self.events {
-            Some(stack) => EventHandler::Layers(stack.clone()),
-            None => EventHandler::Service(self.service.clone()),
-        }
+        event_handler(&self.service, &self.events)
     }
 
     /// Pushes an event the service has no handler for to its WebSocket watchers of the topic
@@ -203,6 +196,14 @@ impl tower::Service<Envelope> for HandleEvent {
     fn call(&mut self, envelope: Envelope) -> Self::Future {
         let service = self.0.clone();
         Box::pin(async move { service.handle_event(envelope).await })
+    }
+}
+
+/// The service's event layers around its handlers, or the handlers when it has no layers.
+fn event_handler(service: &Arc<Service>, events: &Option<EventService>) -> EventHandler {
+    match events {
+        Some(stack) => EventHandler::Layers(stack.clone()),
+        None => EventHandler::Service(service.clone()),
     }
 }
 

@@ -372,12 +372,9 @@ impl Service {
 
     /// Whether `given` opens the service's WebSocket routes.
     pub fn ws_token_accepts(&self, given: Option<&str>) -> bool {
-        match &self.ws_token {
-            None => true,
-            Some(expected) => {
-                given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())))
-            }
-        }
+        self.ws_token
+            .as_deref()
+            .is_none_or(|expected| token_matches(expected, given))
     }
 
     /// The service's name.
@@ -509,8 +506,7 @@ impl Service {
         };
         if let Some(expected) = &route.token {
             let given = token.or(headers.get(header::TOKEN));
-            let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())));
-            if !ok {
+            if !token_matches(expected, given) {
                 let what = if given.is_some() {
                     "invalid"
                 } else {
@@ -570,6 +566,12 @@ impl Service {
         run.await
             .unwrap_or_else(|panic| Err(panic_error(&topic, panic)))
     }
+}
+
+/// Whether `given` is the `expected` token, compared in constant time (no timing tells how
+/// much of a guess was right).
+fn token_matches(expected: &str, given: Option<&str>) -> bool {
+    given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())))
 }
 
 fn panic_error(what: &str, panic: Box<dyn std::any::Any + Send>) -> HandlerError {

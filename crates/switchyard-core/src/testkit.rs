@@ -808,11 +808,7 @@ pub async fn retry_then_dead_letter(h: &Harness) -> Outcome {
                 Err::<(), _>(crate::error::HandlerError::internal("always fails"))
             }
         });
-    let watcher = h.connect(&url);
-    let mut dead = watcher
-        .subscribe(&format!("{t}.dlq"), SubscribeOptions::group("watch"))
-        .await
-        .expect("subscribe dlq");
+    let mut dead = watch_dead_letters(h, &url, &t).await;
     let server = crate::server::serve(transport.clone(), service)
         .await
         .expect("serve");
@@ -865,6 +861,53 @@ fn with_option(url: &str, name: &str, value: impl std::fmt::Display) -> String {
     format!("{url}{sep}{name}={value}")
 }
 
+/// A service named `name` whose handler of `topic` records the number of each event.
+fn recording(name: &str, topic: &str) -> (Service, Arc<std::sync::Mutex<Vec<usize>>>) {
+    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = handled.clone();
+    let service = Service::new(name).on_event(topic, move |m: Numbered| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).push(m.n);
+            Ok::<(), crate::error::HandlerError>(())
+        }
+    });
+    (service, handled)
+}
+
+/// A group subscription to `topic`'s dead letters, made before anything is dead-lettered
+/// (on MQTT a dead letter nobody subscribed to is not kept).
+async fn watch_dead_letters(h: &Harness, url: &str, topic: &str) -> Subscription {
+    h.connect(url)
+        .subscribe(&format!("{topic}.dlq"), SubscribeOptions::group("watch"))
+        .await
+        .expect("subscribe dlq")
+}
+
+/// Waits until the numbers handled are exactly `want` (repeats aside); fails at once when one
+/// that is not wanted was handled, or when patience runs out.
+async fn wait_for_handled(
+    handled: &std::sync::Mutex<Vec<usize>>,
+    want: &[usize],
+    patience: Duration,
+) {
+    let deadline = Instant::now() + patience;
+    loop {
+        let mut got = handled.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        got.sort_unstable();
+        got.dedup();
+        if got == want {
+            return;
+        }
+        assert!(
+            got.iter().all(|n| want.contains(n)),
+            "handled {got:?}: only {want:?} may be"
+        );
+        assert!(Instant::now() < deadline, "handled {got:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Hostile events never stop a consumer nor loop in it: an event over the service's size
 /// limit is dead-lettered without reaching the handler; a poison message too large for the
 /// broker to take back whole as a dead letter is dead-lettered without its payload (its size
@@ -881,22 +924,9 @@ pub async fn hostile_events_are_dead_lettered(h: &Harness) -> Outcome {
     const DEAD_LETTER_LIMIT: usize = 48 * 1024;
     let server_side = h.connect(&with_option(&url, "max_message_bytes", DEAD_LETTER_LIMIT));
     let t = topic("hostile");
-    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = handled.clone();
-    let service = Service::new("conformance-hostile")
-        .max_body(100 * 1024)
-        .on_event(&t, move |m: Numbered| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().unwrap_or_else(|p| p.into_inner()).push(m.n);
-                Ok::<(), crate::error::HandlerError>(())
-            }
-        });
-    let watcher = h.connect(&url);
-    let mut dead = watcher
-        .subscribe(&format!("{t}.dlq"), SubscribeOptions::group("watch"))
-        .await
-        .expect("subscribe dlq");
+    let (service, handled) = recording("conformance-hostile", &t);
+    let service = service.max_body(100 * 1024);
+    let mut dead = watch_dead_letters(h, &url, &t).await;
     let server = crate::server::serve(server_side, service)
         .await
         .expect("serve");
@@ -959,20 +989,8 @@ pub async fn hostile_events_are_dead_lettered(h: &Harness) -> Outcome {
         .collect();
     assert_eq!(originals, ids, "one dead letter per bad message");
     assert!(letters.iter().all(|e| !ids.contains(&e.id)));
-    let deadline = Instant::now() + h.patience;
-    loop {
-        let mut got = handled.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        got.sort_unstable();
-        got.dedup();
-        if got == [1, 7] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "valid events handled: {got:?}, want [1, 7] (2 is over the limit)"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // 2 is over the limit.
+    wait_for_handled(&handled, &[1, 7], h.patience).await;
     server.shutdown().await;
     Outcome::Passed
 }
@@ -986,20 +1004,8 @@ pub async fn expired_events_are_dead_lettered(h: &Harness) -> Outcome {
         return Outcome::Skipped("capabilities.redelivery is false".into());
     }
     let t = topic("expiry");
-    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = handled.clone();
-    let service = Service::new("conformance-expiry").on_event(&t, move |m: Numbered| {
-        let seen = seen.clone();
-        async move {
-            seen.lock().unwrap_or_else(|p| p.into_inner()).push(m.n);
-            Ok::<(), crate::error::HandlerError>(())
-        }
-    });
-    let watcher = h.connect(&url);
-    let mut dead = watcher
-        .subscribe(&format!("{t}.dlq"), SubscribeOptions::group("watch"))
-        .await
-        .expect("subscribe dlq");
+    let (service, handled) = recording("conformance-expiry", &t);
+    let mut dead = watch_dead_letters(h, &url, &t).await;
     let server = crate::server::serve(transport.clone(), service)
         .await
         .expect("serve");
@@ -1031,18 +1037,8 @@ pub async fn expired_events_are_dead_lettered(h: &Harness) -> Outcome {
     let why = d.envelope.headers.get(header::ERROR).unwrap_or_default();
     assert!(why.contains("expired") && why.contains("ms"), "{why}");
     let _ = d.ack().await;
-    let deadline = Instant::now() + h.patience;
-    loop {
-        let mut got = handled.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        got.sort_unstable();
-        got.dedup();
-        if got == [2, 3] {
-            break;
-        }
-        assert!(!got.contains(&1), "the expired event was handled");
-        assert!(Instant::now() < deadline, "handled: {got:?}, want [2, 3]");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // 1 expired.
+    wait_for_handled(&handled, &[2, 3], h.patience).await;
     server.shutdown().await;
     Outcome::Passed
 }

@@ -84,12 +84,7 @@ impl HttpTransport {
         // `header_timeout_ms`, `body_timeout_ms`, `idle_timeout_ms`, `max_in_flight`.
         let mut limits = ServerLimits::default();
         for (k, v) in parsed.query_pairs() {
-            let number = || {
-                v.parse::<u64>().map_err(|_| TransportError::InvalidUrl {
-                    url: redact_url(url),
-                    reason: format!("{k}={v} is not a whole number"),
-                })
-            };
+            let number = || TransportError::url_number::<u64>(url, &k, &v);
             match (k.as_ref(), Codec::from_name(&v)) {
                 ("codec", Some(c)) => codec = c,
                 ("codec", None) => {

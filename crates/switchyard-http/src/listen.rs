@@ -155,12 +155,17 @@ impl Admission {
     }
 }
 
+/// The body of a `503`: the error shape every answer of the project has.
+fn busy_body(why: &str) -> String {
+    serde_json::json!({
+        "error": {"code": "unavailable", "message": format!("server busy: {why}; retry later")}
+    })
+    .to_string()
+}
+
 /// The answer to a request over the admission bounds.
 fn busy(why: &str) -> axum::response::Response {
-    let body = serde_json::json!({
-        "error": {"code": "unavailable", "message": format!("server busy: {why}; retry later")}
-    });
-    let mut r = axum::response::Response::new(axum::body::Body::from(body.to_string()));
+    let mut r = axum::response::Response::new(axum::body::Body::from(busy_body(why)));
     *r.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
     let h = r.headers_mut();
     h.insert(
@@ -193,12 +198,6 @@ fn default_max_connections() -> usize {
         });
     soft.map_or(1_000, |n| (n / 4 * 3).clamp(16, 10_000))
 }
-
-/// What a refused connection is told.
-const REFUSAL: &[u8] =
-    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n\
-content-type: application/json\r\ncontent-length: 72\r\n\r\n\
-{\"error\":\"unavailable\",\"message\":\"too many connections; retry later\"}  ";
 
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves; then stops accepting
 /// and lets the connections finish the requests they have in flight.
@@ -311,8 +310,15 @@ async fn refuse(mut tcp: TcpStream) {
     if n.is_power_of_two() {
         tracing::warn!(target: "switchyard", refused = n + 1, "connection refused: too many connections");
     }
+    // Written by hand: the connection is never handed to hyper.
+    let body = busy_body("too many connections");
+    let refusal = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = tcp.write_all(REFUSAL).await;
+        let _ = tcp.write_all(refusal.as_bytes()).await;
         let _ = tcp.shutdown().await;
     })
     .await;

@@ -70,18 +70,12 @@ fn ws_token(parts: &axum::http::request::Parts) -> Option<String> {
     let from_query = url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned());
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
     from_query
+        .or_else(|| crate::server::bearer(&parts.headers))
         .or_else(|| {
-            header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
+            let given = parts.headers.get(switchyard_core::message::header::TOKEN)?;
+            given.to_str().ok().map(str::to_string)
         })
-        .or_else(|| header(switchyard_core::message::header::TOKEN))
 }
 
 /// Closes a watcher over the hub's caps: "try again later".

@@ -91,6 +91,18 @@ pub(crate) fn to_nats_headers(headers: &Headers) -> async_nats::HeaderMap {
     out
 }
 
+/// The headers `envelope` is published with: its own, its CloudEvents attributes as `ce-*`
+/// (the binding's header names are ours: `ce-*` and `content-type`), and `Nats-Msg-Id`
+/// (what JetStream de-duplicates on) set to `msg_id`.
+pub(crate) fn publish_headers(envelope: &Envelope, msg_id: &str) -> async_nats::HeaderMap {
+    let mut headers = to_nats_headers(&envelope.headers);
+    for (attr, value) in envelope.cloud_event_attributes() {
+        headers.insert(attr.header(), value);
+    }
+    headers.insert("Nats-Msg-Id", msg_id);
+    headers
+}
+
 /// The size of `headers` on the wire: `NATS/1.0\r\n`, `name: value\r\n` each, `\r\n`.
 pub(crate) fn header_block_len(headers: &async_nats::HeaderMap) -> usize {
     if headers.is_empty() {

@@ -94,13 +94,9 @@ impl Drop for NatsAcker {
 impl Publisher for NatsTransport {
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>> {
         // The headers are built before the future exists: it holds only what it sends.
-        let mut headers = to_nats_headers(&envelope.headers);
-        for (attr, value) in envelope.cloud_event_attributes() {
-            // The binding's header names are ours: `ce-*`, and `content-type`.
-            headers.insert(attr.header(), value);
-        }
-        // JetStream de-duplicates on this id within its window: a retried publish is stored once.
-        headers.insert("Nats-Msg-Id", envelope.id.as_str());
+        // JetStream de-duplicates on the message id within its window: a retried publish is
+        // stored once.
+        let headers = publish_headers(&envelope, &envelope.id);
         let Envelope {
             subject, payload, ..
         } = envelope;
@@ -184,7 +180,7 @@ impl Subscriber for NatsTransport {
             let client = self.client().await?.clone();
             let control = self.control().await?.clone();
             let stream_name = stream_name(&topic);
-            // Messages the client library could not read (see `pump`) come back through the
+            // Messages the client library could not read (see `Pump`) come back through the
             // advisory JetStream publishes when one reaches `max_deliver`, on the connection
             // they cannot drop.
             let advisories = control
@@ -209,8 +205,7 @@ impl Subscriber for NatsTransport {
                 }),
                 side: None,
             };
-            let deliveries = pump;
-            Ok(Box::pin(deliveries) as Subscription)
+            Ok(Box::pin(pump) as Subscription)
         })
     }
 }
@@ -394,9 +389,8 @@ impl Recovery {
     }
 
     async fn requeue(&self, env: Envelope) -> Result<(), TransportError> {
-        let mut headers = to_nats_headers(&env.headers);
-        headers.insert("ce-id", env.id.as_str());
-        headers.insert("Nats-Msg-Id", switchyard_core::message::new_id().as_str());
+        // A message id JetStream has not seen: the original's is within its window.
+        let headers = publish_headers(&env, &switchyard_core::message::new_id());
         self.js
             .publish_with_headers(self.topic.to_string(), headers, env.payload)
             .await

@@ -114,11 +114,12 @@ impl<S: Inner> tower::Service<Envelope> for DeadLetter<S> {
 /// Publishes `dead`; when the broker refuses it as too large, publishes it again without its
 /// payload and with only the dead letter's own headers.
 async fn publish(publisher: &dyn Publisher, dead: Envelope) -> Result<(), TransportError> {
-    let stripped = without_payload(&dead);
-    match publisher.publish(dead).await {
+    // A clone shares the payload's bytes; the stripped letter (a SHA-256 of the payload) is
+    // made only when it is needed.
+    match publisher.publish(dead.clone()).await {
         Err(TransportError::PayloadTooLarge { size, limit }) => {
-            tracing::warn!(target: "switchyard", size, limit, id = %stripped.id, "dead letter too large for the broker; kept without its payload");
-            publisher.publish(stripped).await
+            tracing::warn!(target: "switchyard", size, limit, id = %dead.id, "dead letter too large for the broker; kept without its payload");
+            publisher.publish(without_payload(&dead)).await
         }
         other => other,
     }

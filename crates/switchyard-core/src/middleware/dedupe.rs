@@ -53,16 +53,13 @@ impl<S: Inner> tower::Service<Envelope> for Dedupe<S> {
     always_ready!();
 
     fn call(&mut self, envelope: Envelope) -> Self::Future {
-        if self.policy.inbox.is_none() {
+        let Some(inbox) = self.policy.inbox.clone() else {
             // Every layer here is always ready: no `poll_ready` of the inner one to wait for.
             return Either::Right(self.inner.call(envelope));
-        }
+        };
         let inner = self.inner.clone();
         let policy = self.policy.clone();
         Either::Left(Box::pin(async move {
-            let Some(inbox) = &policy.inbox else {
-                return Ok(call_inner(inner, envelope).await);
-            };
             let id = envelope.id.clone();
             let later = policy.backoff(envelope.headers.attempt());
             match inbox.claim(&id, policy.inbox_lease).await {

@@ -1,6 +1,6 @@
 //! The framework's fixed policies around one delivery of an event, one module per concern,
-//! each a tower [`Layer`](tower::Layer) over a [`DeliveryService`]: an event in, what to do
-//! with the delivery out ([`Disposition`]). [`consumer_stack`] composes them in the order
+//! each a tower [`Layer`](tower::Layer) over any service of an event in, what to do with the
+//! delivery out ([`Disposition`]; the bounds are [`Inner`]). [`consumer_stack`] composes them in the order
 //! written down in `docs/MIDDLEWARE.md`; every transport's consumer runs that one stack, so a
 //! fix here (a size limit, a dead letter that cannot be published whole) holds on all of them.
 //!

@@ -71,26 +71,23 @@ impl<S: Inner> tower::Service<Envelope> for Retry<S> {
                 if attempt != envelope.headers.attempt() {
                     this.headers.insert(header::ATTEMPT, attempt.to_string());
                 }
-                let e = match call_inner(inner.clone(), this).await {
-                    Disposition::Failed(e) => e,
-                    other => return Ok(other),
+                let decide = Redeliver {
+                    policy: policy.clone(),
+                    attempt,
                 };
-                if attempt >= policy.max_attempts {
-                    return Ok(Disposition::DeadLetter {
-                        cause: e,
-                        attempts: attempt,
-                    });
+                // The same decision as for a redelivery, except that the wait is here.
+                match decide.decide(call_inner(inner.clone(), this).await) {
+                    Disposition::Retry { after, .. } => tokio::time::sleep(after).await,
+                    other => return Ok(other),
                 }
-                tracing::debug!(target: "switchyard", error = %e, attempt, "handler failed; retrying in place");
-                tokio::time::sleep(policy.backoff(attempt)).await;
                 attempt += 1;
             }
         }))
     }
 }
 
-/// What a failure becomes when the broker redelivers: another delivery after the backoff, or
-/// a dead letter after `max_attempts`.
+/// What a failure becomes: another attempt after the backoff, or a dead letter after
+/// `max_attempts`.
 pub struct Redeliver {
     policy: Arc<ConsumerPolicy>,
     attempt: u32,
@@ -106,7 +103,7 @@ impl Decide for Redeliver {
                 }
             }
             Disposition::Failed(e) => {
-                tracing::debug!(target: "switchyard", error = %e, attempt = self.attempt, "handler failed; redelivering");
+                tracing::debug!(target: "switchyard", error = %e, attempt = self.attempt, "handler failed; retrying");
                 Disposition::Retry {
                     after: self.policy.backoff(self.attempt),
                     cause: e,
