@@ -602,13 +602,18 @@ pub async fn competing_consumers(h: &Harness) -> Outcome {
         .await
         .expect("subscribe b");
     let n = 200;
-    let total = Arc::new(AtomicUsize::new(0));
-    let spawn_reader = |sub: Subscription, total: Arc<AtomicUsize>, patience: Duration| {
+    // The distinct numbers the group has seen: readers stop when it holds all of them. (A
+    // count of deliveries stopped them early when a rebalance redelivered some: duplicates
+    // made up the count, and the test reported the rest as lost.)
+    type Seen = Arc<std::sync::Mutex<HashSet<usize>>>;
+    let seen: Seen = Arc::default();
+    let spawn_reader = |sub: Subscription, seen: Seen, patience: Duration| {
         tokio::spawn(async move {
             let mut sub = sub;
             let mut mine = Vec::new();
             let deadline = Instant::now() + patience;
-            while total.load(AtomicOrdering::SeqCst) < n {
+            let all_seen = |seen: &Seen| seen.lock().unwrap_or_else(|p| p.into_inner()).len() >= n;
+            while !all_seen(&seen) {
                 let left = deadline
                     .saturating_duration_since(Instant::now())
                     .min(Duration::from_millis(200));
@@ -616,8 +621,8 @@ pub async fn competing_consumers(h: &Harness) -> Outcome {
                     Ok(Some(Ok(d))) => {
                         if let Some(m) = number_of(&d.envelope) {
                             mine.push(m.n);
+                            seen.lock().unwrap_or_else(|p| p.into_inner()).insert(m.n);
                         }
-                        total.fetch_add(1, AtomicOrdering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         let _ = d.ack().await;
                     }
@@ -630,8 +635,8 @@ pub async fn competing_consumers(h: &Harness) -> Outcome {
             mine
         })
     };
-    let ra = spawn_reader(a, total.clone(), h.patience);
-    let rb = spawn_reader(b, total.clone(), h.patience);
+    let ra = spawn_reader(a, seen.clone(), h.patience);
+    let rb = spawn_reader(b, seen.clone(), h.patience);
     publish_all(
         &publisher,
         (0..n).map(|i| numbered(&t, i, None)).collect(),
