@@ -16,10 +16,11 @@ use tower::ServiceExt;
 
 use crate::call::{CallParts, CallRequest};
 use crate::codec::Codec;
-use crate::context::{self, trace, FirstPollOrTimeout};
-use crate::error::{CallError, ErrorCode, RemoteError, TransportError};
+use crate::context::{self, FirstPollOrTimeout};
+use crate::error::{CallError, TransportError};
 use crate::layer::{self, ClientService, LayerFn, LayerFor, PublishService};
 use crate::message::{header, Envelope, Headers};
+use crate::middleware::{timeout, trace};
 use crate::transport::Transport;
 use crate::values::{Args, Reply};
 
@@ -175,35 +176,16 @@ impl Client {
         token: Option<&str>,
         timeout: Duration,
     ) -> Result<Reply, CallError> {
+        // Inside a handler: pass its trace on and never wait past its deadline.
         let now = Instant::now();
-        let mut deadline = now + timeout;
         let mut headers = Headers::new();
-        if let Some(parent) = context::current() {
-            // Inside a handler: pass on the trace and never wait past the caller's deadline.
-            if let Some(tp) = parent.traceparent() {
-                headers.insert(header::TRACEPARENT, trace::child_traceparent(Some(tp)));
-            }
-            if let Some(ts) = parent.headers.get(header::TRACESTATE) {
-                headers.insert(header::TRACESTATE, ts);
-            }
-            if let Some(d) = parent.deadline {
-                deadline = deadline.min(d);
-            }
-        }
+        let deadline = context::with_current(|parent| {
+            trace::propagate(parent, &mut headers);
+            timeout::deadline_of(now, timeout, Some(parent))
+        })
+        .unwrap_or_else(|| timeout::deadline_of(now, timeout, None));
         let wait = deadline.saturating_duration_since(now);
         let token = token.or_else(|| self.tokens.get(route).map(String::as_str));
-        let timed_out = || CallError::Timeout {
-            route: route.to_string(),
-            after: wait,
-        };
-        let remote = |error: RemoteError| match error.code {
-            // The server gave up on our deadline a moment before we did: same outcome.
-            ErrorCode::DeadlineExceeded => timed_out(),
-            _ => CallError::Remote {
-                route: route.to_string(),
-                error,
-            },
-        };
         // Without layers, in process: call the service directly, in this task; our timeout
         // bounds it. With layers, the in-process call is their innermost service instead.
         let local = match (&self.calls, self.service.as_deref()) {
@@ -221,8 +203,8 @@ impl Client {
             let outcome = FirstPollOrTimeout::new(Some(wait), served.call_local(call)).await;
             return match outcome {
                 Some(Ok(reply)) => Ok(reply),
-                Some(Err(e)) => Err(remote(e.into_remote())),
-                None => Err(timed_out()),
+                Some(Err(e)) => Err(timeout::remote(route, wait, e.into_remote())),
+                None => Err(timeout::timed_out(route, wait)),
             };
         }
         let request = CallRequest {
@@ -239,9 +221,9 @@ impl Client {
             (None, None) => return Err(no_request_reply(self.transport.as_ref())),
         };
         match FirstPollOrTimeout::new(Some(wait), call).await {
-            Some(Err(CallError::Remote { error, .. })) => Err(remote(error)),
+            Some(Err(CallError::Remote { error, .. })) => Err(timeout::remote(route, wait, error)),
             Some(r) => r,
-            None => Err(timed_out()),
+            None => Err(timeout::timed_out(route, wait)),
         }
     }
 
@@ -268,10 +250,7 @@ impl Client {
         let mut env = Envelope::new(topic, payload);
         env.headers
             .insert(header::CONTENT_TYPE, self.codec.content_type());
-        if let Some(tp) = context::current().and_then(|c| c.traceparent().map(str::to_string)) {
-            env.headers
-                .insert(header::TRACEPARENT, trace::child_traceparent(Some(&tp)));
-        }
+        context::with_current(|parent| trace::propagate(parent, &mut env.headers));
         Ok(env)
     }
 

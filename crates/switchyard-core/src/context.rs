@@ -51,8 +51,17 @@ pub fn current() -> Option<Context> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
+/// `f` of the context of the call being handled, borrowed (no copy of its headers); `None`
+/// outside a handler.
+pub(crate) fn with_current<R>(f: impl FnOnce(&Context) -> R) -> Option<R> {
+    CURRENT.try_with(f).ok()
+}
+
+/// A future run with a context as its [`current`] one (see [`scope`]).
+pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Context, F>;
+
 /// Runs `fut` with `ctx` as its [`current`] context.
-pub fn scope<F: Future>(ctx: Context, fut: F) -> impl Future<Output = F::Output> {
+pub fn scope<F: Future>(ctx: Context, fut: F) -> Scoped<F> {
     CURRENT.scope(ctx, fut)
 }
 

@@ -11,7 +11,6 @@ use futures::FutureExt;
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 
 use crate::codec::Codec;
 use crate::context::{self, Context};
@@ -19,6 +18,10 @@ use crate::error::{ErrorCode, HandlerError};
 use crate::handler::Route;
 use crate::layer::LayerFor;
 use crate::message::{header, Envelope};
+use crate::middleware::{
+    self,
+    routed::{self, Routed},
+};
 use crate::policy::ConsumerPolicy;
 use crate::values::{short_type_name, Reply};
 
@@ -374,7 +377,7 @@ impl Service {
     pub fn ws_token_accepts(&self, given: Option<&str>) -> bool {
         self.ws_token
             .as_deref()
-            .is_none_or(|expected| token_matches(expected, given))
+            .is_none_or(|expected| middleware::token_matches(expected, given))
     }
 
     /// The service's name.
@@ -478,19 +481,22 @@ impl Service {
         self.dispatch_parts(call, true)
     }
 
-    /// Dispatches a call whose route and token are borrowed. `enforce_deadline` is false for
-    /// a caller that runs the handler inside its own future and bounds it by its own timeout
-    /// (an in-process call): no second timer is armed then.
+    /// Dispatches a call whose route and token are borrowed: finds the route (`404`), then
+    /// runs the framework's call stack ([`middleware::routed`](crate::middleware::routed):
+    /// token, deadline, panic recovery, handler). `enforce_deadline` is false for a caller
+    /// that runs the handler inside its own future and bounds it by its own timeout (an
+    /// in-process call): no second timer is armed then.
     ///
     /// Not an `async fn`: what is checked up front is done before the future exists, and the
     /// future holds only the running handler (an `async fn` kept its arguments and their
     /// moved copies too, and a transport boxes this future once per call).
-    pub(crate) fn dispatch_parts(
-        &self,
+    pub(crate) fn dispatch_parts<'s>(
+        &'s self,
         call: CallParts<'_>,
         enforce_deadline: bool,
-    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + '_ {
+    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + 's {
         use futures::future::{ready, Either};
+        use tower::Service as _;
         let CallParts {
             route: path,
             args,
@@ -504,53 +510,19 @@ impl Service {
                 format!("no route {path}"),
             ))));
         };
-        if let Some(expected) = &route.token {
-            let given = token.or(headers.get(header::TOKEN));
-            if !token_matches(expected, given) {
-                let what = if given.is_some() {
-                    "invalid"
-                } else {
-                    "missing"
-                };
-                return Either::Left(ready(Err(HandlerError::new(
-                    ErrorCode::Unauthorized,
-                    format!("{what} token for {path}"),
-                ))));
-            }
-        }
         // A deadline given by the transport is the header's, already read.
-        let ctx = match deadline {
+        let context = match deadline {
             Some(_) => Context { deadline, headers },
             None => Context::from_headers(headers),
         };
-        let remaining = if enforce_deadline {
-            ctx.remaining()
-        } else {
-            None
-        };
-        if remaining.is_some_and(|r| r.is_zero()) {
-            // The caller has stopped waiting already (the call waited in a queue, say): the
-            // handler does not run for nobody.
-            return Either::Left(ready(Err(HandlerError::new(
-                ErrorCode::DeadlineExceeded,
-                format!("{path}: the caller's deadline passed before the call was handled"),
-            ))));
-        }
-        // The handler is called inside the guarded block: a closure that panics before it
-        // returns its future fails this call only, like one that panics while polled.
-        let run = AssertUnwindSafe(async move {
-            context::scope(ctx, route.handler.call(args, &route.params)).await
-        })
-        .catch_unwind();
-        Either::Right(
-            context::FirstPollOrTimeout::new(remaining, run).map(move |outcome| match outcome {
-                Some(outcome) => outcome.unwrap_or_else(|panic| Err(panic_error(path, panic))),
-                None => Err(HandlerError::new(
-                    ErrorCode::DeadlineExceeded,
-                    format!("{path} did not finish within the caller's deadline"),
-                )),
-            }),
-        )
+        Either::Right(routed::call_stack().call(Routed {
+            path,
+            route,
+            args,
+            token,
+            context,
+            enforce_deadline,
+        }))
     }
 
     /// Handles one event. Returns `NotFound` if no handler takes the topic.
@@ -564,24 +536,8 @@ impl Service {
         let ctx = Context::from_headers(headers);
         let run = AssertUnwindSafe(context::scope(ctx, handler(env))).catch_unwind();
         run.await
-            .unwrap_or_else(|panic| Err(panic_error(&topic, panic)))
+            .unwrap_or_else(|panic| Err(middleware::panic_error(&topic, panic)))
     }
-}
-
-/// Whether `given` is the `expected` token, compared in constant time (no timing tells how
-/// much of a guess was right).
-fn token_matches(expected: &str, given: Option<&str>) -> bool {
-    given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())))
-}
-
-fn panic_error(what: &str, panic: Box<dyn std::any::Any + Send>) -> HandlerError {
-    let msg = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    tracing::error!(target: "switchyard", %what, panic = %msg, "handler panicked");
-    HandlerError::internal(format!("handler for {what} panicked: {msg}"))
 }
 
 /// What an event handler may return: `()` or `Result<(), E>`.

@@ -1,18 +1,35 @@
-//! The framework's fixed policies around one delivery of an event, one module per concern,
-//! each a tower [`Layer`](tower::Layer) over any service of an event in, what to do with the
-//! delivery out ([`Disposition`]; the bounds are [`Inner`]). [`consumer_stack`] composes them in the order
-//! written down in `docs/MIDDLEWARE.md`; every transport's consumer runs that one stack, so a
-//! fix here (a size limit, a dead letter that cannot be published whole) holds on all of them.
+//! The framework's fixed policies, one module per concern, in the order written down in
+//! `docs/MIDDLEWARE.md`.
 //!
-//! The service's own event layers ([`Service::event_layer`](crate::service::Service::event_layer))
-//! run innermost, around the handler, and see each attempt.
+//! **Around one delivery of an event**: each a tower [`Layer`](tower::Layer) over any service
+//! of an event in, what to do with the delivery out ([`Disposition`]; the bounds are
+//! [`Inner`]). [`consumer_stack`] composes them; every transport's consumer runs that one
+//! stack, so a fix here (a size limit, a dead letter that cannot be published whole) holds on
+//! all of them. The service's own event layers
+//! ([`Service::event_layer`](crate::service::Service::event_layer)) run innermost, around the
+//! handler, and see each attempt.
+//!
+//! **Around one call**: on the serving side, once the route is found, `auth`, `deadline` and
+//! `recover`, tower layers composed into one concrete stack (`routed`) inside the service's
+//! own layers; on the calling side, `trace` (context passed on) and `timeout` (the caller's
+//! deadline), outside the client's layers.
 
+mod auth;
 pub mod dead_letter;
+mod deadline;
 pub mod dedupe;
 pub mod expiry;
 pub mod limit;
 pub mod poison;
+mod recover;
 pub mod retry;
+pub(crate) mod routed;
+pub(crate) mod timeout;
+pub(crate) mod trace;
+
+pub(crate) use auth::{token_matches, Auth};
+pub(crate) use deadline::Deadline;
+pub(crate) use recover::{panic_error, Recover};
 
 use std::convert::Infallible;
 use std::sync::Arc;
