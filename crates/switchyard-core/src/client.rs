@@ -11,8 +11,6 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use futures::future::{BoxFuture, Either};
-use tower::util::BoxCloneSyncService;
-use tower::ServiceExt;
 
 use crate::call::{CallParts, CallRequest};
 use crate::codec::Codec;
@@ -104,7 +102,7 @@ impl Client {
         self.call_layers.push(layer.erased().0);
         self.calls = Some(layer::stack(
             &self.call_layers,
-            BoxCloneSyncService::new(TransportCall(self.transport.clone())),
+            layer::Boxed::from_boxed(TransportCall(self.transport.clone())),
         ));
         self
     }
@@ -115,7 +113,7 @@ impl Client {
         self.publish_layers.push(layer.erased().0);
         self.publishes = Some(layer::stack(
             &self.publish_layers,
-            BoxCloneSyncService::new(TransportPublish(self.transport.clone())),
+            layer::Boxed::from_boxed(TransportPublish(self.transport.clone())),
         ));
         self
     }
@@ -216,7 +214,7 @@ impl Client {
             deadline: Some(deadline),
         };
         let call = match (&self.calls, self.transport.requester()) {
-            (Some(stack), _) => Either::Left(stack.clone().oneshot(request)),
+            (Some(stack), _) => Either::Left(stack.call_once(request)),
             (None, Some(requester)) => Either::Right(requester.request(request)),
             (None, None) => return Err(no_request_reply(self.transport.as_ref())),
         };
@@ -258,7 +256,7 @@ impl Client {
     pub async fn publish_envelope(&self, envelope: Envelope) -> Result<(), TransportError> {
         match &self.publishes {
             None => self.transport.publish(envelope).await,
-            Some(stack) => stack.clone().oneshot(envelope).await,
+            Some(stack) => stack.call_once(envelope).await,
         }
     }
 }

@@ -11,10 +11,13 @@
 //! [`Client::layer`]: crate::client::Client::layer
 //! [`Client::publish_layer`]: crate::client::Client::publish_layer
 
+use std::any::Any;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service};
+use futures::future::{BoxFuture, Either};
+use tower::util::Oneshot;
+use tower::{Layer, Service, ServiceExt};
 
 use crate::call::CallRequest;
 use crate::error::{CallError, HandlerError, TransportError};
@@ -22,21 +25,156 @@ use crate::message::Envelope;
 use crate::values::Reply;
 
 /// What a service layer wraps on the serving side: a call in, the handler's reply out.
-pub type CallService = BoxCloneSyncService<CallRequest, Reply, HandlerError>;
+pub type CallService = Boxed<CallRequest, Reply, HandlerError>;
 /// What an event layer wraps on the serving side: one delivery attempt of an event.
-pub type EventService = BoxCloneSyncService<Envelope, (), HandlerError>;
+pub type EventService = Boxed<Envelope, (), HandlerError>;
 /// What a client layer wraps: a call out, its reply back.
-pub type ClientService = BoxCloneSyncService<CallRequest, Reply, CallError>;
+pub type ClientService = Boxed<CallRequest, Reply, CallError>;
 /// What a publish layer wraps: an event out, the transport's confirmation back.
-pub type PublishService = BoxCloneSyncService<Envelope, (), TransportError>;
+pub type PublishService = Boxed<Envelope, (), TransportError>;
 
 /// A layer with its types erased, kept until the stack is built.
 pub(crate) type LayerFn<Req, Res, E> =
-    Arc<dyn Fn(BoxCloneSyncService<Req, Res, E>) -> BoxCloneSyncService<Req, Res, E> + Send + Sync>;
+    Arc<dyn Fn(Boxed<Req, Res, E>) -> Boxed<Req, Res, E> + Send + Sync>;
 pub(crate) type CallLayerFn = LayerFn<CallRequest, Reply, HandlerError>;
 pub(crate) type EventLayerFn = LayerFn<Envelope, (), HandlerError>;
 
-/// A tower layer usable around `Req → Res, E`: any [`Layer`] over the boxed service whose
+/// A cloneable service with its type erased: what every layer wraps and is stored as.
+///
+/// Written here rather than using tower's `BoxCloneSyncService`, which boxes the future of the
+/// service it erases even when that future is a box already (a second allocation per call for
+/// each framework service innermost), and wraps a layer that hands back the very service it
+/// was given (tower's `Identity`) in one more box, cloned and called through on every call.
+pub struct Boxed<Req, Res, E>(Box<dyn Erased<Req, Res, E>>);
+
+trait Erased<Req, Res, E>: Send + Sync {
+    fn clone_box(&self) -> Box<dyn Erased<Req, Res, E>>;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>>;
+    fn call(&mut self, request: Req) -> BoxFuture<'static, Result<Res, E>>;
+}
+
+/// A service whose future is boxed on each call.
+#[derive(Clone)]
+struct Boxing<S>(S);
+
+impl<S, Req, Res, E> Erased<Req, Res, E> for Boxing<S>
+where
+    S: Service<Req, Response = Res, Error = E> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    fn clone_box(&self) -> Box<dyn Erased<Req, Res, E>> {
+        Box::new(self.clone())
+    }
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, request: Req) -> BoxFuture<'static, Result<Res, E>> {
+        Box::pin(self.0.call(request))
+    }
+}
+
+/// A service whose future is a box already.
+#[derive(Clone)]
+struct AlreadyBoxed<S>(S);
+
+impl<S, Req, Res, E> Erased<Req, Res, E> for AlreadyBoxed<S>
+where
+    S: Service<Req, Response = Res, Error = E, Future = BoxFuture<'static, Result<Res, E>>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    fn clone_box(&self) -> Box<dyn Erased<Req, Res, E>> {
+        Box::new(self.clone())
+    }
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, request: Req) -> BoxFuture<'static, Result<Res, E>> {
+        self.0.call(request)
+    }
+}
+
+impl<Req: 'static, Res: 'static, E: 'static> Boxed<Req, Res, E> {
+    /// `service` with its type erased.
+    pub fn new<S>(service: S) -> Self
+    where
+        S: Service<Req, Response = Res, Error = E> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        let mut slot = Some(service);
+        let any: &mut dyn Any = &mut slot;
+        // A layer that hands back the service it was given: nothing more to wrap.
+        if let Some(same) = any.downcast_mut::<Option<Self>>().and_then(Option::take) {
+            return same;
+        }
+        match slot {
+            Some(service) => Self(Box::new(Boxing(service))),
+            None => unreachable!("the service was taken only when it was already erased"),
+        }
+    }
+
+    /// `service`, whose future is boxed already, with its type erased.
+    pub(crate) fn from_boxed<S>(service: S) -> Self
+    where
+        S: Service<Req, Response = Res, Error = E, Future = BoxFuture<'static, Result<Res, E>>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        Self(Box::new(AlreadyBoxed(service)))
+    }
+}
+
+impl<Req: Send + 'static, Res: Send + 'static, E: Send + 'static> Boxed<Req, Res, E> {
+    /// Calls a clone of this stack with `request`: at once when it is ready, as a stack of
+    /// layers with no back-pressure of their own is, and otherwise once it is (tower's
+    /// `oneshot`, whose state machine moves the request and the future through it on every
+    /// call, is kept for that case).
+    pub(crate) fn call_once(
+        &self,
+        request: Req,
+    ) -> Either<BoxFuture<'static, Result<Res, E>>, Oneshot<Self, Req>> {
+        let mut service = self.clone();
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        match service.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Either::Left(service.call(request)),
+            Poll::Ready(Err(e)) => Either::Left(Box::pin(std::future::ready(Err(e)))),
+            // Polled again, with the caller's waker, by `oneshot`.
+            Poll::Pending => Either::Right(service.oneshot(request)),
+        }
+    }
+}
+
+impl<Req, Res, E> Clone for Boxed<Req, Res, E> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone_box())
+    }
+}
+
+impl<Req, Res, E> Service<Req> for Boxed<Req, Res, E> {
+    type Response = Res;
+    type Error = E;
+    type Future = BoxFuture<'static, Result<Res, E>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        self.0.call(request)
+    }
+}
+
+impl<Req, Res, E> std::fmt::Debug for Boxed<Req, Res, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Boxed")
+    }
+}
+
+/// A tower layer usable around `Req → Res, E`: any [`Layer`] over a [`Boxed`] service whose
 /// service is cloneable, shareable and sendable. Implemented for every such layer; it only
 /// names the bounds once for [`Service::layer`](crate::service::Service::layer),
 /// [`Service::event_layer`](crate::service::Service::event_layer),
@@ -52,7 +190,7 @@ pub struct ErasedLayer<Req, Res, E>(pub(crate) LayerFn<Req, Res, E>);
 
 impl<L, Req, Res, E> LayerFor<Req, Res, E> for L
 where
-    L: Layer<BoxCloneSyncService<Req, Res, E>> + Send + Sync + 'static,
+    L: Layer<Boxed<Req, Res, E>> + Send + Sync + 'static,
     L::Service: Service<Req, Response = Res, Error = E> + Clone + Send + Sync + 'static,
     <L::Service as Service<Req>>::Future: Send + 'static,
     Req: 'static,
@@ -60,17 +198,15 @@ where
     E: 'static,
 {
     fn erased(self) -> ErasedLayer<Req, Res, E> {
-        ErasedLayer(Arc::new(move |inner| {
-            BoxCloneSyncService::new(self.layer(inner))
-        }))
+        ErasedLayer(Arc::new(move |inner| Boxed::new(self.layer(inner))))
     }
 }
 
 /// `innermost` wrapped in `layers`, the first of them outermost.
 pub(crate) fn stack<Req, Res, E>(
     layers: &[LayerFn<Req, Res, E>],
-    innermost: BoxCloneSyncService<Req, Res, E>,
-) -> BoxCloneSyncService<Req, Res, E> {
+    innermost: Boxed<Req, Res, E>,
+) -> Boxed<Req, Res, E> {
     layers
         .iter()
         .rev()

@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::{BoxFuture, Either};
-use tower::util::BoxCloneSyncService;
-use tower::ServiceExt;
 
 use crate::call::{CallParts, CallRequest};
 use crate::error::HandlerError;
@@ -47,13 +45,13 @@ impl Served {
         let calls = (!service.call_layers.is_empty()).then(|| {
             layer::stack(
                 &service.call_layers,
-                BoxCloneSyncService::new(Dispatch(service.clone())),
+                layer::Boxed::from_boxed(Dispatch(service.clone())),
             )
         });
         let events = (!service.event_layers.is_empty()).then(|| {
             layer::stack(
                 &service.event_layers,
-                BoxCloneSyncService::new(HandleEvent(service.clone())),
+                layer::Boxed::from_boxed(HandleEvent(service.clone())),
             )
         });
         let pushed = middleware::pushed_stack(
@@ -97,7 +95,7 @@ impl Served {
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + '_ {
         match &self.calls {
             None => Either::Left(self.service.dispatch(request)),
-            Some(stack) => Either::Right(stack.clone().oneshot(request)),
+            Some(stack) => Either::Right(stack.call_once(request)),
         }
     }
 
@@ -118,7 +116,7 @@ impl Served {
                     headers: call.headers,
                     deadline: call.deadline,
                 };
-                Either::Right(stack.clone().oneshot(request))
+                Either::Right(stack.call_once(request))
             }
         }
     }
@@ -156,7 +154,7 @@ impl Served {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + '_ {
         match &self.events {
             None => Either::Left(self.service.handle_event(envelope)),
-            Some(stack) => Either::Right(stack.clone().oneshot(envelope)),
+            Some(stack) => Either::Right(stack.call_once(envelope)),
         }
     }
 }

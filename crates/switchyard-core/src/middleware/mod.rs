@@ -157,7 +157,7 @@ impl tower::Service<Envelope> for Handle {
         Box::pin(async move {
             let outcome = match handler {
                 EventHandler::Service(service) => service.handle_event(envelope).await,
-                EventHandler::Layers(stack) => stack.oneshot(envelope).await,
+                EventHandler::Layers(stack) => stack.call_once(envelope).await,
             };
             Ok(match outcome {
                 Ok(()) => Disposition::Done,
