@@ -23,6 +23,8 @@ mod binding;
 mod connection;
 mod events;
 mod options;
+
+pub use options::AmqpOptions;
 mod rpc;
 
 use std::sync::Arc;

@@ -1,25 +1,56 @@
-//! `amqp://` URLs into a transport: namespace, retry delays.
+//! A RabbitMQ transport's options, typed, and read from an `amqp://` URL with the one grammar
+//! of every transport (`switchyard_core::url_options`).
 
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchyard_core::error::TransportError;
+use switchyard_core::url_options::UrlOptions;
 
 use crate::connection::*;
 use crate::events::*;
 use crate::AmqpTransport;
 
-pub(crate) fn ms_option(url: &str, key: &str, value: &str) -> Result<u64, TransportError> {
-    TransportError::url_number(url, key, value)
+/// lapin's own connection options, passed on to it.
+const LAPIN_OPTIONS: [&str; 4] = [
+    "heartbeat",
+    "connection_timeout",
+    "channel_max",
+    "frame_max",
+];
+
+/// What a RabbitMQ transport is made of: `amqp://USER:PASS@HOST:PORT/VHOST[?OPTIONS]`
+/// (guest/guest and vhost `/` when absent) parsed ([`FromStr`]), or adjusted with the
+/// setters.
+///
+/// ```
+/// use switchyard_amqp::{AmqpOptions, AmqpTransport};
+/// let options: AmqpOptions = "amqp://127.0.0.1:5672/%2f?ns=shop&heartbeat=10".parse().unwrap();
+/// assert_eq!((options.namespace.as_str(), options.broker.as_str()), ("shop", "amqp://127.0.0.1:5672/%2f?heartbeat=10"));
+/// let transport = AmqpTransport::new(options.max_message_bytes(64 * 1024));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AmqpOptions {
+    /// The URL as given (its password is removed from every message that shows it).
+    pub url: String,
+    /// What lapin connects to: the URL without switchyard's options, with lapin's own
+    /// (`heartbeat`, `connection_timeout`, `channel_max`, `frame_max`).
+    pub broker: String,
+    /// Calls and events of services in different namespaces never meet (`?ns=`; `default`).
+    pub namespace: String,
+    /// The largest message `publish` accepts (`?max_message_bytes=`; 1 MiB).
+    pub max_message_bytes: usize,
+    /// An unused group queue is deleted after this long (`?queue_expires_ms=`, at least 1 s;
+    /// never).
+    pub queue_expires: Option<Duration>,
 }
 
-impl AmqpTransport {
-    /// A transport for `amqp://USER:PASS@HOST:PORT/VHOST` (guest/guest and vhost `/` when
-    /// absent). Options: `ns` (the RPC namespace, default `default`), `max_message_bytes`
-    /// (default 1 MiB), `queue_expires_ms` (delete an unused group queue after that long).
-    /// The connection is made on first use; an unreachable broker is then an error naming
-    /// the URL, its password removed.
-    pub fn from_url(url: &str) -> Result<Self, TransportError> {
+impl FromStr for AmqpOptions {
+    type Err = TransportError;
+
+    fn from_str(url: &str) -> Result<Self, TransportError> {
         let parsed =
             url::Url::parse(url).map_err(|e| TransportError::invalid_url(url, e.to_string()))?;
         if parsed.scheme() != "amqp" {
@@ -31,56 +62,71 @@ impl AmqpTransport {
         if parsed.host_str().is_none() {
             return Err(TransportError::invalid_url(url, "no host"));
         }
-        let mut namespace = "default".to_string();
-        let mut max_message = MAX_MESSAGE;
-        let mut queue_expires = None;
-        let mut passthrough = Vec::new();
-        for (k, v) in parsed.query_pairs() {
-            match k.as_ref() {
-                "ns" => {
-                    if v.is_empty() || v.contains(['*', '#', ' ']) {
-                        return Err(TransportError::invalid_url(url, format!("ns={v} is not a usable namespace")));
-                    }
-                    namespace = v.to_string();
-                }
-                "max_message_bytes" => {
-                    max_message = ms_option(url, &k, &v)?.try_into().unwrap_or(usize::MAX);
-                }
-                "queue_expires_ms" => {
-                    queue_expires = Some(Duration::from_millis(ms_option(url, &k, &v)?.max(1000)));
-                }
-                // lapin's own connection options.
-                "heartbeat" | "connection_timeout" | "channel_max" | "frame_max" => {
-                    passthrough.push(format!("{k}={v}"));
-                }
-                unknown => {
-                    return Err(TransportError::invalid_url(
-                        url,
-                        format!(
-                            "unknown option {unknown:?} (known: ns, max_message_bytes, \
-                             queue_expires_ms, heartbeat, connection_timeout, channel_max, frame_max)"
-                        ),
-                    ))
-                }
-            }
-        }
-        let mut base = url.split('?').next().unwrap_or(url).to_string();
-        if !passthrough.is_empty() {
-            base = format!("{base}?{}", passthrough.join("&"));
-        }
+        let mut known = vec!["queue_expires_ms"];
+        known.extend(LAPIN_OPTIONS);
+        let options = UrlOptions::parse(url, &known)?;
+        let passed_on = options.passed_on(&LAPIN_OPTIONS);
+        let broker = match passed_on.as_str() {
+            "" => options.base().to_string(),
+            query => format!("{}?{query}", options.base()),
+        };
         Ok(Self {
+            url: url.to_string(),
+            broker,
+            namespace: options
+                .namespace(&['*', '#'])?
+                .unwrap_or_else(|| "default".into()),
+            max_message_bytes: options.number("max_message_bytes")?.unwrap_or(MAX_MESSAGE),
+            queue_expires: options
+                .millis("queue_expires_ms")?
+                .map(|d| d.max(Duration::from_secs(1))),
+        })
+    }
+}
+
+impl AmqpOptions {
+    /// Sets the namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Sets the largest message `publish` accepts.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Deletes an unused group queue after `after`.
+    pub fn queue_expires(mut self, after: Duration) -> Self {
+        self.queue_expires = Some(after);
+        self
+    }
+}
+
+impl AmqpTransport {
+    /// A transport for an `amqp://` URL (see [`AmqpOptions`]). The connection is made on
+    /// first use; an unreachable broker is then an error naming the URL, its password
+    /// removed.
+    pub fn from_url(url: &str) -> Result<Self, TransportError> {
+        Ok(Self::new(url.parse()?))
+    }
+
+    /// A transport with these options.
+    pub fn new(options: AmqpOptions) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                url: url.to_string(),
-                uri: base,
-                namespace,
-                max_message,
-                queue_expires,
+                url: options.url,
+                uri: options.broker,
+                namespace: options.namespace,
+                max_message: options.max_message_bytes,
+                queue_expires: options.queue_expires,
                 link: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
                 rpc: Mutex::new(None),
                 rpc_connecting: tokio::sync::Mutex::new(()),
             }),
-        })
+        }
     }
 
     /// The queue a service's calls wait on: `sy.rpc.<namespace>.<service>`.

@@ -39,6 +39,7 @@ pub mod shards;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transport;
+pub mod url_options;
 pub mod values;
 pub mod wire;
 

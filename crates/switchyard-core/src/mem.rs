@@ -18,6 +18,7 @@ use crate::transport::{
     Acker, Capabilities, Delivery, DeliveryGuarantee, Listener, Ordering, Publisher, Requester,
     Responder, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
 };
+use crate::url_options::UrlOptions;
 use crate::values::Reply;
 
 /// Default largest in-process message: 1 MiB, as on the wire transports, so that code tested
@@ -98,21 +99,14 @@ impl MemTransport {
                 url: url.to_string(),
                 reason: "expected mem://NAME".into(),
             })?;
-        let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let name = name.trim_matches('/');
+        let name = rest.split('?').next().unwrap_or(rest).trim_matches('/');
+        let options = UrlOptions::parse(url, &[])?;
+        if options.get("ns").is_some() {
+            return Err(options.error("ns is not used in process: the bus's name is the namespace"));
+        }
         let mut transport = Self::new(if name.is_empty() { "default" } else { name });
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some((key @ "max_message_bytes", v)) => {
-                    transport.max_message = TransportError::url_number(url, key, v)?;
-                }
-                _ => {
-                    return Err(TransportError::invalid_url(
-                        url,
-                        format!("unknown option {pair:?} (known: max_message_bytes)"),
-                    ))
-                }
-            }
+        if let Some(bytes) = options.number("max_message_bytes")? {
+            transport.max_message = bytes;
         }
         Ok(transport)
     }

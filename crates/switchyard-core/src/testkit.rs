@@ -1273,6 +1273,37 @@ pub async fn oversized_publish_is_rejected(h: &Harness) -> Outcome {
     }
 }
 
+/// Every transport reads its URL's options with one grammar: an option it does not know is
+/// refused naming the ones it knows, a malformed number is refused naming the option, and
+/// `max_message_bytes` bounds what `publish` accepts.
+pub async fn url_options_follow_one_grammar(h: &Harness) -> Outcome {
+    let url = (h.fresh_url)();
+    let refusal = |url: &str| match (h.connect)(url) {
+        Err(TransportError::InvalidUrl { reason, .. }) => reason,
+        Err(other) => panic!("{url}: expected InvalidUrl, got {other}"),
+        Ok(t) => panic!("{url}: accepted as {}", t.url()),
+    };
+    let unknown = refusal(&with_option(&url, "no_such_option", 1));
+    assert!(
+        unknown.contains("unknown option \"no_such_option\" (known: ns, max_message_bytes"),
+        "{unknown}"
+    );
+    let malformed = refusal(&with_option(&url, "max_message_bytes", "lots"));
+    assert!(
+        malformed.contains("max_message_bytes=lots is not a whole number"),
+        "{malformed}"
+    );
+    let small = h.connect(&with_option(&url, "max_message_bytes", 1000));
+    match small
+        .publish(Envelope::new(topic("small"), vec![b'x'; 2000]))
+        .await
+    {
+        Err(TransportError::PayloadTooLarge { limit, .. }) => assert!(limit <= 1000, "{limit}"),
+        other => panic!("expected PayloadTooLarge at 1000 bytes, got {other:?}"),
+    }
+    Outcome::Passed
+}
+
 /// After the server restarts, the client reconnects by itself and every confirmed publish is
 /// delivered.
 pub async fn reconnect_after_restart(h: &Harness) -> Outcome {
@@ -1554,7 +1585,7 @@ macro_rules! conformance_suite {
             rpc_to_absent_service_fails_fast, retry_then_dead_letter,
             hostile_events_are_dead_lettered, expired_events_are_dead_lettered,
             group_resumes_after_settled, dropped_delivery_is_redelivered, graceful_shutdown,
-            oversized_publish_is_rejected,
+            oversized_publish_is_rejected, url_options_follow_one_grammar,
             reconnect_after_restart, ordered_consumption, two_services_share_a_namespace,
             envelope_id_and_headers_survive, layers_see_every_call_and_event);
     };

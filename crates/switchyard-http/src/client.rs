@@ -12,7 +12,6 @@ use switchyard_core::codec::Codec;
 use switchyard_core::error::{redact_url, CallError, ErrorCode, RemoteError, TransportError};
 use switchyard_core::message::{header as h, Envelope};
 use switchyard_core::server::Served;
-use switchyard_core::service::DEFAULT_MAX_BODY;
 use switchyard_core::transport::{
     Capabilities, DeliveryGuarantee, Listener, Ordering, Publisher, Requester, Responder,
     ServeHandle, SubscribeOptions, Subscriber, Subscription, Transport,
@@ -23,6 +22,7 @@ use tokio::sync::{oneshot, Mutex};
 
 use crate::listen::ServerLimits;
 use crate::server::{router_with, ServerState, Subscriptions};
+use crate::HttpOptions;
 
 /// The HTTP transport.
 ///
@@ -54,63 +54,13 @@ impl std::fmt::Debug for HttpTransport {
 }
 
 impl HttpTransport {
-    /// A transport for `http://HOST:PORT[/PREFIX]` (also `ws://`, which means the same server).
+    /// A transport for an `http://` URL (see [`HttpOptions`]).
     pub fn from_url(url: &str) -> Result<Self, TransportError> {
-        let parsed = url::Url::parse(url).map_err(|e| TransportError::InvalidUrl {
-            url: redact_url(url),
-            reason: e.to_string(),
-        })?;
-        let scheme = match parsed.scheme() {
-            "http" | "ws" => "http",
-            "https" | "wss" => "https",
-            other => {
-                return Err(TransportError::InvalidUrl {
-                    url: redact_url(url),
-                    reason: format!("scheme {other:?} is not HTTP"),
-                })
-            }
-        };
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| TransportError::InvalidUrl {
-                url: redact_url(url),
-                reason: "no host".into(),
-            })?;
-        let port = parsed.port_or_known_default().unwrap_or(80);
-        let prefix = parsed.path().trim_end_matches('/');
-        // `?codec=msgpack` makes this client send MessagePack calls (JSON is the default).
-        let mut codec = Codec::Json;
-        // The serving side's connection limits (see `ServerLimits`): `max_connections`,
-        // `header_timeout_ms`, `body_timeout_ms`, `idle_timeout_ms`, `max_in_flight`.
-        let mut limits = ServerLimits::default();
-        for (k, v) in parsed.query_pairs() {
-            let number = || TransportError::url_number::<u64>(url, &k, &v);
-            match (k.as_ref(), Codec::from_name(&v)) {
-                ("codec", Some(c)) => codec = c,
-                ("codec", None) => {
-                    return Err(TransportError::InvalidUrl {
-                        url: redact_url(url),
-                        reason: format!("unknown codec {v:?}: use json or msgpack"),
-                    })
-                }
-                ("max_connections", _) => {
-                    limits =
-                        limits.max_connections(usize::try_from(number()?).unwrap_or(usize::MAX))
-                }
-                ("header_timeout_ms", _) => {
-                    limits = limits.header_read(Duration::from_millis(number()?))
-                }
-                ("body_timeout_ms", _) => {
-                    limits = limits.body_read(Duration::from_millis(number()?))
-                }
-                ("idle_timeout_ms", _) => limits = limits.idle(Duration::from_millis(number()?)),
-                ("max_in_flight", _) => {
-                    limits = limits.max_in_flight(usize::try_from(number()?).unwrap_or(usize::MAX))
-                }
-                _ => {}
-            }
-        }
-        let base = format!("{scheme}://{host}:{port}{prefix}");
+        Self::new(url.parse()?)
+    }
+
+    /// A transport with these options.
+    pub fn new(options: HttpOptions) -> Result<Self, TransportError> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -118,11 +68,11 @@ impl HttpTransport {
             .build()
             .map_err(|e| TransportError::Other(Box::new(e)))?;
         Ok(Self {
-            base,
-            codec,
+            base: options.base,
+            codec: options.codec,
             http,
-            max_message: DEFAULT_MAX_BODY,
-            limits,
+            max_message: options.max_message_bytes,
+            limits: options.limits,
             subscriptions: Arc::default(),
             listener: Mutex::new(None),
         })

@@ -16,9 +16,11 @@
 
 mod client;
 pub mod listen;
+mod options;
 mod server;
 mod ws;
 
 pub use client::HttpTransport;
 pub use listen::ServerLimits;
+pub use options::HttpOptions;
 pub use server::router;

@@ -20,6 +20,8 @@ mod connection;
 mod events;
 mod options;
 
+pub use options::KafkaOptions;
+
 use std::sync::Arc;
 use std::time::Duration;
 

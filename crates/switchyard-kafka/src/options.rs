@@ -1,63 +1,106 @@
-//! `kafka://` URLs into a transport: brokers, retry delays.
+//! A Kafka transport's options, typed, and read from a `kafka://` URL with the one grammar of
+//! every transport (`switchyard_core::url_options`).
 
 use std::collections::HashSet;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use switchyard_core::error::TransportError;
+use switchyard_core::url_options::UrlOptions;
 use tokio::sync::OnceCell;
 
 use crate::connection::*;
 use crate::events::*;
 use crate::KafkaTransport;
 
-impl KafkaTransport {
-    /// A transport for `kafka://HOST:PORT[,HOST:PORT…]`. Options: `partitions` (of the
-    /// topics it creates, default 4), `max_message_bytes` (default 1 MiB). Connections are made
-    /// on first use.
-    pub fn from_url(url: &str) -> Result<Self, TransportError> {
+/// What a Kafka transport is made of: `kafka://HOST:PORT[,HOST:PORT…][?OPTIONS]` parsed
+/// ([`FromStr`]), or adjusted with the setters.
+///
+/// ```
+/// use switchyard_kafka::{KafkaOptions, KafkaTransport};
+/// let options: KafkaOptions = "kafka://127.0.0.1:9092?partitions=8".parse().unwrap();
+/// assert_eq!((options.brokers.as_str(), options.partitions), ("127.0.0.1:9092", 8));
+/// let transport = KafkaTransport::new(options.max_message_bytes(64 * 1024));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct KafkaOptions {
+    /// The URL as given.
+    pub url: String,
+    /// The bootstrap brokers, `HOST:PORT,…`.
+    pub brokers: String,
+    /// Partitions of the topics the transport creates (`?partitions=`; 4).
+    pub partitions: i32,
+    /// The largest message `publish` accepts (`?max_message_bytes=`; 1 MiB).
+    pub max_message_bytes: usize,
+}
+
+impl FromStr for KafkaOptions {
+    type Err = TransportError;
+
+    fn from_str(url: &str) -> Result<Self, TransportError> {
         let rest = url.strip_prefix("kafka://").ok_or_else(|| {
             TransportError::invalid_url(url, "expected kafka://HOST:PORT[,HOST:PORT]")
         })?;
-        let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let hosts = rest.split('?').next().unwrap_or(rest);
         let brokers = hosts.trim_end_matches('/').to_string();
         if brokers.is_empty() {
             return Err(TransportError::invalid_url(url, "no broker address"));
         }
-        let mut partitions = 4;
-        let mut max_message = MAX_MESSAGE;
-        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-            match k.as_ref() {
-                "partitions" => {
-                    partitions = v.parse::<i32>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                        TransportError::invalid_url(
-                            url,
-                            format!("partitions={v} is not a positive number"),
-                        )
-                    })?;
-                }
-                "max_message_bytes" => {
-                    max_message = TransportError::url_number(url, &k, &v)?;
-                }
-                unknown => {
-                    return Err(TransportError::invalid_url(
-                        url,
-                        format!(
-                            "unknown option {unknown:?} (known: partitions, max_message_bytes)"
-                        ),
-                    ))
-                }
-            }
+        // Kafka has no namespace of its own: topics are the service's names.
+        let options = UrlOptions::parse(url, &["partitions"])?;
+        if options.get("ns").is_some() {
+            return Err(options.error("ns is not used on Kafka: topics are named by the services"));
         }
+        let partitions = match options.number::<i32>("partitions")? {
+            None => 4,
+            Some(p) if p > 0 => p,
+            Some(p) => {
+                return Err(options.error(format!("partitions={p} is not a positive number")))
+            }
+        };
         Ok(Self {
+            url: url.to_string(),
+            brokers,
+            partitions,
+            max_message_bytes: options.number("max_message_bytes")?.unwrap_or(MAX_MESSAGE),
+        })
+    }
+}
+
+impl KafkaOptions {
+    /// Sets the partitions of the topics the transport creates.
+    pub fn partitions(mut self, partitions: i32) -> Self {
+        self.partitions = partitions.max(1);
+        self
+    }
+
+    /// Sets the largest message `publish` accepts.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+}
+
+impl KafkaTransport {
+    /// A transport for a `kafka://` URL (see [`KafkaOptions`]). Connections are made on
+    /// first use.
+    pub fn from_url(url: &str) -> Result<Self, TransportError> {
+        Ok(Self::new(url.parse()?))
+    }
+
+    /// A transport with these options.
+    pub fn new(options: KafkaOptions) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                url: url.to_string(),
-                brokers,
-                partitions,
-                max_message,
+                url: options.url,
+                brokers: options.brokers,
+                partitions: options.partitions,
+                max_message: options.max_message_bytes,
                 producer: OnceCell::new(),
                 admin: OnceCell::new(),
                 topics: Mutex::new(HashSet::new()),
             }),
-        })
+        }
     }
 }

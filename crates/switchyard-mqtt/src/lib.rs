@@ -24,6 +24,8 @@ mod binding;
 mod connection;
 mod events;
 mod options;
+
+pub use options::MqttOptions;
 mod rpc;
 
 use std::sync::Arc;

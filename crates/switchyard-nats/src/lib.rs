@@ -17,6 +17,8 @@ mod binding;
 mod connection;
 mod events;
 mod options;
+
+pub use options::NatsOptions;
 mod rpc;
 
 use std::collections::HashSet;

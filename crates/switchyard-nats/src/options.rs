@@ -1,106 +1,149 @@
-//! `nats://` URLs into a transport: namespace, TLS, ack wait.
+//! A NATS transport's options, typed, and read from a `nats://` URL with the one grammar of
+//! every transport (`switchyard_core::url_options`).
 
 use std::collections::HashSet;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use switchyard_core::error::TransportError;
+use switchyard_core::url_options::UrlOptions;
 use tokio::sync::OnceCell;
 
 use crate::binding::*;
 use crate::NatsTransport;
 
-impl NatsTransport {
-    /// A transport for `nats://HOST:PORT[?ns=NAMESPACE]` (or `nats://HOST:PORT/NAMESPACE`;
-    /// namespace `default` when absent). The
-    /// connection is made on first use; an unreachable server is then an error naming the URL.
-    pub fn from_url(url: &str) -> Result<Self, TransportError> {
+/// What a NATS transport is made of: `nats://[USER[:PASS]@]HOST[:PORT][?OPTIONS]` parsed
+/// ([`FromStr`]), or built and adjusted with the setters.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchyard_nats::{NatsOptions, NatsTransport};
+/// let options: NatsOptions = "nats://127.0.0.1:4222?ns=shop&ack_wait_ms=5000".parse().unwrap();
+/// assert_eq!((options.namespace.as_str(), options.ack_wait), ("shop", Duration::from_secs(5)));
+/// let transport = NatsTransport::new(options.max_message_bytes(64 * 1024)).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NatsOptions {
+    /// The URL as given (its password is removed from every message that shows it).
+    pub url: String,
+    /// The server: `nats://[USER[:PASS]@]HOST:PORT` (port 4222 when absent).
+    pub server: String,
+    /// Calls and events of services in different namespaces never meet (`?ns=`, or the
+    /// URL's path; `default`).
+    pub namespace: String,
+    /// How long JetStream waits for an ack before it redelivers to another consumer
+    /// (`?ack_wait_ms=`, at least 100 ms; 30 s). It bounds how long a message of a consumer
+    /// that died stays stuck; a handler that runs longer gets its message redelivered.
+    pub ack_wait: Duration,
+    /// The largest message `publish` accepts, payload and headers (`?max_message_bytes=`;
+    /// default and at most: the server's `max_payload`).
+    pub max_message_bytes: usize,
+    /// TLS required, the server's certificate checked against the system's roots
+    /// (`?tls=true`).
+    pub tls: bool,
+    /// Also trust the PEM certificates in this file (`?tls_ca=PATH`; implies TLS).
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl FromStr for NatsOptions {
+    type Err = TransportError;
+
+    fn from_str(url: &str) -> Result<Self, TransportError> {
         let parsed =
             url::Url::parse(url).map_err(|e| TransportError::invalid_url(url, e.to_string()))?;
         if parsed.scheme() != "nats" {
             return Err(TransportError::invalid_url(
                 url,
-                "expected nats://HOST:PORT[/NAMESPACE]",
+                "expected nats://HOST:PORT[?ns=NAMESPACE]",
             ));
         }
         let host = parsed
             .host_str()
             .ok_or_else(|| TransportError::invalid_url(url, "no host"))?;
         let port = parsed.port().unwrap_or(4222);
-        // `?ns=NAME`, as on every transport; a path (`nats://HOST/NAME`) still names it too.
-        let ns = parsed
-            .query_pairs()
-            .find(|(k, _)| k == "ns")
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_else(|| parsed.path().trim_matches('/').replace('/', "."));
-        let namespace = if ns.is_empty() {
-            "default".to_string()
-        } else {
-            ns
-        };
-        check_subject("namespace", &namespace).map_err(|r| TransportError::invalid_url(url, r))?;
-        // `?ack_wait_ms=N`: how long JetStream waits for an ack before it redelivers to another
-        // consumer (default 30 s). It bounds how long a message of a consumer that died stays
-        // stuck; a handler that runs longer gets its message redelivered meanwhile.
-        let mut ack_wait = Duration::from_secs(30);
-        // `?tls=true`: TLS required (the server's certificate checked against the system's
-        // roots); `?tls_ca=PATH`: also trust the PEM certificates in PATH (implies TLS).
-        let (mut tls, mut tls_ca) = (false, None);
-        // `?max_message_bytes=N`: the largest message `publish` accepts, payload and headers
-        // (default and at most: the server's `max_payload`).
-        let mut max_message = usize::MAX;
-        for (k, v) in parsed.query_pairs() {
-            match k.as_ref() {
-                "tls" => {
-                    tls = v.parse().map_err(|_| {
-                        TransportError::invalid_url(url, format!("tls={v} is not true or false"))
-                    })?;
-                }
-                "tls_ca" => {
-                    tls = true;
-                    tls_ca = Some(std::path::PathBuf::from(v.as_ref()));
-                }
-                "ack_wait_ms" => {
-                    let ms: u64 = v.parse().map_err(|_| {
-                        TransportError::invalid_url(
-                            url,
-                            format!("ack_wait_ms={v} is not a number of milliseconds"),
-                        )
-                    })?;
-                    ack_wait = Duration::from_millis(ms.max(100));
-                }
-                "max_message_bytes" => {
-                    max_message = TransportError::url_number(url, &k, &v)?;
-                }
-                "ns" => {}
-                other => {
-                    return Err(TransportError::invalid_url(
-                        url,
-                        format!(
-                            "unknown option {other:?} \
-                             (known: ns, ack_wait_ms, max_message_bytes, tls, tls_ca)"
-                        ),
-                    ))
-                }
-            }
-        }
         let auth = match (parsed.username(), parsed.password()) {
             ("", _) => String::new(),
             (u, Some(p)) => format!("{u}:{p}@"),
             (u, None) => format!("{u}@"),
         };
+        let options = UrlOptions::parse(url, &["ack_wait_ms", "tls", "tls_ca"])?;
+        // `?ns=NAME`, as on every transport; a path (`nats://HOST/NAME`) still names it too.
+        let path = parsed.path().trim_matches('/').replace('/', ".");
+        let namespace = match options.namespace(&['*', '>'])? {
+            Some(ns) => ns,
+            None if path.is_empty() => "default".to_string(),
+            None => path,
+        };
+        let tls_ca = options.get("tls_ca").map(PathBuf::from);
         Ok(Self {
             url: url.to_string(),
             server: format!("nats://{auth}{host}:{port}"),
             namespace,
+            ack_wait: options
+                .millis("ack_wait_ms")?
+                .map_or(Duration::from_secs(30), |d| {
+                    d.max(Duration::from_millis(100))
+                }),
+            max_message_bytes: options.number("max_message_bytes")?.unwrap_or(usize::MAX),
+            tls: options.flag("tls")?.unwrap_or(false) || tls_ca.is_some(),
+            tls_ca,
+        })
+    }
+}
+
+impl NatsOptions {
+    /// Sets the namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Sets how long JetStream waits for an ack before redelivering.
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait;
+        self
+    }
+
+    /// Sets the largest message `publish` accepts.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Requires TLS, trusting also the PEM certificates in `path`.
+    pub fn tls_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls = true;
+        self.tls_ca = Some(path.into());
+        self
+    }
+}
+
+impl NatsTransport {
+    /// A transport for a `nats://` URL (see [`NatsOptions`]). The connection is made on
+    /// first use; an unreachable server is then an error naming the URL.
+    pub fn from_url(url: &str) -> Result<Self, TransportError> {
+        Self::new(url.parse()?)
+    }
+
+    /// A transport with these options; an unusable namespace is an error.
+    pub fn new(options: NatsOptions) -> Result<Self, TransportError> {
+        check_subject("namespace", &options.namespace)
+            .map_err(|r| TransportError::invalid_url(&options.url, r))?;
+        Ok(Self {
+            url: options.url,
+            server: options.server,
+            namespace: options.namespace,
             client: OnceCell::new(),
             control: OnceCell::new(),
             streams: std::sync::Mutex::new(HashSet::new()),
             js: OnceCell::new(),
             replies: OnceCell::new(),
-            ack_wait,
-            max_message,
-            tls,
-            tls_ca,
+            ack_wait: options.ack_wait,
+            max_message: options.max_message_bytes,
+            tls: options.tls,
+            tls_ca: options.tls_ca,
         })
     }
 }

@@ -15,6 +15,8 @@ mod binding;
 mod connection;
 mod events;
 mod options;
+
+pub use options::RedisOptions;
 mod rpc;
 
 use std::collections::HashMap;

@@ -1,85 +1,133 @@
-//! `redis://` and `rediss://` URLs into a transport: namespace, claim idle time, TLS.
+//! A Redis transport's options, typed, and read from a `redis://` or `rediss://` URL with the
+//! one grammar of every transport (`switchyard_core::url_options`).
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use switchyard_core::error::TransportError;
+use switchyard_core::url_options::UrlOptions;
 use tokio::sync::OnceCell;
 
 use crate::RedisTransport;
 
-impl RedisTransport {
-    /// A transport for `redis://HOST:PORT[/DB][?ns=NAME&claim_idle_ms=N&max_message_bytes=N]`, or `rediss://…` for
-    /// TLS (the server's certificate checked against the system's roots, or only against the
-    /// PEM certificates in `tls_ca=PATH`). Connects on first use.
-    pub fn from_url(url: &str) -> Result<Self, TransportError> {
-        let mut parsed =
+/// What a Redis transport is made of: `redis://HOST:PORT[/DB][?OPTIONS]`, or `rediss://…`
+/// for TLS, parsed ([`FromStr`]), or adjusted with the setters.
+///
+/// ```
+/// use switchyard_redis::{RedisOptions, RedisTransport};
+/// let options: RedisOptions = "redis://127.0.0.1:6379?ns=shop".parse().unwrap();
+/// assert_eq!(options.namespace, "shop");
+/// let transport = RedisTransport::new(options.max_message_bytes(64 * 1024)).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RedisOptions {
+    /// The URL as given (its password is removed from every message that shows it).
+    pub url: String,
+    /// The server, without the options: `redis://[USER:PASS@]HOST:PORT[/DB]`.
+    pub server: String,
+    /// Calls and events of services in different namespaces never meet (`?ns=`; `default`).
+    pub namespace: String,
+    /// How long an event stays with a consumer that took it and did not acknowledge it
+    /// before another consumer of its group claims it (`?claim_idle_ms=`, at least 50 ms;
+    /// 30 s).
+    pub claim_idle: Duration,
+    /// The largest payload `publish` accepts (`?max_message_bytes=`; 1 MiB).
+    pub max_message_bytes: usize,
+    /// For `rediss://`: trust only the PEM certificates in this file (`?tls_ca=PATH`)
+    /// instead of the system's roots.
+    pub tls_ca: Option<Vec<u8>>,
+}
+
+impl FromStr for RedisOptions {
+    type Err = TransportError;
+
+    fn from_str(url: &str) -> Result<Self, TransportError> {
+        let parsed =
             url::Url::parse(url).map_err(|e| TransportError::invalid_url(url, e.to_string()))?;
-        if !matches!(parsed.scheme(), "redis" | "rediss") {
-            return Err(TransportError::invalid_url(
-                url,
-                "expected redis://HOST:PORT[/DB] or rediss://… (TLS)",
-            ));
-        }
-        let mut namespace = "default".to_string();
-        let mut claim_idle = Duration::from_secs(30);
-        let mut tls_ca = None;
-        let mut max_message = crate::events::MAX_MESSAGE;
-        for (k, v) in parsed.query_pairs() {
-            match k.as_ref() {
-                "ns" => namespace = v.to_string(),
-                "tls_ca" if parsed.scheme() == "rediss" => {
-                    let pem = std::fs::read(v.as_ref()).map_err(|e| {
-                        TransportError::invalid_url(url, format!("tls_ca={v}: {e}"))
-                    })?;
-                    tls_ca = Some(pem);
-                }
-                "tls_ca" => {
-                    return Err(TransportError::invalid_url(
-                        url,
-                        "tls_ca is for rediss:// (TLS) URLs",
-                    ))
-                }
-                "claim_idle_ms" => {
-                    let ms: u64 = v.parse().map_err(|_| {
-                        TransportError::invalid_url(
-                            url,
-                            format!("claim_idle_ms={v} is not a number"),
-                        )
-                    })?;
-                    claim_idle = Duration::from_millis(ms.max(50));
-                }
-                "max_message_bytes" => {
-                    max_message = TransportError::url_number(url, &k, &v)?;
-                }
-                other => {
-                    return Err(TransportError::invalid_url(
-                        url,
-                        format!(
-                            "unknown option {other:?} \
-                             (known: ns, claim_idle_ms, max_message_bytes, tls_ca)"
-                        ),
-                    ))
-                }
+        let tls = match parsed.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            _ => {
+                return Err(TransportError::invalid_url(
+                    url,
+                    "expected redis://HOST:PORT[/DB] or rediss://… (TLS)",
+                ))
             }
-        }
-        parsed.set_query(None);
-        let client = match tls_ca {
-            None => redis::Client::open(parsed.as_str()),
+        };
+        let options = UrlOptions::parse(url, &["claim_idle_ms", "tls_ca"])?;
+        let tls_ca = match options.get("tls_ca") {
+            None => None,
+            Some(_) if !tls => return Err(options.error("tls_ca is for rediss:// (TLS) URLs")),
+            Some(path) => Some(
+                std::fs::read(path).map_err(|e| options.error(format!("tls_ca={path}: {e}")))?,
+            ),
+        };
+        Ok(Self {
+            url: url.to_string(),
+            server: options.base().to_string(),
+            namespace: options
+                .namespace(&['*', ':'])?
+                .unwrap_or_else(|| "default".into()),
+            claim_idle: options
+                .millis("claim_idle_ms")?
+                .map_or(Duration::from_secs(30), |d| {
+                    d.max(Duration::from_millis(50))
+                }),
+            max_message_bytes: options
+                .number("max_message_bytes")?
+                .unwrap_or(crate::events::MAX_MESSAGE),
+            tls_ca,
+        })
+    }
+}
+
+impl RedisOptions {
+    /// Sets the namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Sets how long an unacknowledged event waits before another consumer claims it.
+    pub fn claim_idle(mut self, idle: Duration) -> Self {
+        self.claim_idle = idle;
+        self
+    }
+
+    /// Sets the largest payload `publish` accepts.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+}
+
+impl RedisTransport {
+    /// A transport for a `redis://` or `rediss://` URL (see [`RedisOptions`]). Connects on
+    /// first use.
+    pub fn from_url(url: &str) -> Result<Self, TransportError> {
+        Self::new(url.parse()?)
+    }
+
+    /// A transport with these options.
+    pub fn new(options: RedisOptions) -> Result<Self, TransportError> {
+        let client = match options.tls_ca {
+            None => redis::Client::open(options.server.as_str()),
             Some(root_cert) => redis::Client::build_with_tls(
-                parsed.as_str(),
+                options.server.as_str(),
                 redis::TlsCertificates {
                     client_tls: None,
                     root_cert: Some(root_cert),
                 },
             ),
         }
-        .map_err(|e| TransportError::invalid_url(url, e.to_string()))?;
+        .map_err(|e| TransportError::invalid_url(&options.url, e.to_string()))?;
         Ok(Self {
-            url: url.to_string(),
+            url: options.url,
             client,
-            namespace,
-            claim_idle,
-            max_message,
+            namespace: options.namespace,
+            claim_idle: options.claim_idle,
+            max_message: options.max_message_bytes,
             con: OnceCell::new(),
             replies: OnceCell::new(),
             seen_alive_ms: std::sync::Mutex::default(),
