@@ -76,8 +76,9 @@ pin_project_lite::pin_project! {
     pub(crate) struct FirstPollOrTimeout<F> {
         #[pin]
         fut: F,
-        #[pin]
-        timer: Option<tokio::time::Sleep>,
+        // Boxed, and only once the future has waited: a timer is 112 bytes, which every call's
+        // future would otherwise carry (twice for a call in process) and copy as it is moved.
+        timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
         wait: Option<Duration>,
     }
 }
@@ -100,20 +101,18 @@ impl<F: Future> Future for FirstPollOrTimeout<F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         use std::task::Poll;
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(v) = this.fut.poll(cx) {
             return Poll::Ready(Some(v));
         }
         let Some(wait) = *this.wait else {
             return Poll::Pending;
         };
-        if this.timer.is_none() {
-            this.timer.set(Some(tokio::time::sleep(wait)));
-        }
-        match this.timer.as_pin_mut() {
-            Some(timer) => timer.poll(cx).map(|()| None),
-            None => Poll::Pending,
-        }
+        this.timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)))
+            .as_mut()
+            .poll(cx)
+            .map(|()| None)
     }
 }
 
