@@ -18,7 +18,12 @@ use crate::context::{self, FirstPollOrTimeout};
 use crate::error::{CallError, TransportError};
 use crate::layer::{self, ClientService, LayerFn, LayerFor, PublishService};
 use crate::message::{header, Envelope, Headers};
+use crate::middleware::breaker::{self, Admission, Breaker};
+use crate::middleware::budget::RetryBudget;
 use crate::middleware::{timeout, trace};
+use crate::policy::CallPolicy;
+
+pub use crate::middleware::breaker::BreakerState;
 use crate::transport::Transport;
 use crate::values::{Args, Reply};
 
@@ -52,6 +57,42 @@ pub struct Client {
     // straight to the transport (or, in process, to the served service) with no boxed future.
     calls: Option<ClientService>,
     publishes: Option<PublishService>,
+    // Retries, budget and breaker, shared by the client's clones: one destination, one state.
+    guard: Arc<Guard>,
+}
+
+/// A client's call policy and the state it keeps: the retry budget and the breaker.
+struct Guard {
+    policy: CallPolicy,
+    budget: RetryBudget,
+    breaker: Breaker,
+}
+
+impl Guard {
+    fn new(policy: CallPolicy) -> Self {
+        Self {
+            budget: RetryBudget::new(&policy),
+            breaker: Breaker::new(&policy),
+            policy,
+        }
+    }
+
+    /// Lets a call through the breaker, or refuses it at once.
+    fn admit(&self, route: &str, now: Instant) -> Result<Admission, CallError> {
+        self.breaker
+            .admit(now)
+            .map_err(|retry_in| CallError::CircuitOpen {
+                route: route.to_string(),
+                retry_in,
+            })
+    }
+
+    /// Tells the breaker how a call it let through at `started` went (counted in the second
+    /// it started: no second clock read).
+    fn settle(&self, admission: Admission, started: Instant, outcome: &Result<Reply, CallError>) {
+        let failed = outcome.as_ref().is_err_and(breaker::destination_failed);
+        self.breaker.record(admission, started, failed);
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -79,7 +120,16 @@ impl Client {
             publish_layers: Vec::new(),
             calls: None,
             publishes: None,
+            guard: Arc::new(Guard::new(CallPolicy::default())),
         }
+    }
+
+    /// Sets how calls are retried and kept off a failing destination (default
+    /// [`CallPolicy::default`]: no route retried, the retry budget and the breaker on). The
+    /// client's clones share the breaker and budget; this starts them afresh.
+    pub fn policy(mut self, policy: CallPolicy) -> Self {
+        self.guard = Arc::new(Guard::new(policy));
+        self
     }
 
     /// Calls go to the service named `name`: to one of its instances, never to another
@@ -182,15 +232,86 @@ impl Client {
             timeout::deadline_of(now, timeout, Some(parent))
         })
         .unwrap_or_else(|| timeout::deadline_of(now, timeout, None));
-        let wait = deadline.saturating_duration_since(now);
         let token = token.or_else(|| self.tokens.get(route).map(String::as_str));
+        let guard = &*self.guard;
+        if !guard.policy.retries(route) {
+            let admission = guard.admit(route, now)?;
+            // The in-process fast path written out here rather than through `attempt`: one
+            // future fewer to build and move on every call.
+            let outcome = match self.local_instance() {
+                Some(served) => {
+                    let wait = deadline.saturating_duration_since(now);
+                    let call = CallParts {
+                        route,
+                        args,
+                        token,
+                        headers,
+                        deadline: Some(deadline),
+                    };
+                    let outcome =
+                        FirstPollOrTimeout::new(Some(wait), served.call_local(call)).await;
+                    local_outcome(route, wait, outcome)
+                }
+                None => {
+                    self.attempt(route, args, token, headers, deadline, now)
+                        .await
+                }
+            };
+            guard.settle(admission, now, &outcome);
+            return outcome;
+        }
+        // An idempotent route: each attempt's arguments and headers are a copy, within the
+        // retry budget and the call's deadline.
+        guard.budget.deposit(now);
+        let copy = args.wire_copy().map_err(|e| CallError::Encode {
+            route: route.to_string(),
+            reason: e.to_string(),
+        })?;
+        let (mut args, mut attempt) = (args, 1u32);
+        loop {
+            let started = Instant::now();
+            let admission = guard.admit(route, started)?;
+            let outcome = self
+                .attempt(route, args, token, headers.clone(), deadline, started)
+                .await;
+            guard.settle(admission, started, &outcome);
+            let error = match outcome {
+                Err(e) if attempt < guard.policy.max_attempts && breaker::retryable(&e) => e,
+                done => return done,
+            };
+            let cap = guard.policy.backoff_cap(attempt);
+            let pause = Duration::from_nanos(fastrand::u64(
+                0..=u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX),
+            ));
+            let now = Instant::now();
+            if now + pause >= deadline || !guard.budget.withdraw(now) {
+                return Err(error);
+            }
+            tracing::debug!(target: "switchyard", route, attempt, ?pause, %error, "retrying");
+            tokio::time::sleep(pause).await;
+            let (args_copy, kwargs_copy) = copy.clone();
+            args = Args::Wire {
+                args: args_copy,
+                kwargs: kwargs_copy,
+            };
+            attempt += 1;
+        }
+    }
+
+    /// One attempt at a call, bounded by the call's deadline.
+    async fn attempt(
+        &self,
+        route: &str,
+        args: Args,
+        token: Option<&str>,
+        headers: Headers,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<Reply, CallError> {
+        let wait = deadline.saturating_duration_since(now);
         // Without layers, in process: call the service directly, in this task; our timeout
         // bounds it. With layers, the in-process call is their innermost service instead.
-        let local = match (&self.calls, self.service.as_deref()) {
-            (None, Some(name)) => self.transport.local(name),
-            _ => None,
-        };
-        if let Some(served) = local {
+        if let Some(served) = self.local_instance() {
             let call = CallParts {
                 route,
                 args,
@@ -199,11 +320,7 @@ impl Client {
                 deadline: Some(deadline),
             };
             let outcome = FirstPollOrTimeout::new(Some(wait), served.call_local(call)).await;
-            return match outcome {
-                Some(Ok(reply)) => Ok(reply),
-                Some(Err(e)) => Err(timeout::remote(route, wait, e.into_remote())),
-                None => Err(timeout::timed_out(route, wait)),
-            };
+            return local_outcome(route, wait, outcome);
         }
         let request = CallRequest {
             service: self.service.clone(),
@@ -223,6 +340,26 @@ impl Client {
             Some(r) => r,
             None => Err(timeout::timed_out(route, wait)),
         }
+    }
+
+    /// Without client layers, in process: the named service's instance, called directly in
+    /// this task (the client's timeout bounds it). With layers, the in-process call is their
+    /// innermost service instead.
+    fn local_instance(&self) -> Option<Arc<crate::served::Served>> {
+        match (&self.calls, self.service.as_deref()) {
+            (None, Some(name)) => self.transport.local(name),
+            _ => None,
+        }
+    }
+
+    /// The call policy in force (retries, budget, breaker).
+    pub fn call_policy(&self) -> &CallPolicy {
+        &self.guard.policy
+    }
+
+    /// Where this client's circuit breaker stands.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.guard.breaker.state(Instant::now())
     }
 
     /// Publishes `value` on `topic`, encoded with the client's codec.
@@ -258,6 +395,19 @@ impl Client {
             None => self.transport.publish(envelope).await,
             Some(stack) => stack.call_once(envelope).await,
         }
+    }
+}
+
+/// The outcome of an in-process call bounded by `wait` (`None`: it timed out).
+fn local_outcome(
+    route: &str,
+    wait: Duration,
+    outcome: Option<Result<Reply, crate::error::HandlerError>>,
+) -> Result<Reply, CallError> {
+    match outcome {
+        Some(Ok(reply)) => Ok(reply),
+        Some(Err(e)) => Err(timeout::remote(route, wait, e.into_remote())),
+        None => Err(timeout::timed_out(route, wait)),
     }
 }
 

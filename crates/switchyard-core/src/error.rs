@@ -222,6 +222,15 @@ pub enum CallError {
         /// The transport's URL, credentials removed.
         transport: String,
     },
+    /// Refused without being sent: the destination failed repeatedly and the client's circuit
+    /// breaker is open (see [`CallPolicy`](crate::policy::CallPolicy)).
+    #[error("call to {route} refused: the circuit breaker is open after repeated failures (a probe in {retry_in:?})")]
+    CircuitOpen {
+        /// The route called.
+        route: String,
+        /// How long until a probe call is let through.
+        retry_in: Duration,
+    },
     /// The transport failed in another way.
     #[error(transparent)]
     Transport(#[from] TransportError),

@@ -1,4 +1,6 @@
-//! How a service's event handlers are retried, ordered, de-duplicated and dead-lettered.
+//! Policies, one model each for code and configuration files: how a service's event handlers
+//! are retried, ordered, de-duplicated and dead-lettered ([`ConsumerPolicy`]); how a client's
+//! calls are retried and kept off a failing destination ([`CallPolicy`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,5 +73,112 @@ impl ConsumerPolicy {
     /// ```
     pub fn backoff(&self, attempt: u32) -> Duration {
         crate::backoff::doubling(self.initial_backoff, self.max_backoff, attempt)
+    }
+}
+
+/// How a client's calls are retried and kept off a destination that keeps failing: retries
+/// with backoff and full jitter for the routes declared idempotent, within a retry budget, and
+/// a circuit breaker. One model, set in code or read from a configuration file (serde, every
+/// field optional; durations in milliseconds), so that `yard` can print the one in force.
+///
+/// ```
+/// use switchyard_core::policy::CallPolicy;
+/// let p: CallPolicy = serde_json::from_str(r#"{"idempotent": ["/price"], "max_attempts": 4}"#).unwrap();
+/// assert!(p.retries("/price") && !p.retries("/order"));
+/// assert_eq!((p.retry_ratio, p.retry_min_per_sec), (0.2, 10), "the budget is on by default");
+/// ```
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CallPolicy {
+    /// Routes safe to call more than once: only their calls are retried (default none).
+    pub idempotent: Vec<String>,
+    /// Attempts at a call of an idempotent route, the first included (default 3).
+    pub max_attempts: u32,
+    /// Longest wait before the second attempt, ms (default 20); doubles at each attempt, and
+    /// the wait is drawn at random below it (full jitter). Time waiting counts against the
+    /// call's deadline: no retry is made that could not finish in time.
+    pub backoff_ms: u64,
+    /// Longest wait between attempts, ms (default 1,000).
+    pub max_backoff_ms: u64,
+    /// Retry budget: retries are at most this share of the calls of the last 10 s (default
+    /// 0.2) ...
+    pub retry_ratio: f64,
+    /// ... plus this many a second (default 10), so that a dead destination gets at most
+    /// ≈ 1.2 × the calls offered, never a storm.
+    pub retry_min_per_sec: u32,
+    /// Circuit breaker: it opens after this many failures in a row (default 5; 0: never on a
+    /// count) ...
+    pub breaker_consecutive: u32,
+    /// ... or when this share of the calls of the last 10 s failed (default 0.5) ...
+    pub breaker_ratio: f64,
+    /// ... of at least this many calls (default 20).
+    pub breaker_min_calls: u32,
+    /// How long an open breaker refuses calls before letting a probe through, ms (default
+    /// 5,000). A probe that succeeds closes it; one that fails opens it again.
+    pub breaker_open_ms: u64,
+    /// Probes let through at once while half-open (default 1).
+    pub breaker_probes: u32,
+}
+
+impl Default for CallPolicy {
+    fn default() -> Self {
+        Self {
+            idempotent: Vec::new(),
+            max_attempts: 3,
+            backoff_ms: 20,
+            max_backoff_ms: 1_000,
+            retry_ratio: 0.2,
+            retry_min_per_sec: 10,
+            breaker_consecutive: 5,
+            breaker_ratio: 0.5,
+            breaker_min_calls: 20,
+            breaker_open_ms: 5_000,
+            breaker_probes: 1,
+        }
+    }
+}
+
+impl CallPolicy {
+    /// Declares `routes` idempotent: their calls are retried.
+    pub fn idempotent<I, S>(mut self, routes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.idempotent.extend(routes.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets the attempts at a call of an idempotent route, the first included.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Sets the breaker's count of failures in a row (0: never on a count).
+    pub fn breaker_consecutive(mut self, failures: u32) -> Self {
+        self.breaker_consecutive = failures;
+        self
+    }
+
+    /// Sets how long an open breaker refuses calls.
+    pub fn breaker_open_for(mut self, wait: Duration) -> Self {
+        self.breaker_open_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Whether calls of `route` are retried.
+    pub fn retries(&self, route: &str) -> bool {
+        self.max_attempts > 1 && self.idempotent.iter().any(|r| r == route)
+    }
+
+    /// The longest wait before attempt `attempt + 1` (the wait itself is drawn below it).
+    pub fn backoff_cap(&self, attempt: u32) -> Duration {
+        crate::backoff::doubling(
+            Duration::from_millis(self.backoff_ms),
+            Duration::from_millis(self.max_backoff_ms),
+            attempt,
+        )
     }
 }

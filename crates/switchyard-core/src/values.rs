@@ -358,6 +358,14 @@ impl Args {
         Args::Local(Box::new(value))
     }
 
+    /// A copy of these arguments in wire form (for a call that may be sent again).
+    pub fn wire_copy(&self) -> Result<(Vec<Value>, Map<String, Value>), serde_json::Error> {
+        match self {
+            Args::Wire { args, kwargs } => Ok((args.clone(), kwargs.clone())),
+            Args::Local(v) => Ok((v.to_arg_values()?, Map::new())),
+        }
+    }
+
     /// The wire form of these arguments.
     pub fn into_wire(self) -> Result<(Vec<Value>, Map<String, Value>), serde_json::Error> {
         match self {

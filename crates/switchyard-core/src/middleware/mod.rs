@@ -15,6 +15,8 @@
 //! deadline), outside the client's layers.
 
 mod auth;
+pub(crate) mod breaker;
+pub(crate) mod budget;
 pub mod dead_letter;
 mod deadline;
 pub mod dedupe;
@@ -26,6 +28,7 @@ pub mod retry;
 pub(crate) mod routed;
 pub(crate) mod timeout;
 pub(crate) mod trace;
+pub(crate) mod window;
 
 pub(crate) use auth::{token_matches, Auth};
 pub(crate) use deadline::Deadline;
