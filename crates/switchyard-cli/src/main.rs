@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use serde_json::{json, Value};
+use switchyard::policy::CallPolicy;
 use switchyard::transport::{ConnectRetry, SubscribeOptions};
 use switchyard::{Client, Codec};
 use switchyard_cli::{echo, tutorial};
@@ -84,6 +85,16 @@ enum Command {
         /// service).
         #[arg(long)]
         service: Option<String>,
+        /// The call policy (retries, budget, breaker) from this JSON file (see `yard policy`).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<std::path::PathBuf>,
+    },
+    /// Prints the call policy in force as JSON: the defaults, or FILE's settings over them
+    /// (the file a client's `--policy` or `CallPolicy` reads).
+    Policy {
+        /// A JSON file of call policy settings; fields left out keep their defaults.
+        #[arg(long, value_name = "FILE")]
+        file: Option<std::path::PathBuf>,
     },
     /// Publishes one event (JSON) on TOPIC.
     Publish {
@@ -123,6 +134,22 @@ enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
+}
+
+/// The call policy of `file` (JSON, fields left out keep their defaults), or the defaults.
+fn read_policy(file: Option<&std::path::Path>) -> Result<CallPolicy, BoxError> {
+    let Some(path) = file else {
+        return Ok(CallPolicy::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the policy file {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "the policy file {} is not a call policy: {e}",
+            path.display()
+        )
+        .into()
+    })
 }
 
 fn parse_json_arg(text: &str) -> Value {
@@ -248,10 +275,12 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             token,
             timeout,
             service,
+            policy,
         } => {
+            let policy = read_policy(policy.as_deref())?;
             let transport = open(url).await?;
             let needs_service = transport.name() != "http" && transport.requester().is_some();
-            let mut client = Client::new(transport);
+            let mut client = Client::new(transport).policy(policy);
             match service {
                 Some(name) => client = client.service(name),
                 None if needs_service => {
@@ -282,6 +311,13 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 _ => Value::Array(values),
             };
             println!("{out}");
+            Ok(())
+        }
+        Command::Policy { file } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&read_policy(file.as_deref())?)?
+            );
             Ok(())
         }
         Command::Publish {

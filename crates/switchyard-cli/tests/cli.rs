@@ -502,3 +502,44 @@ fn sigterm_lets_calls_in_flight_finish_then_exits_cleanly() {
     };
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+#[test]
+fn policy_prints_the_defaults_and_a_files_settings_over_them() {
+    let policy = |args: &[&str]| {
+        let out = Command::new(YARD)
+            .arg("policy")
+            .args(args)
+            .output()
+            .expect("run yard policy");
+        (
+            out.status.success(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, _) = policy(&[]);
+    assert!(ok);
+    let defaults: serde_json::Value = serde_json::from_slice(&stdout).expect("JSON");
+    assert_eq!(defaults["retry_ratio"], 0.2);
+    assert_eq!(defaults["retry_min_per_sec"], 10);
+    assert_eq!(defaults["breaker_consecutive"], 5);
+    assert_eq!(defaults["idempotent"], serde_json::json!([]));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("policy.json");
+    std::fs::write(&file, r#"{"idempotent": ["/price"], "max_attempts": 5}"#).expect("write");
+    let (ok, stdout, _) = policy(&["--file", file.to_str().expect("path")]);
+    assert!(ok);
+    let set: serde_json::Value = serde_json::from_slice(&stdout).expect("JSON");
+    assert_eq!(set["idempotent"], serde_json::json!(["/price"]));
+    assert_eq!(set["max_attempts"], 5);
+    assert_eq!(
+        set["retry_ratio"], 0.2,
+        "a field left out keeps its default"
+    );
+
+    std::fs::write(&file, r#"{"max_atempts": 5}"#).expect("write");
+    let (ok, _, stderr) = policy(&["--file", file.to_str().expect("path")]);
+    assert!(!ok, "a misspelt setting was accepted");
+    assert!(stderr.contains("unknown field `max_atempts`"), "{stderr}");
+}

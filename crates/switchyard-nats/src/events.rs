@@ -91,6 +91,18 @@ impl Drop for NatsAcker {
     }
 }
 
+/// Times a publish is sent when its ack is lost on the way.
+const PUBLISH_TRIES: u32 = 3;
+
+/// Whether a publish failed for want of its ack (the connection went), not for a refusal.
+fn ack_lost(e: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::context::PublishErrorKind;
+    matches!(
+        e.kind(),
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+    )
+}
+
 impl Publisher for NatsTransport {
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>> {
         // The headers are built before the future exists: it holds only what it sends.
@@ -122,14 +134,33 @@ impl Publisher for NatsTransport {
                 Box::pin(self.stream(&subject)).await?;
             }
             let js = self.js().await?;
-            // Boxed on its own: async-nats' publish future with this one's state was just
-            // over the allocator's small-size cache (1,136 bytes; two small boxes cost less
-            // than one large).
-            let ack = Box::pin(js.publish_with_headers(subject, headers, payload))
-                .await
-                .map_err(TransportError::other)?;
-            ack.await.map_err(TransportError::other)?;
-            Ok(())
+            // An ack lost with its connection (the server dropped it, or async-nats did on a
+            // message it could not read) is a publish that may or may not be stored: send it
+            // again, a few times; JetStream stores it once (`Nats-Msg-Id`).
+            let mut tries = 1;
+            loop {
+                // Boxed on its own: async-nats' publish future with this one's state was just
+                // over the allocator's small-size cache (1,136 bytes; two small boxes cost
+                // less than one large).
+                let sent = Box::pin(js.publish_with_headers(
+                    subject.clone(),
+                    headers.clone(),
+                    payload.clone(),
+                ))
+                .await;
+                let acked = match sent {
+                    Ok(ack) => ack.await,
+                    Err(e) => Err(e),
+                };
+                match acked {
+                    Ok(_) => return Ok(()),
+                    Err(e) if tries < PUBLISH_TRIES && ack_lost(&e) => {
+                        tracing::warn!(target: "switchyard", %subject, error = %e, tries, "publish not acknowledged: sending it again");
+                        tries += 1;
+                    }
+                    Err(e) => return Err(TransportError::other(e)),
+                }
+            }
         })
     }
 }
