@@ -156,6 +156,28 @@ pub(crate) fn router_with(state: ServerState) -> Router {
 
 const JSON: &str = "application/json";
 
+/// `GET /healthz` (the process answers) and `GET /readyz` (it serves: a server of this
+/// transport is ready once it answers, its listener being its only transport), unless the
+/// service has routes of those names; `None` for any other request.
+fn health(req: &Request, path: &str, served: Option<&Served>) -> Option<Response> {
+    if req.method() != Method::GET || !matches!(path, "/healthz" | "/readyz") {
+        return None;
+    }
+    let mut status = serde_json::json!({"status": "ok"});
+    if let Some(served) = served {
+        status["service"] = served.name().into();
+        status["instance"] = served.instance().into();
+    }
+    Some(
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(JSON))],
+            status.to_string(),
+        )
+            .into_response(),
+    )
+}
+
 pub(crate) fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
     let body = serde_json::json!({"error": RemoteError::new(code, message)});
     let status =
@@ -300,11 +322,13 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
         return handle_event(state, req, path).await;
     }
     let Some(served) = state.served.clone() else {
-        return error_response(ErrorCode::NotFound, format!("no route {path}"));
+        return health(&req, &path, None)
+            .unwrap_or_else(|| error_response(ErrorCode::NotFound, format!("no route {path}")));
     };
     let service = served.service();
     let Some(route) = service.route_at(&path) else {
-        return error_response(ErrorCode::NotFound, format!("no route {path}"));
+        return health(&req, &path, Some(&served))
+            .unwrap_or_else(|| error_response(ErrorCode::NotFound, format!("no route {path}")));
     };
     let kind = route.kind();
     let method = req.method().clone();
