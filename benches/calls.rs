@@ -5,8 +5,9 @@
 //! `cargo bench -p switchyard-benches --bench calls --no-run`, then
 //! `valgrind --tool=callgrind target/release/deps/calls-* 20000 MODE` with MODE one of
 //! `direct` (the baseline), `plain` (`Client::call` over `mem://`), `layer` (one empty
-//! service layer), `client` (one empty client layer). Without valgrind it prints the time a
-//! call took. Figures go to docs/PERFORMANCE.md.
+//! service layer), `client` (one empty client layer), `metrics` (`plain` with the Prometheus
+//! recorder installed). Without valgrind it prints the time a call took. Figures go to
+//! docs/PERFORMANCE.md.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -30,6 +31,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        if mode == "metrics" {
+            switchyard::observe::install_prometheus()?;
+        }
         let transport = switchyard::connect("mem://calls")?;
         let service = Service::new("a").route("/hello", rpc(hello));
         let service = match mode.as_str() {

@@ -24,6 +24,10 @@ mod events;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Records metrics and serves them at http://ADDR/metrics (Prometheus' format), with
+    /// /healthz and /readyz, for as long as the command runs.
+    #[arg(long, global = true, value_name = "ADDR", env = "SWITCHYARD_METRICS")]
+    metrics: Option<String>,
     /// Retries, with backoff (200 ms doubling up to 5 s), when the broker is unreachable at
     /// start-up; 0 fails at once with the unreachable URL.
     #[arg(
@@ -214,6 +218,16 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     let open = |url: String| {
         let retry = retry.clone();
         async move { switchyard::connect_ready(&url, &retry).await }
+    };
+    // Installed before anything is served: services and clients make their metric handles
+    // when they start.
+    let _metrics = match &cli.metrics {
+        Some(addr) => {
+            switchyard::observe::install_prometheus()?;
+            let transport = switchyard::connect(&format!("http://{addr}"))?;
+            Some(switchyard::serve(&transport, switchyard::Service::new("yard")).await?)
+        }
+        None => None,
     };
     match cli.command {
         Command::Demo { calls } => demo::run(calls).await,

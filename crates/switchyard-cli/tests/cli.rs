@@ -543,3 +543,45 @@ fn policy_prints_the_defaults_and_a_files_settings_over_them() {
     assert!(!ok, "a misspelt setting was accepted");
     assert!(stderr.contains("unknown field `max_atempts`"), "{stderr}");
 }
+
+#[test]
+fn metrics_are_served_at_the_address_given() {
+    let (service_port, metrics_port) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{service_port}");
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let _running = start_yard(
+        &[
+            "--metrics",
+            &metrics,
+            "serve",
+            "echo",
+            "--name",
+            "counted",
+            "--url",
+            &url,
+        ],
+        "serving counted",
+    );
+    for _ in 0..3 {
+        let (ok, out, err) = yard(&["call", &url, "/whoami"]);
+        assert!(ok, "{out}{err}");
+    }
+    let get = |path: &str| {
+        reqwest::blocking::get(format!("http://{metrics}{path}"))
+            .expect("GET")
+            .text()
+            .expect("text")
+    };
+    let text = get("/metrics");
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("switchyard_calls_total{")
+                && l.contains("service=\"counted\"")
+                && l.contains("route=\"/whoami\"")
+                && l.contains("outcome=\"ok\"")
+        })
+        .unwrap_or_else(|| panic!("no count of /whoami calls in:\n{text}"));
+    assert!(line.ends_with(" 3"), "{line}");
+    assert!(get("/healthz").contains("\"ok\""));
+}

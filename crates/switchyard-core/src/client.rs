@@ -3,7 +3,7 @@
 
 use std::any::type_name;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -21,6 +21,7 @@ use crate::message::{header, Envelope, Headers};
 use crate::middleware::breaker::{self, Admission, Breaker};
 use crate::middleware::budget::RetryBudget;
 use crate::middleware::{timeout, trace};
+use crate::observe::ClientMetrics;
 use crate::policy::CallPolicy;
 
 pub use crate::middleware::breaker::BreakerState;
@@ -66,6 +67,8 @@ struct Guard {
     policy: CallPolicy,
     budget: RetryBudget,
     breaker: Breaker,
+    // Made at the first call, for the destination named then; never when metrics are off.
+    metrics: OnceLock<Option<ClientMetrics>>,
 }
 
 impl Guard {
@@ -74,24 +77,58 @@ impl Guard {
             budget: RetryBudget::new(&policy),
             breaker: Breaker::new(&policy),
             policy,
+            metrics: OnceLock::new(),
         }
     }
 
+    fn metrics(&self, destination: Option<&str>) -> Option<&ClientMetrics> {
+        self.metrics
+            .get_or_init(|| {
+                crate::observe::enabled()
+                    .then(|| ClientMetrics::new(destination.unwrap_or("<url>")))
+            })
+            .as_ref()
+    }
+
     /// Lets a call through the breaker, or refuses it at once.
-    fn admit(&self, route: &str, now: Instant) -> Result<Admission, CallError> {
-        self.breaker
-            .admit(now)
-            .map_err(|retry_in| CallError::CircuitOpen {
+    fn admit(
+        &self,
+        route: &str,
+        now: Instant,
+        metrics: Option<&ClientMetrics>,
+    ) -> Result<Admission, CallError> {
+        self.breaker.admit(now).map_err(|retry_in| {
+            if let Some(m) = metrics {
+                m.refused.increment(1);
+            }
+            CallError::CircuitOpen {
                 route: route.to_string(),
                 retry_in,
-            })
+            }
+        })
     }
 
     /// Tells the breaker how a call it let through at `started` went (counted in the second
     /// it started: no second clock read).
-    fn settle(&self, admission: Admission, started: Instant, outcome: &Result<Reply, CallError>) {
+    fn settle(
+        &self,
+        admission: Admission,
+        started: Instant,
+        outcome: &Result<Reply, CallError>,
+        metrics: Option<&ClientMetrics>,
+    ) {
         let failed = outcome.as_ref().is_err_and(breaker::destination_failed);
         self.breaker.record(admission, started, failed);
+        if let Some(m) = metrics {
+            m.call(outcome.is_ok());
+            if failed || admission == Admission::Probe {
+                m.breaker.set(match self.breaker.state(started) {
+                    BreakerState::Closed => 0.0,
+                    BreakerState::HalfOpen => 1.0,
+                    _ => 2.0,
+                });
+            }
+        }
     }
 }
 
@@ -137,6 +174,8 @@ impl Client {
     /// needed; on every other transport a call must name its service.
     pub fn service(mut self, name: impl Into<Arc<str>>) -> Self {
         self.service = Some(name.into());
+        // Another destination: a breaker and a budget of its own.
+        self.guard = Arc::new(Guard::new(self.guard.policy.clone()));
         self
     }
 
@@ -234,8 +273,9 @@ impl Client {
         .unwrap_or_else(|| timeout::deadline_of(now, timeout, None));
         let token = token.or_else(|| self.tokens.get(route).map(String::as_str));
         let guard = &*self.guard;
+        let metrics = guard.metrics(self.service.as_deref());
         if !guard.policy.retries(route) {
-            let admission = guard.admit(route, now)?;
+            let admission = guard.admit(route, now, metrics)?;
             // The in-process fast path written out here rather than through `attempt`: one
             // future fewer to build and move on every call.
             let outcome = match self.local_instance() {
@@ -257,7 +297,7 @@ impl Client {
                         .await
                 }
             };
-            guard.settle(admission, now, &outcome);
+            guard.settle(admission, now, &outcome, metrics);
             return outcome;
         }
         // An idempotent route: each attempt's arguments and headers are a copy, within the
@@ -270,11 +310,11 @@ impl Client {
         let (mut args, mut attempt) = (args, 1u32);
         loop {
             let started = Instant::now();
-            let admission = guard.admit(route, started)?;
+            let admission = guard.admit(route, started, metrics)?;
             let outcome = self
                 .attempt(route, args, token, headers.clone(), deadline, started)
                 .await;
-            guard.settle(admission, started, &outcome);
+            guard.settle(admission, started, &outcome, metrics);
             let error = match outcome {
                 Err(e) if attempt < guard.policy.max_attempts && breaker::retryable(&e) => e,
                 done => return done,
@@ -284,8 +324,17 @@ impl Client {
                 0..=u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX),
             ));
             let now = Instant::now();
-            if now + pause >= deadline || !guard.budget.withdraw(now) {
+            if now + pause >= deadline {
                 return Err(error);
+            }
+            if !guard.budget.withdraw(now) {
+                if let Some(m) = metrics {
+                    m.budget_exhausted.increment(1);
+                }
+                return Err(error);
+            }
+            if let Some(m) = metrics {
+                m.retries.increment(1);
             }
             tracing::debug!(target: "switchyard", route, attempt, ?pause, %error, "retrying");
             tokio::time::sleep(pause).await;

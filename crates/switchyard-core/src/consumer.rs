@@ -3,7 +3,7 @@
 //! at once for a message that cannot decode, and drain in-flight work on shutdown.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::{oneshot, Semaphore};
@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::error::TransportError;
 use crate::middleware::{self, ConsumerStack, Disposition};
+use crate::observe::EventOutcome;
 pub use crate::policy::ConsumerPolicy;
 use crate::pool::{KeyedPool, PoolConfig};
 use crate::served::{push_to_watchers, Served};
@@ -175,16 +176,23 @@ async fn handle_one(
 ) {
     push_to_watchers(served, &delivery.envelope);
     let attempt = delivery.envelope.headers.attempt();
+    let metrics = served
+        .topic_metrics(&delivery.envelope.subject)
+        .map(|m| (m, Instant::now()));
     let mut envelope = delivery.envelope.clone();
     middleware::limit::mark_unreadable(&mut envelope, delivery.unreadable_reason());
-    let settled = match middleware::dispose(stack, envelope).await {
-        Disposition::Done => delivery.ack().await,
-        Disposition::Retry { after, .. } => delivery.nack(Some(after)).await,
+    let (settled, outcome) = match middleware::dispose(stack, envelope).await {
+        Disposition::Done => (delivery.ack().await, EventOutcome::Done),
+        Disposition::Retry { after, .. } => (delivery.nack(Some(after)).await, EventOutcome::Retry),
         // Every failure is decided by the stack; one that is not is retried, never lost.
-        Disposition::Failed(_) | Disposition::DeadLetter { .. } => {
-            delivery.nack(Some(policy.backoff(attempt))).await
-        }
+        Disposition::Failed(_) | Disposition::DeadLetter { .. } => (
+            delivery.nack(Some(policy.backoff(attempt))).await,
+            EventOutcome::Failed,
+        ),
     };
+    if let Some((metrics, started)) = metrics {
+        metrics.record(started, outcome);
+    }
     settle(settled);
 }
 

@@ -29,6 +29,7 @@ pub mod layer;
 pub mod mem;
 pub mod message;
 pub mod middleware;
+pub mod observe;
 pub mod policy;
 pub mod pool;
 pub mod push;

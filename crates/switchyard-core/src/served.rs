@@ -13,6 +13,7 @@ use crate::error::HandlerError;
 use crate::layer::{self, CallService, EventService};
 use crate::message::Envelope;
 use crate::middleware::{self, DeliveryService, Disposition, EventHandler};
+use crate::observe::{Measured, ServedMetrics, TopicMetrics};
 use crate::service::Service;
 use crate::values::Reply;
 
@@ -28,6 +29,8 @@ pub struct Served {
     events: Option<EventService>,
     // What an event pushed over HTTP goes through (`receive_event`).
     pushed: DeliveryService,
+    // `None` unless metrics are recorded (`observe::install_prometheus`).
+    metrics: Option<ServedMetrics>,
 }
 
 impl fmt::Debug for Served {
@@ -60,6 +63,7 @@ impl Served {
             service.body_limit(),
         );
         Self {
+            metrics: ServedMetrics::new(&service),
             service,
             instance: crate::message::new_id(),
             calls,
@@ -93,15 +97,32 @@ impl Served {
         &self,
         request: CallRequest,
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + '_ {
-        match &self.calls {
+        let metrics = self.metrics.as_ref().map(|m| (m, request.route.clone()));
+        let call = match &self.calls {
             None => Either::Left(self.service.dispatch(request)),
             Some(stack) => Either::Right(stack.call_once(request)),
+        };
+        match metrics {
+            None => Either::Left(call),
+            Some((metrics, route)) => Either::Right(Measured::new(metrics, &route, call)),
         }
     }
 
     /// A call made in this process, with its route and token borrowed. The caller bounds it by
     /// its own timeout.
     pub(crate) fn call_local<'a>(
+        &'a self,
+        call: CallParts<'a>,
+    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + 'a {
+        let route = call.route;
+        let call = self.call_local_unmeasured(call);
+        match &self.metrics {
+            None => Either::Left(call),
+            Some(metrics) => Either::Right(Measured::new(metrics, route, call)),
+        }
+    }
+
+    fn call_local_unmeasured<'a>(
         &'a self,
         call: CallParts<'a>,
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + 'a {
@@ -133,6 +154,20 @@ impl Served {
             | Disposition::Retry { cause: e, .. }
             | Disposition::DeadLetter { cause: e, .. } => Err(e),
         }
+    }
+
+    /// Counts a call refused before it reached the service because it names no route of it
+    /// (a transport that looks routes up itself, like HTTP, calls this for its `404`).
+    pub fn count_unrouted(&self) {
+        if let Some(m) = &self.metrics {
+            let unknown = HandlerError::new(crate::error::ErrorCode::NotFound, "no route");
+            m.route("").record(std::time::Instant::now(), Err(&unknown));
+        }
+    }
+
+    /// The metrics of `topic`'s events, when metrics are recorded.
+    pub(crate) fn topic_metrics(&self, topic: &str) -> Option<&TopicMetrics> {
+        self.metrics.as_ref().and_then(|m| m.topic(topic))
     }
 
     /// The service's event layers around its event handlers: one attempt at an event, what

@@ -156,11 +156,29 @@ pub(crate) fn router_with(state: ServerState) -> Router {
 
 const JSON: &str = "application/json";
 
-/// `GET /healthz` (the process answers) and `GET /readyz` (it serves: a server of this
-/// transport is ready once it answers, its listener being its only transport), unless the
-/// service has routes of those names; `None` for any other request.
+/// `GET /healthz` (the process answers), `GET /readyz` (it serves: a server of this transport
+/// is ready once it answers, its listener being its only transport) and `GET /metrics` (when
+/// metrics are recorded, `switchyard_core::observe`), unless the service has routes of those
+/// names; `None` for any other request.
 fn health(req: &Request, path: &str, served: Option<&Served>) -> Option<Response> {
-    if req.method() != Method::GET || !matches!(path, "/healthz" | "/readyz") {
+    if req.method() != Method::GET {
+        return None;
+    }
+    if path == "/metrics" {
+        let text = switchyard_core::observe::render()?;
+        return Some(
+            (
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                )],
+                text,
+            )
+                .into_response(),
+        );
+    }
+    if !matches!(path, "/healthz" | "/readyz") {
         return None;
     }
     let mut status = serde_json::json!({"status": "ok"});
@@ -327,8 +345,10 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
     };
     let service = served.service();
     let Some(route) = service.route_at(&path) else {
-        return health(&req, &path, Some(&served))
-            .unwrap_or_else(|| error_response(ErrorCode::NotFound, format!("no route {path}")));
+        return health(&req, &path, Some(&served)).unwrap_or_else(|| {
+            served.count_unrouted();
+            error_response(ErrorCode::NotFound, format!("no route {path}"))
+        });
     };
     let kind = route.kind();
     let method = req.method().clone();

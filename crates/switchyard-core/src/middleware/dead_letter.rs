@@ -95,8 +95,19 @@ impl<S: Inner> tower::Service<Envelope> for DeadLetter<S> {
             };
             let dead = dead_letter(original, &cause, attempts, &policy.dead_letter_suffix);
             log_rejection(&dead, &cause);
+            let topic = crate::observe::enabled().then(|| {
+                dead.headers
+                    .get(ORIGINAL_TOPIC)
+                    .unwrap_or(&dead.subject)
+                    .to_string()
+            });
             Ok(match publish(publisher.as_ref(), dead).await {
-                Ok(()) => Disposition::Done,
+                Ok(()) => {
+                    if let Some(topic) = topic {
+                        crate::observe::dead_letter(&topic);
+                    }
+                    Disposition::Done
+                }
                 Err(e) => {
                     tracing::error!(target: "switchyard", error = %e, "dead-letter publish failed; the message will be redelivered");
                     Disposition::Retry {
