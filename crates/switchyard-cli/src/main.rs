@@ -24,6 +24,11 @@ mod events;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to standard error: `text` for a person, `json` (one object a
+    /// line: time, level, target, message, fields, and the span a line was logged in) for a
+    /// log collector.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SWITCHYARD_LOG_FORMAT")]
+    log_format: LogFormat,
     /// Records metrics and serves them at http://ADDR/metrics (Prometheus' format), with
     /// /healthz and /readyz, for as long as the command runs.
     #[arg(long, global = true, value_name = "ADDR", env = "SWITCHYARD_METRICS")]
@@ -179,9 +184,16 @@ enum OutboxCommand {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 // lapin logs every returned call (which we report as Unreachable) and every
@@ -189,19 +201,23 @@ async fn main() -> ExitCode {
                 "warn,lapin=off".into()
             }),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().with_current_span(true).init(),
         // Colour for a person at a terminal; none in a file or a pipe (`NO_COLOR` too).
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
+        LogFormat::Text => logs
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
+            .init(),
+    }
     // The event services read a `.env` file; the environment wins over it.
     if let Err(e) = switchyard_events::dotenv::load(std::path::Path::new(".env")) {
         eprintln!("yard: cannot read .env: {e}");
         return ExitCode::FAILURE;
     }
-    match run(Cli::parse()).await {
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("yard: {e}");

@@ -585,3 +585,27 @@ fn metrics_are_served_at_the_address_given() {
     assert!(line.ends_with(" 3"), "{line}");
     assert!(get("/healthz").contains("\"ok\""));
 }
+
+#[test]
+fn logs_can_be_json_lines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, r#"{"idempotent": ["/x"], "max_attempts": 2}"#).expect("write");
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let out = Command::new(YARD)
+        .args(["--log-format", "json", "call", &dead, "/x", "--policy"])
+        .arg(&policy)
+        .env("RUST_LOG", "switchyard=debug")
+        .output()
+        .expect("run yard");
+    assert!(!out.status.success(), "nothing listens there");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let retry = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "retrying")
+        .unwrap_or_else(|| panic!("no JSON line for the retry in:\n{stderr}"));
+    assert_eq!(retry["level"], "DEBUG");
+    assert_eq!(retry["fields"]["route"], "/x");
+    assert!(retry["timestamp"].is_string(), "{retry}");
+}
