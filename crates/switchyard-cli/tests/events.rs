@@ -169,3 +169,118 @@ fn events_demo_runs_both_services_like_make_services() {
         .unwrap();
     assert_eq!(stored.lines().count(), accepted);
 }
+
+/// Lines of the consumer's output file, as their `event_payload`s (a torn last line left out).
+fn stored_payloads(file: &Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["event_payload"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// SIGTERM while events stream in from a broker: the consumer finishes what it took and exits
+/// cleanly, and every event the broker confirmed is stored once a consumer runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_broker_load_loses_nothing() {
+    if !switchyard::testkit::require_server("sigterm_under_broker_load", "NATS", "127.0.0.1:4222") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("sigterm-{}", switchyard::message::new_id());
+    // A short ack wait: what the first consumer had pulled but not taken comes back quickly.
+    let from = "nats://127.0.0.1:4222?ack_wait_ms=2000";
+    let port = free_port().to_string();
+    let args = [
+        "--port",
+        &port,
+        "--output",
+        "events.json",
+        "--from",
+        from,
+        "--topic",
+        &topic,
+    ];
+    let consumer = consume(dir.path(), &args, &[]);
+
+    let publisher = switchyard::connect("nats://127.0.0.1:4222").expect("nats");
+    let confirmed = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (confirmed, stop, topic) = (confirmed.clone(), stop.clone(), topic.clone());
+        tokio::spawn(async move {
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let event =
+                    serde_json::json!({"event_type": "load", "event_payload": i.to_string()});
+                let envelope = switchyard::Envelope::new(&topic, event.to_string());
+                if publisher.publish(envelope).await.is_ok() {
+                    confirmed.lock().unwrap().push(i.to_string());
+                }
+            }
+        })
+    };
+    let output = dir.path().join("events.json");
+    let started = std::time::Instant::now();
+    while stored_payloads(&output).len() < 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the consumer stores nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut consumer = consumer;
+    let pid = consumer.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let signalled = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = consumer.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(15),
+            "still running after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    // Keep publishing a little while nobody consumes, then stop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.await.expect("publisher");
+    let confirmed = confirmed.lock().unwrap().clone();
+    let before_restart = stored_payloads(&output).len();
+    assert!(
+        before_restart < confirmed.len(),
+        "the consumer had stored everything before SIGTERM: nothing was under way"
+    );
+
+    let _again = consume(dir.path(), &args, &[]);
+    let wanted: HashSet<String> = confirmed.iter().cloned().collect();
+    let restarted = std::time::Instant::now();
+    loop {
+        let stored: HashSet<String> = stored_payloads(&output).into_iter().collect();
+        let lost = wanted.difference(&stored).count();
+        if lost == 0 {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(60),
+            "{lost} of {} confirmed events never stored (e.g. {:?})",
+            wanted.len(),
+            wanted.difference(&stored).take(3).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "{} events confirmed, {before_restart} stored before SIGTERM, all stored after the restart",
+        wanted.len()
+    );
+}
