@@ -192,6 +192,12 @@ enum LogFormat {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // The event services read a `.env` file; the environment wins over it. Read before the
+    // command line is parsed: options take their defaults from the environment.
+    if let Err(e) = switchyard_events::dotenv::load(std::path::Path::new(".env")) {
+        eprintln!("yard: cannot read .env: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
@@ -211,11 +217,6 @@ async fn main() -> ExitCode {
                     && std::env::var_os("NO_COLOR").is_none(),
             )
             .init(),
-    }
-    // The event services read a `.env` file; the environment wins over it.
-    if let Err(e) = switchyard_events::dotenv::load(std::path::Path::new(".env")) {
-        eprintln!("yard: cannot read .env: {e}");
-        return ExitCode::FAILURE;
     }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
