@@ -20,6 +20,7 @@ use crate::layer::{self, ClientService, LayerFn, LayerFor, PublishService};
 use crate::message::{header, Envelope, Headers};
 use crate::middleware::breaker::{self, Admission, Breaker};
 use crate::middleware::budget::RetryBudget;
+use crate::middleware::bulkhead::Bulkhead;
 use crate::middleware::{timeout, trace};
 use crate::observe::ClientMetrics;
 use crate::policy::CallPolicy;
@@ -67,6 +68,7 @@ struct Guard {
     policy: CallPolicy,
     budget: RetryBudget,
     breaker: Breaker,
+    bulkhead: Bulkhead,
     // Made at the first call, for the destination named then; never when metrics are off.
     metrics: OnceLock<Option<ClientMetrics>>,
 }
@@ -76,6 +78,7 @@ impl Guard {
         Self {
             budget: RetryBudget::new(&policy),
             breaker: Breaker::new(&policy),
+            bulkhead: Bulkhead::new(&policy),
             policy,
             metrics: OnceLock::new(),
         }
@@ -274,6 +277,8 @@ impl Client {
         let token = token.or_else(|| self.tokens.get(route).map(String::as_str));
         let guard = &*self.guard;
         let metrics = guard.metrics(self.service.as_deref());
+        // Held until the call ends, however it ends.
+        let _slot = guard.bulkhead.enter(route, now)?;
         if !guard.policy.retries(route) {
             let admission = guard.admit(route, now, metrics)?;
             // The in-process fast path written out here rather than through `attempt`: one

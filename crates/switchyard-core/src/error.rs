@@ -231,6 +231,16 @@ pub enum CallError {
         /// How long until a probe call is let through.
         retry_in: Duration,
     },
+    /// Refused without being sent: the client's bulkhead (calls at once) or rate limit
+    /// (calls a second) for the destination is reached (see
+    /// [`CallPolicy`](crate::policy::CallPolicy)).
+    #[error("call to {route} refused: {limit}")]
+    Limited {
+        /// The route called.
+        route: String,
+        /// Which limit, and its value.
+        limit: String,
+    },
     /// The transport failed in another way.
     #[error(transparent)]
     Transport(#[from] TransportError),

@@ -119,6 +119,13 @@ pub struct CallPolicy {
     pub breaker_open_ms: u64,
     /// Probes let through at once while half-open (default 1).
     pub breaker_probes: u32,
+    /// Bulkhead: calls to the destination at once, beyond which a call is refused at once
+    /// (`CallError::Limited`) rather than queued behind a slow destination (default 0: no
+    /// limit).
+    pub max_in_flight: u32,
+    /// Rate limit: calls a second to the destination, beyond which a call is refused at once
+    /// (default 0: no limit).
+    pub max_per_sec: u32,
 }
 
 impl Default for CallPolicy {
@@ -135,6 +142,8 @@ impl Default for CallPolicy {
             breaker_min_calls: 20,
             breaker_open_ms: 5_000,
             breaker_probes: 1,
+            max_in_flight: 0,
+            max_per_sec: 0,
         }
     }
 }
@@ -165,6 +174,18 @@ impl CallPolicy {
     /// Sets how long an open breaker refuses calls.
     pub fn breaker_open_for(mut self, wait: Duration) -> Self {
         self.breaker_open_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Sets the bulkhead: calls to the destination at once (0: no limit).
+    pub fn max_in_flight(mut self, calls: u32) -> Self {
+        self.max_in_flight = calls;
+        self
+    }
+
+    /// Sets the rate limit: calls a second to the destination (0: no limit).
+    pub fn max_per_sec(mut self, calls: u32) -> Self {
+        self.max_per_sec = calls;
         self
     }
 

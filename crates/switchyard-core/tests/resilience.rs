@@ -181,3 +181,61 @@ async fn the_breaker_opens_on_a_dead_destination_and_a_probe_closes_it() {
     }
     assert_eq!(client.breaker_state(), BreakerState::Closed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bulkhead_and_the_rate_limit_refuse_calls_beyond_them() {
+    let bus = Arc::new(MemTransport::new("resilience-bulkhead"));
+    let service = Service::new("downstream")
+        .route(
+            "/slow",
+            rpc(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                1
+            }),
+        )
+        .route("/fast", rpc(|| async { 2 }));
+    let _served = server::serve(bus.clone(), service).await.expect("serve");
+
+    let bounded = Client::new(bus.clone())
+        .service("downstream")
+        .policy(CallPolicy::default().max_in_flight(2));
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let c = bounded.clone();
+            tokio::spawn(async move { c.call::<_, i32>("/slow", ()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = Instant::now();
+    let err = bounded.call::<_, i32>("/fast", ()).await.expect_err("full");
+    assert!(matches!(err, CallError::Limited { .. }), "{err}");
+    assert!(
+        refused.elapsed() < Duration::from_millis(50),
+        "refused at once"
+    );
+    for call in slow {
+        assert_eq!(call.await.expect("task").expect("slow call"), 1);
+    }
+    let got: i32 = bounded.call("/fast", ()).await.expect("room again");
+    assert_eq!(got, 2, "a finished call gives its place back");
+
+    let rated = Client::new(bus)
+        .service("downstream")
+        .policy(CallPolicy::default().max_per_sec(5));
+    let started = Instant::now();
+    let mut ok = 0;
+    let mut limited = 0;
+    for _ in 0..20 {
+        match rated.call::<_, i32>("/fast", ()).await {
+            Ok(_) => ok += 1,
+            Err(CallError::Limited { .. }) => limited += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    assert!(limited > 0, "20 calls in {seconds} s and none refused");
+    assert!(
+        ok <= 5 * (seconds + 1),
+        "{ok} calls let through in {seconds} s at 5 a second"
+    );
+}

@@ -17,6 +17,7 @@
 mod auth;
 pub(crate) mod breaker;
 pub(crate) mod budget;
+pub(crate) mod bulkhead;
 pub mod dead_letter;
 mod deadline;
 pub mod dedupe;

@@ -61,6 +61,11 @@ impl Window {
         second
     }
 
+    /// Calls counted so far in the second of `now`.
+    pub(crate) fn current(&self, now: Instant) -> u32 {
+        self.slot(now).calls.load(Relaxed)
+    }
+
     /// Counts one marked event at `now` that is not a call (a retry).
     pub(crate) fn mark(&self, now: Instant) {
         self.slot(now).marked.fetch_add(1, Relaxed);
