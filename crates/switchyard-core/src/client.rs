@@ -84,11 +84,15 @@ impl Guard {
         }
     }
 
-    fn metrics(&self, destination: Option<&str>) -> Option<&ClientMetrics> {
+    /// The destination's metric handles: labelled with the service's name, or the transport's
+    /// URL when the client names none (HTTP).
+    fn metrics(&self, client: &Client) -> Option<&ClientMetrics> {
         self.metrics
             .get_or_init(|| {
-                crate::observe::enabled()
-                    .then(|| ClientMetrics::new(destination.unwrap_or("<url>")))
+                crate::observe::enabled().then(|| match client.service.as_deref() {
+                    Some(name) => ClientMetrics::new(name),
+                    None => ClientMetrics::new(&client.transport.url()),
+                })
             })
             .as_ref()
     }
@@ -276,7 +280,7 @@ impl Client {
         .unwrap_or_else(|| timeout::deadline_of(now, timeout, None));
         let token = token.or_else(|| self.tokens.get(route).map(String::as_str));
         let guard = &*self.guard;
-        let metrics = guard.metrics(self.service.as_deref());
+        let metrics = guard.metrics(self);
         // Held until the call ends, however it ends.
         let _slot = guard.bulkhead.enter(route, now)?;
         if !guard.policy.retries(route) {

@@ -158,8 +158,20 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
         if let Some(remote) = any.downcast_ref::<RemoteError>() {
             return HandlerError(remote.clone());
         }
-        if let Some(CallError::Remote { error, .. }) = any.downcast_ref::<CallError>() {
-            return HandlerError(error.clone());
+        match any.downcast_ref::<CallError>() {
+            Some(CallError::Remote { error, .. }) => return HandlerError(error.clone()),
+            // A call made by a handler that ran out of time, or could not reach its
+            // destination, says so to the handler's own caller: a timeout (504) and an
+            // unavailable dependency (503), not a fault of the handler (500).
+            Some(CallError::Timeout { .. }) => {
+                return HandlerError::new(ErrorCode::DeadlineExceeded, e.to_string())
+            }
+            Some(
+                CallError::Unreachable { .. }
+                | CallError::CircuitOpen { .. }
+                | CallError::Limited { .. },
+            ) => return HandlerError::unavailable(e.to_string()),
+            _ => {}
         }
         HandlerError::internal(e.to_string())
     }
@@ -384,6 +396,22 @@ mod tests {
         let e = outer().unwrap_err();
         assert_eq!(e.code(), ErrorCode::Unauthorized);
         assert_eq!(e.message(), "bad token");
+    }
+
+    #[test]
+    fn a_nested_call_that_timed_out_or_found_nobody_is_not_the_handlers_fault() {
+        let timed_out: HandlerError = CallError::Timeout {
+            route: "/x".into(),
+            after: Duration::from_millis(5),
+        }
+        .into();
+        assert_eq!(timed_out.code(), ErrorCode::DeadlineExceeded);
+        let refused: HandlerError = CallError::CircuitOpen {
+            route: "/x".into(),
+            retry_in: Duration::from_secs(1),
+        }
+        .into();
+        assert_eq!(refused.code(), ErrorCode::Unavailable);
     }
 
     #[test]

@@ -46,14 +46,17 @@ pub fn install_prometheus() -> Result<(), ObserveError> {
         .install_recorder()
         .map_err(|e| ObserveError::Install(e.to_string()))?;
     if PROMETHEUS.set(handle.clone()).is_ok() {
-        // The exporter keeps histogram samples until its upkeep folds them in.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    handle.run_upkeep();
-                }
+        // The exporter keeps histogram samples until its upkeep folds them in: without it
+        // they would pile up between scrapes. A thread of its own, so that it runs whether
+        // or not this was called inside a runtime, and as long as the process does.
+        let upkeep = std::thread::Builder::new()
+            .name("switchyard-metrics".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(5));
+                handle.run_upkeep();
             });
+        if let Err(e) = upkeep {
+            return Err(ObserveError::Install(format!("no upkeep thread: {e}")));
         }
     }
     Ok(())
