@@ -101,9 +101,7 @@ impl MemTransport {
             })?;
         let name = rest.split('?').next().unwrap_or(rest).trim_matches('/');
         let options = UrlOptions::parse(url, &[])?;
-        if options.get("ns").is_some() {
-            return Err(options.error("ns is not used in process: the bus's name is the namespace"));
-        }
+        options.no_namespace("in process: the bus's name is the namespace")?;
         let mut transport = Self::new(if name.is_empty() { "default" } else { name });
         if let Some(bytes) = options.number("max_message_bytes")? {
             transport.max_message = bytes;

@@ -85,6 +85,26 @@ impl UrlOptions {
         }
     }
 
+    /// Refuses `ns` on a transport where a namespace means nothing, saying `why`.
+    pub fn no_namespace(&self, why: &str) -> Result<(), TransportError> {
+        match self.get("ns") {
+            Some(_) => Err(self.error(format!("ns is not used {why}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// The PEM certificates of `?tls_ca=PATH`, read: only on a TLS URL (`tls`), whose scheme
+    /// is `tls_scheme`.
+    pub fn tls_ca(&self, tls: bool, tls_scheme: &str) -> Result<Option<Vec<u8>>, TransportError> {
+        match self.get("tls_ca") {
+            None => Ok(None),
+            Some(_) if !tls => Err(self.error(format!("tls_ca is for {tls_scheme}:// (TLS) URLs"))),
+            Some(path) => std::fs::read(path)
+                .map(Some)
+                .map_err(|e| self.error(format!("tls_ca={path}: {e}"))),
+        }
+    }
+
     /// `key` as a whole number.
     pub fn number<T: FromStr>(&self, key: &str) -> Result<Option<T>, TransportError> {
         self.get(key)

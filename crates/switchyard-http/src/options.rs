@@ -67,9 +67,7 @@ impl FromStr for HttpOptions {
                 "max_in_flight",
             ],
         )?;
-        if options.get("ns").is_some() {
-            return Err(options.error("ns is not used over HTTP: the URL is the service"));
-        }
+        options.no_namespace("over HTTP: the URL is the service")?;
         let codec = match options.get("codec") {
             None => Codec::Json,
             Some(name) => Codec::from_name(name).ok_or_else(|| {

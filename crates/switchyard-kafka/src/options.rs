@@ -49,9 +49,7 @@ impl FromStr for KafkaOptions {
         }
         // Kafka has no namespace of its own: topics are the service's names.
         let options = UrlOptions::parse(url, &["partitions"])?;
-        if options.get("ns").is_some() {
-            return Err(options.error("ns is not used on Kafka: topics are named by the services"));
-        }
+        options.no_namespace("on Kafka: topics are named by the services")?;
         let partitions = match options.number::<i32>("partitions")? {
             None => 4,
             Some(p) if p > 0 => p,

@@ -65,13 +65,7 @@ impl FromStr for MqttOptions {
             .ok_or_else(|| TransportError::invalid_url(url, "no host"))?
             .to_string();
         let options = UrlOptions::parse(url, &["tls_ca"])?;
-        let tls_ca = match options.get("tls_ca") {
-            None => None,
-            Some(_) if !tls => return Err(options.error("tls_ca is for mqtts:// (TLS) URLs")),
-            Some(path) => Some(
-                std::fs::read(path).map_err(|e| options.error(format!("tls_ca={path}: {e}")))?,
-            ),
-        };
+        let tls_ca = options.tls_ca(tls, "mqtts")?;
         Ok(Self {
             url: url.to_string(),
             host,

@@ -56,13 +56,7 @@ impl FromStr for RedisOptions {
             }
         };
         let options = UrlOptions::parse(url, &["claim_idle_ms", "tls_ca"])?;
-        let tls_ca = match options.get("tls_ca") {
-            None => None,
-            Some(_) if !tls => return Err(options.error("tls_ca is for rediss:// (TLS) URLs")),
-            Some(path) => Some(
-                std::fs::read(path).map_err(|e| options.error(format!("tls_ca={path}: {e}")))?,
-            ),
-        };
+        let tls_ca = options.tls_ca(tls, "rediss")?;
         Ok(Self {
             url: url.to_string(),
             server: options.base().to_string(),
