@@ -6,8 +6,11 @@
 //! `valgrind --tool=callgrind target/release/deps/calls-* 20000 MODE` with MODE one of
 //! `direct` (the baseline), `plain` (`Client::call` over `mem://`), `layer` (one empty
 //! service layer), `client` (one empty client layer), `metrics` (`plain` with the Prometheus
-//! recorder installed). Without valgrind it prints the time a call took. Figures go to
-//! docs/PERFORMANCE.md.
+//! recorder installed), and over HTTP on loopback (client and server in this process, so the
+//! count is both sides' user-space work): `http` (ours on both sides), `http-raw` (axum and
+//! reqwest doing the same JSON round trip, the baseline), `http-rawclient` (reqwest calling
+//! our server), `http-rawserver` (our client calling the axum server). Without valgrind it
+//! prints the time a call took. Figures go to docs/PERFORMANCE.md.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -33,6 +36,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     rt.block_on(async {
         if mode == "metrics" {
             switchyard::observe::install_prometheus()?;
+        }
+        if let Some(side) = mode.strip_prefix("http") {
+            return http(calls, side).await;
         }
         let transport = switchyard::connect("mem://calls")?;
         let service = Service::new("a").route("/hello", rpc(hello));
@@ -60,4 +66,59 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{mode}: {:?} a call", started.elapsed() / calls);
         Ok(())
     })
+}
+
+/// The HTTP modes: `side` is "" (ours on both sides), "-raw", "-rawclient" or "-rawserver".
+async fn http(calls: u32, side: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use serde_json::{json, Value};
+    async fn raw(axum::Json(body): axum::Json<Value>) -> axum::Json<Value> {
+        let name = body["args"][0].as_str().unwrap_or_default();
+        axum::Json(json!([format!("Welcome {name}")]))
+    }
+    let raw_server = matches!(side, "-raw" | "-rawserver");
+    let raw_client = matches!(side, "-raw" | "-rawclient");
+    let mut _served = None;
+    let base = if raw_server {
+        let app = axum::Router::new().route("/hello", axum::routing::post(raw));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|t| {
+            let _ = t.set_nodelay(true);
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    } else {
+        let transport = switchyard::connect("http://127.0.0.1:0")?;
+        let served =
+            switchyard::serve(&transport, Service::new("a").route("/hello", rpc(hello))).await?;
+        let url = served.url().to_string();
+        _served = Some(served);
+        url
+    };
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let ours = Client::new(switchyard::connect(&base)?);
+    let url = format!("{base}/hello");
+    let started = Instant::now();
+    for _ in 0..calls {
+        let reply = if raw_client {
+            let body = json!({"args": [black_box("Mr. Developer")], "kwargs": {}, "token": null});
+            let v: Vec<Value> = http
+                .post(url.as_str())
+                .json(&body)
+                .send()
+                .await?
+                .json()
+                .await?;
+            v[0].as_str().unwrap_or_default().to_string()
+        } else {
+            ours.call("/hello", black_box("Mr. Developer".to_string()))
+                .await?
+        };
+        black_box(reply);
+    }
+    println!("http{side}: {:?} a call", started.elapsed() / calls);
+    Ok(())
 }

@@ -278,13 +278,21 @@ impl Client {
             timeout::deadline_of(now, timeout, Some(parent))
         })
         .unwrap_or_else(|| timeout::deadline_of(now, timeout, None));
+        // The client span, when spans are on: the call's headers now name it as the parent.
+        let mut span = trace::client_call(self.service.as_deref(), route, &mut headers);
         let token = token.or_else(|| self.tokens.get(route).map(String::as_str));
         let guard = &*self.guard;
         let metrics = guard.metrics(self);
         // Held until the call ends, however it ends.
-        let _slot = guard.bulkhead.enter(route, now)?;
+        let _slot = match guard.bulkhead.enter(route, now) {
+            Ok(slot) => slot,
+            Err(e) => return ended(span, Err(e)),
+        };
         if !guard.policy.retries(route) {
-            let admission = guard.admit(route, now, metrics)?;
+            let admission = match guard.admit(route, now, metrics) {
+                Ok(a) => a,
+                Err(e) => return ended(span, Err(e)),
+            };
             // The in-process fast path written out here rather than through `attempt`: one
             // future fewer to build and move on every call.
             let outcome = match self.local_instance() {
@@ -307,26 +315,33 @@ impl Client {
                 }
             };
             guard.settle(admission, now, &outcome, metrics);
-            return outcome;
+            return ended(span, outcome);
         }
         // An idempotent route: each attempt's arguments and headers are a copy, within the
         // retry budget and the call's deadline.
         guard.budget.deposit(now);
-        let copy = args.wire_copy().map_err(|e| CallError::Encode {
-            route: route.to_string(),
-            reason: e.to_string(),
-        })?;
+        let copy = match args.wire_copy() {
+            Ok(copy) => copy,
+            Err(e) => {
+                let reason = e.to_string();
+                let route = route.to_string();
+                return ended(span, Err(CallError::Encode { route, reason }));
+            }
+        };
         let (mut args, mut attempt) = (args, 1u32);
         loop {
             let started = Instant::now();
-            let admission = guard.admit(route, started, metrics)?;
+            let admission = match guard.admit(route, started, metrics) {
+                Ok(a) => a,
+                Err(e) => return ended(span, Err(e)),
+            };
             let outcome = self
                 .attempt(route, args, token, headers.clone(), deadline, started)
                 .await;
             guard.settle(admission, started, &outcome, metrics);
             let error = match outcome {
                 Err(e) if attempt < guard.policy.max_attempts && breaker::retryable(&e) => e,
-                done => return done,
+                done => return ended(span, done),
             };
             let cap = guard.policy.backoff_cap(attempt);
             let pause = Duration::from_nanos(fastrand::u64(
@@ -334,16 +349,25 @@ impl Client {
             ));
             let now = Instant::now();
             if now + pause >= deadline {
-                return Err(error);
+                return ended(span, Err(error));
             }
             if !guard.budget.withdraw(now) {
                 if let Some(m) = metrics {
                     m.budget_exhausted.increment(1);
                 }
-                return Err(error);
+                return ended(span, Err(error));
             }
             if let Some(m) = metrics {
                 m.retries.increment(1);
+            }
+            if let Some(span) = &mut span {
+                span.event(
+                    "retry",
+                    vec![
+                        opentelemetry::KeyValue::new("rpc.attempt", i64::from(attempt) + 1),
+                        opentelemetry::KeyValue::new("error.message", error.to_string()),
+                    ],
+                );
             }
             tracing::debug!(target: "switchyard", route, attempt, ?pause, %error, "retrying");
             tokio::time::sleep(pause).await;
@@ -448,12 +472,33 @@ impl Client {
     }
 
     /// Publishes a ready envelope.
-    pub async fn publish_envelope(&self, envelope: Envelope) -> Result<(), TransportError> {
-        match &self.publishes {
+    pub async fn publish_envelope(&self, mut envelope: Envelope) -> Result<(), TransportError> {
+        let span = trace::publish(&envelope.subject, &envelope.id, &mut envelope.headers);
+        let published = match &self.publishes {
             None => self.transport.publish(envelope).await,
             Some(stack) => stack.call_once(envelope).await,
+        };
+        if let Some(span) = span {
+            span.end(
+                published
+                    .as_ref()
+                    .err()
+                    .map(|e| ("publish".to_string(), e.to_string())),
+            );
         }
+        published
     }
+}
+
+/// `outcome`, the client span (if any) ended with it.
+fn ended(
+    span: Option<trace::HopSpan>,
+    outcome: Result<Reply, CallError>,
+) -> Result<Reply, CallError> {
+    if let Some(span) = span {
+        span.end(trace::call_error(&outcome));
+    }
+    outcome
 }
 
 /// The outcome of an in-process call bounded by `wait` (`None`: it timed out).

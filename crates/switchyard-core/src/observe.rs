@@ -62,6 +62,13 @@ pub fn install_prometheus() -> Result<(), ObserveError> {
     Ok(())
 }
 
+/// Turns OpenTelemetry spans on for every hop (calls sent and answered, events published and
+/// handled, dead letters), made through OpenTelemetry's global tracer provider: install the
+/// provider (and its exporter) first. See [`middleware::trace`](crate::middleware::trace).
+pub fn enable_tracing() {
+    crate::middleware::trace::enable();
+}
+
 /// The metrics in Prometheus' text format, when [`install_prometheus`] was called.
 pub fn render() -> Option<String> {
     PROMETHEUS.get().map(PrometheusHandle::render)

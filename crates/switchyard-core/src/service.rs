@@ -516,6 +516,7 @@ impl Service {
             None => Context::from_headers(headers),
         };
         Either::Right(routed::call_stack().call(Routed {
+            service: &self.name,
             path,
             route,
             args,
@@ -533,10 +534,16 @@ impl Service {
         })?;
         let mut headers = env.headers.clone();
         headers.insert("ce-id", env.id.clone());
+        let span = middleware::trace::process(&self.name, &topic, &env.id, &mut headers);
         let ctx = Context::from_headers(headers);
         let run = AssertUnwindSafe(context::scope(ctx, handler(env))).catch_unwind();
-        run.await
-            .unwrap_or_else(|panic| Err(middleware::panic_error(&topic, panic)))
+        let outcome = run
+            .await
+            .unwrap_or_else(|panic| Err(middleware::panic_error(&topic, panic)));
+        if let Some(span) = span {
+            span.end(middleware::trace::handler_error(&outcome));
+        }
+        outcome
     }
 }
 

@@ -169,7 +169,10 @@ impl Requester for HttpTransport {
             if let Some(deadline) = request.deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-                rb = rb.header(h::DEADLINE_MS, reqwest::header::HeaderValue::from(ms));
+                rb = rb.header(
+                    crate::names::DEADLINE_MS,
+                    reqwest::header::HeaderValue::from(ms),
+                );
             }
             for (k, v) in request.headers.iter() {
                 rb = rb.header(k, v);

@@ -20,6 +20,15 @@ mod options;
 mod server;
 mod ws;
 
+/// Header names read or written on every request, made once: a name given as `&str` is
+/// parsed (and hashed into a lookup form) at each use.
+mod names {
+    use axum::http::HeaderName;
+    pub(crate) const DEADLINE_MS: HeaderName =
+        HeaderName::from_static(switchyard_core::message::header::DEADLINE_MS);
+    pub(crate) const CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+}
+
 pub use client::HttpTransport;
 pub use listen::ServerLimits;
 pub use options::HttpOptions;

@@ -224,7 +224,7 @@ fn ok_response(reply: Reply, codec: Codec) -> Response {
 }
 
 fn is_cloud_event(headers: &HeaderMap) -> bool {
-    headers.contains_key("ce-specversion")
+    headers.contains_key(crate::names::CE_SPECVERSION)
         || headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -291,6 +291,7 @@ fn context_headers(headers: &HeaderMap) -> Headers {
         let n = name.as_str();
         let keep = n == h::TRACEPARENT
             || n == h::TRACESTATE
+            || n == switchyard_core::middleware::trace::BAGGAGE
             || (n.starts_with("x-") && n != h::DEADLINE_MS)
             || n.starts_with("ce-")
             || n == "content-type";
@@ -462,7 +463,7 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
     // The deadline becomes an `Instant` here; the call's headers need not carry it again.
     let deadline = parts
         .headers
-        .get(h::DEADLINE_MS)
+        .get(crate::names::DEADLINE_MS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));

@@ -93,7 +93,8 @@ impl<S: Inner> tower::Service<Envelope> for DeadLetter<S> {
                 Disposition::DeadLetter { cause, attempts } => (cause, attempts),
                 other => return Ok(other),
             };
-            let dead = dead_letter(original, &cause, attempts, &policy.dead_letter_suffix);
+            let mut dead = dead_letter(original, &cause, attempts, &policy.dead_letter_suffix);
+            let span = super::trace::dead_letter(&dead.subject, &dead.id, &mut dead.headers);
             log_rejection(&dead, &cause);
             let topic = crate::observe::enabled().then(|| {
                 dead.headers
@@ -101,7 +102,12 @@ impl<S: Inner> tower::Service<Envelope> for DeadLetter<S> {
                     .unwrap_or(&dead.subject)
                     .to_string()
             });
-            Ok(match publish(publisher.as_ref(), dead).await {
+            let published = publish(publisher.as_ref(), dead).await;
+            if let Some(span) = span {
+                let error = published.as_ref().err();
+                span.end(error.map(|e| ("publish".to_string(), e.to_string())));
+            }
+            Ok(match published {
                 Ok(()) => {
                     if let Some(topic) = topic {
                         crate::observe::dead_letter(&topic);
@@ -167,7 +173,15 @@ pub fn dead_letter(
 /// dead letter's own (a hostile message's headers can be as large as its payload).
 pub fn without_payload(dead: &Envelope) -> Envelope {
     let mut headers = Headers::new();
-    for name in [ORIGINAL_ID, ERROR_CODE, ORIGINAL_TOPIC, header::ATTEMPT] {
+    let kept = [
+        ORIGINAL_ID,
+        ERROR_CODE,
+        ORIGINAL_TOPIC,
+        header::ATTEMPT,
+        header::TRACEPARENT,
+        header::TRACESTATE,
+    ];
+    for name in kept {
         if let Some(v) = dead.headers.get(name) {
             headers.insert(name, v);
         }

@@ -12,7 +12,8 @@
 //! **Around one call**: on the serving side, once the route is found, `auth`, `deadline` and
 //! `recover`, tower layers composed into one concrete stack (`routed`) inside the service's
 //! own layers; on the calling side, `trace` (context passed on) and `timeout` (the caller's
-//! deadline), outside the client's layers.
+//! deadline), outside the client's layers. [`trace`] also makes the OpenTelemetry span of
+//! every hop, when spans are on.
 
 mod auth;
 pub(crate) mod breaker;
@@ -28,7 +29,7 @@ mod recover;
 pub mod retry;
 pub(crate) mod routed;
 pub(crate) mod timeout;
-pub(crate) mod trace;
+pub mod trace;
 pub(crate) mod window;
 
 pub(crate) use auth::{token_matches, Auth};

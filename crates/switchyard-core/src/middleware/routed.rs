@@ -8,6 +8,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use tower::Layer;
 
+use super::trace::{Trace, TraceLayer};
 use super::{auth::AuthLayer, deadline::DeadlineLayer, recover::RecoverLayer};
 use super::{Auth, Deadline, Recover};
 use crate::context::{self, Context};
@@ -17,6 +18,8 @@ use crate::values::{Args, Reply};
 
 /// A call whose route was found, with what the layers below need of it.
 pub(crate) struct Routed<'a, 'c> {
+    /// The name of the service answering, for its span.
+    pub(crate) service: &'a str,
     /// The route's path, for errors.
     pub(crate) path: &'a str,
     /// The route: its handler, argument names and token.
@@ -44,14 +47,15 @@ impl<'a, 'c, S> CallInner<'a, 'c> for S where
 {
 }
 
-/// The serving side's fixed policies around a routed call, outermost first: token check
-/// ([`auth`](super::auth)), deadline ([`deadline`](super::deadline)), panic recovery
-/// ([`recover`](super::recover)), and the handler ([`Run`]).
-pub(crate) type CallStack = Auth<Deadline<Recover<Run>>>;
+/// The serving side's fixed policies around a routed call, outermost first: the server span
+/// ([`trace`](super::trace)), token check ([`auth`](super::auth)), deadline
+/// ([`deadline`](super::deadline)), panic recovery ([`recover`](super::recover)), and the
+/// handler ([`Run`]).
+pub(crate) type CallStack = Trace<Auth<Deadline<Recover<Run>>>>;
 
 /// The call stack (see [`CallStack`]).
 pub(crate) fn call_stack() -> CallStack {
-    (AuthLayer, DeadlineLayer, RecoverLayer).layer(Run)
+    (TraceLayer, AuthLayer, DeadlineLayer, RecoverLayer).layer(Run)
 }
 
 /// The innermost service: the route's handler, run with the call's context as

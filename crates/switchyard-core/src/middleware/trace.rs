@@ -1,16 +1,354 @@
-//! Trace context, passed on: a call or an event sent from inside a handler continues the
-//! handler's trace (a child W3C `traceparent`, the same `tracestate`); one sent from outside
-//! any handler starts none here (the transport's first hop may).
+//! Tracing: the W3C trace context (`traceparent`, `tracestate`, `baggage`) passed on from a
+//! handler to the calls and events it sends, and, once tracing is on ([`enable`]), an
+//! OpenTelemetry span for every hop, named and described as the OpenTelemetry semantic
+//! conventions for RPC and messaging say:
+//!
+//! | hop | kind | name | made in |
+//! |---|---|---|---|
+//! | a call sent | client | `service/route` | `Client::send` |
+//! | a call answered | server | `service/route` | [`Trace`], first in the routed call stack |
+//! | an event published | producer | `send topic` | `Client::publish_envelope` |
+//! | an event handled (each attempt) | consumer | `process topic` | `Service::handle_event` |
+//! | a dead letter | producer | `send topic.dlq`, linked to the message it stands for | the dead-letter layer |
+//!
+//! A span's context replaces the `traceparent` it was started under, so the next hop is its
+//! child, and a trace starts at the first hop when none came in. Spans go to OpenTelemetry's
+//! global tracer provider: whatever exporter the application installed (the facade's
+//! `observe::otlp` installs OTLP from the standard `OTEL_*` variables). Off (the default),
+//! each hop pays one atomic load and the context is passed on as before, a child `traceparent`
+//! per outgoing call.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context as TaskContext, Poll};
+
+use opentelemetry::global::{self, BoxedSpan, BoxedTracer};
+use opentelemetry::trace::{
+    Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+    TraceState, Tracer as _,
+};
+use opentelemetry::KeyValue;
+use tower::Layer;
+
+use super::routed::{call_ready, CallInner, Routed};
 use crate::context::{trace, Context};
+use crate::error::{CallError, HandlerError};
 use crate::message::{header, Headers};
+use crate::values::Reply;
 
-/// Writes into `headers` the trace context a call or event sent inside `parent` carries.
+/// The W3C baggage header, passed on untouched like `tracestate`.
+pub const BAGGAGE: &str = "baggage";
+
+static ON: AtomicBool = AtomicBool::new(false);
+
+/// Turns span recording on: from now on every hop makes a span through OpenTelemetry's global
+/// tracer provider. Install the provider first (without one, spans are made and dropped).
+pub fn enable() {
+    ON.store(true, Ordering::Release);
+}
+
+/// Turns span recording off again (the trace context is still passed on).
+pub fn disable() {
+    ON.store(false, Ordering::Release);
+}
+
+/// Whether spans are being made.
+pub fn enabled() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
+fn tracer() -> BoxedTracer {
+    global::tracer("switchyard")
+}
+
+/// Writes into `headers` the trace context a call or event sent inside `parent` carries. With
+/// spans on, the parent's own `traceparent` (the span the send makes is its child); off, a
+/// child `traceparent` made here.
 pub(crate) fn propagate(parent: &Context, headers: &mut Headers) {
     if let Some(tp) = parent.traceparent() {
-        headers.insert(header::TRACEPARENT, trace::child_traceparent(Some(tp)));
+        if enabled() {
+            headers.insert(header::TRACEPARENT, tp);
+        } else {
+            headers.insert(header::TRACEPARENT, trace::child_traceparent(Some(tp)));
+        }
     }
-    if let Some(ts) = parent.headers.get(header::TRACESTATE) {
-        headers.insert(header::TRACESTATE, ts);
+    for name in [header::TRACESTATE, BAGGAGE] {
+        if let Some(v) = parent.headers.get(name) {
+            headers.insert(name, v);
+        }
     }
+}
+
+/// The remote span context named by `headers`, if they carry a valid `traceparent`.
+fn remote_parent(headers: &Headers) -> Option<SpanContext> {
+    let tp = headers.get(header::TRACEPARENT)?;
+    let mut parts = tp.split('-');
+    let (version, trace_id, span_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2 || trace_id.len() != 32 || span_id.len() != 16 || flags.len() != 2 {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace_id).ok()?;
+    let span_id = SpanId::from_hex(span_id).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let state = headers
+        .get(header::TRACESTATE)
+        .and_then(|s| s.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    let context = SpanContext::new(trace_id, span_id, TraceFlags::new(flags), true, state);
+    context.is_valid().then_some(context)
+}
+
+fn traceparent(context: &SpanContext) -> String {
+    format!(
+        "00-{:032x}-{:016x}-{:02x}",
+        context.trace_id(),
+        context.span_id(),
+        context.trace_flags()
+    )
+}
+
+/// A span of one hop; ended (and its status set) by [`HopSpan::end`] or when dropped.
+pub(crate) struct HopSpan(BoxedSpan);
+
+impl HopSpan {
+    /// Starts a span under the context `headers` carry (a new trace when they carry none)
+    /// and writes the span's own context into them for the next hop.
+    fn start(
+        name: String,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+        links: Vec<Link>,
+        headers: &mut Headers,
+    ) -> Self {
+        let parent = match remote_parent(headers) {
+            Some(remote) => opentelemetry::Context::new().with_remote_span_context(remote),
+            None => opentelemetry::Context::new(),
+        };
+        let tracer = tracer();
+        let span = tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes)
+            .with_links(links)
+            .start_with_context(&tracer, &parent);
+        let own = span.span_context();
+        if own.is_valid() {
+            headers.insert(header::TRACEPARENT, traceparent(own));
+        }
+        Self(span)
+    }
+
+    /// Records an event on the span (a retry, a settlement).
+    pub(crate) fn event(&mut self, name: &'static str, attributes: Vec<KeyValue>) {
+        self.0.add_event(name, attributes);
+    }
+
+    /// Ends the span with `error` as its status, if any.
+    pub(crate) fn end(mut self, error: Option<(String, String)>) {
+        if let Some((kind, message)) = error {
+            self.0.set_attribute(KeyValue::new("error.type", kind));
+            self.0.set_status(Status::error(message));
+        }
+        self.0.end();
+    }
+}
+
+/// The span of a call sent to `service`'s `route` (kind client), when spans are on.
+pub(crate) fn client_call(
+    service: Option<&str>,
+    route: &str,
+    headers: &mut Headers,
+) -> Option<HopSpan> {
+    if !enabled() {
+        return None;
+    }
+    let mut attributes = vec![
+        KeyValue::new("rpc.system", "switchyard"),
+        KeyValue::new("rpc.method", route.to_string()),
+    ];
+    if let Some(s) = service {
+        attributes.push(KeyValue::new("rpc.service", s.to_string()));
+    }
+    Some(HopSpan::start(
+        rpc_name(service, route),
+        SpanKind::Client,
+        attributes,
+        Vec::new(),
+        headers,
+    ))
+}
+
+fn rpc_name(service: Option<&str>, route: &str) -> String {
+    match service {
+        Some(s) => format!(
+            "{s}{}{route}",
+            if route.starts_with('/') { "" } else { "/" }
+        ),
+        None => route.to_string(),
+    }
+}
+
+/// The span of an event published on `topic` (kind producer), when spans are on.
+pub(crate) fn publish(topic: &str, id: &str, headers: &mut Headers) -> Option<HopSpan> {
+    enabled().then(|| {
+        HopSpan::start(
+            format!("send {topic}"),
+            SpanKind::Producer,
+            messaging("send", topic, id),
+            Vec::new(),
+            headers,
+        )
+    })
+}
+
+/// The span of one attempt at handling an event of `topic` in `service` (kind consumer), when
+/// spans are on.
+pub(crate) fn process(
+    service: &str,
+    topic: &str,
+    id: &str,
+    headers: &mut Headers,
+) -> Option<HopSpan> {
+    if !enabled() {
+        return None;
+    }
+    let mut attributes = messaging("process", topic, id);
+    attributes.push(KeyValue::new(
+        "messaging.consumer.group.name",
+        service.to_string(),
+    ));
+    attributes.push(KeyValue::new(
+        "messaging.delivery.attempt",
+        i64::from(headers.attempt()),
+    ));
+    Some(HopSpan::start(
+        format!("process {topic}"),
+        SpanKind::Consumer,
+        attributes,
+        Vec::new(),
+        headers,
+    ))
+}
+
+/// The span of a dead letter published on `topic` (kind producer), when spans are on: its
+/// `headers` are the original message's, so the span is in the original's trace and linked to
+/// it.
+pub(crate) fn dead_letter(topic: &str, id: &str, headers: &mut Headers) -> Option<HopSpan> {
+    if !enabled() {
+        return None;
+    }
+    let links = remote_parent(headers)
+        .map(|original| vec![Link::with_context(original)])
+        .unwrap_or_default();
+    Some(HopSpan::start(
+        format!("send {topic}"),
+        SpanKind::Producer,
+        messaging("send", topic, id),
+        links,
+        headers,
+    ))
+}
+
+fn messaging(operation: &'static str, topic: &str, id: &str) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("messaging.operation.type", operation),
+        KeyValue::new("messaging.destination.name", topic.to_string()),
+        KeyValue::new("messaging.message.id", id.to_string()),
+    ]
+}
+
+/// Makes the server span of a routed call, when spans are on: first in the call stack, so the
+/// token check, the deadline and the handler are all inside it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Trace<S> {
+    inner: S,
+}
+
+/// Layer of [`Trace`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TraceLayer;
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace { inner }
+    }
+}
+
+impl<'a, 'c, S: CallInner<'a, 'c>> tower::Service<Routed<'a, 'c>> for Trace<S> {
+    type Response = Reply;
+    type Error = HandlerError;
+    type Future = Traced<S::Future>;
+
+    call_ready!();
+
+    fn call(&mut self, mut call: Routed<'a, 'c>) -> Self::Future {
+        let span = enabled().then(|| {
+            HopSpan::start(
+                rpc_name(Some(call.service), call.path),
+                SpanKind::Server,
+                vec![
+                    KeyValue::new("rpc.system", "switchyard"),
+                    KeyValue::new("rpc.service", call.service.to_string()),
+                    KeyValue::new("rpc.method", call.path.to_string()),
+                ],
+                Vec::new(),
+                &mut call.context.headers,
+            )
+        });
+        Traced {
+            inner: self.inner.call(call),
+            span,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's future, its span ended with its outcome.
+    pub(crate) struct Traced<F> {
+        #[pin]
+        inner: F,
+        span: Option<HopSpan>,
+    }
+}
+
+impl<F: Future<Output = Result<Reply, HandlerError>>> Future for Traced<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let outcome = std::task::ready!(this.inner.poll(cx));
+        if let Some(span) = this.span.take() {
+            span.end(handler_error(&outcome));
+        }
+        Poll::Ready(outcome)
+    }
+}
+
+/// What a span records of a handler's failure: its code as the error type, and its message.
+pub(crate) fn handler_error<T>(outcome: &Result<T, HandlerError>) -> Option<(String, String)> {
+    outcome
+        .as_ref()
+        .err()
+        .map(|e| (e.code().to_string(), e.message().to_string()))
+}
+
+/// What a span records of a failed call: the remote error's code, or what kept the call from
+/// being answered, as the error type; and the error's text.
+pub(crate) fn call_error<T>(outcome: &Result<T, CallError>) -> Option<(String, String)> {
+    let e = outcome.as_ref().err()?;
+    let kind = match e {
+        CallError::Remote { error, .. } => return Some((error.code.to_string(), e.to_string())),
+        CallError::Timeout { .. } => "timeout",
+        CallError::Unreachable { .. } => "unreachable",
+        CallError::CircuitOpen { .. } => "circuit_open",
+        CallError::Limited { .. } => "limited",
+        CallError::Decode { .. } => "decode",
+        CallError::Encode { .. } => "encode",
+        CallError::NoService { .. } => "no_service",
+        _ => "transport",
+    };
+    Some((kind.to_string(), e.to_string()))
 }
