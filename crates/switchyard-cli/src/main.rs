@@ -14,6 +14,7 @@ use switchyard_cli::{echo, tutorial};
 
 mod demo;
 mod events;
+mod logs;
 
 #[derive(Parser)]
 #[command(
@@ -209,7 +210,14 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr);
     match cli.log_format {
-        LogFormat::Json => logs.json().with_current_span(true).init(),
+        LogFormat::Json => logs
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(logs::WithTraceIds(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .with_current_span(true),
+            ))
+            .init(),
         // Colour for a person at a terminal; none in a file or a pipe (`NO_COLOR` too).
         LogFormat::Text => logs
             .with_ansi(
@@ -236,6 +244,14 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         let retry = retry.clone();
         async move { switchyard::connect_ready(&url, &retry).await }
     };
+    // Spans exported with OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when this
+    // guard drops, after the command has drained.
+    let service_name = match &cli.command {
+        Command::Serve { which, name, .. } if which == "echo" => name.clone(),
+        Command::Serve { .. } => "example".to_string(),
+        _ => "yard".to_string(),
+    };
+    let _tracing = switchyard::otlp::init_from_env(&service_name)?;
     // Installed before anything is served: services and clients make their metric handles
     // when they start.
     let _metrics = match &cli.metrics {

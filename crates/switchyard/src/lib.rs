@@ -62,6 +62,7 @@
 //! | `nats` | `nats://`: core NATS request/reply, JetStream streams and durable consumers for events | yes |
 //! | `store` | inbox stores (Redis, PostgreSQL) and the PostgreSQL transactional outbox (`store`) | no |
 //! | `macros` | `#[switchyard::service]` | yes |
+//! | `otlp` | OpenTelemetry spans exported with OTLP over HTTP from the standard `OTEL_*` variables (`otlp`) | no |
 //! | `testkit` | the conformance suite every transport passes | no |
 
 use std::sync::Arc;
@@ -97,6 +98,9 @@ pub use switchyard_redis as redis;
 
 #[cfg(feature = "store")]
 pub use switchyard_store as store;
+
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 #[cfg(feature = "macros")]
 pub use switchyard_macros::service;
