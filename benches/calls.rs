@@ -11,6 +11,11 @@
 //! reqwest doing the same JSON round trip, the baseline), `http-rawclient` (reqwest calling
 //! our server), `http-rawserver` (our client calling the axum server). Without valgrind it
 //! prints the time a call took. Figures go to docs/PERFORMANCE.md.
+//!
+//! `SWITCHYARD_BENCH_OBSERVE` adds observation to any mode, a comma-separated list of
+//! `metrics` (the Prometheus recorder), `spans` (spans on, OpenTelemetry's default no-op
+//! provider: context made and passed, nothing recorded) and `sdk` (spans on, recorded by the
+//! SDK's provider with no exporter).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -33,8 +38,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let observe = std::env::var("SWITCHYARD_BENCH_OBSERVE").unwrap_or_default();
+    let _provider = observe.contains("sdk").then(|| {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        provider
+    });
+    if observe.contains("spans") || observe.contains("sdk") {
+        switchyard::observe::enable_tracing();
+    }
     rt.block_on(async {
-        if mode == "metrics" {
+        if mode == "metrics" || observe.contains("metrics") {
             switchyard::observe::install_prometheus()?;
         }
         if let Some(side) = mode.strip_prefix("http") {

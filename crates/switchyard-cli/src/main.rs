@@ -26,8 +26,8 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// How log lines are written to standard error: `text` for a person, `json` (one object a
-    /// line: time, level, target, message, fields, and the span a line was logged in) for a
-    /// log collector.
+    /// line: time, level, target, message, fields, the span a line was logged in, and the
+    /// trace_id and span_id of the call or event being handled) for a log collector.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SWITCHYARD_LOG_FORMAT")]
     log_format: LogFormat,
     /// Records metrics and serves them at http://ADDR/metrics (Prometheus' format), with
@@ -72,6 +72,10 @@ enum Command {
         /// Serve on this transport URL instead (e.g. mem://x, http://0.0.0.0:8080).
         #[arg(long)]
         url: Option<String>,
+        /// Shed load: calls beyond an adaptive limit of calls in flight, found from the
+        /// service's latency, are answered 503 (Unavailable) at once instead of queueing.
+        #[arg(long)]
+        adaptive_limit: bool,
     },
     /// Calls ROUTE on the service at URL and prints the reply as JSON. Each ARG is JSON; text
     /// that is not JSON is sent as a string.
@@ -300,13 +304,17 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             version,
             listen,
             url,
+            adaptive_limit,
         } => {
             let url = url.unwrap_or_else(|| format!("http://{listen}"));
             let transport = open(url).await?;
-            let service = match which.as_str() {
+            let mut service = match which.as_str() {
                 "echo" => echo::service(&name, version.as_deref()),
                 _ => tutorial::service(),
             };
+            if adaptive_limit {
+                service = service.adaptive_limit(Default::default());
+            }
             let served = service.name().to_string();
             let handle = switchyard::serve(&transport, service).await?;
             println!("serving {served} on {}", handle.url());

@@ -491,12 +491,13 @@ impl Client {
 }
 
 /// `outcome`, the client span (if any) ended with it.
+#[inline]
 fn ended(
     span: Option<trace::HopSpan>,
     outcome: Result<Reply, CallError>,
 ) -> Result<Reply, CallError> {
     if let Some(span) = span {
-        span.end(trace::call_error(&outcome));
+        trace::end_call(span, &outcome);
     }
     outcome
 }

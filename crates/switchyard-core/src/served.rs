@@ -5,13 +5,15 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
-use futures::future::{BoxFuture, Either};
+use futures::future::{ready, BoxFuture, Either};
 
 use crate::call::{CallParts, CallRequest};
 use crate::error::HandlerError;
 use crate::layer::{self, CallService, EventService};
 use crate::message::Envelope;
+use crate::middleware::limiter::Limiter;
 use crate::middleware::{self, DeliveryService, Disposition, EventHandler};
 use crate::observe::{Measured, ServedMetrics, TopicMetrics};
 use crate::service::Service;
@@ -31,6 +33,8 @@ pub struct Served {
     pushed: DeliveryService,
     // `None` unless metrics are recorded (`observe::install_prometheus`).
     metrics: Option<ServedMetrics>,
+    // `None` unless the service sheds load (`Service::adaptive_limit`).
+    limiter: Option<Limiter>,
 }
 
 impl fmt::Debug for Served {
@@ -64,6 +68,10 @@ impl Served {
         );
         Self {
             metrics: ServedMetrics::new(&service),
+            limiter: service
+                .adaptive_limit
+                .clone()
+                .map(|l| Limiter::new(l, service.name())),
             service,
             instance: crate::message::new_id(),
             calls,
@@ -98,9 +106,35 @@ impl Served {
         request: CallRequest,
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + '_ {
         let metrics = self.metrics.as_ref().map(|m| (m, request.route.clone()));
+        let admitted = match &self.limiter {
+            None => None,
+            Some(limiter) => match limiter.try_admit(Instant::now()) {
+                Ok(admitted) => Some(admitted),
+                Err(limit) => {
+                    let refused = HandlerError::unavailable(format!(
+                        "overloaded: {limit} calls in flight, the most it takes now; retry later"
+                    ));
+                    let refused = Either::Right(Either::Left(ready(Err(refused))));
+                    return match metrics {
+                        None => Either::Left(refused),
+                        Some((metrics, route)) => {
+                            Either::Right(Measured::new(metrics, &route, refused))
+                        }
+                    };
+                }
+            },
+        };
         let call = match &self.calls {
             None => Either::Left(self.service.dispatch(request)),
             Some(stack) => Either::Right(stack.call_once(request)),
+        };
+        let call = match admitted {
+            None => Either::Left(call),
+            Some(admitted) => Either::Right(Either::Right(async move {
+                let outcome = call.await;
+                admitted.done(Instant::now());
+                outcome
+            })),
         };
         match metrics {
             None => Either::Left(call),

@@ -166,6 +166,7 @@ pub struct Service {
     hub: PushHub,
     ws_token: Option<String>,
     policy: ConsumerPolicy,
+    pub(crate) adaptive_limit: Option<crate::middleware::limiter::AdaptiveLimit>,
     pub(crate) call_layers: Vec<crate::layer::CallLayerFn>,
     pub(crate) event_layers: Vec<crate::layer::EventLayerFn>,
 }
@@ -195,6 +196,7 @@ impl Service {
             hub: PushHub::default(),
             ws_token: None,
             policy: ConsumerPolicy::default(),
+            adaptive_limit: None,
             call_layers: Vec::new(),
             event_layers: Vec::new(),
         }
@@ -257,6 +259,16 @@ impl Service {
     /// Sets the version this service reports (`x-service-version`).
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.version = Some(version.into());
+        self
+    }
+
+    /// Sheds load: calls reaching the service from a transport beyond an adaptive limit of
+    /// calls in flight, found from the service's latency
+    /// ([`limiter`](crate::middleware::limiter)), are answered `Unavailable` (503) at once
+    /// instead of waiting. Off by default; in-process calls are bounded by their client's
+    /// bulkhead instead.
+    pub fn adaptive_limit(mut self, limit: crate::middleware::limiter::AdaptiveLimit) -> Self {
+        self.adaptive_limit = Some(limit);
         self
     }
 
@@ -515,7 +527,7 @@ impl Service {
             Some(_) => Context { deadline, headers },
             None => Context::from_headers(headers),
         };
-        Either::Right(routed::call_stack().call(Routed {
+        let routed = Routed {
             service: &self.name,
             path,
             route,
@@ -523,7 +535,12 @@ impl Service {
             token,
             context,
             enforce_deadline,
-        }))
+        };
+        Either::Right(if middleware::trace::enabled() {
+            Either::Right(routed::traced_stack().call(routed))
+        } else {
+            Either::Left(routed::call_stack().call(routed))
+        })
     }
 
     /// Handles one event. Returns `NotFound` if no handler takes the topic.

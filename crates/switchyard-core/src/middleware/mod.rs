@@ -24,6 +24,7 @@ mod deadline;
 pub mod dedupe;
 pub mod expiry;
 pub mod limit;
+pub mod limiter;
 pub mod poison;
 mod recover;
 pub mod retry;

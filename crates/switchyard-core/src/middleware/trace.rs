@@ -21,6 +21,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::task::{Context as TaskContext, Poll};
 
 use opentelemetry::global::{self, BoxedSpan, BoxedTracer};
@@ -42,9 +43,18 @@ pub const BAGGAGE: &str = "baggage";
 
 static ON: AtomicBool = AtomicBool::new(false);
 
-/// Turns span recording on: from now on every hop makes a span through OpenTelemetry's global
-/// tracer provider. Install the provider first (without one, spans are made and dropped).
+/// The tracer spans are made with, taken from the global provider when tracing is enabled:
+/// asking the provider for one costs a lock, a scope and two boxes, once per span otherwise.
+static TRACER: RwLock<Option<Arc<BoxedTracer>>> = RwLock::new(None);
+
+/// Turns span recording on: from now on every hop makes a span through the tracer provider
+/// installed globally now (`opentelemetry::global::set_tracer_provider`; without one, spans
+/// are made and dropped). Call it again after installing another provider.
 pub fn enable() {
+    let tracer = Arc::new(global::tracer("switchyard"));
+    if let Ok(mut slot) = TRACER.write() {
+        *slot = Some(tracer);
+    }
     ON.store(true, Ordering::Release);
 }
 
@@ -58,8 +68,11 @@ pub fn enabled() -> bool {
     ON.load(Ordering::Relaxed)
 }
 
-fn tracer() -> BoxedTracer {
-    global::tracer("switchyard")
+fn tracer() -> Arc<BoxedTracer> {
+    match TRACER.read().ok().and_then(|t| t.clone()) {
+        Some(tracer) => tracer,
+        None => Arc::new(global::tracer("switchyard")),
+    }
 }
 
 /// Writes into `headers` the trace context a call or event sent inside `parent` carries. With
@@ -100,13 +113,24 @@ fn remote_parent(headers: &Headers) -> Option<SpanContext> {
     context.is_valid().then_some(context)
 }
 
+/// `00-<trace id>-<span id>-<flags>`, written out by hand: through `format!` and `LowerHex`
+/// it cost more than the rest of starting a span with the no-op provider.
 fn traceparent(context: &SpanContext) -> String {
-    format!(
-        "00-{:032x}-{:016x}-{:02x}",
-        context.trace_id(),
-        context.span_id(),
-        context.trace_flags()
-    )
+    fn hex(out: &mut String, bytes: &[u8]) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for b in bytes {
+            out.push(char::from(DIGITS[usize::from(b >> 4)]));
+            out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        }
+    }
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    hex(&mut out, &context.trace_id().to_bytes());
+    out.push('-');
+    hex(&mut out, &context.span_id().to_bytes());
+    out.push('-');
+    hex(&mut out, &[context.trace_flags().to_u8()]);
+    out
 }
 
 /// A span of one hop; ended (and its status set) by [`HopSpan::end`] or when dropped.
@@ -132,7 +156,7 @@ impl HopSpan {
             .with_kind(kind)
             .with_attributes(attributes)
             .with_links(links)
-            .start_with_context(&tracer, &parent);
+            .start_with_context(tracer.as_ref(), &parent);
         let own = span.span_context();
         if own.is_valid() {
             headers.insert(header::TRACEPARENT, traceparent(own));
@@ -156,14 +180,27 @@ impl HopSpan {
 }
 
 /// The span of a call sent to `service`'s `route` (kind client), when spans are on.
+#[inline]
 pub(crate) fn client_call(
     service: Option<&str>,
     route: &str,
     headers: &mut Headers,
 ) -> Option<HopSpan> {
-    if !enabled() {
-        return None;
+    if enabled() {
+        Some(start_client_call(service, route, headers))
+    } else {
+        None
     }
+}
+
+/// Ends a call's client span with the call's outcome.
+#[inline(never)]
+pub(crate) fn end_call(span: HopSpan, outcome: &Result<Reply, CallError>) {
+    span.end(call_error(outcome));
+}
+
+#[inline(never)]
+fn start_client_call(service: Option<&str>, route: &str, headers: &mut Headers) -> HopSpan {
     let mut attributes = vec![
         KeyValue::new("rpc.system", "switchyard"),
         KeyValue::new("rpc.method", route.to_string()),
@@ -171,13 +208,13 @@ pub(crate) fn client_call(
     if let Some(s) = service {
         attributes.push(KeyValue::new("rpc.service", s.to_string()));
     }
-    Some(HopSpan::start(
+    HopSpan::start(
         rpc_name(service, route),
         SpanKind::Client,
         attributes,
         Vec::new(),
         headers,
-    ))
+    )
 }
 
 fn rpc_name(service: Option<&str>, route: &str) -> String {
@@ -285,7 +322,8 @@ impl<'a, 'c, S: CallInner<'a, 'c>> tower::Service<Routed<'a, 'c>> for Trace<S> {
     call_ready!();
 
     fn call(&mut self, mut call: Routed<'a, 'c>) -> Self::Future {
-        let span = enabled().then(|| {
+        // Put in the stack only when spans are on (`routed::traced_stack`).
+        let span = Some({
             HopSpan::start(
                 rpc_name(Some(call.service), call.path),
                 SpanKind::Server,
@@ -351,4 +389,36 @@ pub(crate) fn call_error<T>(outcome: &Result<T, CallError>) -> Option<(String, S
         _ => "transport",
     };
     Some((kind.to_string(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_reads_and_writes_back_the_same() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut headers = Headers::new();
+        headers.insert(header::TRACEPARENT, tp);
+        headers.insert(header::TRACESTATE, "congo=t61rcWkgMzE");
+        let context = remote_parent(&headers).expect("valid");
+        assert!(context.is_remote());
+        assert_eq!(context.trace_state().header(), "congo=t61rcWkgMzE");
+        assert_eq!(traceparent(&context), tp);
+    }
+
+    #[test]
+    fn an_invalid_traceparent_names_no_parent() {
+        for bad in [
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01",
+        ] {
+            let mut headers = Headers::new();
+            headers.insert(header::TRACEPARENT, bad);
+            assert!(remote_parent(&headers).is_none(), "{bad}");
+        }
+    }
 }
