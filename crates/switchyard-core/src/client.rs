@@ -306,7 +306,7 @@ impl Client {
                         deadline: Some(deadline),
                     };
                     let outcome =
-                        FirstPollOrTimeout::new(Some(wait), served.call_local(call)).await;
+                        FirstPollOrTimeout::new(Some(wait), served.call_local(call, now)).await;
                     local_outcome(route, wait, outcome)
                 }
                 None => {
@@ -401,7 +401,7 @@ impl Client {
                 headers,
                 deadline: Some(deadline),
             };
-            let outcome = FirstPollOrTimeout::new(Some(wait), served.call_local(call)).await;
+            let outcome = FirstPollOrTimeout::new(Some(wait), served.call_local(call, now)).await;
             return local_outcome(route, wait, outcome);
         }
         let request = CallRequest {

@@ -106,9 +106,9 @@ impl Served {
         request: CallRequest,
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + '_ {
         let metrics = self.metrics.as_ref().map(|m| (m, request.route.clone()));
-        let admitted = match &self.limiter {
-            None => None,
-            Some(limiter) => match limiter.try_admit(Instant::now()) {
+        let started = (metrics.is_some() || self.limiter.is_some()).then(Instant::now);
+        let admitted = match (&self.limiter, started) {
+            (Some(limiter), Some(now)) => match limiter.try_admit(now) {
                 Ok(admitted) => Some(admitted),
                 Err(limit) => {
                     let refused = HandlerError::unavailable(format!(
@@ -116,13 +116,14 @@ impl Served {
                     ));
                     let refused = Either::Right(Either::Left(ready(Err(refused))));
                     return match metrics {
-                        None => Either::Left(refused),
                         Some((metrics, route)) => {
-                            Either::Right(Measured::new(metrics, &route, refused))
+                            Either::Right(Measured::new(metrics, &route, now, refused))
                         }
+                        None => Either::Left(refused),
                     };
                 }
             },
+            _ => None,
         };
         let call = match &self.calls {
             None => Either::Left(self.service.dispatch(request)),
@@ -136,23 +137,26 @@ impl Served {
                 outcome
             })),
         };
-        match metrics {
-            None => Either::Left(call),
-            Some((metrics, route)) => Either::Right(Measured::new(metrics, &route, call)),
+        match (metrics, started) {
+            (Some((metrics, route)), Some(started)) => {
+                Either::Right(Measured::new(metrics, &route, started, call))
+            }
+            _ => Either::Left(call),
         }
     }
 
-    /// A call made in this process, with its route and token borrowed. The caller bounds it by
-    /// its own timeout.
+    /// A call made in this process at `started` (the caller's clock read, shared), with its
+    /// route and token borrowed. The caller bounds it by its own timeout.
     pub(crate) fn call_local<'a>(
         &'a self,
         call: CallParts<'a>,
+        started: Instant,
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + 'a {
         let route = call.route;
         let call = self.call_local_unmeasured(call);
         match &self.metrics {
             None => Either::Left(call),
-            Some(metrics) => Either::Right(Measured::new(metrics, route, call)),
+            Some(metrics) => Either::Right(Measured::new(metrics, route, started, call)),
         }
     }
 

@@ -120,6 +120,30 @@ async fn metrics_count_calls_events_and_dead_letters_by_route_and_topic() {
         ) == Some(2.0),
         "{text}"
     );
+    assert_eq!(
+        sample(
+            &text,
+            "switchyard_call_duration_seconds_bucket",
+            &["route=\"/ok\"", "le=\"+Inf\""]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("# TYPE switchyard_call_duration_seconds histogram")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "switchyard_calls_in_flight",
+            &["service=\"metered\""]
+        ),
+        Some(0.0),
+        "{text}"
+    );
     let events = |outcome: &str| {
         sample(
             &text,
