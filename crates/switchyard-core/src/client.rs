@@ -245,7 +245,7 @@ impl Client {
         R: DeserializeOwned + 'static,
     {
         let reply = self
-            .send(route, Args::local(args), None, self.timeout)
+            .send(route, Args::local(args), None, self.timeout_for(route))
             .await?;
         decode(route, reply)
     }
@@ -258,7 +258,7 @@ impl Client {
             args: Vec::new(),
             kwargs: Map::new(),
             token: None,
-            timeout: self.timeout,
+            timeout: self.timeout_for(route),
             error: None,
         }
     }
@@ -340,7 +340,7 @@ impl Client {
                 .await;
             guard.settle(admission, started, &outcome, metrics);
             let error = match outcome {
-                Err(e) if attempt < guard.policy.max_attempts && breaker::retryable(&e) => e,
+                Err(e) if attempt < guard.policy.attempts(route) && breaker::retryable(&e) => e,
                 done => return ended(span, done),
             };
             let cap = guard.policy.backoff_cap(attempt);
@@ -432,6 +432,12 @@ impl Client {
             (None, Some(name)) => self.transport.local(name),
             _ => None,
         }
+    }
+
+    /// How long a call of `route` waits: the policy's timeout for the route, else the
+    /// client's.
+    fn timeout_for(&self, route: &str) -> Duration {
+        self.guard.policy.timeout(route).unwrap_or(self.timeout)
     }
 
     /// The call policy in force (retries, budget, breaker).

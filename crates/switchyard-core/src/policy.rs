@@ -126,6 +126,57 @@ pub struct CallPolicy {
     /// Rate limit: calls a second to the destination, beyond which a call is refused at once
     /// (default 0: no limit).
     pub max_per_sec: u32,
+    /// What differs for some routes (default none): `{"/price": {"timeout_ms": 200}}`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub routes: std::collections::BTreeMap<String, RoutePolicy>,
+}
+
+/// What one route's calls do differently from the rest of a [`CallPolicy`]; each field unset
+/// keeps the policy's.
+///
+/// ```
+/// use switchyard_core::policy::CallPolicy;
+/// let p: CallPolicy = serde_json::from_str(
+///     r#"{"routes": {"/price": {"timeout_ms": 200, "idempotent": true, "max_attempts": 5}}}"#,
+/// ).unwrap();
+/// assert!(p.retries("/price") && !p.retries("/order"));
+/// assert_eq!(p.attempts("/price"), 5);
+/// assert_eq!(p.timeout("/price"), Some(std::time::Duration::from_millis(200)));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RoutePolicy {
+    /// How long a call of the route waits for its reply, ms, instead of the client's timeout
+    /// (a call given its own timeout keeps it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Whether the route is idempotent (retried), whatever `idempotent` lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotent: Option<bool>,
+    /// Attempts at a call of the route, the first included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+impl RoutePolicy {
+    /// Calls of the route wait at most `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// The route is (or is not) idempotent.
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = Some(idempotent);
+        self
+    }
+
+    /// Attempts at a call of the route, the first included.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts.max(1));
+        self
+    }
 }
 
 impl Default for CallPolicy {
@@ -144,6 +195,7 @@ impl Default for CallPolicy {
             breaker_probes: 1,
             max_in_flight: 0,
             max_per_sec: 0,
+            routes: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -189,9 +241,42 @@ impl CallPolicy {
         self
     }
 
+    /// Overrides `route`'s part of the policy.
+    pub fn route(mut self, route: impl Into<String>, policy: RoutePolicy) -> Self {
+        self.routes.insert(route.into(), policy);
+        self
+    }
+
+    fn for_route(&self, route: &str) -> Option<&RoutePolicy> {
+        // Most policies override nothing: no lookup then.
+        if self.routes.is_empty() {
+            None
+        } else {
+            self.routes.get(route)
+        }
+    }
+
     /// Whether calls of `route` are retried.
     pub fn retries(&self, route: &str) -> bool {
-        self.max_attempts > 1 && self.idempotent.iter().any(|r| r == route)
+        let own = self.for_route(route);
+        let idempotent = own
+            .and_then(|p| p.idempotent)
+            .unwrap_or_else(|| self.idempotent.iter().any(|r| r == route));
+        idempotent && self.attempts(route) > 1
+    }
+
+    /// Attempts at a call of `route`, the first included.
+    pub fn attempts(&self, route: &str) -> u32 {
+        self.for_route(route)
+            .and_then(|p| p.max_attempts)
+            .unwrap_or(self.max_attempts)
+    }
+
+    /// How long a call of `route` waits, when the policy says so for it.
+    pub fn timeout(&self, route: &str) -> Option<Duration> {
+        self.for_route(route)
+            .and_then(|p| p.timeout_ms)
+            .map(Duration::from_millis)
     }
 
     /// The longest wait before attempt `attempt + 1` (the wait itself is drawn below it).

@@ -239,3 +239,76 @@ async fn the_bulkhead_and_the_rate_limit_refuse_calls_beyond_them() {
         "{ok} calls let through in {seconds} s at 5 a second"
     );
 }
+
+#[tokio::test]
+async fn a_route_can_have_its_own_timeout_and_attempts() {
+    use switchyard_core::policy::RoutePolicy;
+    let bus = Arc::new(MemTransport::new("resilience-per-route"));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let count = attempts.clone();
+    let service = Service::new("downstream")
+        .route(
+            "/slow",
+            rpc(|| async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                1
+            }),
+        )
+        .route(
+            "/flaky",
+            rpc(move || {
+                let count = count.clone();
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    Err::<i32, _>(HandlerError::unavailable("down"))
+                }
+            }),
+        );
+    let _served = server::serve(bus.clone(), service).await.expect("serve");
+    // No breaker here: the timeouts and failures below would open it.
+    let policy = CallPolicy::default()
+        .breaker_consecutive(0)
+        .route(
+            "/slow",
+            RoutePolicy::default().timeout(Duration::from_millis(100)),
+        )
+        .route(
+            "/flaky",
+            RoutePolicy::default().idempotent(true).max_attempts(5),
+        );
+    let client = Client::new(bus.clone())
+        .service("downstream")
+        .with_timeout(Duration::from_secs(10))
+        .policy(policy);
+
+    let started = Instant::now();
+    let err = client
+        .call::<_, i32>("/slow", ())
+        .await
+        .expect_err("too slow");
+    assert!(matches!(err, CallError::Timeout { .. }), "{err}");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(1_500),
+        "the route's 100 ms, not the client's 10 s: waited {waited:?}"
+    );
+    // A call given its own timeout keeps it.
+    let err = client
+        .request("/slow")
+        .timeout(Duration::from_millis(300))
+        .send::<i32>()
+        .await
+        .expect_err("still too slow");
+    assert!(
+        matches!(err, CallError::Timeout { after, .. } if after >= Duration::from_millis(250)),
+        "{err}"
+    );
+
+    let err = client.call::<_, i32>("/flaky", ()).await.expect_err("down");
+    assert!(matches!(err, CallError::Remote { .. }), "{err}");
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        5,
+        "the route's five attempts, not the policy's three"
+    );
+}
