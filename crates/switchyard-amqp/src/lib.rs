@@ -90,6 +90,13 @@ impl Transport for AmqpTransport {
         Some(self)
     }
 
+    fn connected(&self) -> bool {
+        self.inner.link.lock().is_ok_and(|link| {
+            link.as_ref()
+                .is_some_and(|l| l.connection.status().connected())
+        })
+    }
+
     fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move { self.inner.link().await.map(drop) })
     }

@@ -609,3 +609,74 @@ fn logs_can_be_json_lines() {
     assert_eq!(retry["fields"]["route"], "/x");
     assert!(retry["timestamp"].is_string(), "{retry}");
 }
+
+#[test]
+fn readiness_follows_the_broker_connection() {
+    // A NATS server of this test's own, stopped and started again here.
+    if !switchyard::testkit::require_program(
+        "readiness_follows_the_broker_connection",
+        "nats-server",
+    ) {
+        return;
+    }
+    let (nats_port, metrics_port) = (free_port(), free_port());
+    let start_nats = || {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        switchyard::testkit::wait_for_port("nats-server", &format!("127.0.0.1:{nats_port}"), true);
+        switchyard::testkit::Killed(child)
+    };
+    let nats = start_nats();
+    let url = format!("nats://127.0.0.1:{nats_port}");
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let _running = start_yard(
+        &[
+            "--metrics",
+            &metrics,
+            "serve",
+            "echo",
+            "--name",
+            "ready",
+            "--url",
+            &url,
+        ],
+        "serving ready",
+    );
+    let readyz = || {
+        let resp = reqwest::blocking::get(format!("http://{metrics}/readyz")).expect("GET");
+        (resp.status().as_u16(), resp.text().expect("text"))
+    };
+    let until = |want: u16, within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, body) = readyz();
+            if status == want || Instant::now() > deadline {
+                return (status, body);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (status, body) = readyz();
+    assert_eq!(status, 200, "{body}");
+
+    drop(nats);
+    let (status, body) = until(503, Duration::from_secs(10));
+    assert_eq!(status, 503, "not ready while its broker is gone: {body}");
+    assert!(body.contains(&url), "names the transport: {body}");
+    assert!(readyz_is_alive(&metrics), "alive all the same");
+    eprintln!("while the broker is gone: {status} {body}");
+
+    let _nats = start_nats();
+    let (status, body) = until(200, Duration::from_secs(20));
+    assert_eq!(status, 200, "ready again once reconnected: {body}");
+}
+
+/// `/healthz` answers 200: the process lives, whatever its connections.
+fn readyz_is_alive(metrics: &str) -> bool {
+    reqwest::blocking::get(format!("http://{metrics}/healthz"))
+        .is_ok_and(|r| r.status().as_u16() == 200)
+}

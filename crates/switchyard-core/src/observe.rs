@@ -228,6 +228,46 @@ pub fn render() -> Option<String> {
     })
 }
 
+/// The transports this process serves on, for readiness, each under the id of its serve.
+static SERVING: Mutex<Vec<(u64, Arc<dyn crate::transport::Transport>)>> = Mutex::new(Vec::new());
+
+/// A transport served on, counted for readiness until dropped (when its serve ends).
+pub(crate) struct Serving(u64);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Ok(mut serving) = SERVING.lock() {
+            serving.retain(|(id, _)| *id != self.0);
+        }
+    }
+}
+
+/// Counts `transport` as served on until the returned guard is dropped.
+pub(crate) fn serving(transport: Arc<dyn crate::transport::Transport>) -> Serving {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut serving) = SERVING.lock() {
+        serving.push((id, transport));
+    }
+    Serving(id)
+}
+
+/// The URLs (credentials removed) of the transports this process serves on whose connection
+/// is down now: empty when it is ready. `/readyz` answers 503 naming them otherwise.
+pub fn not_connected() -> Vec<String> {
+    let Ok(serving) = SERVING.lock() else {
+        return Vec::new();
+    };
+    let mut down: Vec<String> = serving
+        .iter()
+        .filter(|(_, t)| !t.connected())
+        .map(|(_, t)| t.url())
+        .collect();
+    down.sort();
+    down.dedup();
+    down
+}
+
 /// Whether metrics are being recorded.
 pub(crate) fn enabled() -> bool {
     PROMETHEUS.get().is_some()

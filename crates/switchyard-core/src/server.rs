@@ -74,7 +74,12 @@ pub async fn serve(
         .as_ref()
         .map_or_else(|| transport.url(), |l| l.url.clone());
     let (stop_tx, stop_rx) = oneshot::channel();
-    let task = tokio::spawn(run(served, listener, consumers, stop_rx));
+    // Counted in readiness while it serves.
+    let serving = crate::observe::serving(transport.clone());
+    let task = tokio::spawn(async move {
+        run(served, listener, consumers, stop_rx).await;
+        drop(serving);
+    });
     Ok(ServeHandle::new(stop_tx, task, url))
 }
 

@@ -385,6 +385,13 @@ pub trait Transport: Publisher + Subscriber {
         None
     }
 
+    /// Whether the transport's standing connection is up now, as far as its client library
+    /// says (what `/readyz` reports). `true` for transports without one (in-process, HTTP)
+    /// and for those whose library does not tell.
+    fn connected(&self) -> bool {
+        true
+    }
+
     /// Opens the connection now. Broker transports connect on first use; this makes a broker
     /// that is not there show at start-up, as [`TransportError::Unreachable`] naming the URL
     /// (credentials removed). Retry it with [`wait_ready`]. Transports without a standing

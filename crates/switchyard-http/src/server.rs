@@ -182,13 +182,22 @@ fn health(req: &Request, path: &str, served: Option<&Served>) -> Option<Response
         return None;
     }
     let mut status = serde_json::json!({"status": "ok"});
+    let mut code = StatusCode::OK;
+    if path == "/readyz" {
+        // Ready when every transport this process serves on is connected.
+        let down = switchyard_core::observe::not_connected();
+        if !down.is_empty() {
+            status = serde_json::json!({"status": "unavailable", "not_connected": down});
+            code = StatusCode::SERVICE_UNAVAILABLE;
+        }
+    }
     if let Some(served) = served {
         status["service"] = served.name().into();
         status["instance"] = served.instance().into();
     }
     Some(
         (
-            StatusCode::OK,
+            code,
             [(header::CONTENT_TYPE, HeaderValue::from_static(JSON))],
             status.to_string(),
         )

@@ -99,6 +99,12 @@ impl Transport for NatsTransport {
         Some(self)
     }
 
+    fn connected(&self) -> bool {
+        self.client
+            .get()
+            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected)
+    }
+
     fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move { self.client().await.map(drop) })
     }
