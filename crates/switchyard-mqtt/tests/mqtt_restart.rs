@@ -1,34 +1,33 @@
-//! After a real restart of Mosquitto, every connection comes back by itself: a group
-//! subscription made before the restart receives what is published after it, and a service
-//! served before the restart answers calls again. Alone in this file because it stops the broker
-//! the other MQTT tests use (cargo runs test files one after another).
+//! After a real restart of a Mosquitto this test starts, stops and starts again itself (on a
+//! port of its own), every connection comes back by itself: a group subscription made before
+//! the restart receives what is published after it, and a service served before the restart
+//! answers calls again.
 //!
 //! MQTT here keeps clean sessions, so what was in flight during the restart may be lost (the
 //! transport declares itself not durable); this test checks reconnection, not retention.
 
-use std::process::Command;
-use std::sync::Arc;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use switchyard_core::message::Envelope;
-use switchyard_core::testkit::{require_server, wait_for_port};
+use switchyard_core::testkit::{free_port, require_program, wait_for_port, Killed};
 use switchyard_core::transport::{Publisher, SubscribeOptions, Subscriber};
 use switchyard_core::{rpc, Client, Service};
 use switchyard_mqtt::MqttTransport;
 
-const CONF: &str = "/etc/mosquitto/mosquitto.conf";
-
-/// Stops Mosquitto and starts it with the machine's own command (scripts/services.sh).
-fn restart_mosquitto() {
-    let _ = Command::new("pkill").args(["-x", "mosquitto"]).status();
-    wait_for_port("Mosquitto", "127.0.0.1:1883", false);
-    let started = Command::new("mosquitto")
-        .args(["-d", "-c", CONF])
-        .status()
-        .expect("mosquitto");
-    assert!(started.success(), "mosquitto -d -c {CONF} failed");
-    wait_for_port("Mosquitto", "127.0.0.1:1883", true);
+/// Starts a Mosquitto of this test's own on `port` (no configuration file: loopback only,
+/// anonymous clients allowed).
+fn start_mosquitto(port: u16) -> Killed {
+    let child = Command::new("mosquitto")
+        .args(["-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    wait_for_port("Mosquitto", &format!("127.0.0.1:{port}"), true);
+    Killed(child)
 }
 
 async fn shout(text: String) -> String {
@@ -37,22 +36,13 @@ async fn shout(text: String) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_restart() {
-    if !require_server(
-        "mqtt_reconnects_after_restart",
-        "Mosquitto",
-        "127.0.0.1:1883",
-    ) {
+    if !require_program("mqtt_reconnects_after_restart", "mosquitto") {
         return;
     }
-    if !std::path::Path::new(CONF).exists() {
-        if std::env::var_os("SWITCHYARD_REQUIRE_ALL").is_some() {
-            panic!("cannot restart Mosquitto here: no {CONF}");
-        }
-        eprintln!("SKIPPED broker test mqtt_reconnects_after_restart: no {CONF} to restart Mosquitto with");
-        return;
-    }
+    let port = free_port();
+    let broker = Arc::new(Mutex::new(Some(start_mosquitto(port))));
     let url = format!(
-        "mqtt://127.0.0.1:1883?ns=restart{}",
+        "mqtt://127.0.0.1:{port}?ns=restart{}",
         &switchyard_core::message::new_id()[..8]
     );
     let topic = format!("restart.{}", &switchyard_core::message::new_id()[..8]);
@@ -76,9 +66,15 @@ async fn reconnects_after_restart() {
         .await
         .expect("subscribe");
 
-    tokio::task::spawn_blocking(restart_mosquitto)
-        .await
-        .expect("restart");
+    let restarting = broker.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut broker = restarting.lock().expect("lock");
+        drop(broker.take());
+        wait_for_port("Mosquitto", &format!("127.0.0.1:{port}"), false);
+        *broker = Some(start_mosquitto(port));
+    })
+    .await
+    .expect("restart");
 
     // Calls come back once the server re-subscribed and the client reconnected.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,68 +1,74 @@
-//! Reconnect after a real restart of the NATS server: every publish that JetStream confirmed
-//! is delivered. Alone in this file because it stops the server the other NATS tests use
-//! (cargo runs test files one after another).
+//! Reconnect after a real restart of a NATS server (JetStream on) that this test starts, stops
+//! and starts again itself, on a port and a store folder of its own: every publish that
+//! JetStream confirmed is delivered, and calls are answered again.
 
-use std::process::Command;
-use std::sync::Arc;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use switchyard_core::testkit::{self, wait_for_port, Harness};
+use switchyard_core::testkit::{self, free_port, require_program, wait_for_port, Harness, Killed};
 use switchyard_core::transport::Transport;
 use switchyard_nats::NatsTransport;
 
-const NATS: &str = "/usr/sbin/nats-server";
+/// This test's server: its port, its JetStream folder, and the running process.
+struct OwnNats {
+    port: u16,
+    store: std::path::PathBuf,
+    process: Mutex<Option<Killed>>,
+}
 
-/// Stops and starts the server with the machine's own commands (scripts/services.sh).
+fn own() -> &'static OwnNats {
+    static OWN: OnceLock<OwnNats> = OnceLock::new();
+    OWN.get_or_init(|| {
+        let store = std::env::temp_dir().join(format!(
+            "switchyard-nats-restart-{}",
+            &switchyard_core::message::new_id()[..8]
+        ));
+        OwnNats {
+            port: free_port(),
+            store,
+            process: Mutex::new(None),
+        }
+    })
+}
+
+fn start_nats() {
+    let own = own();
+    let child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &own.port.to_string(), "-js", "-sd"])
+        .arg(&own.store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    wait_for_port("nats-server", &format!("127.0.0.1:{}", own.port), true);
+    *own.process.lock().expect("lock") = Some(Killed(child));
+}
+
+/// Stops this test's server and starts it again on the same port and folder.
 fn restart_nats() {
-    let _ = Command::new("start-stop-daemon")
-        .args(["--stop", "--oknodo", "--exec", NATS])
-        .status();
-    wait_for_port("NATS", "127.0.0.1:4222", false);
-    let started = Command::new("start-stop-daemon")
-        .args([
-            "--start",
-            "--oknodo",
-            "--background",
-            "--exec",
-            NATS,
-            "--",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            "4222",
-            "-js",
-            "-sd",
-            "/var/lib/nats-server",
-            "-l",
-            "/var/log/nats-server.log",
-        ])
-        .status()
-        .expect("start-stop-daemon");
-    assert!(started.success());
-    wait_for_port("NATS", "127.0.0.1:4222", true);
+    eprintln!("restarting nats-server on {}", own().port);
+    let own = own();
+    drop(own.process.lock().expect("lock").take());
+    wait_for_port("nats-server", &format!("127.0.0.1:{}", own.port), false);
+    start_nats();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_after_restart() {
+    if !require_program("reconnect_after_restart", "nats-server") {
+        return;
+    }
+    start_nats();
+    let port = own().port;
     let mut h = Harness::new(
-        || {
+        move || {
             format!(
-                "nats://127.0.0.1:4222/restart{}?ack_wait_ms=3000",
+                "nats://127.0.0.1:{port}/restart{}?ack_wait_ms=3000",
                 &switchyard_core::message::new_id()[..8]
             )
         },
         |url| Ok(Arc::new(NatsTransport::from_url(url)?) as Arc<dyn Transport>),
-    )
-    .require_tcp("NATS", "127.0.0.1:4222");
-    if !std::path::Path::new(NATS).exists()
-        || Command::new("start-stop-daemon")
-            .arg("--version")
-            .output()
-            .is_err()
-    {
-        h.unavailable = Some(format!(
-            "cannot restart NATS here ({NATS} and start-stop-daemon are needed)"
-        ));
-    }
+    );
     if !h.available("reconnect_after_restart") {
         return;
     }
@@ -77,7 +83,9 @@ async fn reconnect_after_restart() {
         "reconnect_after_restart",
         testkit::reconnect_after_restart(&h).await,
     );
-    calls_answered_after_restart().await;
+    calls_answered_after_restart(port).await;
+    drop(own().process.lock().expect("lock").take());
+    let _ = std::fs::remove_dir_all(&own().store);
 }
 
 async fn hello(name: String) -> String {
@@ -86,11 +94,11 @@ async fn hello(name: String) -> String {
 
 /// Calls wait for their replies on one inbox subscription per transport: after a restart
 /// the client subscribes again by itself, and calls are answered again.
-async fn calls_answered_after_restart() {
+async fn calls_answered_after_restart(port: u16) {
     use std::time::{Duration, Instant};
     use switchyard_core::{rpc, Client, Service};
     let url = format!(
-        "nats://127.0.0.1:4222/restartrpc{}",
+        "nats://127.0.0.1:{port}/restartrpc{}",
         &switchyard_core::message::new_id()[..8]
     );
     let server = Arc::new(NatsTransport::from_url(&url).expect("url"));
