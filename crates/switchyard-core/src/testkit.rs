@@ -136,7 +136,9 @@ pub fn require_server(test: &str, name: &str, addr: &str) -> bool {
     tcp_reachable(addr) || skip_or_fail(test, &format!("{name} is not reachable at {addr}"))
 }
 
-fn skip_or_fail(test: &str, why: &str) -> bool {
+/// For a test whose server or program is missing: skips it loudly (`false`), or fails it under
+/// `SWITCHYARD_REQUIRE_ALL`.
+pub fn skip_or_fail(test: &str, why: &str) -> bool {
     if std::env::var_os("SWITCHYARD_REQUIRE_ALL").is_some() {
         panic!("{test}: {why}, and SWITCHYARD_REQUIRE_ALL makes broker tests mandatory (run scripts/services.sh)");
     }
