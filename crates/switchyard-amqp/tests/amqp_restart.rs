@@ -22,6 +22,7 @@ struct OwnRabbit {
     node: String,
     dir: PathBuf,
     port: u16,
+    process: std::sync::Mutex<std::process::Child>,
 }
 
 impl OwnRabbit {
@@ -32,7 +33,7 @@ impl OwnRabbit {
         std::fs::create_dir_all(&dir).expect("folder");
         std::fs::write(dir.join("plugins"), "[].").expect("plugins file");
         let port = free_port();
-        Command::new(format!("{BIN}/rabbitmq-server"))
+        let process = Command::new(format!("{BIN}/rabbitmq-server"))
             .env("RABBITMQ_NODENAME", &node)
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
             .env("RABBITMQ_NODE_PORT", port.to_string())
@@ -45,7 +46,12 @@ impl OwnRabbit {
             .stderr(Stdio::null())
             .spawn()
             .expect("start rabbitmq-server");
-        let own = Self { node, dir, port };
+        let own = Self {
+            node,
+            dir,
+            port,
+            process: std::sync::Mutex::new(process),
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -75,6 +81,10 @@ impl Drop for OwnRabbit {
         let _ = Command::new(format!("{BIN}/rabbitmqctl"))
             .args(["-n", &self.node, "shutdown"])
             .output();
+        if let Ok(process) = self.process.get_mut() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
