@@ -96,6 +96,17 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(policy.concurrency.max(1)));
     let mut in_flight = JoinSet::new();
     loop {
+        // A service that sheds load (`Service::adaptive_limit`) takes no more events at once
+        // than its limit of calls allows now: when the limiter lowers it, the consumer takes
+        // fewer deliveries (those the broker already sent wait in the subscription).
+        if let Some(limit) = served.adaptive_limit() {
+            if in_flight.len() >= limit {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = in_flight.join_next() => continue,
+                }
+            }
+        }
         let permit = tokio::select! {
             _ = &mut stop => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },

@@ -95,6 +95,12 @@ impl Served {
         self.service.service_version()
     }
 
+    /// The adaptive limit of calls in flight now, when the service sheds load
+    /// (`Service::adaptive_limit`); its consumers take no more events at once than this.
+    pub fn adaptive_limit(&self) -> Option<usize> {
+        self.limiter.as_ref().map(Limiter::limit)
+    }
+
     /// This instance's id, unique to one `serve`.
     pub fn instance(&self) -> &str {
         &self.instance

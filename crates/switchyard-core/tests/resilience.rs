@@ -312,3 +312,48 @@ async fn a_route_can_have_its_own_timeout_and_attempts() {
         "the route's five attempts, not the policy's three"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_sheds_load_takes_no_more_events_than_its_limit() {
+    use switchyard_core::middleware::limiter::AdaptiveLimit;
+    use switchyard_core::policy::ConsumerPolicy;
+    let bus = Arc::new(MemTransport::new("resilience-limited-consumer"));
+    let (now, most, done) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (n, m, d) = (now.clone(), most.clone(), done.clone());
+    let service = Service::new("limited")
+        .consumer_policy(ConsumerPolicy {
+            concurrency: 16,
+            ..ConsumerPolicy::default()
+        })
+        // A limit held at 3 (no calls come to move it).
+        .adaptive_limit(AdaptiveLimit::default().initial(3).bounds(3, 3))
+        .on_event("work", move |_: u32| {
+            let (n, m, d) = (n.clone(), m.clone(), d.clone());
+            async move {
+                let at_once = n.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(at_once, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    let _served = server::serve(bus.clone(), service).await.expect("serve");
+    let client = Client::new(bus.clone());
+    for i in 0..24u32 {
+        client.publish("work", &i).await.expect("publish");
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    while done.load(Ordering::SeqCst) < 24 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 24, "every event handled");
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        (2..=3).contains(&most),
+        "at most the limit's 3 at once (of a concurrency of 16), saw {most}"
+    );
+}
