@@ -15,7 +15,7 @@ use crate::layer::{self, CallService, EventService};
 use crate::message::Envelope;
 use crate::middleware::limiter::Limiter;
 use crate::middleware::{self, DeliveryService, Disposition, EventHandler};
-use crate::observe::{Measured, ServedMetrics, TopicMetrics};
+use crate::observe::{EventOutcome, Measured, ServedMetrics, TopicMetrics};
 use crate::service::Service;
 use crate::values::Reply;
 
@@ -192,12 +192,21 @@ impl Served {
     /// The sender is the retry and the dead letter: a failure goes back to it.
     pub async fn receive_event(&self, envelope: Envelope) -> Result<(), HandlerError> {
         push_to_watchers(self, &envelope);
-        match middleware::dispose(&self.pushed, envelope).await {
-            Disposition::Done => Ok(()),
-            Disposition::Failed(e)
-            | Disposition::Retry { cause: e, .. }
-            | Disposition::DeadLetter { cause: e, .. } => Err(e),
+        // Counted like a broker's deliveries: a failure goes back to the sender, who retries.
+        let metrics = self
+            .topic_metrics(&envelope.subject)
+            .map(|m| (m, Instant::now()));
+        let (outcome, counted) = match middleware::dispose(&self.pushed, envelope).await {
+            Disposition::Done => (Ok(()), EventOutcome::Done),
+            Disposition::Retry { cause: e, .. } => (Err(e), EventOutcome::Retry),
+            Disposition::Failed(e) | Disposition::DeadLetter { cause: e, .. } => {
+                (Err(e), EventOutcome::Failed)
+            }
+        };
+        if let Some((metrics, started)) = metrics {
+            metrics.record(started, counted);
         }
+        outcome
     }
 
     /// Counts a call refused before it reached the service because it names no route of it

@@ -36,8 +36,22 @@ async fn metrics_count_calls_events_and_dead_letters_by_route_and_topic() {
         .route(
             "/fail",
             rpc(|| async { Err::<i32, _>(HandlerError::internal("no")) }),
-        );
+        )
+        .on_event("pushed", |_: u32| async {});
     let served = server::serve(http.clone(), service).await.expect("serve");
+    // An event pushed over HTTP is counted like one delivered by a broker.
+    let pushed = reqwest::Client::new()
+        .post(format!("{url}/pushed"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "pushed-1")
+        .header("ce-type", "test")
+        .header("ce-source", "http_metrics")
+        .header("content-type", "application/json")
+        .body("5")
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(pushed.status(), 200);
     let client = Client::new(http);
     for _ in 0..2 {
         let _: i32 = client.call("/ok", ()).await.expect("ok");
@@ -142,6 +156,19 @@ async fn metrics_count_calls_events_and_dead_letters_by_route_and_topic() {
             &["service=\"metered\""]
         ),
         Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "switchyard_events_total",
+            &[
+                "service=\"metered\"",
+                "topic=\"pushed\"",
+                "outcome=\"done\""
+            ]
+        ),
+        Some(1.0),
         "{text}"
     );
     let events = |outcome: &str| {
