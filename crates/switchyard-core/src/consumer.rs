@@ -17,6 +17,9 @@ use crate::pool::{KeyedPool, PoolConfig};
 use crate::served::{push_to_watchers, Served};
 use crate::transport::{Delivery, Publisher, SubscribeOptions, Subscriber, Subscription};
 
+/// How often a consumer group's lag is read from the broker.
+pub const LAG_EVERY: Duration = Duration::from_secs(2);
+
 /// The consumers of a served service's event handlers, one per topic.
 #[derive(Debug, Default)]
 pub struct ServiceConsumers {
@@ -61,6 +64,43 @@ impl ServiceConsumers {
             )));
         }
         Ok(consumers)
+    }
+
+    /// Reports the lag of each of the service's consumer groups (`switchyard_consumer_lag`)
+    /// every [`LAG_EVERY`], where the broker tells it ([`Subscriber::lag`]), while metrics
+    /// are recorded.
+    pub fn watch_lag(&mut self, served: &Arc<Served>, subscriber: Arc<dyn Subscriber>) {
+        if !crate::observe::enabled() {
+            return;
+        }
+        let service = served.service();
+        let group = service.name().to_string();
+        for topic in service.topics() {
+            let gauge = ::metrics::gauge!(
+                "switchyard_consumer_lag",
+                "service" => group.clone(),
+                "topic" => topic.to_string()
+            );
+            let (subscriber, group, topic) = (subscriber.clone(), group.clone(), topic.to_string());
+            let (tx, mut rx) = oneshot::channel();
+            self.stops.push(tx);
+            self.tasks.push(tokio::spawn(async move {
+                loop {
+                    match subscriber.lag(&topic, &group).await {
+                        Ok(Some(lag)) => gauge.set(lag as f64),
+                        // The broker does not tell: nothing to report, ever.
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::debug!(target: "switchyard", %topic, error = %e, "consumer lag not read")
+                        }
+                    }
+                    tokio::select! {
+                        _ = &mut rx => return,
+                        _ = tokio::time::sleep(LAG_EVERY) => {}
+                    }
+                }
+            }));
+        }
     }
 
     /// Stops taking deliveries and waits until the ones in flight are handled and settled.

@@ -61,7 +61,11 @@ pub async fn serve(
     } else {
         let dead_letters = transport.clone();
         match ServiceConsumers::start(&served, transport.as_ref(), dead_letters).await {
-            Ok(consumers) => consumers,
+            Ok(mut consumers) => {
+                let subscriber: Arc<dyn crate::transport::Subscriber> = transport.clone();
+                consumers.watch_lag(&served, subscriber);
+                consumers
+            }
             Err(e) => {
                 if let Some(listener) = listener {
                     listener.close.await;

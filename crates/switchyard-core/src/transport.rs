@@ -262,6 +262,13 @@ pub trait Subscriber: Send + Sync {
         topic: &str,
         options: SubscribeOptions,
     ) -> BoxFuture<'_, Result<Subscription, TransportError>>;
+
+    /// How many messages of `topic` the consumer group `group` has not been given yet
+    /// (consumer lag), when the broker tells: `Ok(None)` when it does not (the default).
+    fn lag(&self, topic: &str, group: &str) -> BoxFuture<'_, Result<Option<u64>, TransportError>> {
+        let _ = (topic, group);
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Sends calls and waits for replies: the request/reply ability, which a transport may lack

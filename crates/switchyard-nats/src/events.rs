@@ -166,6 +166,19 @@ impl Publisher for NatsTransport {
 }
 
 impl Subscriber for NatsTransport {
+    fn lag(&self, topic: &str, group: &str) -> BoxFuture<'_, Result<Option<u64>, TransportError>> {
+        let (topic, durable) = (topic.to_string(), jetstream_name(group));
+        Box::pin(async move {
+            let stream = self.stream(&topic).await?;
+            let mut consumer: jetstream::consumer::PullConsumer = stream
+                .get_consumer(&durable)
+                .await
+                .map_err(TransportError::Other)?;
+            let info = consumer.info().await.map_err(TransportError::other)?;
+            Ok(Some(info.num_pending))
+        })
+    }
+
     fn subscribe(
         &self,
         topic: &str,

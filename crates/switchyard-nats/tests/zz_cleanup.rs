@@ -18,6 +18,7 @@ async fn delete_conformance_streams() {
             || name.starts_with("SY_hostile_")
             || name.starts_with("SY_soak")
             || name.starts_with("SY_crash_")
+            || name.starts_with("SY_lag_")
         {
             ours.push(name);
         }

@@ -1,6 +1,7 @@
 //! Events: XADD to publish, consumer groups (XREADGROUP, XAUTOCLAIM) or XREAD to subscribe,
 //! XACK to settle.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,6 +145,30 @@ impl Publisher for RedisTransport {
 }
 
 impl Subscriber for RedisTransport {
+    fn lag(&self, topic: &str, group: &str) -> BoxFuture<'_, Result<Option<u64>, TransportError>> {
+        let (key, group) = (stream_key(topic), group.to_string());
+        Box::pin(async move {
+            let mut con = self.con().await?;
+            // XINFO GROUPS: one map per group; `lag` (Redis 7) is nil when Redis cannot tell.
+            let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&key)
+                .query_async(&mut con)
+                .await
+                .map_err(TransportError::other)?;
+            let lag = groups
+                .iter()
+                .find(|g| {
+                    g.get("name")
+                        .and_then(|n| redis::from_redis_value::<String>(n).ok())
+                        .is_some_and(|n| n == group)
+                })
+                .and_then(|g| g.get("lag"))
+                .and_then(|l| redis::from_redis_value::<u64>(l).ok());
+            Ok(lag)
+        })
+    }
+
     fn subscribe(
         &self,
         topic: &str,
