@@ -190,6 +190,33 @@ impl Inner {
         Ok(rpc)
     }
 
+    /// Messages ready in `group`'s queue of `topic`, not yet given to any of its consumers.
+    pub(crate) async fn ready_in_group(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> Result<u64, TransportError> {
+        let link = self.link().await?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(TransportError::other)?;
+        let declared = channel
+            .queue_declare(
+                group_queue(topic, group).as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(TransportError::other);
+        let _ = channel.close(200, "lag read".into()).await;
+        Ok(u64::from(declared?.message_count()))
+    }
+
     /// Declares and binds the queue of a subscription on a new channel and starts consuming.
     pub(crate) async fn attach(
         &self,
@@ -209,7 +236,7 @@ impl Inner {
             .map_err(TransportError::other)?;
         let queue = match &options.mode {
             SubscriptionMode::Group(group) => {
-                let name = format!("{topic}:{group}");
+                let name = group_queue(topic, group);
                 let mut args = FieldTable::default();
                 if let Some(e) = self.queue_expires {
                     let ms = i64::try_from(e.as_millis()).unwrap_or(i64::MAX);
@@ -296,4 +323,9 @@ impl Inner {
             _ => Ok(()),
         }
     }
+}
+
+/// The queue a consumer group of a topic shares.
+fn group_queue(topic: &str, group: &str) -> String {
+    format!("{topic}:{group}")
 }

@@ -203,6 +203,11 @@ impl Publisher for AmqpTransport {
 }
 
 impl Subscriber for AmqpTransport {
+    fn lag(&self, topic: &str, group: &str) -> BoxFuture<'_, Result<Option<u64>, TransportError>> {
+        let (topic, group) = (topic.to_string(), group.to_string());
+        Box::pin(async move { self.inner.ready_in_group(&topic, &group).await.map(Some) })
+    }
+
     fn subscribe(
         &self,
         topic: &str,
