@@ -374,6 +374,44 @@ impl Publisher for KafkaTransport {
 }
 
 impl Subscriber for KafkaTransport {
+    /// The group's lag on the topic: over its partitions, the high watermark less the group's
+    /// committed offset (the low watermark where it committed none).
+    fn lag(&self, topic: &str, group: &str) -> BoxFuture<'_, Result<Option<u64>, TransportError>> {
+        // The Kafka group of a switchyard group, as `subscribe` names it.
+        let (topic, group) = (topic.to_string(), format!("{group}.{topic}"));
+        Box::pin(async move {
+            check_topic(&self.inner.url, &topic)?;
+            let config = self.inner.base_config();
+            let lag = tokio::task::spawn_blocking(move || -> Result<u64, KafkaError> {
+                // Never subscribed: it reads the group's offsets without joining the group.
+                let reader: BaseConsumer = config.clone().set("group.id", &group).create()?;
+                let wait = Duration::from_secs(10);
+                let metadata = reader.fetch_metadata(Some(&topic), wait)?;
+                let mut partitions = TopicPartitionList::new();
+                for t in metadata.topics() {
+                    for p in t.partitions() {
+                        partitions.add_partition(&topic, p.id());
+                    }
+                }
+                let committed = reader.committed_offsets(partitions, wait)?;
+                let mut lag = 0u64;
+                for e in committed.elements() {
+                    let (low, high) = reader.fetch_watermarks(&topic, e.partition(), wait)?;
+                    let at = match e.offset() {
+                        Offset::Offset(o) => o,
+                        _ => low,
+                    };
+                    lag += u64::try_from(high - at).unwrap_or(0);
+                }
+                Ok(lag)
+            })
+            .await
+            .map_err(TransportError::other)?
+            .map_err(|e| self.inner.unreachable(e))?;
+            Ok(Some(lag))
+        })
+    }
+
     fn subscribe(
         &self,
         topic: &str,
