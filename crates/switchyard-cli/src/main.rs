@@ -43,6 +43,14 @@ struct Cli {
         default_value_t = 0
     )]
     connect_retries: u32,
+    /// Service discovery: the registry that `serve` registers in and `services` lists
+    /// (`file://DIR` shared by local processes, `mem://NAME` in process).
+    #[arg(long, global = true, value_name = "URL", env = "SWITCHYARD_REGISTRY")]
+    registry: Option<String>,
+    /// How long a registration lasts unless renewed (it is renewed every third of it): an
+    /// instance killed without deregistering disappears within this.
+    #[arg(long, global = true, value_name = "MS", default_value_t = 10_000)]
+    registry_ttl_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +110,16 @@ enum Command {
         /// The call policy (retries, budget, breaker) from this JSON file (see `yard policy`).
         #[arg(long, value_name = "FILE")]
         policy: Option<std::path::PathBuf>,
+    },
+    /// Lists the instances in the registry (`--registry URL`): service, version, id and
+    /// addresses, one line each; `--json`: one JSON object per instance per line.
+    Services {
+        /// Only this service's instances.
+        #[arg(long)]
+        service: Option<String>,
+        /// One JSON object per instance per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Prints the call policy in force as JSON: the defaults, or FILE's settings over them
     /// (the file a client's `--policy` or `CallPolicy` reads).
@@ -316,9 +334,36 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 service = service.adaptive_limit(Default::default());
             }
             let served = service.name().to_string();
+            let mut instance = switchyard::registry::Instance::new(
+                served.clone(),
+                switchyard::message::new_id(),
+                Vec::new(),
+            );
+            instance.version = service.service_version().map(str::to_string);
+            instance.routes = service
+                .route_paths()
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            instance.topics = service.topics().into_iter().map(str::to_string).collect();
             let handle = switchyard::serve(&transport, service).await?;
+            // Registered once it serves; removed before it stops.
+            let registration = match &cli.registry {
+                Some(url) => {
+                    instance.addresses = vec![handle.url().to_string()];
+                    let registry = switchyard::registry::connect(url)?;
+                    let ttl = Duration::from_millis(cli.registry_ttl_ms);
+                    Some(switchyard::registry::Registration::start(registry, instance, ttl).await?)
+                }
+                None => None,
+            };
             println!("serving {served} on {}", handle.url());
             switchyard_cli::shutdown_signal().await?;
+            if let Some(registration) = registration {
+                if let Err(e) = registration.stop().await {
+                    tracing::warn!(target: "switchyard", error = %e, "could not deregister");
+                }
+            }
             handle.shutdown().await;
             Ok(())
         }
@@ -366,6 +411,26 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 _ => Value::Array(values),
             };
             println!("{out}");
+            Ok(())
+        }
+        Command::Services { service, json } => {
+            let Some(url) = &cli.registry else {
+                return Err("yard services needs --registry URL (or SWITCHYARD_REGISTRY)".into());
+            };
+            let registry = switchyard::registry::connect(url)?;
+            for i in registry.list(service.as_deref()).await? {
+                if json {
+                    println!("{}", serde_json::to_string(&i)?);
+                } else {
+                    println!(
+                        "{} {} {} {}",
+                        i.service,
+                        i.version.as_deref().unwrap_or("-"),
+                        i.id,
+                        i.addresses.join(",")
+                    );
+                }
+            }
             Ok(())
         }
         Command::Policy { file } => {

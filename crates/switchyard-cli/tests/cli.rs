@@ -680,3 +680,88 @@ fn readyz_is_alive(metrics: &str) -> bool {
     reqwest::blocking::get(format!("http://{metrics}/healthz"))
         .is_ok_and(|r| r.status().as_u16() == 200)
 }
+
+#[test]
+fn serve_registers_and_a_stop_or_a_kill_removes_it() {
+    let dir = std::env::temp_dir().join(format!("yard-registry-{}", free_port()));
+    let registry = format!("file://{}", dir.display());
+    let args = |url: &str| {
+        vec![
+            "--registry".to_string(),
+            registry.clone(),
+            "--registry-ttl-ms".into(),
+            "1000".into(),
+            "serve".into(),
+            "echo".into(),
+            "--name".into(),
+            "books".into(),
+            "--version".into(),
+            "1.2.0".into(),
+            "--url".into(),
+            url.to_string(),
+        ]
+    };
+    let listed = || {
+        let (ok, out, err) = yard(&["--registry", &registry, "services", "--json"]);
+        assert!(ok, "{out}{err}");
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .collect::<Vec<_>>()
+    };
+    let gone_within = |wait: Duration| {
+        let deadline = Instant::now() + wait;
+        while !listed().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "still listed after {wait:?}: {:?}",
+                listed()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let running = start_yard(
+        &args(&url).iter().map(String::as_str).collect::<Vec<_>>(),
+        "serving books",
+    );
+    let instances = listed();
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(instances[0]["service"], "books");
+    assert_eq!(instances[0]["version"], "1.2.0");
+    assert_eq!(instances[0]["addresses"][0], url.as_str());
+    assert!(instances[0]["routes"]
+        .as_array()
+        .is_some_and(|r| r.contains(&"/whoami".into())));
+    // Renewed past its lease while it serves.
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(listed().len(), 1, "renewed");
+    // SIGTERM: removed as it stops.
+    let pid = running.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    gone_within(Duration::from_millis(1_000));
+    drop(running);
+
+    // SIGKILL: nothing removes it, its lease runs out.
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let running = start_yard(
+        &args(&url).iter().map(String::as_str).collect::<Vec<_>>(),
+        "serving books",
+    );
+    assert_eq!(listed().len(), 1);
+    drop(running); // SIGKILL and reaped
+    assert_eq!(
+        listed().len(),
+        1,
+        "a killed instance stays until its lease runs out"
+    );
+    gone_within(Duration::from_millis(2_000));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let (ok, _, err) = yard(&["services"]);
+    assert!(!ok && err.contains("--registry"), "{err}");
+}

@@ -33,6 +33,7 @@ pub mod observe;
 pub mod policy;
 pub mod pool;
 pub mod push;
+pub mod registry;
 pub mod served;
 pub mod server;
 pub mod service;

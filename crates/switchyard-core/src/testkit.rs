@@ -1708,3 +1708,127 @@ macro_rules! conformance_suite {
         )*
     };
 }
+
+/// The cases every [`Registry`](crate::registry::Registry) backend passes against its real
+/// store, `connect` making a fresh handle on the same store each time (as another process
+/// would): records seen by another handle, by service and in all; removal; a watch that sees a
+/// service appear after it began and go away; a lease that runs out; a [`Registration`] that
+/// outlives several leases by renewing and is removed at once when stopped. Panics with what
+/// failed.
+///
+/// [`Registration`]: crate::registry::Registration
+pub async fn registry_conformance(connect: impl Fn() -> Arc<dyn crate::registry::Registry>) {
+    use crate::registry::{Change, Instance, Registration};
+    let id = &crate::message::new_id()[..8];
+    let (a, b) = (connect(), connect());
+    let long = Duration::from_secs(30);
+
+    // Records, seen from another handle; removal.
+    let books = format!("books{id}");
+    let one =
+        Instance::new(&books, "one", ["http://127.0.0.1:1".to_string()]).with_version("1.2.0");
+    let two = Instance::new(&books, "two", ["nats://127.0.0.1:4222".to_string()])
+        .with_metadata("zone", "a");
+    a.register(&one, long).await.expect("register one");
+    a.register(&two, long).await.expect("register two");
+    let listed = b.list(Some(&books)).await.expect("list");
+    assert_eq!(
+        listed,
+        vec![one.clone(), two.clone()],
+        "{}: both, from another handle",
+        a.url()
+    );
+    let all = b.list(None).await.expect("list all");
+    assert!(
+        all.contains(&one) && all.contains(&two),
+        "{}: listed among all",
+        a.url()
+    );
+    b.deregister(&books, "one").await.expect("deregister");
+    assert_eq!(a.list(Some(&books)).await.expect("list"), vec![two.clone()]);
+    a.deregister(&books, "two").await.expect("deregister");
+    assert!(a.list(Some(&books)).await.expect("list").is_empty());
+
+    // A watch sees what appears after it began, and what goes.
+    let later = format!("later{id}");
+    let mut changes = b.watch(None).await.expect("watch");
+    let appears = Instance::new(&later, "x", ["mem://x".to_string()]);
+    a.register(&appears, long).await.expect("register");
+    assert_eq!(
+        next_change(&mut changes, &later).await,
+        Change::Up(appears.clone())
+    );
+    a.deregister(&later, "x").await.expect("deregister");
+    assert_eq!(
+        next_change(&mut changes, &later).await,
+        Change::Down {
+            service: later.clone(),
+            id: "x".into()
+        }
+    );
+
+    // A lease that runs out: the record goes, and the watch says so.
+    let brief = Instance::new(&later, "brief", ["mem://b".to_string()]);
+    a.register(&brief, Duration::from_millis(300))
+        .await
+        .expect("register");
+    assert_eq!(
+        next_change(&mut changes, &later).await,
+        Change::Up(brief.clone())
+    );
+    assert_eq!(
+        next_change(&mut changes, &later).await,
+        Change::Down {
+            service: later.clone(),
+            id: "brief".into()
+        },
+        "{}: a lease that ran out",
+        a.url()
+    );
+    assert!(b.list(Some(&later)).await.expect("list").is_empty());
+
+    // A registration renews past its lease, and is gone at once when stopped.
+    let kept = Instance::new(&later, "kept", ["mem://k".to_string()]);
+    let registration = Registration::start(a.clone(), kept.clone(), Duration::from_millis(300))
+        .await
+        .expect("registration");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        b.list(Some(&later)).await.expect("list"),
+        vec![kept.clone()],
+        "{}: renewed past three leases",
+        a.url()
+    );
+    registration.stop().await.expect("stop");
+    assert!(
+        b.list(Some(&later)).await.expect("list").is_empty(),
+        "{}: removed when stopped",
+        a.url()
+    );
+}
+
+/// The next change of `service` a watch sees, within 5 s.
+async fn next_change(
+    changes: &mut crate::registry::Changes,
+    service: &str,
+) -> crate::registry::Change {
+    use crate::registry::Change;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, changes.next()).await {
+            Ok(Some(Ok(change))) => {
+                let ours = match &change {
+                    Change::Up(i) => i.service == service,
+                    Change::Down { service: s, .. } => s == service,
+                };
+                if ours {
+                    return change;
+                }
+            }
+            Ok(Some(Err(e))) => panic!("watch failed: {e}"),
+            Ok(None) => panic!("watch ended"),
+            Err(_) => panic!("no change of {service} within 5 s"),
+        }
+    }
+}

@@ -71,7 +71,8 @@ use std::sync::Arc;
 pub use switchyard_core::testkit;
 pub use switchyard_core::{
     call, client, codec, consumer, context, error, handler, inbox, layer, mem, message, middleware,
-    observe, policy, pool, push, server, service, shards, transport, url_options, values, wire,
+    observe, policy, pool, push, registry, server, service, shards, transport, url_options, values,
+    wire,
 };
 pub use switchyard_core::{
     json, rpc, CallError, Capabilities, Client, Codec, Envelope, ErrorCode, HandlerError, Headers,

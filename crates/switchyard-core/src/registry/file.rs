@@ -1,0 +1,192 @@
+//! `file://DIR`: a registry in a folder that several processes on one machine share, with no
+//! server: one JSON file per instance (`DIR/_<service>/_<id>.json`, names percent-encoded),
+//! written whole and renamed into place so that a reader never sees half of one; a record whose
+//! lease ran out is ignored and removed by the next reader.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use super::{expiry, live, polled, Changes, Instance, Registry, RegistryError};
+
+/// A registry in a folder. See the module's notes.
+#[derive(Debug, Clone)]
+pub struct FileRegistry {
+    dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    instance: Instance,
+    expires_ms: u64,
+}
+
+/// A name as one safe path component: percent-encoded (no `/`), and prefixed so that no name
+/// can be `.` or `..`.
+fn component(name: &str) -> String {
+    let encoded: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+    format!("_{encoded}")
+}
+
+impl FileRegistry {
+    /// The registry kept in `dir` (made when first written).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    fn unavailable(&self, e: std::io::Error) -> RegistryError {
+        RegistryError::Unavailable {
+            url: self.url(),
+            source: Box::new(e),
+        }
+    }
+
+    fn path(&self, service: &str, id: &str) -> PathBuf {
+        self.dir
+            .join(component(service))
+            .join(format!("{}.json", component(id)))
+    }
+
+    fn write(&self, instance: &Instance, ttl: Duration) -> Result<(), RegistryError> {
+        let path = self.path(&instance.service, &instance.id);
+        let folder = path.parent().unwrap_or(&self.dir);
+        std::fs::create_dir_all(folder).map_err(|e| self.unavailable(e))?;
+        let record = Record {
+            instance: instance.clone(),
+            expires_ms: expiry(ttl),
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| RegistryError::Corrupt {
+            url: self.url(),
+            key: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        // Written aside, then renamed: a reader sees the old record or the new one, whole.
+        let aside = folder.join(format!(
+            ".{}.{}",
+            component(&instance.id),
+            crate::message::new_id()
+        ));
+        std::fs::write(&aside, json).map_err(|e| self.unavailable(e))?;
+        std::fs::rename(&aside, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&aside);
+            self.unavailable(e)
+        })
+    }
+
+    /// The live records under `dir`, of `service` or of all; expired ones removed.
+    fn read(dir: &Path, service: Option<&str>) -> Result<Vec<Instance>, std::io::Error> {
+        let mut found = Vec::new();
+        let services = match std::fs::read_dir(dir) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(e),
+        };
+        let wanted = service.map(component);
+        for folder in services.flatten() {
+            let name = folder.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('_') || wanted.as_ref().is_some_and(|w| *w != name) {
+                continue;
+            }
+            let Ok(files) = std::fs::read_dir(folder.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let path = file.path();
+                let is_record = path.extension().is_some_and(|e| e == "json")
+                    && file.file_name().to_string_lossy().starts_with('_');
+                if !is_record {
+                    continue;
+                }
+                // A record removed between listing and reading is simply gone.
+                let Ok(bytes) = std::fs::read(&path) else {
+                    continue;
+                };
+                match serde_json::from_slice::<Record>(&bytes) {
+                    Ok(r) if live(r.expires_ms) => found.push(r.instance),
+                    Ok(_) => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "switchyard", path = %path.display(), error = %e, "unreadable registry record ignored")
+                    }
+                }
+            }
+        }
+        found.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+        Ok(found)
+    }
+}
+
+impl Registry for FileRegistry {
+    fn register(
+        &self,
+        instance: &Instance,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), RegistryError>> {
+        let (this, instance) = (self.clone(), instance.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || this.write(&instance, ttl))
+                .await
+                .map_err(|e| RegistryError::Unavailable {
+                    url: self.url(),
+                    source: Box::new(e),
+                })?
+        })
+    }
+
+    fn renew(
+        &self,
+        instance: &Instance,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), RegistryError>> {
+        self.register(instance, ttl)
+    }
+
+    fn deregister(&self, service: &str, id: &str) -> BoxFuture<'_, Result<(), RegistryError>> {
+        let path = self.path(service, id);
+        Box::pin(async move {
+            let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(path))
+                .await
+                .map_err(|e| RegistryError::Unavailable {
+                    url: self.url(),
+                    source: Box::new(e),
+                })?;
+            match removed {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.unavailable(e)),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn list(&self, service: Option<&str>) -> BoxFuture<'_, Result<Vec<Instance>, RegistryError>> {
+        let (dir, service) = (self.dir.clone(), service.map(str::to_string));
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || Self::read(&dir, service.as_deref()))
+                .await
+                .map_err(|e| RegistryError::Unavailable {
+                    url: self.url(),
+                    source: Box::new(e),
+                })?
+                .map_err(|e| self.unavailable(e))
+        })
+    }
+
+    fn watch(&self, service: Option<&str>) -> BoxFuture<'_, Result<Changes, RegistryError>> {
+        let service = service.map(str::to_string);
+        Box::pin(async move {
+            let first = self.list(service.as_deref()).await?;
+            let this = self.clone();
+            let snapshot = move |s: Option<String>| -> BoxFuture<'static, Result<Vec<Instance>, RegistryError>> {
+                let this = this.clone();
+                Box::pin(async move { this.list(s.as_deref()).await })
+            };
+            Ok(polled(service, first, snapshot))
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+}

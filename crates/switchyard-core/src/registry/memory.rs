@@ -1,0 +1,99 @@
+//! `mem://NAME`: a registry in this process, shared by every `connect` of the same name (tests,
+//! several services in one process).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::{expiry, live, polled, Changes, Instance, Registry, RegistryError};
+
+type Records = Arc<Mutex<HashMap<(String, String), (Instance, u64)>>>;
+
+/// A registry in this process. See the module's notes.
+#[derive(Debug, Clone)]
+pub struct MemoryRegistry {
+    name: String,
+    records: Records,
+}
+
+impl MemoryRegistry {
+    /// The registry of this process named `name`.
+    pub fn named(name: &str) -> Self {
+        static NAMED: OnceLock<Mutex<HashMap<String, Records>>> = OnceLock::new();
+        let mut all = NAMED
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let records = all.entry(name.to_string()).or_default().clone();
+        Self {
+            name: name.to_string(),
+            records,
+        }
+    }
+
+    fn snapshot(records: &Records, service: Option<&str>) -> Vec<Instance> {
+        let mut records = records.lock().unwrap_or_else(|p| p.into_inner());
+        records.retain(|_, (_, expires)| live(*expires));
+        let mut out: Vec<Instance> = records
+            .values()
+            .filter(|(i, _)| service.is_none_or(|s| i.service == s))
+            .map(|(i, _)| i.clone())
+            .collect();
+        out.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+        out
+    }
+}
+
+impl Registry for MemoryRegistry {
+    fn register(
+        &self,
+        instance: &Instance,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), RegistryError>> {
+        let key = (instance.service.clone(), instance.id.clone());
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (instance.clone(), expiry(ttl)));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn renew(
+        &self,
+        instance: &Instance,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), RegistryError>> {
+        self.register(instance, ttl)
+    }
+
+    fn deregister(&self, service: &str, id: &str) -> BoxFuture<'_, Result<(), RegistryError>> {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(service.to_string(), id.to_string()));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn list(&self, service: Option<&str>) -> BoxFuture<'_, Result<Vec<Instance>, RegistryError>> {
+        let found = Self::snapshot(&self.records, service);
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn watch(&self, service: Option<&str>) -> BoxFuture<'_, Result<Changes, RegistryError>> {
+        let records = self.records.clone();
+        let service = service.map(str::to_string);
+        let first = Self::snapshot(&records, service.as_deref());
+        let snapshot =
+            move |s: Option<String>| -> BoxFuture<'static, Result<Vec<Instance>, RegistryError>> {
+                let found = Self::snapshot(&records, s.as_deref());
+                Box::pin(async move { Ok(found) })
+            };
+        Box::pin(async move { Ok(polled(service, first, snapshot)) })
+    }
+
+    fn url(&self) -> String {
+        format!("mem://{}", self.name)
+    }
+}

@@ -1,0 +1,282 @@
+//! Service discovery: where the instances of each service are, as they come and go.
+//!
+//! A [`Registry`] keeps one [`Instance`] record per served instance (its service's name and
+//! version, its id, an address per transport it serves on, its routes and topics), each held by
+//! a lease: an instance that stops renewing (a process killed) disappears when its lease runs
+//! out; one that stops gracefully is removed at once. [`Registration`] keeps an instance
+//! registered, renewing it on a thread of its own so that busy handlers cannot starve it, and
+//! removes it when stopped. Clients list instances and watch them change.
+//!
+//! Backends are named by URL ([`connect`]): `mem://NAME` (in this process) and `file://DIR`
+//! (a folder several local processes share; the default, no server needed) are here; the
+//! backends on a server (etcd, ZooKeeper, NATS KV, Redis) are in their own crates. Every
+//! backend passes the same cases (`testkit::registry_conformance`).
+
+mod file;
+mod memory;
+mod registration;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+pub use file::FileRegistry;
+pub use memory::MemoryRegistry;
+pub use registration::Registration;
+
+/// One served instance of a service, as a registry records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Instance {
+    /// The service's name: what callers address.
+    pub service: String,
+    /// The service's version, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// This instance's id, unique to one serve.
+    pub id: String,
+    /// Where it is reached: one transport URL per transport it serves on (no credentials).
+    pub addresses: Vec<String>,
+    /// Its routes.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// The topics it handles.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Anything else (tags, zone…).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// An instance of `service` with id `id`, reached at `addresses`.
+    pub fn new(
+        service: impl Into<String>,
+        id: impl Into<String>,
+        addresses: impl IntoIterator<Item = String>,
+    ) -> Self {
+        Self {
+            service: service.into(),
+            version: None,
+            id: id.into(),
+            addresses: addresses.into_iter().collect(),
+            routes: Vec::new(),
+            topics: Vec::new(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// The instance of a served service: its name, version, instance id, routes and topics,
+    /// reached at `addresses`.
+    pub fn of(served: &crate::served::Served, addresses: impl IntoIterator<Item = String>) -> Self {
+        let service = served.service();
+        Self {
+            service: served.name().to_string(),
+            version: served.version().map(str::to_string),
+            id: served.instance().to_string(),
+            addresses: addresses.into_iter().collect(),
+            routes: service
+                .route_paths()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            topics: service.topics().into_iter().map(str::to_string).collect(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// With `version`.
+    pub fn with_version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// With `key` = `value` in its metadata.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// What changed in a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// An instance appeared, or its record changed.
+    Up(Instance),
+    /// An instance went away: removed, or its lease ran out.
+    Down {
+        /// Its service.
+        service: String,
+        /// Its id.
+        id: String,
+    },
+}
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The registry's URL is not one this build knows, or is malformed.
+    #[error("invalid registry URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL (credentials removed).
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The registry's store could not be reached or written.
+    #[error("registry {url} unavailable: {source}")]
+    Unavailable {
+        /// The registry (credentials removed).
+        url: String,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A record in the registry could not be read.
+    #[error("registry {url}: unreadable record {key}: {reason}")]
+    Corrupt {
+        /// The registry.
+        url: String,
+        /// Which record.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Changes as they happen, from the moment the watch began.
+pub type Changes = BoxStream<'static, Result<Change, RegistryError>>;
+
+/// Where instances are recorded. See the module's notes.
+pub trait Registry: Send + Sync + std::fmt::Debug {
+    /// Records `instance` (or replaces its record), held for `ttl` from now.
+    fn register(
+        &self,
+        instance: &Instance,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), RegistryError>>;
+
+    /// Holds `instance`'s record for `ttl` from now; records it again if it was lost (a
+    /// registry that restarted, a lease that ran out while the process was paused).
+    fn renew(&self, instance: &Instance, ttl: Duration)
+        -> BoxFuture<'_, Result<(), RegistryError>>;
+
+    /// Removes an instance's record at once.
+    fn deregister(&self, service: &str, id: &str) -> BoxFuture<'_, Result<(), RegistryError>>;
+
+    /// The live instances of `service`, or of every service.
+    fn list(&self, service: Option<&str>) -> BoxFuture<'_, Result<Vec<Instance>, RegistryError>>;
+
+    /// Changes to the instances of `service` (or of every service) from now on, including
+    /// services that appear later.
+    fn watch(&self, service: Option<&str>) -> BoxFuture<'_, Result<Changes, RegistryError>>;
+
+    /// The registry's URL, credentials removed.
+    fn url(&self) -> String;
+}
+
+/// The registry named by `url`: `mem://NAME` or `file://DIR` here; the server-backed ones
+/// through the facade's `switchyard::registry::connect`.
+pub fn connect(url: &str) -> Result<Arc<dyn Registry>, RegistryError> {
+    let invalid = |reason: &str| RegistryError::InvalidUrl {
+        url: crate::error::redact_url(url),
+        reason: reason.to_string(),
+    };
+    if let Some(name) = url.strip_prefix("mem://") {
+        if name.is_empty() {
+            return Err(invalid("mem:// needs a name: mem://NAME"));
+        }
+        return Ok(Arc::new(MemoryRegistry::named(name)));
+    }
+    if let Some(path) = url.strip_prefix("file://") {
+        if path.is_empty() {
+            return Err(invalid("file:// needs a folder: file:///path/to/registry"));
+        }
+        return Ok(Arc::new(FileRegistry::new(path)));
+    }
+    Err(invalid("known here: mem://NAME, file://DIR"))
+}
+
+/// Whether a record held until `expires_ms` (ms since the Unix epoch) is still live now.
+fn live(expires_ms: u64) -> bool {
+    expires_ms > now_ms()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn expiry(ttl: Duration) -> u64 {
+    now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How often a polled watch looks again.
+pub const POLL_EVERY: Duration = Duration::from_millis(100);
+
+/// Changes found by comparing what `snapshot` finds every [`POLL_EVERY`] with what it found
+/// before, starting from `first`. For backends with no push of their own (in process, a
+/// folder); a lease that runs out shows as `Down` at the next look.
+fn polled<F>(service: Option<String>, first: Vec<Instance>, snapshot: F) -> Changes
+where
+    F: Fn(Option<String>) -> BoxFuture<'static, Result<Vec<Instance>, RegistryError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    use futures::StreamExt;
+    use std::collections::{HashMap, VecDeque};
+    struct State<F> {
+        known: HashMap<(String, String), Instance>,
+        pending: VecDeque<Change>,
+        snapshot: F,
+        service: Option<String>,
+    }
+    let known = first
+        .into_iter()
+        .map(|i| ((i.service.clone(), i.id.clone()), i))
+        .collect();
+    let state = State {
+        known,
+        pending: VecDeque::new(),
+        snapshot,
+        service,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(change) = st.pending.pop_front() {
+                return Some((Ok(change), st));
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+            let now = match (st.snapshot)(st.service.clone()).await {
+                Ok(now) => now,
+                Err(e) => return Some((Err(e), st)),
+            };
+            let mut seen = HashMap::with_capacity(now.len());
+            for instance in now {
+                let key = (instance.service.clone(), instance.id.clone());
+                if st.known.get(&key) != Some(&instance) {
+                    st.pending.push_back(Change::Up(instance.clone()));
+                }
+                seen.insert(key, instance);
+            }
+            for (service, id) in st.known.keys() {
+                if !seen.contains_key(&(service.clone(), id.clone())) {
+                    st.pending.push_back(Change::Down {
+                        service: service.clone(),
+                        id: id.clone(),
+                    });
+                }
+            }
+            st.known = seen;
+        }
+    })
+    .boxed()
+}
