@@ -88,10 +88,11 @@ enum Command {
     /// Calls ROUTE on the service at URL and prints the reply as JSON. Each ARG is JSON; text
     /// that is not JSON is sent as a string.
     Call {
-        /// Transport URL, e.g. http://127.0.0.1:5000.
+        /// Transport URL, e.g. http://127.0.0.1:5000; left out with `--registry`, where the
+        /// service is found by its name (`yard --registry URL call --service NAME ROUTE …`).
         url: String,
         /// Route, e.g. /helloworld.
-        route: String,
+        route: Option<String>,
         /// Positional arguments.
         args: Vec<String>,
         /// Keyword argument KEY=JSON (repeatable).
@@ -378,7 +379,16 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             policy,
         } => {
             let policy = read_policy(policy.as_deref())?;
-            let transport = open(url).await?;
+            // With a registry and no transport URL, the first word is the route.
+            let (transport, route, args) = match (&cli.registry, route) {
+                (Some(registry), route) if url.starts_with('/') => {
+                    let registry = switchyard::registry::connect(registry)?;
+                    let args = route.into_iter().chain(args).collect::<Vec<_>>();
+                    (switchyard::discover(registry), url, args)
+                }
+                (_, Some(route)) => (open(url).await?, route, args),
+                (_, None) => return Err("yard call URL ROUTE [ARGS…]: no ROUTE given".into()),
+            };
             let needs_service = transport.name() != "http" && transport.requester().is_some();
             let mut client = Client::new(transport).policy(policy);
             match service {

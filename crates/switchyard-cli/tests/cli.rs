@@ -733,6 +733,30 @@ fn serve_registers_and_a_stop_or_a_kill_removes_it() {
     assert!(instances[0]["routes"]
         .as_array()
         .is_some_and(|r| r.contains(&"/whoami".into())));
+    // Called by name through the registry, no transport URL given.
+    let (ok, out, err) = yard(&[
+        "--registry",
+        &registry,
+        "call",
+        "/whoami",
+        "--service",
+        "books",
+    ]);
+    assert!(ok, "{out}{err}");
+    let who: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(who["service"], "books", "{out}");
+    let (ok, _, err) = yard(&[
+        "--registry",
+        &registry,
+        "call",
+        "/whoami",
+        "--service",
+        "nobody",
+    ]);
+    assert!(
+        !ok && err.contains("no instance of service nobody"),
+        "{err}"
+    );
     // Renewed past its lease while it serves.
     std::thread::sleep(Duration::from_millis(1_500));
     assert_eq!(listed().len(), 1, "renewed");

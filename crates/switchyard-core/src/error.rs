@@ -169,7 +169,8 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
             Some(
                 CallError::Unreachable { .. }
                 | CallError::CircuitOpen { .. }
-                | CallError::Limited { .. },
+                | CallError::Limited { .. }
+                | CallError::NoInstance { .. },
             ) => return HandlerError::unavailable(e.to_string()),
             _ => {}
         }
@@ -252,6 +253,14 @@ pub enum CallError {
         route: String,
         /// Which limit, and its value.
         limit: String,
+    },
+    /// The registry knows no live instance of the service called.
+    #[error("no instance of service {service} is registered in {registry}")]
+    NoInstance {
+        /// The service called.
+        service: String,
+        /// The registry asked (credentials removed).
+        registry: String,
     },
     /// The transport failed in another way.
     #[error(transparent)]

@@ -171,6 +171,16 @@ pub fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
     }
 }
 
+/// A transport that calls services by name on the instances `registry` knows, reaching each
+/// through the transport of its address ([`connect`]): `Client::new(switchyard::discover(r))
+/// .service("books")`. See [`registry::Discovery`].
+pub fn discover(registry: Arc<dyn registry::Registry>) -> Arc<dyn Transport> {
+    Arc::new(registry::Discovery::new(
+        registry,
+        Arc::new(|url: &str| connect(url)),
+    ))
+}
+
 /// [`connect`], then waits until the transport's broker answers, retrying an unreachable one
 /// as `retry` says (each failed try is logged). Fails with
 /// [`TransportError::Unreachable`] naming the URL, credentials removed, once the tries are

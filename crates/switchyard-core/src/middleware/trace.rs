@@ -382,6 +382,7 @@ pub(crate) fn call_error<T>(outcome: &Result<T, CallError>) -> Option<(String, S
         CallError::Timeout { .. } => "timeout",
         CallError::Unreachable { .. } => "unreachable",
         CallError::CircuitOpen { .. } => "circuit_open",
+        CallError::NoInstance { .. } => "no_instance",
         CallError::Limited { .. } => "limited",
         CallError::Decode { .. } => "decode",
         CallError::Encode { .. } => "encode",

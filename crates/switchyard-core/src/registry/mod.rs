@@ -12,6 +12,7 @@
 //! backends on a server (etcd, ZooKeeper, NATS KV, Redis) are in their own crates. Every
 //! backend passes the same cases (`testkit::registry_conformance`).
 
+mod discover;
 mod file;
 mod memory;
 mod registration;
@@ -24,6 +25,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+pub use discover::{Balance, Connector, Discovery, EJECT_AFTER, EJECT_FOR};
 pub use file::FileRegistry;
 pub use memory::MemoryRegistry;
 pub use registration::Registration;

@@ -1,0 +1,421 @@
+//! Calls addressed to a service by name and sent to one of its instances found in a registry:
+//! [`Discovery`] is a transport whose requester resolves the call's service, picks an instance
+//! and sends the call over that instance's own transport.
+//!
+//! - The instances of a service are listed at its first call, then watched: a change reaches
+//!   the next call. While the registry is unreachable the last set known is kept, and listed
+//!   again once it answers.
+//! - Instances are grouped by address: on a broker every instance of a service shares the
+//!   broker's URL, and the broker spreads the calls among them; over HTTP each instance is an
+//!   address of its own, picked here.
+//! - [`Balance::RoundRobin`] takes the addresses in turn; [`Balance::PeakEwma`] (the default,
+//!   Finagle's and Linkerd's choice) picks the better of two at random by peak-EWMA latency
+//!   times calls in flight; a failure counts as a slow call (an instance that fails fast must
+//!   not attract traffic), and an address failing five times in a row is left out for 10 s.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::StreamExt;
+
+use super::{Instance, Registry};
+use crate::call::CallRequest;
+use crate::error::{CallError, TransportError};
+use crate::message::Envelope;
+use crate::transport::{
+    Capabilities, DeliveryGuarantee, Ordering as DeliveryOrdering, Publisher, Requester,
+    SubscribeOptions, Subscriber, Subscription, Transport,
+};
+use crate::values::Reply;
+
+/// Makes the transport of an address (the facade's `switchyard::connect`).
+pub type Connector = Arc<dyn Fn(&str) -> Result<Arc<dyn Transport>, TransportError> + Send + Sync>;
+
+/// How an instance is picked among those of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Balance {
+    /// In turn.
+    RoundRobin,
+    /// The better of two picked at random, by peak-EWMA latency times calls in flight.
+    #[default]
+    PeakEwma,
+}
+
+/// Failures in a row after which an address is left out for [`EJECT_FOR`].
+pub const EJECT_AFTER: u32 = 5;
+/// How long an address failing repeatedly is left out.
+pub const EJECT_FOR: Duration = Duration::from_secs(10);
+/// How long a failed call counts as having taken, at least: failing fast is not fast.
+const FAILURE_COST: Duration = Duration::from_secs(1);
+/// How soon an unreachable registry is asked again.
+const RESYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// A transport that finds services in a registry. See the module's notes.
+pub struct Discovery {
+    registry: Arc<dyn Registry>,
+    connect: Connector,
+    balance: Balance,
+    services: Mutex<HashMap<String, Arc<Known>>>,
+    transports: Mutex<HashMap<String, Arc<dyn Transport>>>,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery")
+            .field("registry", &self.registry.url())
+            .field("balance", &self.balance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One address of a service, and what the balancer knows of it.
+#[derive(Debug)]
+struct Endpoint {
+    address: String,
+    instances: Vec<Instance>,
+    ewma_ns: AtomicU64,
+    in_flight: AtomicU32,
+    failures: AtomicU32,
+    /// Left out until then (ms since `Known::epoch`), 0 when not.
+    ejected_until_ms: AtomicU64,
+}
+
+impl Endpoint {
+    fn new(address: String, instances: Vec<Instance>) -> Self {
+        Self {
+            address,
+            instances,
+            ewma_ns: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn cost(&self) -> u64 {
+        let ewma = self.ewma_ns.load(Ordering::Relaxed).max(1);
+        ewma.saturating_mul(u64::from(self.in_flight.load(Ordering::Relaxed)) + 1)
+    }
+
+    /// Records a call's latency: a higher one is taken at once (peak), a lower one pulls the
+    /// average down by a quarter of the difference.
+    fn record(&self, took: Duration, failed: bool) {
+        let took = if failed { took.max(FAILURE_COST) } else { took };
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.ewma_ns.load(Ordering::Relaxed);
+        let new = if sample >= old || old == 0 {
+            sample
+        } else {
+            old - (old - sample) / 4
+        };
+        self.ewma_ns.store(new, Ordering::Relaxed);
+    }
+}
+
+/// The known instances of one service.
+struct Known {
+    service: String,
+    endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
+    next: AtomicUsize,
+    epoch: Instant,
+}
+
+impl Known {
+    /// Replaces the set, keeping what is known of the addresses that stay.
+    fn set(&self, instances: Vec<Instance>) {
+        let mut by_address: Vec<(String, Vec<Instance>)> = Vec::new();
+        for i in instances {
+            let Some(address) = i.addresses.first().cloned() else {
+                continue;
+            };
+            match by_address.iter_mut().find(|(a, _)| *a == address) {
+                Some((_, list)) => list.push(i),
+                None => by_address.push((address, vec![i])),
+            }
+        }
+        let mut endpoints = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
+        let kept: Vec<Arc<Endpoint>> = by_address
+            .into_iter()
+            .map(
+                |(address, instances)| match endpoints.iter().find(|e| e.address == address) {
+                    Some(old) if old.instances == instances => old.clone(),
+                    Some(old) => {
+                        let e = Endpoint::new(address, instances);
+                        e.ewma_ns
+                            .store(old.ewma_ns.load(Ordering::Relaxed), Ordering::Relaxed);
+                        Arc::new(e)
+                    }
+                    None => Arc::new(Endpoint::new(address, instances)),
+                },
+            )
+            .collect();
+        *endpoints = Arc::new(kept);
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn pick(&self, balance: Balance) -> Option<Arc<Endpoint>> {
+        let all = self
+            .endpoints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let now = self.now_ms();
+        let live: Vec<&Arc<Endpoint>> = all
+            .iter()
+            .filter(|e| e.ejected_until_ms.load(Ordering::Relaxed) <= now)
+            .collect();
+        // Every address ejected: better to try one than to fail without trying.
+        let pool: Vec<&Arc<Endpoint>> = if live.is_empty() {
+            all.iter().collect()
+        } else {
+            live
+        };
+        match (pool.len(), balance) {
+            (0, _) => None,
+            (1, _) => Some(pool[0].clone()),
+            (n, Balance::RoundRobin) => {
+                Some(pool[self.next.fetch_add(1, Ordering::Relaxed) % n].clone())
+            }
+            (n, _) => {
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                let (a, b) = (pool[a], pool[b]);
+                Some(if a.cost() <= b.cost() { a } else { b }.clone())
+            }
+        }
+    }
+}
+
+impl Discovery {
+    /// Finds services in `registry`, reaching each address through `connect`.
+    pub fn new(registry: Arc<dyn Registry>, connect: Connector) -> Self {
+        Self {
+            registry,
+            connect,
+            balance: Balance::default(),
+            services: Mutex::default(),
+            transports: Mutex::default(),
+        }
+    }
+
+    /// Picks instances with `balance`.
+    pub fn balance(mut self, balance: Balance) -> Self {
+        self.balance = balance;
+        self
+    }
+
+    /// The instances of `service` known now (listing them at the first ask).
+    pub async fn instances(&self, service: &str) -> Result<Vec<Instance>, CallError> {
+        let known = self.known(service).await?;
+        let endpoints = known
+            .endpoints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(endpoints
+            .iter()
+            .flat_map(|e| e.instances.iter().cloned())
+            .collect())
+    }
+
+    fn registry_error(&self, e: impl std::error::Error + Send + Sync + 'static) -> CallError {
+        CallError::Unreachable {
+            target: self.registry.url(),
+            source: Box::new(e),
+        }
+    }
+
+    /// The service's known instances: listed now at its first call, then kept up to date by
+    /// a watch of its own.
+    async fn known(&self, service: &str) -> Result<Arc<Known>, CallError> {
+        if let Some(k) = self
+            .services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(service)
+        {
+            return Ok(k.clone());
+        }
+        let first = self
+            .registry
+            .list(Some(service))
+            .await
+            .map_err(|e| self.registry_error(e))?;
+        let known = Arc::new(Known {
+            service: service.to_string(),
+            endpoints: RwLock::default(),
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        });
+        known.set(first);
+        let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        // Another call may have listed it meanwhile: one watch per service.
+        if let Some(k) = services.get(service) {
+            return Ok(k.clone());
+        }
+        services.insert(service.to_string(), known.clone());
+        tokio::spawn(follow(self.registry.clone(), Arc::downgrade(&known)));
+        Ok(known)
+    }
+
+    fn transport(&self, address: &str) -> Result<Arc<dyn Transport>, TransportError> {
+        let mut transports = self.transports.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = transports.get(address) {
+            return Ok(t.clone());
+        }
+        let t = (self.connect)(address)?;
+        transports.insert(address.to_string(), t.clone());
+        Ok(t)
+    }
+}
+
+/// Keeps `known` up to date from the registry's changes, listing again after a failure, until
+/// nobody holds `known` any more.
+async fn follow(registry: Arc<dyn Registry>, known: Weak<Known>) {
+    loop {
+        let Some(service) = known.upgrade().map(|k| k.service.clone()) else {
+            return;
+        };
+        let watched = registry.watch(Some(&service)).await;
+        // Listed again after the watch began: nothing that changed in between is missed.
+        let listed = registry.list(Some(&service)).await;
+        match (watched, listed) {
+            (Ok(mut changes), Ok(now)) => {
+                let Some(k) = known.upgrade() else { return };
+                k.set(now);
+                drop(k);
+                while let Some(change) = changes.next().await {
+                    let Some(k) = known.upgrade() else { return };
+                    match change {
+                        Ok(_) => match registry.list(Some(&service)).await {
+                            Ok(now) => k.set(now),
+                            Err(e) => {
+                                tracing::warn!(target: "switchyard", %service, error = %e, "registry unreachable: keeping the instances known");
+                                break;
+                            }
+                        },
+                        Err(e) => {
+                            tracing::warn!(target: "switchyard", %service, error = %e, "registry watch failed: keeping the instances known");
+                            break;
+                        }
+                    }
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(target: "switchyard", %service, error = %e, "registry unreachable: keeping the instances known");
+            }
+        }
+        tokio::time::sleep(RESYNC_EVERY).await;
+    }
+}
+
+impl Requester for Discovery {
+    fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
+        Box::pin(async move {
+            let Some(service) = request.service.clone() else {
+                return Err(CallError::NoService {
+                    route: request.route,
+                    transport: self.url(),
+                });
+            };
+            let known = self.known(&service).await?;
+            let Some(endpoint) = known.pick(self.balance) else {
+                return Err(CallError::NoInstance {
+                    service: service.to_string(),
+                    registry: self.registry.url(),
+                });
+            };
+            let transport = self.transport(&endpoint.address)?;
+            let Some(requester) = transport.requester() else {
+                return Err(CallError::Transport(TransportError::Unsupported {
+                    transport: transport.name(),
+                    operation: "request/reply",
+                }));
+            };
+            let started = Instant::now();
+            endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+            let outcome = requester.request(request).await;
+            endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let failed = outcome
+                .as_ref()
+                .is_err_and(crate::middleware::breaker::destination_failed);
+            endpoint.record(started.elapsed(), failed);
+            if failed {
+                let n = endpoint.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= EJECT_AFTER {
+                    let until = known.now_ms() + u64::try_from(EJECT_FOR.as_millis()).unwrap_or(0);
+                    endpoint.ejected_until_ms.store(until, Ordering::Relaxed);
+                    endpoint.failures.store(0, Ordering::Relaxed);
+                    tracing::warn!(target: "switchyard", %service, address = %endpoint.address, "instance failing repeatedly: left out for a while");
+                }
+            } else {
+                endpoint.failures.store(0, Ordering::Relaxed);
+            }
+            outcome
+        })
+    }
+}
+
+impl Publisher for Discovery {
+    fn publish(&self, _envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async {
+            Err(TransportError::Unsupported {
+                transport: "discover",
+                operation: "events (publish on a broker's URL)",
+            })
+        })
+    }
+}
+
+impl Subscriber for Discovery {
+    fn subscribe(
+        &self,
+        _topic: &str,
+        _options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<Subscription, TransportError>> {
+        Box::pin(async {
+            Err(TransportError::Unsupported {
+                transport: "discover",
+                operation: "events (subscribe on a broker's URL)",
+            })
+        })
+    }
+}
+
+impl Transport for Discovery {
+    fn name(&self) -> &'static str {
+        "discover"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: false,
+            ordering: DeliveryOrdering::None,
+            delivery: DeliveryGuarantee::AtMostOnce,
+            request_reply: true,
+            consumer_groups: false,
+            broadcast: false,
+            redelivery: false,
+            services_share_url: true,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("discover+{}", self.registry.url())
+    }
+
+    fn requester(&self) -> Option<&dyn Requester> {
+        Some(self)
+    }
+
+    fn responder(&self) -> Option<&dyn crate::transport::Responder> {
+        None
+    }
+}

@@ -1,0 +1,175 @@
+//! Calls by service name through a registry (`registry::Discovery`), on instances served in
+//! process on buses of their own: round robin, peak-EWMA moving calls off a slow instance,
+//! changes in the registry reaching the calls, the last known set kept while the registry is
+//! unreachable, and a clear error for a service nobody serves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard_core::client::Client;
+use switchyard_core::error::CallError;
+use switchyard_core::handler::rpc;
+use switchyard_core::mem::MemTransport;
+use switchyard_core::registry::{
+    self, Balance, Connector, Discovery, FileRegistry, Instance, Registry,
+};
+use switchyard_core::server;
+use switchyard_core::service::Service;
+use switchyard_core::transport::{ServeHandle, Transport};
+
+fn connector() -> Connector {
+    Arc::new(|url: &str| Ok(Arc::new(MemTransport::from_url(url)?) as Arc<dyn Transport>))
+}
+
+/// Serves `books` on the bus `bus`, answering `/who` with the bus's name after `delay`, and
+/// registers it there.
+async fn instance(registry: &Arc<dyn Registry>, bus: &str, delay: Duration) -> ServeHandle {
+    let name = bus.to_string();
+    let service = Service::new("books").route(
+        "/who",
+        rpc(move || {
+            let name = name.clone();
+            async move {
+                tokio::time::sleep(delay).await;
+                name
+            }
+        }),
+    );
+    let url = format!("mem://{bus}");
+    let transport = Arc::new(MemTransport::from_url(&url).expect("mem"));
+    let handle = server::serve(transport, service).await.expect("serve");
+    registry
+        .register(&Instance::new("books", bus, [url]), Duration::from_secs(30))
+        .await
+        .expect("register");
+    handle
+}
+
+async fn calls(client: &Client, n: usize) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let who: String = client.call("/who", ()).await.expect("call");
+        *seen.entry(who).or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_takes_the_instances_in_turn_and_follows_the_registry() {
+    let id = &switchyard_core::message::new_id()[..8];
+    let registry = registry::connect(&format!("mem://discovery-rr{id}")).expect("registry");
+    let buses: Vec<String> = (1..=3).map(|n| format!("rr{id}-{n}")).collect();
+    let mut served = Vec::new();
+    for bus in &buses {
+        served.push(instance(&registry, bus, Duration::ZERO).await);
+    }
+    let discovery = Discovery::new(registry.clone(), connector()).balance(Balance::RoundRobin);
+    let client = Client::new(Arc::new(discovery)).service("books");
+    let seen = calls(&client, 300).await;
+    for bus in &buses {
+        assert_eq!(seen.get(bus), Some(&100), "{seen:?}");
+    }
+
+    // One leaves, one comes: the calls follow within a second.
+    registry
+        .deregister("books", &buses[0])
+        .await
+        .expect("deregister");
+    let newcomer = format!("rr{id}-4");
+    served.push(instance(&registry, &newcomer, Duration::ZERO).await);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let seen = loop {
+        let seen = calls(&client, 30).await;
+        if (!seen.contains_key(&buses[0]) && seen.contains_key(&newcomer))
+            || Instant::now() > deadline
+        {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!seen.contains_key(&buses[0]), "{seen:?}");
+    assert_eq!(seen.get(&newcomer), Some(&10), "{seen:?}");
+
+    // A service nobody serves: said so, naming it.
+    let err = Client::new(Arc::new(Discovery::new(registry.clone(), connector())))
+        .service("nobody")
+        .call::<_, String>("/who", ())
+        .await
+        .expect_err("no instance");
+    assert!(matches!(err, CallError::NoInstance { .. }), "{err}");
+    assert!(err.to_string().contains("nobody"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_moves_calls_off_a_slow_instance() {
+    let id = &switchyard_core::message::new_id()[..8];
+    let registry = registry::connect(&format!("mem://discovery-p2c{id}")).expect("registry");
+    let fast: Vec<String> = (1..=2).map(|n| format!("p2c{id}-{n}")).collect();
+    let slow = format!("p2c{id}-slow");
+    let mut served = Vec::new();
+    for bus in &fast {
+        served.push(instance(&registry, bus, Duration::from_millis(1)).await);
+    }
+    served.push(instance(&registry, &slow, Duration::from_millis(40)).await);
+    let client =
+        Client::new(Arc::new(Discovery::new(registry.clone(), connector()))).service("books");
+    // 8 callers at once for 2 s; what counts is where the calls of the last second went.
+    let started = Instant::now();
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut late = HashMap::<String, usize>::new();
+                while started.elapsed() < Duration::from_secs(2) {
+                    let who: String = client.call("/who", ()).await.expect("call");
+                    if started.elapsed() > Duration::from_secs(1) {
+                        *late.entry(who).or_default() += 1;
+                    }
+                }
+                late
+            })
+        })
+        .collect();
+    let mut late = HashMap::<String, usize>::new();
+    for c in callers {
+        for (who, n) in c.await.expect("caller") {
+            *late.entry(who).or_default() += n;
+        }
+    }
+    let total: usize = late.values().sum();
+    let on_slow = late.get(&slow).copied().unwrap_or(0);
+    assert!(
+        (on_slow as f64) <= 0.05 * total as f64,
+        "{on_slow} of {total} calls on the slow instance: {late:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_go_on_while_the_registry_is_unreachable() {
+    let id = &switchyard_core::message::new_id()[..8];
+    let dir = std::env::temp_dir().join(format!("switchyard-discovery-{id}"));
+    let registry: Arc<dyn Registry> = Arc::new(FileRegistry::new(&dir));
+    let bus = format!("outage{id}");
+    let _served = instance(&registry, &bus, Duration::ZERO).await;
+    let client =
+        Client::new(Arc::new(Discovery::new(registry.clone(), connector()))).service("books");
+    assert_eq!(calls(&client, 3).await.get(&bus), Some(&3));
+
+    // The registry's folder becomes a file: every read of it fails.
+    let aside = dir.with_extension("aside");
+    std::fs::rename(&dir, &aside).expect("move the registry away");
+    std::fs::write(&dir, b"not a folder").expect("block it");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        calls(&client, 3).await.get(&bus),
+        Some(&3),
+        "the last known instances are kept"
+    );
+    // Back: listed again.
+    std::fs::remove_file(&dir).expect("unblock");
+    std::fs::rename(&aside, &dir).expect("move the registry back");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(calls(&client, 3).await.get(&bus), Some(&3));
+    let _ = std::fs::remove_dir_all(&dir);
+}
