@@ -17,6 +17,8 @@ mod events;
 mod options;
 
 pub use options::RedisOptions;
+mod registry;
+pub use registry::RedisRegistry;
 mod rpc;
 
 use std::collections::HashMap;

@@ -71,8 +71,7 @@ use std::sync::Arc;
 pub use switchyard_core::testkit;
 pub use switchyard_core::{
     call, client, codec, consumer, context, error, handler, inbox, layer, mem, message, middleware,
-    observe, policy, pool, push, registry, server, service, shards, transport, url_options, values,
-    wire,
+    observe, policy, pool, push, server, service, shards, transport, url_options, values, wire,
 };
 pub use switchyard_core::{
     json, rpc, CallError, Capabilities, Client, Codec, Envelope, ErrorCode, HandlerError, Headers,
@@ -102,6 +101,37 @@ pub use switchyard_store as store;
 
 #[cfg(feature = "otlp")]
 pub mod otlp;
+
+/// Service discovery (`switchyard_core::registry`), with [`registry::connect`] knowing every
+/// backend this build has.
+pub mod registry {
+    use std::sync::Arc;
+
+    pub use switchyard_core::registry::*;
+
+    /// The registry named by `url`: `mem://NAME`, `file://DIR`, and with the `redis` feature
+    /// `redis://HOST:PORT?ns=NS`.
+    pub fn connect(url: &str) -> Result<Arc<dyn Registry>, RegistryError> {
+        let scheme = url.split_once("://").map_or("", |(s, _)| s);
+        match scheme {
+            #[cfg(feature = "redis")]
+            "redis" | "rediss" => Ok(Arc::new(crate::redis::RedisRegistry::from_url(url)?)),
+            "mem" | "file" => switchyard_core::registry::connect(url),
+            _ => Err(RegistryError::InvalidUrl {
+                url: crate::error::redact_url(url),
+                reason: format!("known registries: {}", known().join(", ")),
+            }),
+        }
+    }
+
+    fn known() -> Vec<&'static str> {
+        let mut known = vec!["mem://NAME", "file://DIR"];
+        if cfg!(feature = "redis") {
+            known.push("redis://HOST:PORT?ns=NS");
+        }
+        known
+    }
+}
 
 #[cfg(feature = "macros")]
 pub use switchyard_macros::service;

@@ -225,8 +225,10 @@ pub const POLL_EVERY: Duration = Duration::from_millis(100);
 
 /// Changes found by comparing what `snapshot` finds every [`POLL_EVERY`] with what it found
 /// before, starting from `first`. For backends with no push of their own (in process, a
-/// folder); a lease that runs out shows as `Down` at the next look.
-fn polled<F>(service: Option<String>, first: Vec<Instance>, snapshot: F) -> Changes
+/// folder, Redis without keyspace notifications); a lease that runs out shows as `Down` at
+/// the next look. Each watcher lists the whole set at each look: fine for a few hundred
+/// instances, not for the thousands a pushing backend (etcd, NATS KV) serves.
+pub fn polled<F>(service: Option<String>, first: Vec<Instance>, snapshot: F) -> Changes
 where
     F: Fn(Option<String>) -> BoxFuture<'static, Result<Vec<Instance>, RegistryError>>
         + Send
