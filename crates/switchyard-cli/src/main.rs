@@ -111,6 +111,10 @@ enum Command {
         /// The call policy (retries, budget, breaker) from this JSON file (see `yard policy`).
         #[arg(long, value_name = "FILE")]
         policy: Option<std::path::PathBuf>,
+        /// Only instances whose version meets this semver requirement (`^2`, `=1.4.0`), when
+        /// the service is found through `--registry`.
+        #[arg(long, value_name = "REQ")]
+        version: Option<String>,
     },
     /// Lists the instances in the registry (`--registry URL`): service, version, id and
     /// addresses, one line each; `--json`: one JSON object per instance per line.
@@ -377,6 +381,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             timeout,
             service,
             policy,
+            version,
         } => {
             let policy = read_policy(policy.as_deref())?;
             // With a registry and no transport URL, the first word is the route.
@@ -391,6 +396,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             };
             let needs_service = transport.name() != "http" && transport.requester().is_some();
             let mut client = Client::new(transport).policy(policy);
+            if let Some(requirement) = version {
+                client = client.version(requirement);
+            }
             match service {
                 Some(name) => client = client.service(name),
                 None if needs_service => {

@@ -745,6 +745,22 @@ fn serve_registers_and_a_stop_or_a_kill_removes_it() {
     assert!(ok, "{out}{err}");
     let who: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
     assert_eq!(who["service"], "books", "{out}");
+    let by_version = |req: &str| {
+        yard(&[
+            "--registry",
+            &registry,
+            "call",
+            "/whoami",
+            "--service",
+            "books",
+            "--version",
+            req,
+        ])
+    };
+    let (ok, out, err) = by_version("^1");
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = by_version("^2");
+    assert!(!ok && err.contains("versions registered: 1.2.0"), "{err}");
     let (ok, _, err) = yard(&[
         "--registry",
         &registry,

@@ -50,6 +50,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Client {
     transport: Arc<dyn Transport>,
     service: Option<Arc<str>>,
+    // A semver requirement on the service's version, sent with each call.
+    version: Option<Arc<str>>,
     timeout: Duration,
     tokens: Arc<HashMap<String, String>>,
     codec: Codec,
@@ -157,6 +159,7 @@ impl Client {
         Self {
             transport,
             service: None,
+            version: None,
             timeout: DEFAULT_TIMEOUT,
             tokens: Arc::default(),
             codec: Codec::Json,
@@ -183,6 +186,14 @@ impl Client {
         self.service = Some(name.into());
         // Another destination: a breaker and a budget of its own.
         self.guard = Arc::new(Guard::new(self.guard.policy.clone()));
+        self
+    }
+
+    /// Calls go only to instances whose version meets `requirement`, a semver requirement
+    /// (`^2`, `=1.4.0`, `>=1.2, <2`), where the transport picks instances (discovery through
+    /// a registry: [`registry::Discovery`](crate::registry::Discovery)).
+    pub fn version(mut self, requirement: impl Into<Arc<str>>) -> Self {
+        self.version = Some(requirement.into());
         self
     }
 
@@ -278,6 +289,9 @@ impl Client {
             timeout::deadline_of(now, timeout, Some(parent))
         })
         .unwrap_or_else(|| timeout::deadline_of(now, timeout, None));
+        if let Some(requirement) = &self.version {
+            headers.insert(header::VERSION_REQ, &**requirement);
+        }
         // The client span, when spans are on: the call's headers now name it as the parent.
         let mut span = trace::client_call(self.service.as_deref(), route, &mut headers);
         let token = token.or_else(|| self.tokens.get(route).map(String::as_str));

@@ -170,7 +170,8 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
                 CallError::Unreachable { .. }
                 | CallError::CircuitOpen { .. }
                 | CallError::Limited { .. }
-                | CallError::NoInstance { .. },
+                | CallError::NoInstance { .. }
+                | CallError::NoVersion { .. },
             ) => return HandlerError::unavailable(e.to_string()),
             _ => {}
         }
@@ -261,6 +262,16 @@ pub enum CallError {
         service: String,
         /// The registry asked (credentials removed).
         registry: String,
+    },
+    /// Instances of the service are registered, but none of a version the call asked for.
+    #[error("no instance of service {service} has a version meeting {requirement}: {}", if available.is_empty() { "none states its version".to_string() } else { format!("versions registered: {}", available.join(", ")) })]
+    NoVersion {
+        /// The service called.
+        service: String,
+        /// The requirement asked for.
+        requirement: String,
+        /// The versions its instances state.
+        available: Vec<String>,
     },
     /// The transport failed in another way.
     #[error(transparent)]

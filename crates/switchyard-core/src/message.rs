@@ -29,6 +29,8 @@ pub mod header {
     pub const TOKEN: &str = "x-token";
     /// Version of the service that produced the message.
     pub const SERVICE_VERSION: &str = "x-service-version";
+    /// The versions of the service a call may go to: a semver requirement (`^2`, `=1.4.0`).
+    pub const VERSION_REQ: &str = "x-version-req";
     /// Key whose messages must stay in order (partition key).
     pub const ORDERING_KEY: &str = "x-ordering-key";
     /// Delivery attempt, starting at 1.

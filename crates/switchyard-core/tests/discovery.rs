@@ -173,3 +173,45 @@ async fn calls_go_on_while_the_registry_is_unreachable() {
     assert_eq!(calls(&client, 3).await.get(&bus), Some(&3));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_requirement_picks_the_instances_that_meet_it() {
+    let id = &switchyard_core::message::new_id()[..8];
+    let registry = registry::connect(&format!("mem://discovery-versions{id}")).expect("registry");
+    let mut served = Vec::new();
+    for (bus, version) in [("v1", "1.4.0"), ("v2", "2.1.0")] {
+        let bus = format!("{bus}-{id}");
+        served.push(instance(&registry, &bus, Duration::ZERO).await);
+        // Registered again, now stating its version.
+        let url = format!("mem://{bus}");
+        registry
+            .register(
+                &Instance::new("books", &bus, [url]).with_version(version),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("register");
+    }
+    let discovery =
+        Arc::new(Discovery::new(registry.clone(), connector()).balance(Balance::RoundRobin));
+    let client = |req: &str| Client::new(discovery.clone()).service("books").version(req);
+    let only = |seen: HashMap<String, usize>| seen.into_keys().collect::<Vec<_>>();
+    assert_eq!(
+        only(calls(&client("^2"), 20).await),
+        vec![format!("v2-{id}")]
+    );
+    assert_eq!(
+        only(calls(&client("=1.4.0"), 20).await),
+        vec![format!("v1-{id}")]
+    );
+    assert_eq!(calls(&client(">=1"), 40).await.len(), 2, "both meet >=1");
+    let err = client("^3")
+        .call::<_, String>("/who", ())
+        .await
+        .expect_err("nobody serves 3");
+    assert!(matches!(err, CallError::NoVersion { .. }), "{err}");
+    assert!(
+        err.to_string().contains("^3") && err.to_string().contains("1.4.0, 2.1.0"),
+        "{err}"
+    );
+}

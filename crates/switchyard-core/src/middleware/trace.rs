@@ -383,6 +383,7 @@ pub(crate) fn call_error<T>(outcome: &Result<T, CallError>) -> Option<(String, S
         CallError::Unreachable { .. } => "unreachable",
         CallError::CircuitOpen { .. } => "circuit_open",
         CallError::NoInstance { .. } => "no_instance",
+        CallError::NoVersion { .. } => "no_version",
         CallError::Limited { .. } => "limited",
         CallError::Decode { .. } => "decode",
         CallError::Encode { .. } => "encode",

@@ -12,6 +12,8 @@
 //!   Finagle's and Linkerd's choice) picks the better of two at random by peak-EWMA latency
 //!   times calls in flight; a failure counts as a slow call (an instance that fails fast must
 //!   not attract traffic), and an address failing five times in a row is left out for 10 s.
+//! - A call with a version requirement (`Client::version("^2")`) goes only to instances whose
+//!   version meets it; when none does, the error names the versions registered.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -24,7 +26,7 @@ use futures::StreamExt;
 use super::{Instance, Registry};
 use crate::call::CallRequest;
 use crate::error::{CallError, TransportError};
-use crate::message::Envelope;
+use crate::message::{header, Envelope};
 use crate::transport::{
     Capabilities, DeliveryGuarantee, Ordering as DeliveryOrdering, Publisher, Requester,
     SubscribeOptions, Subscriber, Subscription, Transport,
@@ -156,16 +158,29 @@ impl Known {
         *endpoints = Arc::new(kept);
     }
 
+    fn instances(&self) -> Vec<Instance> {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flat_map(|e| e.instances.iter().cloned())
+            .collect()
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn pick(&self, balance: Balance) -> Option<Arc<Endpoint>> {
-        let all = self
+    /// An address to call, among those with an instance `wanted` accepts.
+    fn pick(&self, balance: Balance, wanted: impl Fn(&Instance) -> bool) -> Option<Arc<Endpoint>> {
+        let all: Vec<Arc<Endpoint>> = self
             .endpoints
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .iter()
+            .filter(|e| e.instances.iter().any(&wanted))
+            .cloned()
+            .collect();
         let now = self.now_ms();
         let live: Vec<&Arc<Endpoint>> = all
             .iter()
@@ -213,16 +228,7 @@ impl Discovery {
 
     /// The instances of `service` known now (listing them at the first ask).
     pub async fn instances(&self, service: &str) -> Result<Vec<Instance>, CallError> {
-        let known = self.known(service).await?;
-        let endpoints = known
-            .endpoints
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Ok(endpoints
-            .iter()
-            .flat_map(|e| e.instances.iter().cloned())
-            .collect())
+        Ok(self.known(service).await?.instances())
     }
 
     fn registry_error(&self, e: impl std::error::Error + Send + Sync + 'static) -> CallError {
@@ -326,10 +332,44 @@ impl Requester for Discovery {
                 });
             };
             let known = self.known(&service).await?;
-            let Some(endpoint) = known.pick(self.balance) else {
-                return Err(CallError::NoInstance {
-                    service: service.to_string(),
-                    registry: self.registry.url(),
+            let requirement = match request.headers.get(header::VERSION_REQ) {
+                None => None,
+                Some(r) => Some((
+                    r.to_string(),
+                    semver::VersionReq::parse(r).map_err(|e| CallError::Encode {
+                        route: request.route.clone(),
+                        reason: format!("version requirement {r:?}: {e}"),
+                    })?,
+                )),
+            };
+            let wanted = |i: &Instance| match &requirement {
+                None => true,
+                Some((_, req)) => i
+                    .version
+                    .as_deref()
+                    .and_then(|v| semver::Version::parse(v).ok())
+                    .is_some_and(|v| req.matches(&v)),
+            };
+            let Some(endpoint) = known.pick(self.balance, wanted) else {
+                let known_instances = known.instances();
+                return Err(match requirement {
+                    Some((requirement, _)) if !known_instances.is_empty() => {
+                        let mut available: Vec<String> = known_instances
+                            .iter()
+                            .filter_map(|i| i.version.clone())
+                            .collect();
+                        available.sort();
+                        available.dedup();
+                        CallError::NoVersion {
+                            service: service.to_string(),
+                            requirement,
+                            available,
+                        }
+                    }
+                    _ => CallError::NoInstance {
+                        service: service.to_string(),
+                        registry: self.registry.url(),
+                    },
                 });
             };
             let transport = self.transport(&endpoint.address)?;
