@@ -116,6 +116,22 @@ enum Command {
         #[arg(long, value_name = "REQ")]
         version: Option<String>,
     },
+    /// Configuration kept in the registry (`--registry URL`): get, set (compare-and-set with
+    /// `--expect REV`), watch.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Splits SERVICE's calls among its versions, `REQ=WEIGHT` each (`^1=90 ^2=10`), for
+    /// every caller finding it through the registry (`--registry URL`); within a second. A
+    /// rollback is the same command with the old split.
+    Route {
+        /// The service.
+        service: String,
+        /// Shares: a semver requirement and a weight, `REQ=WEIGHT`.
+        #[arg(required = true)]
+        split: Vec<String>,
+    },
     /// Lists the instances in the registry (`--registry URL`): service, version, id and
     /// addresses, one line each; `--json`: one JSON object per instance per line.
     Services {
@@ -212,6 +228,30 @@ enum OutboxCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Prints KEY's value and revision as JSON (`null` when not set).
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Sets KEY to VALUE; with `--expect REV`, only if its revision is still REV (0: not set).
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// The revision the change is made against.
+        #[arg(long, value_name = "REV")]
+        expect: Option<u64>,
+    },
+    /// Prints KEY's value, then each change, one JSON object a line, until interrupted.
+    Watch {
+        /// The key.
+        key: String,
+    },
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -263,6 +303,17 @@ async fn main() -> ExitCode {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The registry named by `--registry` (or `SWITCHYARD_REGISTRY`), which `command` needs.
+fn registry_of(
+    url: Option<&str>,
+    command: &str,
+) -> Result<std::sync::Arc<dyn switchyard::registry::Registry>, BoxError> {
+    let Some(url) = url else {
+        return Err(format!("yard {command} needs --registry URL (or SWITCHYARD_REGISTRY)").into());
+    };
+    Ok(switchyard::registry::connect(url)?)
+}
 
 async fn run(cli: Cli) -> Result<(), BoxError> {
     let retry = ConnectRetry::attempts(cli.connect_retries.saturating_add(1));
@@ -431,11 +482,72 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             println!("{out}");
             Ok(())
         }
+        Command::Config { command } => {
+            let registry = registry_of(cli.registry.as_deref(), "config")?;
+            match command {
+                ConfigCommand::Get { key } => {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&registry.config_get(&key).await?)?
+                    );
+                }
+                ConfigCommand::Set { key, value, expect } => {
+                    let expected = match expect {
+                        Some(0) => None,
+                        Some(rev) => Some(rev),
+                        // No revision given: against the one there now.
+                        None => registry.config_get(&key).await?.map(|c| c.revision),
+                    };
+                    let revision = registry.config_set(&key, &value, expected).await?;
+                    println!("{}", json!({"key": key, "revision": revision}));
+                }
+                ConfigCommand::Watch { key } => {
+                    let mut values = registry.config_watch(&key).await?;
+                    let stop = switchyard_cli::shutdown_signal();
+                    tokio::pin!(stop);
+                    loop {
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            v = values.next() => match v {
+                                Some(v) => println!("{}", serde_json::to_string(&v?)?),
+                                None => break,
+                            },
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Route { service, split } => {
+            let registry = registry_of(cli.registry.as_deref(), "route")?;
+            let split = split
+                .iter()
+                .map(|s| {
+                    let (version, weight) = s
+                        .rsplit_once('=')
+                        .ok_or_else(|| format!("a share is REQ=WEIGHT, got {s:?}"))?;
+                    let weight = weight
+                        .parse::<u32>()
+                        .map_err(|e| format!("weight of {s:?}: {e}"))?;
+                    Ok(json!({"version": version, "weight": weight}))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let value = json!({ "split": split });
+            let route: switchyard::registry::VersionRoute = serde_json::from_value(value.clone())?;
+            route.check()?;
+            let key = switchyard::registry::VersionRoute::key(&service);
+            let expected = registry.config_get(&key).await?.map(|c| c.revision);
+            let revision = registry
+                .config_set(&key, &value.to_string(), expected)
+                .await?;
+            println!(
+                "{}",
+                json!({"service": service, "route": value, "revision": revision})
+            );
+            Ok(())
+        }
         Command::Services { service, json } => {
-            let Some(url) = &cli.registry else {
-                return Err("yard services needs --registry URL (or SWITCHYARD_REGISTRY)".into());
-            };
-            let registry = switchyard::registry::connect(url)?;
+            let registry = registry_of(cli.registry.as_deref(), "services")?;
             for i in registry.list(service.as_deref()).await? {
                 if json {
                     println!("{}", serde_json::to_string(&i)?);

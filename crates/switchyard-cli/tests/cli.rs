@@ -805,3 +805,33 @@ fn serve_registers_and_a_stop_or_a_kill_removes_it() {
     let (ok, _, err) = yard(&["services"]);
     assert!(!ok && err.contains("--registry"), "{err}");
 }
+
+#[test]
+fn config_and_routes_are_kept_in_the_registry() {
+    let dir = std::env::temp_dir().join(format!("yard-config-{}", free_port()));
+    let registry = format!("file://{}", dir.display());
+    let run = |args: &[&str]| {
+        let mut all = vec!["--registry", registry.as_str()];
+        all.extend_from_slice(args);
+        yard(&all)
+    };
+    let (ok, out, err) = run(&["config", "set", "limits", r#"{"max": 5}"#]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(r#""revision":1"#), "{out}");
+    let (ok, out, _) = run(&["config", "get", "limits"]);
+    assert!(
+        ok && out.contains(r#"\"max\": 5"#) && out.contains(r#""revision":1"#),
+        "{out}"
+    );
+    let (ok, _, err) = run(&["config", "set", "limits", "{}", "--expect", "7"]);
+    assert!(!ok && err.contains("changed meanwhile"), "{err}");
+    let (ok, out, err) = run(&["route", "books", "^1=90", "^2=10"]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, _) = run(&["config", "get", "route/books"]);
+    assert!(ok && out.contains(r#"\"weight\":90"#), "{out}");
+    let (ok, _, err) = run(&["route", "books", "^x=1"]);
+    assert!(!ok && err.contains("version requirement"), "{err}");
+    let (ok, _, err) = run(&["route", "books", "^1=0"]);
+    assert!(!ok && err.contains("weight above 0"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

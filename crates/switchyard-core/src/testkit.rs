@@ -1714,7 +1714,8 @@ macro_rules! conformance_suite {
 /// would): records seen by another handle, by service and in all; removal; a watch that sees a
 /// service appear after it began and go away; a lease that runs out; a [`Registration`] that
 /// outlives several leases by renewing and is removed at once when stopped. Panics with what
-/// failed.
+/// failed. Then configuration: compare-and-set, a value seen from another handle, a watch that
+/// gives the value and its change.
 ///
 /// [`Registration`]: crate::registry::Registration
 pub async fn registry_conformance(connect: impl Fn() -> Arc<dyn crate::registry::Registry>) {
@@ -1804,6 +1805,44 @@ pub async fn registry_conformance(connect: impl Fn() -> Arc<dyn crate::registry:
         b.list(Some(&later)).await.expect("list").is_empty(),
         "{}: removed when stopped",
         a.url()
+    );
+
+    // Configuration: compare-and-set, seen from another handle, watched.
+    let key = format!("route/books{id}");
+    assert_eq!(a.config_get(&key).await.expect("get"), None);
+    assert_eq!(a.config_set(&key, "one", None).await.expect("set"), 1);
+    let conflict = b.config_set(&key, "lost", None).await;
+    assert!(
+        matches!(
+            conflict,
+            Err(crate::registry::RegistryError::Conflict { found: Some(1), .. })
+        ),
+        "{}: a set against a stale revision is refused: {conflict:?}",
+        a.url()
+    );
+    let mut watched = b.config_watch(&key).await.expect("watch");
+    let first = tokio::time::timeout(Duration::from_secs(5), watched.next())
+        .await
+        .expect("the value now")
+        .expect("open")
+        .expect("value");
+    assert_eq!(
+        first.map(|c| (c.value, c.revision)),
+        Some(("one".to_string(), 1))
+    );
+    assert_eq!(b.config_set(&key, "two", Some(1)).await.expect("set"), 2);
+    let changed = tokio::time::timeout(Duration::from_secs(5), watched.next())
+        .await
+        .expect("the change within 5 s")
+        .expect("open")
+        .expect("value");
+    assert_eq!(
+        changed.map(|c| (c.value, c.revision)),
+        Some(("two".to_string(), 2))
+    );
+    assert_eq!(
+        a.config_get(&key).await.expect("get").map(|c| c.value),
+        Some("two".to_string())
     );
 }
 

@@ -215,3 +215,59 @@ async fn a_version_requirement_picks_the_instances_that_meet_it() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_split_holds_and_a_rollback_reaches_the_calls_within_a_second() {
+    use switchyard_core::registry::VersionRoute;
+    let id = &switchyard_core::message::new_id()[..8];
+    let registry = registry::connect(&format!("mem://discovery-split{id}")).expect("registry");
+    let mut served = Vec::new();
+    for (bus, version) in [("old", "1.0.0"), ("new", "2.0.0")] {
+        let bus = format!("{bus}-{id}");
+        served.push(instance(&registry, &bus, Duration::ZERO).await);
+        let url = format!("mem://{bus}");
+        registry
+            .register(
+                &Instance::new("books", &bus, [url]).with_version(version),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("register");
+    }
+    let route = |old: u32, new: u32| {
+        format!(
+            r#"{{"split": [{{"version": "^1", "weight": {old}}}, {{"version": "^2", "weight": {new}}}]}}"#
+        )
+    };
+    let key = VersionRoute::key("books");
+    let revision = registry
+        .config_set(&key, &route(90, 10), None)
+        .await
+        .expect("route");
+    let client =
+        Client::new(Arc::new(Discovery::new(registry.clone(), connector()))).service("books");
+    let seen = calls(&client, 10_000).await;
+    let on_new = seen.get(&format!("new-{id}")).copied().unwrap_or(0);
+    assert!(
+        (900..=1_100).contains(&on_new),
+        "10 % ± 1 of 10,000 calls on the new version: {seen:?}"
+    );
+
+    // Rollback: one change; within a second no call goes to the new version, none fails.
+    registry
+        .config_set(&key, &route(100, 0), Some(revision))
+        .await
+        .expect("rollback");
+    let changed = Instant::now();
+    let mut last_new = None;
+    while changed.elapsed() < Duration::from_secs(2) {
+        let who: String = client.call("/who", ()).await.expect("no call fails");
+        if who == format!("new-{id}") {
+            last_new = Some(changed.elapsed());
+        }
+    }
+    assert!(
+        last_new.is_none_or(|t| t < Duration::from_secs(1)),
+        "a call went to the rolled-back version {last_new:?} after the change"
+    );
+}

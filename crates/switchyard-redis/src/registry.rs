@@ -9,7 +9,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use redis::AsyncCommands;
 use switchyard_core::error::TransportError;
-use switchyard_core::registry::{polled, Changes, Instance, Registry, RegistryError};
+use switchyard_core::registry::{
+    polled, polled_config, Changes, Config, ConfigChanges, Instance, Registry, RegistryError,
+};
 
 use crate::RedisTransport;
 
@@ -54,6 +56,10 @@ impl RedisRegistry {
 
     fn prefix(&self) -> String {
         format!("sy:reg:{}:", part(&self.transport.namespace))
+    }
+
+    fn config_key(&self, key: &str) -> String {
+        format!("sy:cfg:{}:{}", part(&self.transport.namespace), part(key))
     }
 
     fn key(&self, service: &str, id: &str) -> String {
@@ -173,5 +179,70 @@ impl Registry for RedisRegistry {
 
     fn url(&self) -> String {
         switchyard_core::transport::Transport::url(self.transport.as_ref())
+    }
+
+    fn config_get(&self, key: &str) -> BoxFuture<'_, Result<Option<Config>, RegistryError>> {
+        let key = self.config_key(key);
+        Box::pin(async move {
+            let mut con = self.con().await?;
+            let (value, revision): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+                .arg(&key)
+                .arg("value")
+                .arg("revision")
+                .query_async(&mut con)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            Ok(value
+                .zip(revision)
+                .map(|(value, revision)| Config { value, revision }))
+        })
+    }
+
+    fn config_set(
+        &self,
+        key: &str,
+        value: &str,
+        expected: Option<u64>,
+    ) -> BoxFuture<'_, Result<u64, RegistryError>> {
+        let (name, redis_key, value) = (key.to_string(), self.config_key(key), value.to_string());
+        Box::pin(async move {
+            // One script: the comparison and the write cannot be split by another writer.
+            let script = redis::Script::new(
+                r"local found = redis.call('HGET', KEYS[1], 'revision')
+                  if (found == false and ARGV[2] == '') or found == ARGV[2] then
+                    local next = (tonumber(found) or 0) + 1
+                    redis.call('HSET', KEYS[1], 'value', ARGV[1], 'revision', next)
+                    return {1, next}
+                  end
+                  return {0, tonumber(found) or -1}",
+            );
+            let mut con = self.con().await?;
+            let expected_arg = expected.map(|r| r.to_string()).unwrap_or_default();
+            let (done, revision): (i64, i64) = script
+                .key(&redis_key)
+                .arg(&value)
+                .arg(expected_arg)
+                .invoke_async(&mut con)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            if done == 1 {
+                Ok(u64::try_from(revision).unwrap_or(0))
+            } else {
+                Err(RegistryError::Conflict {
+                    key: name,
+                    found: u64::try_from(revision).ok(),
+                    expected,
+                })
+            }
+        })
+    }
+
+    fn config_watch(&self, key: &str) -> BoxFuture<'_, Result<ConfigChanges, RegistryError>> {
+        let (this, key) = (self.clone(), key.to_string());
+        let get = move || -> BoxFuture<'static, Result<Option<Config>, RegistryError>> {
+            let (this, key) = (this.clone(), key.clone());
+            Box::pin(async move { this.config_get(&key).await })
+        };
+        Box::pin(async move { Ok(polled_config(get)) })
     }
 }

@@ -118,10 +118,72 @@ impl Endpoint {
     }
 }
 
+/// How a service's calls are split among its versions: the configuration value
+/// `route/<service>` in the registry (`yard route`), followed by every caller, so that a shift
+/// or a rollback is one change that reaches the calls within a second.
+///
+/// ```
+/// use switchyard_core::registry::VersionRoute;
+/// let route: VersionRoute =
+///     serde_json::from_str(r#"{"split": [{"version": "^1", "weight": 90}, {"version": "^2", "weight": 10}]}"#)
+///         .unwrap();
+/// assert!(route.check().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct VersionRoute {
+    /// Requirements and their shares of the calls.
+    pub split: Vec<WeightedVersion>,
+}
+
+/// One share of a [`VersionRoute`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedVersion {
+    /// A semver requirement (`^2`, `=1.4.0`).
+    pub version: String,
+    /// Its share, relative to the others'.
+    pub weight: u32,
+}
+
+impl VersionRoute {
+    /// The configuration key of `service`'s route.
+    pub fn key(service: &str) -> String {
+        format!("route/{service}")
+    }
+
+    /// Every requirement parses and some weight is not zero.
+    pub fn check(&self) -> Result<(), String> {
+        if self.split.iter().all(|w| w.weight == 0) {
+            return Err("a route needs a share with a weight above 0".into());
+        }
+        for w in &self.split {
+            semver::VersionReq::parse(&w.version)
+                .map_err(|e| format!("version requirement {:?}: {e}", w.version))?;
+        }
+        Ok(())
+    }
+
+    fn parsed(&self) -> Result<Vec<(semver::VersionReq, u32)>, String> {
+        self.check()?;
+        self.split
+            .iter()
+            .map(|w| {
+                semver::VersionReq::parse(&w.version)
+                    .map(|r| (r, w.weight))
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+}
+
 /// The known instances of one service.
 struct Known {
     service: String,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
+    /// The service's version route, parsed, if it has one.
+    route: RwLock<Option<Arc<Vec<(semver::VersionReq, u32)>>>>,
     next: AtomicUsize,
     epoch: Instant,
 }
@@ -156,6 +218,40 @@ impl Known {
             )
             .collect();
         *endpoints = Arc::new(kept);
+    }
+
+    /// Takes `value` as the service's route; one that does not parse is logged and the route
+    /// in force kept.
+    fn set_route(&self, value: &str) {
+        let parsed = serde_json::from_str::<VersionRoute>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.parsed());
+        match parsed {
+            Ok(route) => {
+                *self.route.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(route));
+            }
+            Err(e) => {
+                tracing::warn!(target: "switchyard", service = %self.service, error = %e, "invalid version route ignored; the one in force is kept")
+            }
+        }
+    }
+
+    /// A requirement drawn by weight from the service's route, if it has one.
+    fn draw(&self) -> Option<(semver::VersionReq, Arc<Vec<(semver::VersionReq, u32)>>)> {
+        let route = self
+            .route
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let total: u64 = route.iter().map(|(_, w)| u64::from(*w)).sum();
+        let mut at = fastrand::u64(..total.max(1));
+        for (req, weight) in route.iter() {
+            if at < u64::from(*weight) {
+                return Some((req.clone(), route.clone()));
+            }
+            at -= u64::from(*weight);
+        }
+        None
     }
 
     fn instances(&self) -> Vec<Instance> {
@@ -257,10 +353,15 @@ impl Discovery {
         let known = Arc::new(Known {
             service: service.to_string(),
             endpoints: RwLock::default(),
+            route: RwLock::default(),
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
         });
         known.set(first);
+        // The route as it is now, before the first call: a split applies from the start.
+        if let Ok(Some(config)) = self.registry.config_get(&VersionRoute::key(service)).await {
+            known.set_route(&config.value);
+        }
         let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
         // Another call may have listed it meanwhile: one watch per service.
         if let Some(k) = services.get(service) {
@@ -268,6 +369,7 @@ impl Discovery {
         }
         services.insert(service.to_string(), known.clone());
         tokio::spawn(follow(self.registry.clone(), Arc::downgrade(&known)));
+        tokio::spawn(follow_route(self.registry.clone(), Arc::downgrade(&known)));
         Ok(known)
     }
 
@@ -322,6 +424,44 @@ async fn follow(registry: Arc<dyn Registry>, known: Weak<Known>) {
     }
 }
 
+/// Keeps `known`'s version route up to date from the registry's configuration.
+async fn follow_route(registry: Arc<dyn Registry>, known: Weak<Known>) {
+    loop {
+        let Some(key) = known.upgrade().map(|k| VersionRoute::key(&k.service)) else {
+            return;
+        };
+        match registry.config_watch(&key).await {
+            Ok(mut values) => {
+                while let Some(value) = values.next().await {
+                    let Some(k) = known.upgrade() else { return };
+                    match value {
+                        Ok(Some(config)) => k.set_route(&config.value),
+                        // Removed: no split any more.
+                        Ok(None) => {
+                            *k.route.write().unwrap_or_else(|p| p.into_inner()) = None;
+                        }
+                        Err(e) => {
+                            tracing::warn!(target: "switchyard", %key, error = %e, "route not readable: keeping the one in force");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target: "switchyard", %key, error = %e, "route not readable: keeping the one in force");
+            }
+        }
+        tokio::time::sleep(RESYNC_EVERY).await;
+    }
+}
+
+fn meets(req: &semver::VersionReq, i: &Instance) -> bool {
+    i.version
+        .as_deref()
+        .and_then(|v| semver::Version::parse(v).ok())
+        .is_some_and(|v| req.matches(&v))
+}
+
 impl Requester for Discovery {
     fn request(&self, request: CallRequest) -> BoxFuture<'_, Result<Reply, CallError>> {
         Box::pin(async move {
@@ -342,15 +482,23 @@ impl Requester for Discovery {
                     })?,
                 )),
             };
-            let wanted = |i: &Instance| match &requirement {
-                None => true,
-                Some((_, req)) => i
-                    .version
-                    .as_deref()
-                    .and_then(|v| semver::Version::parse(v).ok())
-                    .is_some_and(|v| req.matches(&v)),
+            // The caller's own requirement wins; otherwise the service's route draws one,
+            // and when nothing meets the one drawn, any of the route's will do (a share
+            // whose instances are gone must not fail calls).
+            let picked = match &requirement {
+                Some((_, req)) => known.pick(self.balance, |i| meets(req, i)),
+                None => match known.draw() {
+                    None => known.pick(self.balance, |_| true),
+                    Some((drawn, route)) => {
+                        known.pick(self.balance, |i| meets(&drawn, i)).or_else(|| {
+                            known.pick(self.balance, |i| {
+                                route.iter().any(|(r, w)| *w > 0 && meets(r, i))
+                            })
+                        })
+                    }
+                },
             };
-            let Some(endpoint) = known.pick(self.balance, wanted) else {
+            let Some(endpoint) = picked else {
                 let known_instances = known.instances();
                 return Err(match requirement {
                     Some((requirement, _)) if !known_instances.is_empty() => {

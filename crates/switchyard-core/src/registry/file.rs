@@ -9,7 +9,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::{expiry, live, polled, Changes, Instance, Registry, RegistryError};
+use super::{
+    expiry, live, polled, polled_config, Changes, Config, ConfigChanges, Instance, Registry,
+    RegistryError,
+};
 
 /// A registry in a folder. See the module's notes.
 #[derive(Debug, Clone)]
@@ -119,6 +122,83 @@ impl FileRegistry {
     }
 }
 
+impl FileRegistry {
+    fn config_path(&self, key: &str) -> PathBuf {
+        self.dir
+            .join(".config")
+            .join(format!("{}.json", component(key)))
+    }
+
+    fn config_read(path: &Path) -> Result<Option<Config>, std::io::Error> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Compare-and-set under a lock file (made with `create_new`, so one process at a time
+    /// holds it; one left by a process that died holding it is broken after 5 s).
+    fn config_write(
+        &self,
+        key: &str,
+        value: &str,
+        expected: Option<u64>,
+    ) -> Result<u64, RegistryError> {
+        let path = self.config_path(key);
+        let folder = path.parent().unwrap_or(&self.dir).to_path_buf();
+        std::fs::create_dir_all(&folder).map_err(|e| self.unavailable(e))?;
+        let lock = folder.join(format!("{}.lock", component(key)));
+        let started = std::time::Instant::now();
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock)
+            {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let stale = std::fs::metadata(&lock)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > Duration::from_secs(5));
+                    if stale || started.elapsed() > Duration::from_secs(10) {
+                        let _ = std::fs::remove_file(&lock);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(self.unavailable(e)),
+            }
+        }
+        let outcome = (|| {
+            let found = Self::config_read(&path)
+                .map_err(|e| self.unavailable(e))?
+                .map(|c| c.revision);
+            if found != expected {
+                return Err(RegistryError::Conflict {
+                    key: key.to_string(),
+                    found,
+                    expected,
+                });
+            }
+            let config = Config {
+                value: value.to_string(),
+                revision: found.unwrap_or(0) + 1,
+            };
+            let json = serde_json::to_vec(&config).map_err(|e| self.unavailable(e.into()))?;
+            let aside = folder.join(format!(".{}.{}", component(key), crate::message::new_id()));
+            std::fs::write(&aside, json).map_err(|e| self.unavailable(e))?;
+            std::fs::rename(&aside, &path).map_err(|e| self.unavailable(e))?;
+            Ok(config.revision)
+        })();
+        let _ = std::fs::remove_file(&lock);
+        outcome
+    }
+}
+
 impl Registry for FileRegistry {
     fn register(
         &self,
@@ -188,5 +268,44 @@ impl Registry for FileRegistry {
 
     fn url(&self) -> String {
         format!("file://{}", self.dir.display())
+    }
+
+    fn config_get(&self, key: &str) -> BoxFuture<'_, Result<Option<Config>, RegistryError>> {
+        let path = self.config_path(key);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || Self::config_read(&path))
+                .await
+                .map_err(|e| RegistryError::Unavailable {
+                    url: self.url(),
+                    source: Box::new(e),
+                })?
+                .map_err(|e| self.unavailable(e))
+        })
+    }
+
+    fn config_set(
+        &self,
+        key: &str,
+        value: &str,
+        expected: Option<u64>,
+    ) -> BoxFuture<'_, Result<u64, RegistryError>> {
+        let (this, key, value) = (self.clone(), key.to_string(), value.to_string());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || this.config_write(&key, &value, expected))
+                .await
+                .map_err(|e| RegistryError::Unavailable {
+                    url: self.url(),
+                    source: Box::new(e),
+                })?
+        })
+    }
+
+    fn config_watch(&self, key: &str) -> BoxFuture<'_, Result<ConfigChanges, RegistryError>> {
+        let (this, key) = (self.clone(), key.to_string());
+        let get = move || -> BoxFuture<'static, Result<Option<Config>, RegistryError>> {
+            let (this, key) = (this.clone(), key.clone());
+            Box::pin(async move { this.config_get(&key).await })
+        };
+        Box::pin(async move { Ok(polled_config(get)) })
     }
 }

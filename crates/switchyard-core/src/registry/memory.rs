@@ -7,29 +7,35 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::{expiry, live, polled, Changes, Instance, Registry, RegistryError};
+use super::{
+    expiry, live, polled, polled_config, Changes, Config, ConfigChanges, Instance, Registry,
+    RegistryError,
+};
 
 type Records = Arc<Mutex<HashMap<(String, String), (Instance, u64)>>>;
+type Configs = Arc<Mutex<HashMap<String, Config>>>;
 
 /// A registry in this process. See the module's notes.
 #[derive(Debug, Clone)]
 pub struct MemoryRegistry {
     name: String,
     records: Records,
+    configs: Configs,
 }
 
 impl MemoryRegistry {
     /// The registry of this process named `name`.
     pub fn named(name: &str) -> Self {
-        static NAMED: OnceLock<Mutex<HashMap<String, Records>>> = OnceLock::new();
+        static NAMED: OnceLock<Mutex<HashMap<String, (Records, Configs)>>> = OnceLock::new();
         let mut all = NAMED
             .get_or_init(Mutex::default)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let records = all.entry(name.to_string()).or_default().clone();
+        let (records, configs) = all.entry(name.to_string()).or_default().clone();
         Self {
             name: name.to_string(),
             records,
+            configs,
         }
     }
 
@@ -95,5 +101,56 @@ impl Registry for MemoryRegistry {
 
     fn url(&self) -> String {
         format!("mem://{}", self.name)
+    }
+
+    fn config_get(&self, key: &str) -> BoxFuture<'_, Result<Option<Config>, RegistryError>> {
+        let found = self
+            .configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn config_set(
+        &self,
+        key: &str,
+        value: &str,
+        expected: Option<u64>,
+    ) -> BoxFuture<'_, Result<u64, RegistryError>> {
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        let found = configs.get(key).map(|c| c.revision);
+        let outcome = if found == expected {
+            let revision = found.unwrap_or(0) + 1;
+            configs.insert(
+                key.to_string(),
+                Config {
+                    value: value.to_string(),
+                    revision,
+                },
+            );
+            Ok(revision)
+        } else {
+            Err(RegistryError::Conflict {
+                key: key.to_string(),
+                found,
+                expected,
+            })
+        };
+        Box::pin(async move { outcome })
+    }
+
+    fn config_watch(&self, key: &str) -> BoxFuture<'_, Result<ConfigChanges, RegistryError>> {
+        let (configs, key) = (self.configs.clone(), key.to_string());
+        let get = move || -> BoxFuture<'static, Result<Option<Config>, RegistryError>> {
+            let found = configs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned();
+            Box::pin(async move { Ok(found) })
+        };
+        Box::pin(async move { Ok(polled_config(get)) })
     }
 }

@@ -25,7 +25,9 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-pub use discover::{Balance, Connector, Discovery, EJECT_AFTER, EJECT_FOR};
+pub use discover::{
+    Balance, Connector, Discovery, VersionRoute, WeightedVersion, EJECT_AFTER, EJECT_FOR,
+};
 pub use file::FileRegistry;
 pub use memory::MemoryRegistry;
 pub use registration::Registration;
@@ -140,6 +142,16 @@ pub enum RegistryError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A compare-and-set lost: the value changed since the revision given.
+    #[error("configuration {key} changed meanwhile (revision {found:?}, expected {expected:?})")]
+    Conflict {
+        /// The key.
+        key: String,
+        /// Its revision now.
+        found: Option<u64>,
+        /// The revision the change was made against.
+        expected: Option<u64>,
+    },
     /// A record in the registry could not be read.
     #[error("registry {url}: unreadable record {key}: {reason}")]
     Corrupt {
@@ -181,6 +193,56 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
 
     /// The registry's URL, credentials removed.
     fn url(&self) -> String;
+
+    /// The configuration value under `key` and its revision, if set.
+    fn config_get(&self, key: &str) -> BoxFuture<'_, Result<Option<Config>, RegistryError>>;
+
+    /// Sets `key` to `value` when its revision is still `expected` (`None`: not set yet), and
+    /// returns the new revision; [`RegistryError::Conflict`] when someone changed it first
+    /// (compare-and-set).
+    fn config_set(
+        &self,
+        key: &str,
+        value: &str,
+        expected: Option<u64>,
+    ) -> BoxFuture<'_, Result<u64, RegistryError>>;
+
+    /// `key`'s value as it is now, then each time it changes.
+    fn config_watch(&self, key: &str) -> BoxFuture<'_, Result<ConfigChanges, RegistryError>>;
+}
+
+/// A configuration value and its revision (which grows with each change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// The value (JSON, by convention).
+    pub value: String,
+    /// Its revision.
+    pub revision: u64,
+}
+
+/// A configuration value as it changes (`None`: not set).
+pub type ConfigChanges = BoxStream<'static, Result<Option<Config>, RegistryError>>;
+
+/// A watch of a configuration value made by looking again every [`POLL_EVERY`], for backends
+/// with no push of their own: the value now, then each change.
+pub fn polled_config<F>(get: F) -> ConfigChanges
+where
+    F: Fn() -> BoxFuture<'static, Result<Option<Config>, RegistryError>> + Send + Sync + 'static,
+{
+    use futures::StreamExt;
+    futures::stream::unfold((get, None::<Option<Config>>), |(get, last)| async move {
+        loop {
+            if last.is_some() {
+                tokio::time::sleep(POLL_EVERY).await;
+            }
+            match get().await {
+                Ok(now) if last.as_ref() == Some(&now) => continue,
+                Ok(now) => return Some((Ok(now.clone()), (get, Some(now)))),
+                Err(e) => return Some((Err(e), (get, last))),
+            }
+        }
+    })
+    .boxed()
 }
 
 /// The registry named by `url`: `mem://NAME` or `file://DIR` here; the server-backed ones
