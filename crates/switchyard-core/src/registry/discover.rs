@@ -178,12 +178,15 @@ impl VersionRoute {
     }
 }
 
+/// A route parsed: each requirement with its weight.
+type Split = Arc<Vec<(semver::VersionReq, u32)>>;
+
 /// The known instances of one service.
 struct Known {
     service: String,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     /// The service's version route, parsed, if it has one.
-    route: RwLock<Option<Arc<Vec<(semver::VersionReq, u32)>>>>,
+    route: RwLock<Option<Split>>,
     next: AtomicUsize,
     epoch: Instant,
 }
@@ -237,7 +240,7 @@ impl Known {
     }
 
     /// A requirement drawn by weight from the service's route, if it has one.
-    fn draw(&self) -> Option<(semver::VersionReq, Arc<Vec<(semver::VersionReq, u32)>>)> {
+    fn draw(&self) -> Option<(semver::VersionReq, Split)> {
         let route = self
             .route
             .read()
