@@ -198,3 +198,34 @@ fn observability() {
         );
     }
 }
+
+#[test]
+fn discovery() {
+    let out = example("discovery", &[]);
+    let line = |label: &str| {
+        out.lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no line {label:?} in:\n{out}"))
+            .to_string()
+    };
+    assert!(
+        line("all on 1.x").ends_with("1.4.0 100.0 %, 2.0.0   0.0 %"),
+        "{out}"
+    );
+    assert!(
+        line("all on 2.x").ends_with("1.4.0   0.0 %, 2.0.0 100.0 %"),
+        "{out}"
+    );
+    assert!(
+        line("rollback").ends_with("1.4.0 100.0 %, 2.0.0   0.0 %"),
+        "{out}"
+    );
+    // 1,000 calls, 10 % wanted: the share printed stays within a few points.
+    let canary = line("canary");
+    let share: f64 = canary
+        .rsplit("2.0.0")
+        .next()
+        .and_then(|s| s.trim().trim_end_matches('%').trim().parse().ok())
+        .unwrap_or_else(|| panic!("no share in {canary:?}"));
+    assert!((6.0..=14.0).contains(&share), "{canary}");
+}
