@@ -256,7 +256,13 @@ impl Client {
         R: DeserializeOwned + 'static,
     {
         let reply = self
-            .send(route, Args::local(args), None, self.timeout_for(route))
+            .send(
+                route,
+                Args::local(args),
+                None,
+                self.timeout_for(route),
+                None,
+            )
             .await?;
         decode(route, reply)
     }
@@ -270,6 +276,7 @@ impl Client {
             kwargs: Map::new(),
             token: None,
             timeout: self.timeout_for(route),
+            shard_key: None,
             error: None,
         }
     }
@@ -280,6 +287,7 @@ impl Client {
         args: Args,
         token: Option<&str>,
         timeout: Duration,
+        shard_key: Option<&str>,
     ) -> Result<Reply, CallError> {
         // Inside a handler: pass its trace on and never wait past its deadline.
         let now = Instant::now();
@@ -291,6 +299,9 @@ impl Client {
         .unwrap_or_else(|| timeout::deadline_of(now, timeout, None));
         if let Some(requirement) = &self.version {
             headers.insert(header::VERSION_REQ, &**requirement);
+        }
+        if let Some(key) = shard_key {
+            headers.insert(header::SHARD_KEY, key);
         }
         // The client span, when spans are on: the call's headers now name it as the parent.
         let mut span = trace::client_call(self.service.as_deref(), route, &mut headers);
@@ -611,6 +622,7 @@ pub struct CallBuilder<'a> {
     kwargs: Map<String, Value>,
     token: Option<String>,
     timeout: Duration,
+    shard_key: Option<String>,
     error: Option<CallError>,
 }
 
@@ -647,6 +659,15 @@ impl CallBuilder<'_> {
         if let Some(v) = self.encode(value) {
             self.kwargs.insert(name.to_string(), v);
         }
+        self
+    }
+
+    /// Sends the call to the instance that owns `key` (consistent hashing where the transport
+    /// picks instances: [`registry::Discovery`](crate::registry::Discovery)): every call with
+    /// the same key goes to the same instance while the set of instances stays, and an
+    /// instance joining takes about 1/(N+1) of the keys, from the others evenly.
+    pub fn shard_key(mut self, key: impl Into<String>) -> Self {
+        self.shard_key = Some(key.into());
         self
     }
 
@@ -692,7 +713,13 @@ impl CallBuilder<'_> {
             kwargs: self.kwargs,
         };
         self.client
-            .send(&self.route, args, self.token.as_deref(), self.timeout)
+            .send(
+                &self.route,
+                args,
+                self.token.as_deref(),
+                self.timeout,
+                self.shard_key.as_deref(),
+            )
             .await
     }
 }

@@ -31,6 +31,8 @@ pub mod header {
     pub const SERVICE_VERSION: &str = "x-service-version";
     /// The versions of the service a call may go to: a semver requirement (`^2`, `=1.4.0`).
     pub const VERSION_REQ: &str = "x-version-req";
+    /// The key whose calls go to the same instance of a service (sharding).
+    pub const SHARD_KEY: &str = "x-shard-key";
     /// Key whose messages must stay in order (partition key).
     pub const ORDERING_KEY: &str = "x-ordering-key";
     /// Delivery attempt, starting at 1.

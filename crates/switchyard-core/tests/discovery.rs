@@ -271,3 +271,60 @@ async fn a_weighted_split_holds_and_a_rollback_reaches_the_calls_within_a_second
         "a call went to the rolled-back version {last_new:?} after the change"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_key_keeps_its_instance_and_a_newcomer_takes_a_fair_part() {
+    let id = &switchyard_core::message::new_id()[..8];
+    let registry = registry::connect(&format!("mem://discovery-shards{id}")).expect("registry");
+    let mut served = Vec::new();
+    for n in 1..=3 {
+        served.push(instance(&registry, &format!("shard{id}-{n}"), Duration::ZERO).await);
+    }
+    let client =
+        Client::new(Arc::new(Discovery::new(registry.clone(), connector()))).service("books");
+    let owners = |client: Client| async move {
+        let mut owner = HashMap::new();
+        for k in 0..2_000 {
+            let key = format!("customer-{k}");
+            let who: String = client
+                .request("/who")
+                .shard_key(key.clone())
+                .send()
+                .await
+                .expect("call");
+            owner.insert(key, who);
+        }
+        owner
+    };
+    let before = owners(client.clone()).await;
+    let mut count = HashMap::<&String, usize>::new();
+    for who in before.values() {
+        *count.entry(who).or_default() += 1;
+    }
+    for (who, n) in &count {
+        assert!(
+            (540..=800).contains(n),
+            "{who} owns {n} of 2,000 keys: {count:?}"
+        );
+    }
+    assert_eq!(
+        before,
+        owners(client.clone()).await,
+        "the same owner every time"
+    );
+
+    let newcomer = format!("shard{id}-4");
+    served.push(instance(&registry, &newcomer, Duration::ZERO).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = owners(client.clone()).await;
+    let moved: Vec<_> = before.keys().filter(|k| before[*k] != after[*k]).collect();
+    assert!(
+        (400..=600).contains(&moved.len()),
+        "about 1/4 of 2,000 keys move to a fourth instance, {} did",
+        moved.len()
+    );
+    assert!(
+        moved.iter().all(|k| after[*k] == newcomer),
+        "every key that moved went to the newcomer"
+    );
+}

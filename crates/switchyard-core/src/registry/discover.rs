@@ -14,6 +14,8 @@
 //!   not attract traffic), and an address failing five times in a row is left out for 10 s.
 //! - A call with a version requirement (`Client::version("^2")`) goes only to instances whose
 //!   version meets it; when none does, the error names the versions registered.
+//! - A call with a shard key (`CallBuilder::shard_key`) goes to the address owning the key by
+//!   rendezvous hashing, the same for every caller.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -257,6 +259,35 @@ impl Known {
         None
     }
 
+    /// The address owning `key` among those with an instance `wanted` accepts: rendezvous
+    /// hashing (the highest hash of key and address wins), so that a joining address takes
+    /// only the keys it now wins, about 1/(N+1) of them, and a leaving one gives away only
+    /// its own. Ejected addresses are passed over like absent ones.
+    fn owner(&self, key: &str, wanted: impl Fn(&Instance) -> bool) -> Option<Arc<Endpoint>> {
+        use std::hash::Hasher;
+        let endpoints = self
+            .endpoints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let now = self.now_ms();
+        endpoints
+            .iter()
+            .filter(|e| e.instances.iter().any(&wanted))
+            .filter(|e| e.ejected_until_ms.load(Ordering::Relaxed) <= now)
+            .max_by_key(|e| {
+                // SipHash with its fixed keys (`DefaultHasher::new`): every caller built alike
+                // agrees on a key's owner, and its output is uniform where FxHash's was not
+                // (one of three addresses owned 10 % of the keys).
+                let mut h = std::hash::DefaultHasher::new();
+                h.write(key.as_bytes());
+                h.write_u8(0);
+                h.write(e.address.as_bytes());
+                h.finish()
+            })
+            .cloned()
+    }
+
     fn instances(&self) -> Vec<Instance> {
         self.endpoints
             .read()
@@ -488,9 +519,12 @@ impl Requester for Discovery {
             // The caller's own requirement wins; otherwise the service's route draws one,
             // and when nothing meets the one drawn, any of the route's will do (a share
             // whose instances are gone must not fail calls).
-            let picked = match &requirement {
-                Some((_, req)) => known.pick(self.balance, |i| meets(req, i)),
-                None => match known.draw() {
+            let shard = request.headers.get(header::SHARD_KEY).map(str::to_string);
+            let picked = match (&requirement, shard.as_deref()) {
+                (Some((_, req)), Some(key)) => known.owner(key, |i| meets(req, i)),
+                (None, Some(key)) => known.owner(key, |_| true),
+                (Some((_, req)), None) => known.pick(self.balance, |i| meets(req, i)),
+                (None, None) => match known.draw() {
                     None => known.pick(self.balance, |_| true),
                     Some((drawn, route)) => {
                         known.pick(self.balance, |i| meets(&drawn, i)).or_else(|| {
