@@ -390,37 +390,27 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 service = service.adaptive_limit(Default::default());
             }
             let served = service.name().to_string();
-            let mut instance = switchyard::registry::Instance::new(
-                served.clone(),
-                switchyard::message::new_id(),
-                Vec::new(),
-            );
-            instance.version = service.service_version().map(str::to_string);
-            instance.routes = service
-                .route_paths()
-                .into_iter()
-                .map(str::to_string)
-                .collect();
-            instance.topics = service.topics().into_iter().map(str::to_string).collect();
-            let handle = switchyard::serve(&transport, service).await?;
-            // Registered once it serves; removed before it stops.
-            let registration = match &cli.registry {
+            match &cli.registry {
+                // Registered once it serves (and its hard dependencies are there); removed
+                // before it stops.
                 Some(url) => {
-                    instance.addresses = vec![handle.url().to_string()];
                     let registry = switchyard::registry::connect(url)?;
                     let ttl = Duration::from_millis(cli.registry_ttl_ms);
-                    Some(switchyard::registry::Registration::start(registry, instance, ttl).await?)
+                    let registered =
+                        switchyard::registry::serve(transport, service, registry, ttl).await?;
+                    println!("serving {served} on {}", registered.url());
+                    switchyard_cli::shutdown_signal().await?;
+                    if let Err(e) = registered.shutdown().await {
+                        tracing::warn!(target: "switchyard", error = %e, "could not deregister");
+                    }
                 }
-                None => None,
-            };
-            println!("serving {served} on {}", handle.url());
-            switchyard_cli::shutdown_signal().await?;
-            if let Some(registration) = registration {
-                if let Err(e) = registration.stop().await {
-                    tracing::warn!(target: "switchyard", error = %e, "could not deregister");
+                None => {
+                    let handle = switchyard::serve(&transport, service).await?;
+                    println!("serving {served} on {}", handle.url());
+                    switchyard_cli::shutdown_signal().await?;
+                    handle.shutdown().await;
                 }
             }
-            handle.shutdown().await;
             Ok(())
         }
         Command::Call {

@@ -252,6 +252,45 @@ pub(crate) fn serving(transport: Arc<dyn crate::transport::Transport>) -> Servin
     Serving(id)
 }
 
+/// What this process waits for before it is ready (a hard dependency not discoverable yet),
+/// each under the id of its guard.
+static WAITING: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
+
+/// A reason this process is not ready, for as long as it lives.
+#[derive(Debug)]
+pub struct Waiting(u64);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Ok(mut waiting) = WAITING.lock() {
+            waiting.retain(|(id, _)| *id != self.0);
+        }
+    }
+}
+
+/// Makes this process not ready, saying `why`, until the returned guard is dropped.
+pub fn waiting(why: impl Into<String>) -> Waiting {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut waiting) = WAITING.lock() {
+        waiting.push((id, why.into()));
+    }
+    Waiting(id)
+}
+
+/// Why this process is not ready: the transports it serves on whose connection is down, and
+/// what it waits for ([`waiting`]); empty when it is ready. `/readyz` answers 503 with these.
+pub fn not_ready() -> Vec<String> {
+    let mut why: Vec<String> = not_connected()
+        .into_iter()
+        .map(|url| format!("{url} not connected"))
+        .collect();
+    if let Ok(waiting) = WAITING.lock() {
+        why.extend(waiting.iter().map(|(_, w)| w.clone()));
+    }
+    why
+}
+
 /// The URLs (credentials removed) of the transports this process serves on whose connection
 /// is down now: empty when it is ready. `/readyz` answers 503 naming them otherwise.
 pub fn not_connected() -> Vec<String> {

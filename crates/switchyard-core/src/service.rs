@@ -167,6 +167,7 @@ pub struct Service {
     ws_token: Option<String>,
     policy: ConsumerPolicy,
     pub(crate) adaptive_limit: Option<crate::middleware::limiter::AdaptiveLimit>,
+    dependencies: Vec<(String, bool)>,
     pub(crate) call_layers: Vec<crate::layer::CallLayerFn>,
     pub(crate) event_layers: Vec<crate::layer::EventLayerFn>,
 }
@@ -197,6 +198,7 @@ impl Service {
             ws_token: None,
             policy: ConsumerPolicy::default(),
             adaptive_limit: None,
+            dependencies: Vec::new(),
             call_layers: Vec::new(),
             event_layers: Vec::new(),
         }
@@ -270,6 +272,26 @@ impl Service {
     pub fn adaptive_limit(mut self, limit: crate::middleware::limiter::AdaptiveLimit) -> Self {
         self.adaptive_limit = Some(limit);
         self
+    }
+
+    /// Declares that this service needs `service` (a hard dependency): served with a registry
+    /// ([`registry::serve`](crate::registry::serve)), it is not ready, and not registered,
+    /// until `service` is discoverable there.
+    pub fn depends_on(mut self, service: impl Into<String>) -> Self {
+        self.dependencies.push((service.into(), true));
+        self
+    }
+
+    /// Declares that this service uses `service` when it is there (a soft dependency): its
+    /// absence is logged at start, and the service runs without it.
+    pub fn soft_depends_on(mut self, service: impl Into<String>) -> Self {
+        self.dependencies.push((service.into(), false));
+        self
+    }
+
+    /// The services this one depends on, each with whether the dependency is hard.
+    pub fn dependencies(&self) -> &[(String, bool)] {
+        &self.dependencies
     }
 
     /// Sets the largest request body accepted (default [`DEFAULT_MAX_BODY`]).

@@ -328,3 +328,69 @@ async fn a_shard_key_keeps_its_instance_and_a_newcomer_takes_a_fair_part() {
         "every key that moved went to the newcomer"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_is_not_ready_nor_registered_until_its_hard_dependencies_are_there() {
+    use switchyard_core::observe::not_ready;
+    let id = &switchyard_core::message::new_id()[..8];
+    let registry = registry::connect(&format!("mem://discovery-deps{id}")).expect("registry");
+    let (needed, optional) = (format!("stock{id}"), format!("mailer{id}"));
+    let front = Service::new(format!("front{id}"))
+        .route("/ok", rpc(|| async { 1 }))
+        .depends_on(&needed)
+        .soft_depends_on(&optional);
+    let bus: Arc<dyn Transport> = Arc::new(MemTransport::new(&format!("deps{id}")));
+    let served = registry::serve(bus, front, registry.clone(), Duration::from_secs(30))
+        .await
+        .expect("serve");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!served.is_registered());
+    assert!(
+        not_ready().iter().any(|w| w.contains(&needed)),
+        "not ready, naming what it waits for: {:?}",
+        not_ready()
+    );
+    assert!(registry
+        .list(Some(&format!("front{id}")))
+        .await
+        .expect("list")
+        .is_empty());
+
+    registry
+        .register(
+            &Instance::new(&needed, "s1", ["mem://stock".to_string()]),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("register the dependency");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !served.is_registered() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        served.is_registered(),
+        "registered once its dependency is there"
+    );
+    assert!(
+        !not_ready().iter().any(|w| w.contains(&needed)),
+        "{:?}",
+        not_ready()
+    );
+    assert_eq!(
+        registry
+            .list(Some(&format!("front{id}")))
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    served.shutdown().await.expect("shutdown");
+    assert!(
+        registry
+            .list(Some(&format!("front{id}")))
+            .await
+            .expect("list")
+            .is_empty(),
+        "removed on shutdown"
+    );
+}

@@ -184,10 +184,11 @@ fn health(req: &Request, path: &str, served: Option<&Served>) -> Option<Response
     let mut status = serde_json::json!({"status": "ok"});
     let mut code = StatusCode::OK;
     if path == "/readyz" {
-        // Ready when every transport this process serves on is connected.
-        let down = switchyard_core::observe::not_connected();
-        if !down.is_empty() {
-            status = serde_json::json!({"status": "unavailable", "not_connected": down});
+        // Ready when every transport this process serves on is connected and nothing it
+        // waits for (a hard dependency) is missing.
+        let why = switchyard_core::observe::not_ready();
+        if !why.is_empty() {
+            status = serde_json::json!({"status": "unavailable", "not_ready": why});
             code = StatusCode::SERVICE_UNAVAILABLE;
         }
     }

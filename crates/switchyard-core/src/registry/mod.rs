@@ -16,6 +16,7 @@ mod discover;
 mod file;
 mod memory;
 mod registration;
+mod serve;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub use discover::{
 pub use file::FileRegistry;
 pub use memory::MemoryRegistry;
 pub use registration::Registration;
+pub use serve::{serve, Registered};
 
 /// One served instance of a service, as a registry records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

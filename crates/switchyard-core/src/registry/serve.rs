@@ -1,0 +1,137 @@
+//! Serving a service registered in a registry, with its dependencies waited for.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Instance, Registration, Registry, RegistryError};
+use crate::error::TransportError;
+use crate::service::Service;
+use crate::transport::{ServeHandle, Transport};
+
+/// How often a missing hard dependency is looked for.
+const LOOK_EVERY: Duration = Duration::from_millis(200);
+
+/// A service served and registered ([`serve`]).
+#[derive(Debug)]
+pub struct Registered {
+    handle: ServeHandle,
+    registration: Arc<Mutex<Option<Registration>>>,
+    waiting: tokio::task::JoinHandle<()>,
+}
+
+impl Registered {
+    /// Where the service is reached.
+    pub fn url(&self) -> &str {
+        self.handle.url()
+    }
+
+    /// Whether it is registered yet (its hard dependencies were found).
+    pub fn is_registered(&self) -> bool {
+        self.registration
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Removes its record first (callers stop being sent here), then stops taking work and
+    /// finishes what is in flight.
+    pub async fn shutdown(self) -> Result<(), RegistryError> {
+        self.waiting.abort();
+        let registration = self
+            .registration
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let removed = match registration {
+            Some(r) => r.stop().await,
+            None => Ok(()),
+        };
+        self.handle.shutdown().await;
+        removed
+    }
+}
+
+/// Serves `service` on `transport` ([`server::serve`](crate::server::serve)), then registers
+/// it in `registry` (lease `ttl`) once each of its hard dependencies
+/// ([`Service::depends_on`]) has an instance there; meanwhile the process is not ready
+/// (`observe::not_ready`, `/readyz` 503, naming what it waits for). A soft dependency
+/// ([`Service::soft_depends_on`]) missing at start is logged.
+pub async fn serve(
+    transport: Arc<dyn Transport>,
+    service: Service,
+    registry: Arc<dyn Registry>,
+    ttl: Duration,
+) -> Result<Registered, TransportError> {
+    let mut instance = Instance::new(service.name(), crate::message::new_id(), Vec::new());
+    instance.version = service.service_version().map(str::to_string);
+    instance.routes = service
+        .route_paths()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    instance.topics = service.topics().into_iter().map(str::to_string).collect();
+    let dependencies = service.dependencies().to_vec();
+    let handle = crate::server::serve(transport, service).await?;
+    instance.addresses = vec![handle.url().to_string()];
+    let found = |r: &Result<Vec<Instance>, RegistryError>| r.as_ref().is_ok_and(|l| !l.is_empty());
+    let mut missing = Vec::new();
+    for (dependency, hard) in &dependencies {
+        if found(&registry.list(Some(dependency)).await) {
+            continue;
+        }
+        if *hard {
+            missing.push(dependency.clone());
+        } else {
+            tracing::warn!(target: "switchyard", service = %instance.service, %dependency, "soft dependency not found: running without it");
+        }
+    }
+    let registration: Arc<Mutex<Option<Registration>>> = Arc::default();
+    // Everything it needs is there: registered before this returns.
+    if missing.is_empty() {
+        if let Ok(r) = Registration::start(registry.clone(), instance.clone(), ttl).await {
+            *registration.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        }
+    }
+    // Not ready from now on, for each hard dependency missing, until it is found.
+    let missing: Vec<(String, crate::observe::Waiting)> = missing
+        .into_iter()
+        .map(|dependency| {
+            let why = format!(
+                "hard dependency {dependency} of {} not discoverable in {}",
+                instance.service,
+                registry.url()
+            );
+            (dependency, crate::observe::waiting(why))
+        })
+        .collect();
+    let slot = registration.clone();
+    let waiting = tokio::spawn(async move {
+        if slot.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return;
+        }
+        for (dependency, not_ready) in missing {
+            while !found(&registry.list(Some(&dependency)).await) {
+                tokio::time::sleep(LOOK_EVERY).await;
+            }
+            drop(not_ready);
+        }
+        loop {
+            match Registration::start(registry.clone(), instance.clone(), ttl).await {
+                Ok(r) => {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                    return;
+                }
+                Err(e) => {
+                    let _not_ready = crate::observe::waiting(format!("not registered: {e}"));
+                    tracing::warn!(target: "switchyard", service = %instance.service, error = %e, "not registered yet; trying again");
+                    tokio::time::sleep(LOOK_EVERY * 5).await;
+                }
+            }
+        }
+    });
+    Ok(Registered {
+        handle,
+        registration,
+        waiting,
+    })
+}
