@@ -32,7 +32,7 @@ pub use discover::{
 pub use file::FileRegistry;
 pub use memory::MemoryRegistry;
 pub use registration::Registration;
-pub use serve::{serve, Registered};
+pub use serve::{serve, Registered, DRAIN_GRACE};
 
 /// One served instance of a service, as a registry records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

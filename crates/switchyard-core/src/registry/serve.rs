@@ -11,6 +11,10 @@ use crate::transport::{ServeHandle, Transport};
 /// How often a missing hard dependency is looked for.
 const LOOK_EVERY: Duration = Duration::from_millis(200);
 
+/// How long a deregistered instance keeps serving before it stops: a few of the watches'
+/// looks, so that no caller still picks it when it stops taking calls.
+pub const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
 /// A service served and registered ([`serve`]).
 #[derive(Debug)]
 pub struct Registered {
@@ -33,8 +37,9 @@ impl Registered {
             .is_some()
     }
 
-    /// Removes its record first (callers stop being sent here), then stops taking work and
-    /// finishes what is in flight.
+    /// Removes its record first, keeps serving for [`DRAIN_GRACE`] while callers learn it
+    /// is gone (a watch looks every [`POLL_EVERY`](super::POLL_EVERY)), then stops taking
+    /// work and finishes what is in flight: a rolling restart fails no call.
     pub async fn shutdown(self) -> Result<(), RegistryError> {
         self.waiting.abort();
         let registration = self
@@ -43,7 +48,11 @@ impl Registered {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         let removed = match registration {
-            Some(r) => r.stop().await,
+            Some(r) => {
+                let removed = r.stop().await;
+                tokio::time::sleep(DRAIN_GRACE).await;
+                removed
+            }
             None => Ok(()),
         };
         self.handle.shutdown().await;
