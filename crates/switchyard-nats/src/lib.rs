@@ -17,6 +17,8 @@ mod binding;
 mod connection;
 mod events;
 mod options;
+mod registry;
+pub use registry::NatsRegistry;
 
 pub use options::NatsOptions;
 mod rpc;

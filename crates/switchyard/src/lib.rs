@@ -109,13 +109,15 @@ pub mod registry {
 
     pub use switchyard_core::registry::*;
 
-    /// The registry named by `url`: `mem://NAME`, `file://DIR`, and with the `redis` feature
-    /// `redis://HOST:PORT?ns=NS`.
+    /// The registry named by `url`: `mem://NAME`, `file://DIR`, and with their features
+    /// `redis://HOST:PORT?ns=NS` and `nats://HOST:PORT/NS` (NATS KV).
     pub fn connect(url: &str) -> Result<Arc<dyn Registry>, RegistryError> {
         let scheme = url.split_once("://").map_or("", |(s, _)| s);
         match scheme {
             #[cfg(feature = "redis")]
             "redis" | "rediss" => Ok(Arc::new(crate::redis::RedisRegistry::from_url(url)?)),
+            #[cfg(feature = "nats")]
+            "nats" => Ok(Arc::new(crate::nats::NatsRegistry::from_url(url)?)),
             "mem" | "file" => switchyard_core::registry::connect(url),
             _ => Err(RegistryError::InvalidUrl {
                 url: crate::error::redact_url(url),
@@ -128,6 +130,9 @@ pub mod registry {
         let mut known = vec!["mem://NAME", "file://DIR"];
         if cfg!(feature = "redis") {
             known.push("redis://HOST:PORT?ns=NS");
+        }
+        if cfg!(feature = "nats") {
+            known.push("nats://HOST:PORT/NS (KV)");
         }
         known
     }

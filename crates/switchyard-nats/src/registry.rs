@@ -1,0 +1,284 @@
+//! A service registry in NATS KV (`nats://HOST:PORT/NS`): one key per instance,
+//! `<service>.<id>`, in the bucket `sy_registry_<ns>`, holding its record and when its lease
+//! ends (readers skip and remove records past it); configuration in `sy_config_<ns>`, each
+//! key's KV revision its revision, compare-and-set by `create`/`update` at a revision.
+//! Watching looks again every `registry::POLL_EVERY` for now.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use switchyard_core::error::TransportError;
+use switchyard_core::registry::{
+    polled, polled_config, Changes, Config, ConfigChanges, Instance, Registry, RegistryError,
+};
+use tokio::sync::OnceCell;
+
+use crate::binding::jetstream_name;
+use crate::NatsTransport;
+
+/// A registry in NATS KV. See the module's notes.
+#[derive(Debug, Clone)]
+pub struct NatsRegistry {
+    inner: std::sync::Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    transport: NatsTransport,
+    records: OnceCell<kv::Store>,
+    configs: OnceCell<kv::Store>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    instance: Instance,
+    expires_ms: u64,
+}
+
+/// A name as one KV key token: letters, digits, `-` and `_` kept, anything else `=XX` (NATS
+/// keys allow `=`; `.` separates tokens).
+fn token(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl NatsRegistry {
+    /// The registry at a `nats://` URL (its namespace keeps registries apart).
+    pub fn from_url(url: &str) -> Result<Self, RegistryError> {
+        let transport = NatsTransport::from_url(url).map_err(|e| RegistryError::InvalidUrl {
+            url: switchyard_core::error::redact_url(url),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            inner: std::sync::Arc::new(Inner {
+                transport,
+                records: OnceCell::new(),
+                configs: OnceCell::new(),
+            }),
+        })
+    }
+
+    fn unavailable(&self, e: impl std::error::Error + Send + Sync + 'static) -> RegistryError {
+        RegistryError::Unavailable {
+            url: self.url(),
+            source: Box::new(e),
+        }
+    }
+
+    async fn bucket(&self, configs: bool) -> Result<&kv::Store, RegistryError> {
+        let (cell, kind) = if configs {
+            (&self.inner.configs, "config")
+        } else {
+            (&self.inner.records, "registry")
+        };
+        cell.get_or_try_init(|| async {
+            let js = self
+                .inner
+                .transport
+                .js()
+                .await
+                .map_err(|e: TransportError| self.unavailable(e))?;
+            let bucket = format!(
+                "sy_{kind}_{}",
+                jetstream_name(&self.inner.transport.namespace)
+            );
+            // The bucket's stream made here, as NATS KV lays it out: async-nats'
+            // `create_key_value` cannot read NATS 2.9's answer to it (Debian's server).
+            js.get_or_create_stream(jetstream::stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: jetstream::stream::DiscardPolicy::New,
+                // Records past their lease are removed by readers; an abandoned one goes
+                // with the hour.
+                max_age: if configs {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(3_600)
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.unavailable(e))?;
+            js.get_key_value(bucket)
+                .await
+                .map_err(|e| self.unavailable(e))
+        })
+        .await
+    }
+
+    async fn read(&self, service: Option<&str>) -> Result<Vec<Instance>, RegistryError> {
+        let store = self.bucket(false).await?;
+        let prefix = service.map(|s| format!("{}.", token(s)));
+        let mut keys = match store.keys().await {
+            Ok(keys) => keys,
+            Err(e) => return Err(self.unavailable(e)),
+        };
+        let mut found = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| self.unavailable(e))?;
+            if prefix
+                .as_ref()
+                .is_some_and(|p| !key.starts_with(p.as_str()))
+            {
+                continue;
+            }
+            // Gone between listing and reading: skipped.
+            let Some(bytes) = store.get(&key).await.map_err(|e| self.unavailable(e))? else {
+                continue;
+            };
+            match serde_json::from_slice::<Record>(&bytes) {
+                Ok(r) if r.expires_ms > now_ms() => found.push(r.instance),
+                Ok(_) => {
+                    let _ = store.delete(&key).await;
+                }
+                Err(e) => {
+                    tracing::warn!(target: "switchyard", %key, error = %e, "unreadable registry record ignored")
+                }
+            }
+        }
+        found.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+        Ok(found)
+    }
+}
+
+impl Registry for NatsRegistry {
+    fn register(
+        &self,
+        instance: &Instance,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), RegistryError>> {
+        let key = format!("{}.{}", token(&instance.service), token(&instance.id));
+        let record = Record {
+            instance: instance.clone(),
+            expires_ms: now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+        };
+        Box::pin(async move {
+            let json = serde_json::to_vec(&record).map_err(|e| self.unavailable(e))?;
+            let store = self.bucket(false).await?;
+            store
+                .put(&key, json.into())
+                .await
+                .map(drop)
+                .map_err(|e| self.unavailable(e))
+        })
+    }
+
+    fn renew(
+        &self,
+        instance: &Instance,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), RegistryError>> {
+        self.register(instance, ttl)
+    }
+
+    fn deregister(&self, service: &str, id: &str) -> BoxFuture<'_, Result<(), RegistryError>> {
+        let key = format!("{}.{}", token(service), token(id));
+        Box::pin(async move {
+            let store = self.bucket(false).await?;
+            store.delete(&key).await.map_err(|e| self.unavailable(e))
+        })
+    }
+
+    fn list(&self, service: Option<&str>) -> BoxFuture<'_, Result<Vec<Instance>, RegistryError>> {
+        let service = service.map(str::to_string);
+        Box::pin(async move { self.read(service.as_deref()).await })
+    }
+
+    fn watch(&self, service: Option<&str>) -> BoxFuture<'_, Result<Changes, RegistryError>> {
+        let service = service.map(str::to_string);
+        Box::pin(async move {
+            let first = self.read(service.as_deref()).await?;
+            let this = self.clone();
+            let snapshot = move |s: Option<String>| -> BoxFuture<'static, Result<Vec<Instance>, RegistryError>> {
+                let this = this.clone();
+                Box::pin(async move { this.read(s.as_deref()).await })
+            };
+            Ok(polled(service, first, snapshot))
+        })
+    }
+
+    fn url(&self) -> String {
+        switchyard_core::transport::Transport::url(&self.inner.transport)
+    }
+
+    fn config_get(&self, key: &str) -> BoxFuture<'_, Result<Option<Config>, RegistryError>> {
+        let key = token(key);
+        Box::pin(async move {
+            let store = self.bucket(true).await?;
+            let entry = store.entry(key).await.map_err(|e| self.unavailable(e))?;
+            Ok(entry
+                .filter(|e| e.operation == kv::Operation::Put)
+                .map(|e| Config {
+                    value: String::from_utf8_lossy(&e.value).into_owned(),
+                    revision: e.revision,
+                }))
+        })
+    }
+
+    fn config_set(
+        &self,
+        key: &str,
+        value: &str,
+        expected: Option<u64>,
+    ) -> BoxFuture<'_, Result<u64, RegistryError>> {
+        let (name, key, value) = (key.to_string(), token(key), value.to_string());
+        Box::pin(async move {
+            let store = self.bucket(true).await?;
+            let written = match expected {
+                None => store
+                    .create(&key, value.into_bytes().into())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Some(revision) => store
+                    .update(&key, value.into_bytes().into(), revision)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(revision) => Ok(revision),
+                Err(why) => {
+                    // Lost the race, or the store failed: which one, the revision now tells.
+                    let found = self.config_get(&name).await?.map(|c| c.revision);
+                    if found != expected {
+                        Err(RegistryError::Conflict {
+                            key: name,
+                            found,
+                            expected,
+                        })
+                    } else {
+                        Err(self.unavailable(std::io::Error::other(why)))
+                    }
+                }
+            }
+        })
+    }
+
+    fn config_watch(&self, key: &str) -> BoxFuture<'_, Result<ConfigChanges, RegistryError>> {
+        let (this, key) = (self.clone(), key.to_string());
+        let get = move || -> BoxFuture<'static, Result<Option<Config>, RegistryError>> {
+            let (this, key) = (this.clone(), key.clone());
+            Box::pin(async move { this.config_get(&key).await })
+        };
+        Box::pin(async move { Ok(polled_config(get)) })
+    }
+}
