@@ -12,6 +12,9 @@
 //! our server), `http-rawserver` (our client calling the axum server). Without valgrind it
 //! prints the time a call took. Figures go to docs/PERFORMANCE.md.
 //!
+//! `discover` and `discover-rr`: `Client::call` through `registry::Discovery` (peak-EWMA or
+//! round robin) to three instances in process, each on a bus of its own, against `plain`.
+//!
 //! `SWITCHYARD_BENCH_OBSERVE` adds observation to any mode, a comma-separated list of
 //! `metrics` (the Prometheus recorder), `spans` (spans on, OpenTelemetry's default no-op
 //! provider: context made and passed, nothing recorded) and `sdk` (spans on, recorded by the
@@ -53,6 +56,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if let Some(side) = mode.strip_prefix("http") {
             return http(calls, side).await;
+        }
+        if let Some(balance) = mode.strip_prefix("discover") {
+            return discover(calls, balance).await;
         }
         let transport = switchyard::connect("mem://calls")?;
         let service = Service::new("a").route("/hello", rpc(hello));
@@ -134,5 +140,42 @@ async fn http(calls: u32, side: &str) -> Result<(), Box<dyn std::error::Error>> 
         black_box(reply);
     }
     println!("http{side}: {:?} a call", started.elapsed() / calls);
+    Ok(())
+}
+
+/// The discovery modes: `balance` is "" (peak-EWMA) or "-rr" (round robin).
+async fn discover(calls: u32, balance: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use std::sync::Arc;
+    use switchyard::registry::{self, Balance, Discovery, Instance};
+    let registry = registry::connect("mem://calls-registry")?;
+    let mut served = Vec::new();
+    for n in 0..3 {
+        let url = format!("mem://calls-{n}");
+        let transport = switchyard::connect(&url)?;
+        served.push(
+            switchyard::serve(&transport, Service::new("a").route("/hello", rpc(hello))).await?,
+        );
+        registry
+            .register(
+                &Instance::new("a", format!("i{n}"), [url]),
+                std::time::Duration::from_secs(600),
+            )
+            .await?;
+    }
+    let connect: registry::Connector = Arc::new(|url: &str| switchyard::connect(url));
+    let discovery = Discovery::new(registry, connect).balance(if balance == "-rr" {
+        Balance::RoundRobin
+    } else {
+        Balance::PeakEwma
+    });
+    let client = Client::new(Arc::new(discovery)).service("a");
+    let started = Instant::now();
+    for _ in 0..calls {
+        let reply: String = client
+            .call("/hello", black_box("Mr. Developer".to_string()))
+            .await?;
+        black_box(reply);
+    }
+    println!("discover{balance}: {:?} a call", started.elapsed() / calls);
     Ok(())
 }
