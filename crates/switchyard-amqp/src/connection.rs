@@ -140,12 +140,7 @@ impl Inner {
         if let Some(r) = self.live_rpc() {
             return Ok(r);
         }
-        let link = self.link().await?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(TransportError::other)?;
+        let channel = self.channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -190,18 +185,22 @@ impl Inner {
         Ok(rpc)
     }
 
+    /// A new channel on the connection.
+    async fn channel(&self) -> Result<Channel, TransportError> {
+        let link = self.link().await?;
+        link.connection
+            .create_channel()
+            .await
+            .map_err(TransportError::other)
+    }
+
     /// Messages ready in `group`'s queue of `topic`, not yet given to any of its consumers.
     pub(crate) async fn ready_in_group(
         &self,
         topic: &str,
         group: &str,
     ) -> Result<u64, TransportError> {
-        let link = self.link().await?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(TransportError::other)?;
+        let channel = self.channel().await?;
         let declared = channel
             .queue_declare(
                 group_queue(topic, group).as_str().into(),
@@ -223,12 +222,7 @@ impl Inner {
         topic: &str,
         options: &SubscribeOptions,
     ) -> Result<(Channel, Consumer, String), TransportError> {
-        let link = self.link().await?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(TransportError::other)?;
+        let channel = self.channel().await?;
         let prefetch = u16::try_from(options.prefetch).unwrap_or(u16::MAX).max(1);
         channel
             .basic_qos(prefetch, BasicQosOptions::default())

@@ -112,39 +112,44 @@ fn labels(pairs: &[(&str, &str)]) -> String {
     out
 }
 
-/// A latency histogram `name` with `pairs` as its labels, kept for scrapes: the one already
-/// kept under those labels, if any (a service served again goes on counting, as the
-/// exporter's own series do).
-fn latency(name: &'static str, pairs: &[(&str, &str)]) -> Arc<Latency> {
+/// The series `name` with `pairs` as its labels, kept for scrapes: the one already kept under
+/// those labels, if any (a service served again goes on counting, as the exporter's own
+/// series do), else a new one.
+fn kept<T: Default>(
+    name: &'static str,
+    pairs: &[(&str, &str)],
+    wrap: fn(Arc<T>) -> Own,
+    unwrap: fn(&Own) -> Option<&Arc<T>>,
+) -> Arc<T> {
     let labels = labels(pairs);
     let Ok(mut own) = OWN.lock() else {
         return Arc::default();
     };
-    for (n, l, series) in own.iter() {
-        if let (true, Own::Latency(h)) = (*n == name && *l == labels, series) {
-            return h.clone();
-        }
-    }
-    let histogram = Arc::new(Latency::default());
-    own.push((name, labels, Own::Latency(histogram.clone())));
-    histogram
+    let found = own
+        .iter()
+        .filter(|(n, l, _)| *n == name && *l == labels)
+        .find_map(|(_, _, series)| unwrap(series).cloned());
+    found.unwrap_or_else(|| {
+        let series = Arc::new(T::default());
+        own.push((name, labels, wrap(series.clone())));
+        series
+    })
 }
 
-/// An integer gauge `name` with `pairs` as its labels, kept for scrapes (the one already kept
-/// under those labels, if any).
+/// A latency histogram `name` with `pairs` as its labels, kept for scrapes.
+fn latency(name: &'static str, pairs: &[(&str, &str)]) -> Arc<Latency> {
+    kept(name, pairs, Own::Latency, |s| match s {
+        Own::Latency(h) => Some(h),
+        Own::Gauge(_) => None,
+    })
+}
+
+/// An integer gauge `name` with `pairs` as its labels, kept for scrapes.
 fn int_gauge(name: &'static str, pairs: &[(&str, &str)]) -> Arc<AtomicI64> {
-    let labels = labels(pairs);
-    let Ok(mut own) = OWN.lock() else {
-        return Arc::default();
-    };
-    for (n, l, series) in own.iter() {
-        if let (true, Own::Gauge(g)) = (*n == name && *l == labels, series) {
-            return g.clone();
-        }
-    }
-    let gauge = Arc::new(AtomicI64::new(0));
-    own.push((name, labels, Own::Gauge(gauge.clone())));
-    gauge
+    kept(name, pairs, Own::Gauge, |s| match s {
+        Own::Gauge(g) => Some(g),
+        Own::Latency(_) => None,
+    })
 }
 
 /// The series kept here, in Prometheus' text format, one `# TYPE` line per metric name.

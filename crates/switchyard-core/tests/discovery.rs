@@ -46,6 +46,30 @@ async fn instance(registry: &Arc<dyn Registry>, bus: &str, delay: Duration) -> S
     handle
 }
 
+/// Instances of `books`, each `(name, version)` on the bus `name-id`, registered stating
+/// their versions.
+async fn versions<const N: usize>(
+    registry: &Arc<dyn Registry>,
+    id: &str,
+    each: [(&str, &str); N],
+) -> Vec<ServeHandle> {
+    let mut served = Vec::new();
+    for (name, version) in each {
+        let bus = format!("{name}-{id}");
+        served.push(instance(registry, &bus, Duration::ZERO).await);
+        // Registered again, now stating its version.
+        let url = format!("mem://{bus}");
+        registry
+            .register(
+                &Instance::new("books", &bus, [url]).with_version(version),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("register");
+    }
+    served
+}
+
 async fn calls(client: &Client, n: usize) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     for _ in 0..n {
@@ -178,20 +202,7 @@ async fn calls_go_on_while_the_registry_is_unreachable() {
 async fn a_version_requirement_picks_the_instances_that_meet_it() {
     let id = &switchyard_core::message::new_id()[..8];
     let registry = registry::connect(&format!("mem://discovery-versions{id}")).expect("registry");
-    let mut served = Vec::new();
-    for (bus, version) in [("v1", "1.4.0"), ("v2", "2.1.0")] {
-        let bus = format!("{bus}-{id}");
-        served.push(instance(&registry, &bus, Duration::ZERO).await);
-        // Registered again, now stating its version.
-        let url = format!("mem://{bus}");
-        registry
-            .register(
-                &Instance::new("books", &bus, [url]).with_version(version),
-                Duration::from_secs(30),
-            )
-            .await
-            .expect("register");
-    }
+    let _served = versions(&registry, id, [("v1", "1.4.0"), ("v2", "2.1.0")]).await;
     let discovery =
         Arc::new(Discovery::new(registry.clone(), connector()).balance(Balance::RoundRobin));
     let client = |req: &str| Client::new(discovery.clone()).service("books").version(req);
@@ -221,19 +232,7 @@ async fn a_weighted_split_holds_and_a_rollback_reaches_the_calls_within_a_second
     use switchyard_core::registry::VersionRoute;
     let id = &switchyard_core::message::new_id()[..8];
     let registry = registry::connect(&format!("mem://discovery-split{id}")).expect("registry");
-    let mut served = Vec::new();
-    for (bus, version) in [("old", "1.0.0"), ("new", "2.0.0")] {
-        let bus = format!("{bus}-{id}");
-        served.push(instance(&registry, &bus, Duration::ZERO).await);
-        let url = format!("mem://{bus}");
-        registry
-            .register(
-                &Instance::new("books", &bus, [url]).with_version(version),
-                Duration::from_secs(30),
-            )
-            .await
-            .expect("register");
-    }
+    let _served = versions(&registry, id, [("old", "1.0.0"), ("new", "2.0.0")]).await;
     let route = |old: u32, new: u32| {
         format!(
             r#"{{"split": [{{"version": "^1", "weight": {old}}}, {{"version": "^2", "weight": {new}}}]}}"#

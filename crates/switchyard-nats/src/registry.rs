@@ -12,7 +12,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use switchyard_core::error::TransportError;
 use switchyard_core::registry::{
-    polled, polled_config, Changes, Config, ConfigChanges, Instance, Registry, RegistryError,
+    watch_by_listing, watch_config_by_reading, Changes, Config, ConfigChanges, Instance, Registry,
+    RegistryError,
 };
 use tokio::sync::OnceCell;
 
@@ -183,14 +184,6 @@ impl Registry for NatsRegistry {
         })
     }
 
-    fn renew(
-        &self,
-        instance: &Instance,
-        ttl: Duration,
-    ) -> BoxFuture<'_, Result<(), RegistryError>> {
-        self.register(instance, ttl)
-    }
-
     fn deregister(&self, service: &str, id: &str) -> BoxFuture<'_, Result<(), RegistryError>> {
         let key = format!("{}.{}", token(service), token(id));
         Box::pin(async move {
@@ -205,16 +198,7 @@ impl Registry for NatsRegistry {
     }
 
     fn watch(&self, service: Option<&str>) -> BoxFuture<'_, Result<Changes, RegistryError>> {
-        let service = service.map(str::to_string);
-        Box::pin(async move {
-            let first = self.read(service.as_deref()).await?;
-            let this = self.clone();
-            let snapshot = move |s: Option<String>| -> BoxFuture<'static, Result<Vec<Instance>, RegistryError>> {
-                let this = this.clone();
-                Box::pin(async move { this.read(s.as_deref()).await })
-            };
-            Ok(polled(service, first, snapshot))
-        })
+        watch_by_listing(self, service)
     }
 
     fn url(&self) -> String {
@@ -274,11 +258,6 @@ impl Registry for NatsRegistry {
     }
 
     fn config_watch(&self, key: &str) -> BoxFuture<'_, Result<ConfigChanges, RegistryError>> {
-        let (this, key) = (self.clone(), key.to_string());
-        let get = move || -> BoxFuture<'static, Result<Option<Config>, RegistryError>> {
-            let (this, key) = (this.clone(), key.clone());
-            Box::pin(async move { this.config_get(&key).await })
-        };
-        Box::pin(async move { Ok(polled_config(get)) })
+        watch_config_by_reading(self, key)
     }
 }

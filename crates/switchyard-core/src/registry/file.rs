@@ -10,8 +10,8 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    expiry, live, polled, polled_config, Changes, Config, ConfigChanges, Instance, Registry,
-    RegistryError,
+    expiry, live, watch_by_listing, watch_config_by_reading, Changes, Config, ConfigChanges,
+    Instance, Registry, RegistryError,
 };
 
 /// A registry in a folder. See the module's notes.
@@ -37,6 +37,19 @@ impl FileRegistry {
     /// The registry kept in `dir` (made when first written).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
+    }
+
+    /// Runs `work` (file system calls) on the blocking pool.
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, RegistryError> {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| RegistryError::Unavailable {
+                url: self.url(),
+                source: Box::new(e),
+            })
     }
 
     fn unavailable(&self, e: std::io::Error) -> RegistryError {
@@ -206,33 +219,13 @@ impl Registry for FileRegistry {
         ttl: Duration,
     ) -> BoxFuture<'_, Result<(), RegistryError>> {
         let (this, instance) = (self.clone(), instance.clone());
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.write(&instance, ttl))
-                .await
-                .map_err(|e| RegistryError::Unavailable {
-                    url: self.url(),
-                    source: Box::new(e),
-                })?
-        })
-    }
-
-    fn renew(
-        &self,
-        instance: &Instance,
-        ttl: Duration,
-    ) -> BoxFuture<'_, Result<(), RegistryError>> {
-        self.register(instance, ttl)
+        Box::pin(async move { self.off_thread(move || this.write(&instance, ttl)).await? })
     }
 
     fn deregister(&self, service: &str, id: &str) -> BoxFuture<'_, Result<(), RegistryError>> {
         let path = self.path(service, id);
         Box::pin(async move {
-            let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(path))
-                .await
-                .map_err(|e| RegistryError::Unavailable {
-                    url: self.url(),
-                    source: Box::new(e),
-                })?;
+            let removed = self.off_thread(move || std::fs::remove_file(path)).await?;
             match removed {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.unavailable(e)),
                 _ => Ok(()),
@@ -243,27 +236,14 @@ impl Registry for FileRegistry {
     fn list(&self, service: Option<&str>) -> BoxFuture<'_, Result<Vec<Instance>, RegistryError>> {
         let (dir, service) = (self.dir.clone(), service.map(str::to_string));
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || Self::read(&dir, service.as_deref()))
-                .await
-                .map_err(|e| RegistryError::Unavailable {
-                    url: self.url(),
-                    source: Box::new(e),
-                })?
+            self.off_thread(move || Self::read(&dir, service.as_deref()))
+                .await?
                 .map_err(|e| self.unavailable(e))
         })
     }
 
     fn watch(&self, service: Option<&str>) -> BoxFuture<'_, Result<Changes, RegistryError>> {
-        let service = service.map(str::to_string);
-        Box::pin(async move {
-            let first = self.list(service.as_deref()).await?;
-            let this = self.clone();
-            let snapshot = move |s: Option<String>| -> BoxFuture<'static, Result<Vec<Instance>, RegistryError>> {
-                let this = this.clone();
-                Box::pin(async move { this.list(s.as_deref()).await })
-            };
-            Ok(polled(service, first, snapshot))
-        })
+        watch_by_listing(self, service)
     }
 
     fn url(&self) -> String {
@@ -273,12 +253,8 @@ impl Registry for FileRegistry {
     fn config_get(&self, key: &str) -> BoxFuture<'_, Result<Option<Config>, RegistryError>> {
         let path = self.config_path(key);
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || Self::config_read(&path))
-                .await
-                .map_err(|e| RegistryError::Unavailable {
-                    url: self.url(),
-                    source: Box::new(e),
-                })?
+            self.off_thread(move || Self::config_read(&path))
+                .await?
                 .map_err(|e| self.unavailable(e))
         })
     }
@@ -291,21 +267,12 @@ impl Registry for FileRegistry {
     ) -> BoxFuture<'_, Result<u64, RegistryError>> {
         let (this, key, value) = (self.clone(), key.to_string(), value.to_string());
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.config_write(&key, &value, expected))
-                .await
-                .map_err(|e| RegistryError::Unavailable {
-                    url: self.url(),
-                    source: Box::new(e),
-                })?
+            self.off_thread(move || this.config_write(&key, &value, expected))
+                .await?
         })
     }
 
     fn config_watch(&self, key: &str) -> BoxFuture<'_, Result<ConfigChanges, RegistryError>> {
-        let (this, key) = (self.clone(), key.to_string());
-        let get = move || -> BoxFuture<'static, Result<Option<Config>, RegistryError>> {
-            let (this, key) = (this.clone(), key.clone());
-            Box::pin(async move { this.config_get(&key).await })
-        };
-        Box::pin(async move { Ok(polled_config(get)) })
+        watch_config_by_reading(self, key)
     }
 }

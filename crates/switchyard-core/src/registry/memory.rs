@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::{
-    expiry, live, polled, polled_config, Changes, Config, ConfigChanges, Instance, Registry,
-    RegistryError,
+    expiry, live, watch_by_listing, watch_config_by_reading, Changes, Config, ConfigChanges,
+    Instance, Registry, RegistryError,
 };
 
 type Records = Arc<Mutex<HashMap<(String, String), (Instance, u64)>>>;
@@ -66,14 +66,6 @@ impl Registry for MemoryRegistry {
         Box::pin(async { Ok(()) })
     }
 
-    fn renew(
-        &self,
-        instance: &Instance,
-        ttl: Duration,
-    ) -> BoxFuture<'_, Result<(), RegistryError>> {
-        self.register(instance, ttl)
-    }
-
     fn deregister(&self, service: &str, id: &str) -> BoxFuture<'_, Result<(), RegistryError>> {
         self.records
             .lock()
@@ -88,15 +80,7 @@ impl Registry for MemoryRegistry {
     }
 
     fn watch(&self, service: Option<&str>) -> BoxFuture<'_, Result<Changes, RegistryError>> {
-        let records = self.records.clone();
-        let service = service.map(str::to_string);
-        let first = Self::snapshot(&records, service.as_deref());
-        let snapshot =
-            move |s: Option<String>| -> BoxFuture<'static, Result<Vec<Instance>, RegistryError>> {
-                let found = Self::snapshot(&records, s.as_deref());
-                Box::pin(async move { Ok(found) })
-            };
-        Box::pin(async move { Ok(polled(service, first, snapshot)) })
+        watch_by_listing(self, service)
     }
 
     fn url(&self) -> String {
@@ -142,15 +126,6 @@ impl Registry for MemoryRegistry {
     }
 
     fn config_watch(&self, key: &str) -> BoxFuture<'_, Result<ConfigChanges, RegistryError>> {
-        let (configs, key) = (self.configs.clone(), key.to_string());
-        let get = move || -> BoxFuture<'static, Result<Option<Config>, RegistryError>> {
-            let found = configs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-                .cloned();
-            Box::pin(async move { Ok(found) })
-        };
-        Box::pin(async move { Ok(polled_config(get)) })
+        watch_config_by_reading(self, key)
     }
 }

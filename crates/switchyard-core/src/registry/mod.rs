@@ -179,9 +179,15 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'_, Result<(), RegistryError>>;
 
     /// Holds `instance`'s record for `ttl` from now; records it again if it was lost (a
-    /// registry that restarted, a lease that ran out while the process was paused).
-    fn renew(&self, instance: &Instance, ttl: Duration)
-        -> BoxFuture<'_, Result<(), RegistryError>>;
+    /// registry that restarted, a lease that ran out while the process was paused). By
+    /// default, the record is written whole again.
+    fn renew(
+        &self,
+        instance: &Instance,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), RegistryError>> {
+        self.register(instance, ttl)
+    }
 
     /// Removes an instance's record at once.
     fn deregister(&self, service: &str, id: &str) -> BoxFuture<'_, Result<(), RegistryError>>;
@@ -224,6 +230,38 @@ pub struct Config {
 
 /// A configuration value as it changes (`None`: not set).
 pub type ConfigChanges = BoxStream<'static, Result<Option<Config>, RegistryError>>;
+
+/// `registry`'s changes to `service` found by listing again every [`POLL_EVERY`] ([`polled`]):
+/// the watch of a backend whose `list` is all it has.
+pub fn watch_by_listing<R: Registry + Clone + 'static>(
+    registry: &R,
+    service: Option<&str>,
+) -> BoxFuture<'static, Result<Changes, RegistryError>> {
+    let (this, service) = (registry.clone(), service.map(str::to_string));
+    Box::pin(async move {
+        let first = this.list(service.as_deref()).await?;
+        let snapshot =
+            move |s: Option<String>| -> BoxFuture<'static, Result<Vec<Instance>, RegistryError>> {
+                let this = this.clone();
+                Box::pin(async move { this.list(s.as_deref()).await })
+            };
+        Ok(polled(service, first, snapshot))
+    })
+}
+
+/// `registry`'s value of `key` as it changes, found by reading it again every [`POLL_EVERY`]
+/// ([`polled_config`]).
+pub fn watch_config_by_reading<R: Registry + Clone + 'static>(
+    registry: &R,
+    key: &str,
+) -> BoxFuture<'static, Result<ConfigChanges, RegistryError>> {
+    let (this, key) = (registry.clone(), key.to_string());
+    let get = move || -> BoxFuture<'static, Result<Option<Config>, RegistryError>> {
+        let (this, key) = (this.clone(), key.clone());
+        Box::pin(async move { this.config_get(&key).await })
+    };
+    Box::pin(async move { Ok(polled_config(get)) })
+}
 
 /// A watch of a configuration value made by looking again every [`POLL_EVERY`], for backends
 /// with no push of their own: the value now, then each change.
