@@ -12,8 +12,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use switchyard_core::error::TransportError;
 use switchyard_core::registry::{
-    watch_by_listing, watch_config_by_reading, Changes, Config, ConfigChanges, Instance, Registry,
-    RegistryError,
+    expiry, in_order, live, watch_by_listing, watch_config_by_reading, Changes, Config,
+    ConfigChanges, Instance, Registry, RegistryError,
 };
 use tokio::sync::OnceCell;
 
@@ -51,12 +51,6 @@ fn token(name: &str) -> String {
         }
     }
     out
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl NatsRegistry {
@@ -148,7 +142,7 @@ impl NatsRegistry {
                 continue;
             };
             match serde_json::from_slice::<Record>(&bytes) {
-                Ok(r) if r.expires_ms > now_ms() => found.push(r.instance),
+                Ok(r) if live(r.expires_ms) => found.push(r.instance),
                 Ok(_) => {
                     let _ = store.delete(&key).await;
                 }
@@ -157,8 +151,7 @@ impl NatsRegistry {
                 }
             }
         }
-        found.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
-        Ok(found)
+        Ok(in_order(found))
     }
 }
 
@@ -171,7 +164,7 @@ impl Registry for NatsRegistry {
         let key = format!("{}.{}", token(&instance.service), token(&instance.id));
         let record = Record {
             instance: instance.clone(),
-            expires_ms: now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            expires_ms: expiry(ttl),
         };
         Box::pin(async move {
             let json = serde_json::to_vec(&record).map_err(|e| self.unavailable(e))?;

@@ -10,8 +10,8 @@ use futures::future::BoxFuture;
 use redis::AsyncCommands;
 use switchyard_core::error::TransportError;
 use switchyard_core::registry::{
-    watch_by_listing, watch_config_by_reading, Changes, Config, ConfigChanges, Instance, Registry,
-    RegistryError,
+    in_order, watch_by_listing, watch_config_by_reading, Changes, Config, ConfigChanges, Instance,
+    Registry, RegistryError,
 };
 
 use crate::RedisTransport;
@@ -118,8 +118,7 @@ impl RedisRegistry {
                 }
             }
         }
-        found.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
-        Ok(found)
+        Ok(in_order(found))
     }
 }
 

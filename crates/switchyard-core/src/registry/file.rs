@@ -10,8 +10,8 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    expiry, live, watch_by_listing, watch_config_by_reading, Changes, Config, ConfigChanges,
-    Instance, Registry, RegistryError,
+    expiry, in_order, live, watch_by_listing, watch_config_by_reading, Changes, Config,
+    ConfigChanges, Instance, Registry, RegistryError,
 };
 
 /// A registry in a folder. See the module's notes.
@@ -130,8 +130,7 @@ impl FileRegistry {
                 }
             }
         }
-        found.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
-        Ok(found)
+        Ok(in_order(found))
     }
 }
 

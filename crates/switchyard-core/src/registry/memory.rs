@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::{
-    expiry, live, watch_by_listing, watch_config_by_reading, Changes, Config, ConfigChanges,
-    Instance, Registry, RegistryError,
+    expiry, in_order, live, watch_by_listing, watch_config_by_reading, Changes, Config,
+    ConfigChanges, Instance, Registry, RegistryError,
 };
 
 type Records = Arc<Mutex<HashMap<(String, String), (Instance, u64)>>>;
@@ -42,13 +42,12 @@ impl MemoryRegistry {
     fn snapshot(records: &Records, service: Option<&str>) -> Vec<Instance> {
         let mut records = records.lock().unwrap_or_else(|p| p.into_inner());
         records.retain(|_, (_, expires)| live(*expires));
-        let mut out: Vec<Instance> = records
+        let out: Vec<Instance> = records
             .values()
             .filter(|(i, _)| service.is_none_or(|s| i.service == s))
             .map(|(i, _)| i.clone())
             .collect();
-        out.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
-        out
+        in_order(out)
     }
 }
 

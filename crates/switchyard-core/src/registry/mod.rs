@@ -307,8 +307,9 @@ pub fn connect(url: &str) -> Result<Arc<dyn Registry>, RegistryError> {
     Err(invalid("known here: mem://NAME, file://DIR"))
 }
 
-/// Whether a record held until `expires_ms` (ms since the Unix epoch) is still live now.
-fn live(expires_ms: u64) -> bool {
+/// Whether a record held until `expires_ms` (ms since the Unix epoch) is still live now: for
+/// backends that keep the lease in the record.
+pub fn live(expires_ms: u64) -> bool {
     expires_ms > now_ms()
 }
 
@@ -318,8 +319,16 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn expiry(ttl: Duration) -> u64 {
+/// When a lease of `ttl` taken now ends, in ms since the Unix epoch (hosts' clocks assumed in
+/// step, as for events' expiry).
+pub fn expiry(ttl: Duration) -> u64 {
     now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Instances in the order every backend lists them: by service, then id.
+pub fn in_order(mut instances: Vec<Instance>) -> Vec<Instance> {
+    instances.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+    instances
 }
 
 /// How often a polled watch looks again.
