@@ -88,6 +88,23 @@ struct Endpoint {
     ejected_until_ms: AtomicU64,
 }
 
+/// A call counted in flight on an endpoint for as long as it lives (a call its caller gave
+/// up on is dropped, not finished).
+struct InFlight<'a>(&'a Endpoint);
+
+impl<'a> InFlight<'a> {
+    fn enter(endpoint: &'a Endpoint) -> Self {
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(endpoint)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Endpoint {
     fn new(address: String, instances: Vec<Instance>) -> Self {
         Self {
@@ -565,9 +582,9 @@ impl Requester for Discovery {
                 }));
             };
             let started = Instant::now();
-            endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+            let in_flight = InFlight::enter(&endpoint);
             let outcome = requester.request(request).await;
-            endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(in_flight);
             let failed = outcome
                 .as_ref()
                 .is_err_and(crate::middleware::breaker::destination_failed);

@@ -18,15 +18,26 @@ pub const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// A service served and registered ([`serve`]).
 #[derive(Debug)]
 pub struct Registered {
-    handle: ServeHandle,
+    // Taken by `shutdown`.
+    handle: Option<ServeHandle>,
+    url: String,
     registration: Arc<Mutex<Option<Registration>>>,
     waiting: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Registered {
+    /// Dropped without [`Registered::shutdown`]: no longer waits to register. A registration
+    /// made stops being renewed (its record goes when its lease runs out), and the service
+    /// stops as a dropped `ServeHandle` does.
+    fn drop(&mut self) {
+        self.waiting.abort();
+    }
 }
 
 impl Registered {
     /// Where the service is reached.
     pub fn url(&self) -> &str {
-        self.handle.url()
+        &self.url
     }
 
     /// Whether it is registered yet (its hard dependencies were found).
@@ -40,7 +51,7 @@ impl Registered {
     /// Removes its record first, keeps serving for [`DRAIN_GRACE`] while callers learn it
     /// is gone (a watch looks every [`POLL_EVERY`](super::POLL_EVERY)), then stops taking
     /// work and finishes what is in flight: a rolling restart fails no call.
-    pub async fn shutdown(self) -> Result<(), RegistryError> {
+    pub async fn shutdown(mut self) -> Result<(), RegistryError> {
         self.waiting.abort();
         let registration = self
             .registration
@@ -55,7 +66,9 @@ impl Registered {
             }
             None => Ok(()),
         };
-        self.handle.shutdown().await;
+        if let Some(handle) = self.handle.take() {
+            handle.shutdown().await;
+        }
         removed
     }
 }
@@ -139,7 +152,8 @@ pub async fn serve(
         }
     });
     Ok(Registered {
-        handle,
+        url: handle.url().to_string(),
+        handle: Some(handle),
         registration,
         waiting,
     })
