@@ -86,6 +86,8 @@ struct Endpoint {
     failures: AtomicU32,
     /// Left out until then (ms since `Known::epoch`), 0 when not.
     ejected_until_ms: AtomicU64,
+    /// The address's transport, once a call needed it: no lookup by address per call.
+    transport: std::sync::OnceLock<Arc<dyn Transport>>,
 }
 
 /// A call counted in flight on an endpoint for as long as it lives (a call its caller gave
@@ -114,6 +116,7 @@ impl Endpoint {
             in_flight: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            transport: std::sync::OnceLock::new(),
         }
     }
 
@@ -320,36 +323,33 @@ impl Known {
 
     /// An address to call, among those with an instance `wanted` accepts.
     fn pick(&self, balance: Balance, wanted: impl Fn(&Instance) -> bool) -> Option<Arc<Endpoint>> {
-        let all: Vec<Arc<Endpoint>> = self
+        // Counted and indexed in place, not collected: a pick allocates nothing.
+        let all = self
             .endpoints
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|e| e.instances.iter().any(&wanted))
-            .cloned()
-            .collect();
+            .clone();
         let now = self.now_ms();
-        let live: Vec<&Arc<Endpoint>> = all
-            .iter()
-            .filter(|e| e.ejected_until_ms.load(Ordering::Relaxed) <= now)
-            .collect();
+        let usable = |e: &Endpoint| e.instances.iter().any(&wanted);
+        let live = |e: &Endpoint| usable(e) && e.ejected_until_ms.load(Ordering::Relaxed) <= now;
+        let mut n = all.iter().filter(|e| live(e)).count();
         // Every address ejected: better to try one than to fail without trying.
-        let pool: Vec<&Arc<Endpoint>> = if live.is_empty() {
-            all.iter().collect()
+        let candidate: &dyn Fn(&Endpoint) -> bool = if n == 0 {
+            n = all.iter().filter(|e| usable(e)).count();
+            &usable
         } else {
-            live
+            &live
         };
-        match (pool.len(), balance) {
+        let nth = |k: usize| all.iter().filter(|e| candidate(e)).nth(k).cloned();
+        match (n, balance) {
             (0, _) => None,
-            (1, _) => Some(pool[0].clone()),
-            (n, Balance::RoundRobin) => {
-                Some(pool[self.next.fetch_add(1, Ordering::Relaxed) % n].clone())
-            }
+            (1, _) => nth(0),
+            (n, Balance::RoundRobin) => nth(self.next.fetch_add(1, Ordering::Relaxed) % n),
             (n, _) => {
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                let (a, b) = (pool[a], pool[b]);
-                Some(if a.cost() <= b.cost() { a } else { b }.clone())
+                let (a, b) = (nth(a)?, nth(b)?);
+                Some(if a.cost() <= b.cost() { a } else { b })
             }
         }
     }
@@ -574,7 +574,13 @@ impl Requester for Discovery {
                     },
                 });
             };
-            let transport = self.transport(&endpoint.address)?;
+            let transport = match endpoint.transport.get() {
+                Some(t) => t.clone(),
+                None => {
+                    let t = self.transport(&endpoint.address)?;
+                    endpoint.transport.get_or_init(|| t).clone()
+                }
+            };
             let Some(requester) = transport.requester() else {
                 return Err(CallError::Transport(TransportError::Unsupported {
                     transport: transport.name(),
