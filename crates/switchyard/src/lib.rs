@@ -171,15 +171,27 @@ pub fn schemes() -> &'static [&'static str] {
     ]
 }
 
-/// A transport for `url`, chosen by its scheme.
+/// A transport for `url`, chosen by its scheme; `discover+REGISTRY_URL` finds services by
+/// name in that registry ([`discover`]): `discover+file:///tmp/registry`.
 ///
 /// ```
 /// let t = switchyard::connect("mem://example").unwrap();
 /// assert_eq!(t.name(), "mem");
+/// let d = switchyard::connect("discover+mem://example-registry").unwrap();
+/// assert_eq!(d.name(), "discover");
+/// assert!(switchyard::connect("discover+nowhere://x").is_err());
 /// let err = switchyard::connect("carrier-pigeon://coop").unwrap_err();
 /// assert!(err.to_string().contains("carrier-pigeon"));
 /// ```
 pub fn connect(url: &str) -> Result<Arc<dyn Transport>, TransportError> {
+    // `discover+REGISTRY_URL`: services found by name in that registry (`discover`).
+    if let Some(registry_url) = url.strip_prefix("discover+") {
+        let registry = registry::connect(registry_url).map_err(|e| TransportError::InvalidUrl {
+            url: error::redact_url(url),
+            reason: e.to_string(),
+        })?;
+        return Ok(discover(registry));
+    }
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
         "mem" => Ok(Arc::new(mem::MemTransport::from_url(url)?)),
