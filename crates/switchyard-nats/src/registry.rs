@@ -12,7 +12,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use switchyard_core::error::TransportError;
 use switchyard_core::registry::{
-    expiry, in_order, live, watch_by_listing, watch_config_by_reading, Changes, Config,
+    expiry, in_order, key_part, live, watch_by_listing, watch_config_by_reading, Changes, Config,
     ConfigChanges, Instance, Registry, RegistryError,
 };
 use tokio::sync::OnceCell;
@@ -42,15 +42,7 @@ struct Record {
 /// A name as one KV key token: letters, digits, `-` and `_` kept, anything else `=XX` (NATS
 /// keys allow `=`; `.` separates tokens).
 fn token(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("={b:02X}"));
-        }
-    }
-    out
+    key_part(name, b"-_", '=')
 }
 
 impl NatsRegistry {

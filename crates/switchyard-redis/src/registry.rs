@@ -10,8 +10,8 @@ use futures::future::BoxFuture;
 use redis::AsyncCommands;
 use switchyard_core::error::TransportError;
 use switchyard_core::registry::{
-    in_order, watch_by_listing, watch_config_by_reading, Changes, Config, ConfigChanges, Instance,
-    Registry, RegistryError,
+    in_order, key_part, watch_by_listing, watch_config_by_reading, Changes, Config, ConfigChanges,
+    Instance, Registry, RegistryError,
 };
 
 use crate::RedisTransport;
@@ -25,15 +25,7 @@ pub struct RedisRegistry {
 /// A name as a key part: anything but letters, digits, `-`, `_` and `.` percent-encoded, so
 /// that no name holds the key's `:` separator or a `SCAN` pattern's special characters.
 fn part(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    key_part(name, b"-_.", '%')
 }
 
 impl RedisRegistry {

@@ -325,6 +325,28 @@ pub fn expiry(ttl: Duration) -> u64 {
     now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// `name` as one part of a backend's key: ASCII letters and digits and the bytes in `keep`
+/// as they are, any other byte as `mark` and two hex digits, so that no name holds the
+/// backend's separators or pattern characters.
+///
+/// ```
+/// use switchyard_core::registry::key_part;
+/// assert_eq!(key_part("a.b:c", b"-_.", '%'), "a.b%3Ac");
+/// assert_eq!(key_part("a.b", b"-_", '='), "a=2Eb");
+/// ```
+pub fn key_part(name: &str, keep: &[u8], mark: char) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "{mark}{b:02X}");
+        }
+    }
+    out
+}
+
 /// Instances in the order every backend lists them: by service, then id.
 pub fn in_order(mut instances: Vec<Instance>) -> Vec<Instance> {
     instances.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
