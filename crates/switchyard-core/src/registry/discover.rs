@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 
-use super::{Instance, Registry};
+use super::{Change, Instance, Registry};
 use crate::call::CallRequest;
 use crate::error::{CallError, TransportError};
 use crate::message::{header, Envelope};
@@ -448,18 +448,22 @@ async fn follow(registry: Arc<dyn Registry>, known: Weak<Known>) {
         match (watched, listed) {
             (Ok(mut changes), Ok(now)) => {
                 let Some(k) = known.upgrade() else { return };
-                k.set(now);
+                // Kept by id and changed as the watch says: not listed again at each change.
+                let mut current: std::collections::BTreeMap<String, Instance> =
+                    now.into_iter().map(|i| (i.id.clone(), i)).collect();
+                k.set(current.values().cloned().collect());
                 drop(k);
                 while let Some(change) = changes.next().await {
                     let Some(k) = known.upgrade() else { return };
                     match change {
-                        Ok(_) => match registry.list(Some(&service)).await {
-                            Ok(now) => k.set(now),
-                            Err(e) => {
-                                tracing::warn!(target: "switchyard", %service, error = %e, "registry unreachable: keeping the instances known");
-                                break;
-                            }
-                        },
+                        Ok(Change::Up(i)) => {
+                            current.insert(i.id.clone(), i);
+                            k.set(current.values().cloned().collect());
+                        }
+                        Ok(Change::Down { id, .. }) => {
+                            current.remove(&id);
+                            k.set(current.values().cloned().collect());
+                        }
                         Err(e) => {
                             tracing::warn!(target: "switchyard", %service, error = %e, "registry watch failed: keeping the instances known");
                             break;
