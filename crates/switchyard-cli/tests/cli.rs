@@ -684,7 +684,29 @@ fn readyz_is_alive(metrics: &str) -> bool {
 #[test]
 fn serve_registers_and_a_stop_or_a_kill_removes_it() {
     let dir = std::env::temp_dir().join(format!("yard-registry-{}", free_port()));
-    let registry = format!("file://{}", dir.display());
+    registers_and_a_stop_or_a_kill_removes(
+        &format!("file://{}", dir.display()),
+        Duration::from_millis(2_000),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn serve_registers_in_etcd_and_a_stop_or_a_kill_removes_it() {
+    if !switchyard::testkit::require_server("cli etcd registry", "etcd", "127.0.0.1:2379") {
+        return;
+    }
+    // etcd's shortest lease is 2 s, ended at its next check (every 500 ms).
+    registers_and_a_stop_or_a_kill_removes(
+        &format!("etcd://127.0.0.1:2379/yard{}", free_port()),
+        Duration::from_millis(4_000),
+    );
+}
+
+/// `yard serve --registry REGISTRY` registers; SIGTERM removes the record at once; SIGKILL
+/// leaves it to run out within `lease_ends` of the kill.
+fn registers_and_a_stop_or_a_kill_removes(registry: &str, lease_ends: Duration) {
+    let registry = registry.to_string();
     let args = |url: &str| {
         vec![
             "--registry".to_string(),
@@ -799,8 +821,7 @@ fn serve_registers_and_a_stop_or_a_kill_removes_it() {
         1,
         "a killed instance stays until its lease runs out"
     );
-    gone_within(Duration::from_millis(2_000));
-    let _ = std::fs::remove_dir_all(&dir);
+    gone_within(lease_ends);
 
     let (ok, _, err) = yard(&["services"]);
     assert!(!ok && err.contains("--registry"), "{err}");

@@ -96,6 +96,9 @@ pub use switchyard_nats as nats;
 #[cfg(feature = "redis")]
 pub use switchyard_redis as redis;
 
+#[cfg(feature = "etcd")]
+pub use switchyard_etcd as etcd;
+
 #[cfg(feature = "store")]
 pub use switchyard_store as store;
 
@@ -110,7 +113,7 @@ pub mod registry {
     pub use switchyard_core::registry::*;
 
     /// The registry named by `url`: `mem://NAME`, `file://DIR`, and with their features
-    /// `redis://HOST:PORT?ns=NS` and `nats://HOST:PORT/NS` (NATS KV).
+    /// `etcd://HOST:PORT/NS`, `redis://HOST:PORT?ns=NS` and `nats://HOST:PORT/NS` (NATS KV).
     pub fn connect(url: &str) -> Result<Arc<dyn Registry>, RegistryError> {
         let scheme = url.split_once("://").map_or("", |(s, _)| s);
         match scheme {
@@ -118,6 +121,8 @@ pub mod registry {
             "redis" | "rediss" => Ok(Arc::new(crate::redis::RedisRegistry::from_url(url)?)),
             #[cfg(feature = "nats")]
             "nats" => Ok(Arc::new(crate::nats::NatsRegistry::from_url(url)?)),
+            #[cfg(feature = "etcd")]
+            "etcd" => Ok(Arc::new(crate::etcd::EtcdRegistry::from_url(url)?)),
             "mem" | "file" => switchyard_core::registry::connect(url),
             _ => Err(RegistryError::InvalidUrl {
                 url: crate::error::redact_url(url),
@@ -128,6 +133,9 @@ pub mod registry {
 
     fn known() -> Vec<&'static str> {
         let mut known = vec!["mem://NAME", "file://DIR"];
+        if cfg!(feature = "etcd") {
+            known.push("etcd://HOST:PORT/NS");
+        }
         if cfg!(feature = "redis") {
             known.push("redis://HOST:PORT?ns=NS");
         }
