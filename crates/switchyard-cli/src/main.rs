@@ -45,7 +45,7 @@ struct Cli {
     connect_retries: u32,
     /// Service discovery: the registry that `serve` registers in and `services` lists
     /// (`file://DIR` shared by local processes, `mem://NAME` in process, `etcd://HOST:PORT/NS`,
-    /// `redis://HOST:PORT?ns=NS`, `nats://HOST:PORT/NS`).
+    /// `zk://HOST:PORT/NS`, `redis://HOST:PORT?ns=NS`, `nats://HOST:PORT/NS`).
     #[arg(long, global = true, value_name = "URL", env = "SWITCHYARD_REGISTRY")]
     registry: Option<String>,
     /// How long a registration lasts unless renewed (it is renewed every third of it): an

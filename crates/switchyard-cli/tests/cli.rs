@@ -703,6 +703,23 @@ fn serve_registers_in_etcd_and_a_stop_or_a_kill_removes_it() {
     );
 }
 
+#[test]
+fn serve_registers_in_zookeeper_and_a_stop_or_a_kill_removes_it() {
+    if !switchyard::testkit::require_server("cli zookeeper registry", "ZooKeeper", "127.0.0.1:2181")
+    {
+        return;
+    }
+    // Killed, the process leaves its session to expire (1 s asked here) and its record's
+    // lease (1 s) to run out, whichever readers see first.
+    registers_and_a_stop_or_a_kill_removes(
+        &format!(
+            "zk://127.0.0.1:2181/yard{}?session_timeout_ms=1000",
+            free_port()
+        ),
+        Duration::from_millis(3_000),
+    );
+}
+
 /// `yard serve --registry REGISTRY` registers; SIGTERM removes the record at once; SIGKILL
 /// leaves it to run out within `lease_ends` of the kill.
 fn registers_and_a_stop_or_a_kill_removes(registry: &str, lease_ends: Duration) {

@@ -99,6 +99,9 @@ pub use switchyard_redis as redis;
 #[cfg(feature = "etcd")]
 pub use switchyard_etcd as etcd;
 
+#[cfg(feature = "zookeeper")]
+pub use switchyard_zookeeper as zookeeper;
+
 #[cfg(feature = "store")]
 pub use switchyard_store as store;
 
@@ -113,7 +116,8 @@ pub mod registry {
     pub use switchyard_core::registry::*;
 
     /// The registry named by `url`: `mem://NAME`, `file://DIR`, and with their features
-    /// `etcd://HOST:PORT/NS`, `redis://HOST:PORT?ns=NS` and `nats://HOST:PORT/NS` (NATS KV).
+    /// `etcd://HOST:PORT/NS`, `zk://HOST:PORT/NS`, `redis://HOST:PORT?ns=NS` and
+    /// `nats://HOST:PORT/NS` (NATS KV).
     pub fn connect(url: &str) -> Result<Arc<dyn Registry>, RegistryError> {
         let scheme = url.split_once("://").map_or("", |(s, _)| s);
         match scheme {
@@ -123,6 +127,8 @@ pub mod registry {
             "nats" => Ok(Arc::new(crate::nats::NatsRegistry::from_url(url)?)),
             #[cfg(feature = "etcd")]
             "etcd" => Ok(Arc::new(crate::etcd::EtcdRegistry::from_url(url)?)),
+            #[cfg(feature = "zookeeper")]
+            "zk" => Ok(Arc::new(crate::zookeeper::ZkRegistry::from_url(url)?)),
             "mem" | "file" => switchyard_core::registry::connect(url),
             _ => Err(RegistryError::InvalidUrl {
                 url: crate::error::redact_url(url),
@@ -135,6 +141,9 @@ pub mod registry {
         let mut known = vec!["mem://NAME", "file://DIR"];
         if cfg!(feature = "etcd") {
             known.push("etcd://HOST:PORT/NS");
+        }
+        if cfg!(feature = "zookeeper") {
+            known.push("zk://HOST:PORT/NS");
         }
         if cfg!(feature = "redis") {
             known.push("redis://HOST:PORT?ns=NS");
