@@ -308,10 +308,10 @@ impl Watching {
                 Duration::from_millis(ends.saturating_sub(now_ms())) + Duration::from_millis(5)
             });
             let event = match wait {
-                Some(wait) => match tokio::time::timeout(wait, self.watcher.changed()).await {
-                    Ok(event) => Some(event),
-                    Err(_) => None,
-                },
+                // `changed` only takes from a channel: safe to drop at the timeout.
+                Some(wait) => tokio::time::timeout(wait, self.watcher.changed())
+                    .await
+                    .ok(),
                 None => Some(self.watcher.changed().await),
             };
             let Some(event) = event else {
