@@ -2,7 +2,11 @@
 //! `<service>.<id>`, in the bucket `sy_registry_<ns>`, holding its record and when its lease
 //! ends (readers skip and remove records past it); configuration in `sy_config_<ns>`, each
 //! key's KV revision its revision, compare-and-set by `create`/`update` at a revision.
-//! Watching looks again every `registry::POLL_EVERY` for now.
+//! Watches are KV watches, pushed: a record written reaches each watcher of its service as it
+//! is written, and a watcher reports a record gone when its lease ends unrenewed. Each
+//! renewal rewrites the record, so each watcher of a service receives its instances'
+//! renewals (a third of a lease apart); NATS 2.11's per-key TTL would spare them, but the
+//! server here (2.9) has none.
 
 use std::time::Duration;
 
@@ -12,8 +16,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use switchyard_core::error::TransportError;
 use switchyard_core::registry::{
-    expiry, in_order, key_part, live, watch_by_listing, watch_config_by_reading, Changes, Config,
-    ConfigChanges, Instance, Registry, RegistryError,
+    expiry, in_order, key_part, leased, live, watch_config_by_reading, Changes, Config,
+    ConfigChanges, Instance, Leased, Registry, RegistryError,
 };
 use tokio::sync::OnceCell;
 
@@ -114,6 +118,15 @@ impl NatsRegistry {
     }
 
     async fn read(&self, service: Option<&str>) -> Result<Vec<Instance>, RegistryError> {
+        let records = self.records(service).await?;
+        Ok(in_order(
+            records.into_iter().map(|(_, r)| r.instance).collect(),
+        ))
+    }
+
+    /// The live records of `service` (or of all), with their keys; those past their lease are
+    /// deleted.
+    async fn records(&self, service: Option<&str>) -> Result<Vec<(String, Record)>, RegistryError> {
         let store = self.bucket(false).await?;
         let prefix = service.map(|s| format!("{}.", token(s)));
         let mut keys = match store.keys().await {
@@ -134,7 +147,7 @@ impl NatsRegistry {
                 continue;
             };
             match serde_json::from_slice::<Record>(&bytes) {
-                Ok(r) if live(r.expires_ms) => found.push(r.instance),
+                Ok(r) if live(r.expires_ms) => found.push((key, r)),
                 Ok(_) => {
                     let _ = store.delete(&key).await;
                 }
@@ -143,7 +156,7 @@ impl NatsRegistry {
                 }
             }
         }
-        Ok(in_order(found))
+        Ok(found)
     }
 }
 
@@ -183,7 +196,54 @@ impl Registry for NatsRegistry {
     }
 
     fn watch(&self, service: Option<&str>) -> BoxFuture<'_, Result<Changes, RegistryError>> {
-        watch_by_listing(self, service)
+        let service = service.map(str::to_string);
+        let this = self.clone();
+        Box::pin(async move {
+            let store = this.bucket(false).await?.clone();
+            // Watched before the records are read: nothing written in between is missed.
+            let watch = match &service {
+                Some(s) => store.watch(format!("{}.*", token(s))).await,
+                None => store.watch_all().await,
+            }
+            .map_err(|e| this.unavailable(e))?;
+            let known = this
+                .records(service.as_deref())
+                .await?
+                .into_iter()
+                .map(|(key, r)| (key, r.instance, r.expires_ms))
+                .collect();
+            let reader = this.clone();
+            let events = watch.filter_map(move |entry| {
+                let reader = reader.clone();
+                async move {
+                    let entry = match entry {
+                        Ok(entry) => entry,
+                        Err(e) => return Some(Err(reader.unavailable(e))),
+                    };
+                    if entry.operation != kv::Operation::Put {
+                        return Some(Ok(Leased::Removed { key: entry.key }));
+                    }
+                    match serde_json::from_slice::<Record>(&entry.value) {
+                        Ok(r) => Some(Ok(Leased::Put {
+                            key: entry.key,
+                            instance: r.instance,
+                            expires_ms: r.expires_ms,
+                        })),
+                        Err(e) => {
+                            tracing::warn!(target: "switchyard", key = %entry.key, error = %e, "unreadable registry record ignored");
+                            None
+                        }
+                    }
+                }
+            });
+            let expired = move |key: String| -> BoxFuture<'static, ()> {
+                let store = store.clone();
+                Box::pin(async move {
+                    let _ = store.delete(&key).await;
+                })
+            };
+            Ok(leased(known, Box::pin(events), expired))
+        })
     }
 
     fn url(&self) -> String {

@@ -15,7 +15,6 @@
 //! ones (3.6 and later), pushed. A configuration value's revision is its node's version + 1;
 //! compare-and-set is ZooKeeper's versioned `setData`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +23,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use switchyard_core::error::redact_url;
 use switchyard_core::registry::{
-    expiry, in_order, key_part, live, Change, Changes, Config, ConfigChanges, Instance, Registry,
-    RegistryError,
+    expiry, in_order, key_part, leased, live, Changes, Config, ConfigChanges, Instance, Leased,
+    Registry, RegistryError,
 };
 use switchyard_core::url_options::UrlOptions;
 use tokio::sync::Mutex;
@@ -272,17 +271,8 @@ impl ZkRegistry {
     }
 }
 
-/// What a watch of instances keeps: each record seen, by node, with when its lease ends.
-struct Watching {
-    registry: ZkRegistry,
-    client: zk::Client,
-    watcher: zk::PersistentWatcher,
-    known: HashMap<String, (Instance, u64)>,
-    /// This watcher's subscriber node, removed when the watch is dropped.
-    _subscriber: Option<Subscriber>,
-}
-
-/// A watcher's ephemeral sequential node under its service's `subscribers`.
+/// A watcher's ephemeral sequential node under its service's `subscribers`, removed when the
+/// watch is dropped.
 struct Subscriber {
     client: zk::Client,
     node: String,
@@ -299,27 +289,19 @@ impl Drop for Subscriber {
     }
 }
 
-impl Watching {
-    /// The next change: an event, or a known record whose lease ended unrenewed.
-    async fn next(&mut self) -> Result<Change, RegistryError> {
+/// What a watch has to read its events with.
+struct Events {
+    registry: ZkRegistry,
+    client: zk::Client,
+    watcher: zk::PersistentWatcher,
+    _subscriber: Option<Subscriber>,
+}
+
+impl Events {
+    /// The next event on a record.
+    async fn next(&mut self) -> Result<Leased, RegistryError> {
         loop {
-            let soonest = self.known.values().map(|(_, ends)| *ends).min();
-            let wait = soonest.map(|ends| {
-                Duration::from_millis(ends.saturating_sub(now_ms())) + Duration::from_millis(5)
-            });
-            let event = match wait {
-                // `changed` only takes from a channel: safe to drop at the timeout.
-                Some(wait) => tokio::time::timeout(wait, self.watcher.changed())
-                    .await
-                    .ok(),
-                None => Some(self.watcher.changed().await),
-            };
-            let Some(event) = event else {
-                if let Some(change) = self.expire().await? {
-                    return Ok(change);
-                }
-                continue;
-            };
+            let event = self.watcher.changed().await;
             match event.event_type {
                 zk::EventType::Session => {
                     // Events may be lost over a reconnection (ZOOKEEPER-4698), and none come
@@ -330,61 +312,26 @@ impl Watching {
                         )));
                     }
                 }
-                zk::EventType::NodeCreated | zk::EventType::NodeDataChanged => {
-                    if !is_instance(&event.path) {
-                        continue;
-                    }
+                zk::EventType::NodeCreated | zk::EventType::NodeDataChanged
+                    if is_instance(&event.path) =>
+                {
                     let read = self.registry.read(&self.client, &event.path).await;
-                    match read.map_err(|e| self.registry.unavailable(e))? {
-                        Some(record) => {
-                            self.known
-                                .insert(event.path, (record.instance.clone(), record.expires_ms));
-                            return Ok(Change::Up(record.instance));
-                        }
-                        None => {
-                            if let Some(change) = self.gone(&event.path) {
-                                return Ok(change);
-                            }
-                        }
-                    }
+                    return Ok(match read.map_err(|e| self.registry.unavailable(e))? {
+                        Some(record) => Leased::Put {
+                            key: event.path,
+                            instance: record.instance,
+                            expires_ms: record.expires_ms,
+                        },
+                        // Gone, or past its lease, by the time it was read.
+                        None => Leased::Removed { key: event.path },
+                    });
                 }
-                zk::EventType::NodeDeleted => {
-                    if let Some(change) = self.gone(&event.path) {
-                        return Ok(change);
-                    }
+                zk::EventType::NodeDeleted if is_instance(&event.path) => {
+                    return Ok(Leased::Removed { key: event.path });
                 }
-                zk::EventType::NodeChildrenChanged => {}
+                _ => {}
             }
         }
-    }
-
-    fn gone(&mut self, node: &str) -> Option<Change> {
-        self.known.remove(node).map(|(i, _)| Change::Down {
-            service: i.service,
-            id: i.id,
-        })
-    }
-
-    /// A known record past its lease: read again (a renewal may have come), gone if not.
-    async fn expire(&mut self) -> Result<Option<Change>, RegistryError> {
-        let now = now_ms();
-        let due: Vec<String> = self
-            .known
-            .iter()
-            .filter(|(_, (_, ends))| *ends <= now)
-            .map(|(node, _)| node.clone())
-            .collect();
-        for node in due {
-            let read = self.registry.read(&self.client, &node).await;
-            match read.map_err(|e| self.registry.unavailable(e))? {
-                Some(record) => {
-                    self.known
-                        .insert(node, (record.instance, record.expires_ms));
-                }
-                None => return Ok(self.gone(&node)),
-            }
-        }
-        Ok(None)
     }
 }
 
@@ -393,12 +340,6 @@ fn is_instance(path: &str) -> bool {
     let mut parts = path.rsplit('/');
     let _id = parts.next();
     parts.next() == Some("instances")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Registry for ZkRegistry {
@@ -446,37 +387,38 @@ impl Registry for ZkRegistry {
                 .await
                 .map_err(|e| this.unavailable(e))?;
             // What is there now, with its leases, so that a lease ending later is reported.
-            let known = this
-                .read_all(service.as_deref())
-                .await?
-                .into_iter()
-                .map(|i| (this.node(&i.service, &i.id), i))
-                .collect::<Vec<_>>();
-            let mut kept = HashMap::new();
-            for (node, instance) in known {
+            let mut known = Vec::new();
+            for instance in this.read_all(service.as_deref()).await? {
+                let node = this.node(&instance.service, &instance.id);
                 if let Ok(Some(record)) = this.read(&client, &node).await {
-                    kept.insert(node, (instance, record.expires_ms));
+                    known.push((node, instance, record.expires_ms));
                 }
             }
             let subscriber = match &service {
                 Some(s) => Some(this.subscribe(&client, s).await?),
                 None => None,
             };
-            let watching = Watching {
+            let reader = client.clone();
+            let events = Events {
                 registry: this,
                 client,
                 watcher,
-                known: kept,
                 _subscriber: subscriber,
             };
-            let changes = futures::stream::unfold(Some(watching), |state| async move {
-                let mut watching = state?;
-                match watching.next().await {
-                    Ok(change) => Some((Ok(change), Some(watching))),
+            let events = futures::stream::unfold(Some(events), |state| async move {
+                let mut events = state?;
+                match events.next().await {
+                    Ok(event) => Some((Ok(event), Some(events))),
                     Err(e) => Some((Err(e), None)),
                 }
             });
-            Ok(changes.boxed())
+            let expired = move |node: String| -> BoxFuture<'static, ()> {
+                let client = reader.clone();
+                Box::pin(async move {
+                    let _ = client.delete(&node, None).await;
+                })
+            };
+            Ok(leased(known, Box::pin(events), expired))
         })
     }
 

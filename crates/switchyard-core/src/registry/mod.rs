@@ -353,6 +353,118 @@ pub fn in_order(mut instances: Vec<Instance>) -> Vec<Instance> {
     instances
 }
 
+/// What a backend's own pushed watch says of one record that holds its own lease (NATS KV,
+/// ZooKeeper): for [`leased`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Leased {
+    /// The record under `key` written or renewed: `instance`, held until `expires_ms`.
+    Put {
+        /// The backend's key of the record.
+        key: String,
+        /// What it holds.
+        instance: Instance,
+        /// When its lease ends, in ms since the Unix epoch.
+        expires_ms: u64,
+    },
+    /// The record under `key` removed.
+    Removed {
+        /// The backend's key of the record.
+        key: String,
+    },
+}
+
+/// Changes from a backend's pushed events on records that carry their own lease: `Up` when a
+/// record is written (a renewal that changes nothing else says nothing), `Down` when it is
+/// removed or when its lease ends without a renewal. `known` are the records there when the
+/// watch began (key, instance, lease end), so that their leases are followed too; `expired`
+/// is called with the key of a record whose lease ended, to remove it from the store so that
+/// lists and other watchers agree. The stream ends after the first error of `events`.
+pub fn leased<S, E>(known: Vec<(String, Instance, u64)>, events: S, expired: E) -> Changes
+where
+    S: futures::Stream<Item = Result<Leased, RegistryError>> + Send + Unpin + 'static,
+    E: Fn(String) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+{
+    use futures::StreamExt;
+    use std::collections::HashMap;
+    struct State<S, E> {
+        known: HashMap<String, (Instance, u64)>,
+        events: S,
+        expired: E,
+    }
+    let state = State {
+        known: known
+            .into_iter()
+            .map(|(key, instance, ends)| (key, (instance, ends)))
+            .collect(),
+        events,
+        expired,
+    };
+    futures::stream::unfold(Some(state), |state| async move {
+        let mut st = state?;
+        loop {
+            let soonest = st.known.values().map(|(_, ends)| *ends).min();
+            let event = match soonest {
+                // A renewal comes a third of a lease early: a lease ending unrenewed is over.
+                Some(ends) => {
+                    let wait = Duration::from_millis(ends.saturating_sub(now_ms()));
+                    match tokio::time::timeout(wait, st.events.next()).await {
+                        Ok(event) => event,
+                        Err(_) => {
+                            let now = now_ms();
+                            let due = st
+                                .known
+                                .iter()
+                                .find(|(_, (_, ends))| *ends <= now)
+                                .map(|(key, _)| key.clone());
+                            if let Some(key) = due {
+                                if let Some((gone, _)) = st.known.remove(&key) {
+                                    (st.expired)(key).await;
+                                    let down = Change::Down {
+                                        service: gone.service,
+                                        id: gone.id,
+                                    };
+                                    return Some((Ok(down), Some(st)));
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                }
+                None => st.events.next().await,
+            };
+            match event {
+                None => return None,
+                Some(Err(e)) => return Some((Err(e), None)),
+                Some(Ok(Leased::Put {
+                    key,
+                    instance,
+                    expires_ms,
+                })) => {
+                    if !live(expires_ms) {
+                        continue;
+                    }
+                    let before = st.known.insert(key, (instance.clone(), expires_ms));
+                    if before.is_some_and(|(was, _)| was == instance) {
+                        continue;
+                    }
+                    return Some((Ok(Change::Up(instance)), Some(st)));
+                }
+                Some(Ok(Leased::Removed { key })) => {
+                    if let Some((gone, _)) = st.known.remove(&key) {
+                        let down = Change::Down {
+                            service: gone.service,
+                            id: gone.id,
+                        };
+                        return Some((Ok(down), Some(st)));
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
 /// How often a polled watch looks again.
 pub const POLL_EVERY: Duration = Duration::from_millis(100);
 
