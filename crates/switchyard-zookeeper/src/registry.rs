@@ -303,14 +303,17 @@ impl Events {
         loop {
             let event = self.watcher.changed().await;
             match event.event_type {
-                zk::EventType::Session => {
-                    // Events may be lost over a reconnection (ZOOKEEPER-4698), and none come
-                    // after a terminal state: the caller lists again and watches anew.
-                    if event.session_state != zk::SessionState::SyncConnected {
-                        return Err(self.registry.unavailable(zk::Error::UnexpectedError(
-                            format!("ZooKeeper session {:?}", event.session_state),
-                        )));
-                    }
+                // Events may be lost over a reconnection (ZOOKEEPER-4698), and none come after
+                // a terminal state: the caller lists again and watches anew.
+                zk::EventType::Session
+                    if event.session_state != zk::SessionState::SyncConnected =>
+                {
+                    return Err(self
+                        .registry
+                        .unavailable(zk::Error::UnexpectedError(format!(
+                            "ZooKeeper session {:?}",
+                            event.session_state
+                        ))));
                 }
                 zk::EventType::NodeCreated | zk::EventType::NodeDataChanged
                     if is_instance(&event.path) =>
