@@ -1871,3 +1871,192 @@ async fn next_change(
         }
     }
 }
+
+/// What [`registry_at_scale`] measured.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ScaleFigures {
+    /// Instances registered.
+    pub instances: usize,
+    /// Watchers, each on a handle of its own.
+    pub watchers: usize,
+    /// From a registration's start to each watcher hearing of it, p99.
+    pub up_p99: Duration,
+    /// From a removal's start to each watcher hearing of it, p99.
+    pub down_p99: Duration,
+    /// Changes the watchers heard while nothing changed, for one lease, in all: renewals
+    /// must cost the watchers nothing.
+    pub quiet_changes: usize,
+}
+
+/// A fleet on one registry: `instances` instances of one service registered (a hundred a
+/// second) by one process, each kept by its [`Registration`](crate::registry::Registration)
+/// with a 3 s lease, watched by `watchers` watchers. Asserts that each change reaches every
+/// watcher within 1 s p99; that while the test's runtime is held by busy handlers for longer
+/// than a lease, no live instance is dropped (renewals run on their own thread); that nothing
+/// is heard while nothing changes; and that removals reach every watcher within 1 s p99.
+pub async fn registry_at_scale(
+    connect: impl Fn() -> Arc<dyn crate::registry::Registry>,
+    instances: usize,
+    watchers: usize,
+) -> ScaleFigures {
+    use crate::registry::{Change, Instance, Registration};
+    const LEASE: Duration = Duration::from_secs(3);
+    let service = format!("fleet{}", &crate::message::new_id()[..8]);
+    // (watcher, instance id, up?, when heard)
+    type Heard = Arc<Mutex<Vec<(usize, String, bool, Instant)>>>;
+    let heard: Heard = Arc::default();
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut watching = Vec::new();
+    for w in 0..watchers {
+        let handle = connect();
+        let mut changes = handle.watch(Some(&service)).await.expect("watch");
+        let (heard, failures) = (heard.clone(), failures.clone());
+        watching.push(tokio::spawn(async move {
+            let _handle = handle;
+            while let Some(change) = changes.next().await {
+                let now = Instant::now();
+                let mut heard = heard.lock().unwrap_or_else(|p| p.into_inner());
+                match change {
+                    Ok(Change::Up(i)) => heard.push((w, i.id, true, now)),
+                    Ok(Change::Down { id, .. }) => heard.push((w, id, false, now)),
+                    Err(e) => {
+                        failures
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(e.to_string());
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    let count = |up: bool| {
+        heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|h| h.2 == up)
+            .count()
+    };
+    let wait_for = |up: bool, n: usize, what: &str| {
+        let what = what.to_string();
+        let count = &count;
+        let failures = failures.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while count(up) < n {
+                let failed = failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                assert!(failed.is_empty(), "a watch failed: {failed:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: {} of {n} heard within 60 s",
+                    count(up)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let p99 = |started: &HashMap<String, Instant>, up: bool| {
+        let mut took: Vec<Duration> = heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|h| h.2 == up)
+            .filter_map(|(_, id, _, at)| started.get(id).map(|s| at.saturating_duration_since(*s)))
+            .collect();
+        took.sort();
+        took.get((took.len() * 99 / 100).min(took.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+
+    // Registered a hundred a second, each timed from its start.
+    let registrar = connect();
+    let mut started = HashMap::new();
+    let mut starting = Vec::new();
+    let pace = Duration::from_millis(10);
+    let begun = Instant::now();
+    for n in 0..instances {
+        let id = format!("i{n:05}");
+        tokio::time::sleep_until((begun + pace * u32::try_from(n).unwrap_or(u32::MAX)).into())
+            .await;
+        started.insert(id.clone(), Instant::now());
+        let instance = Instance::new(&service, id, [format!("http://127.0.0.1:{}", 10_000 + n)]);
+        let registrar = registrar.clone();
+        starting.push(tokio::spawn(async move {
+            Registration::start(registrar, instance, LEASE).await
+        }));
+    }
+    let mut registrations = Vec::new();
+    for s in starting {
+        registrations.push(s.await.expect("task").expect("registration"));
+    }
+    wait_for(true, instances * watchers, "registrations").await;
+    let up_p99 = p99(&started, true);
+
+    // Busy handlers hold every worker of this runtime for more than a lease.
+    let held = LEASE + Duration::from_secs(2);
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let busy: Vec<_> = (0..workers)
+        .map(|_| tokio::spawn(async move { std::thread::sleep(held) }))
+        .collect();
+    for b in busy {
+        b.await.expect("busy");
+    }
+    // Then as long again, nothing changing: what the watchers hear is what renewals cost them.
+    let before = heard.lock().unwrap_or_else(|p| p.into_inner()).len();
+    tokio::time::sleep(LEASE).await;
+    let quiet_changes = heard.lock().unwrap_or_else(|p| p.into_inner()).len() - before;
+    let dropped = count(false);
+    assert_eq!(
+        dropped, 0,
+        "live instances reported gone while handlers were busy"
+    );
+    assert_eq!(
+        registrar.list(Some(&service)).await.expect("list").len(),
+        instances,
+        "every instance still listed"
+    );
+
+    // A tenth removed, paced the same way.
+    let mut stopped = HashMap::new();
+    let leaving = instances / 10;
+    let begun = Instant::now();
+    let mut stopping = Vec::new();
+    for (n, r) in registrations.drain(..leaving).enumerate() {
+        tokio::time::sleep_until((begun + pace * u32::try_from(n).unwrap_or(u32::MAX)).into())
+            .await;
+        stopped.insert(r.instance().id.clone(), Instant::now());
+        stopping.push(tokio::spawn(r.stop()));
+    }
+    for s in stopping {
+        s.await.expect("task").expect("stop");
+    }
+    wait_for(false, leaving * watchers, "removals").await;
+    let down_p99 = p99(&stopped, false);
+    for r in registrations {
+        r.stop().await.expect("stop");
+    }
+    for w in watching {
+        w.abort();
+    }
+    let figures = ScaleFigures {
+        instances,
+        watchers,
+        up_p99,
+        down_p99,
+        quiet_changes,
+    };
+    eprintln!("{}: {figures:?}", registrar.url());
+    assert!(
+        up_p99 <= Duration::from_secs(1),
+        "registrations reached the watchers in {up_p99:?} (p99)"
+    );
+    assert!(
+        down_p99 <= Duration::from_secs(1),
+        "removals reached the watchers in {down_p99:?} (p99)"
+    );
+    assert_eq!(quiet_changes, 0, "renewals are not changes");
+    figures
+}

@@ -236,10 +236,18 @@ impl Registry for NatsRegistry {
                     }
                 }
             });
-            let expired = move |key: String| -> BoxFuture<'static, ()> {
+            let expired = move |key: String| -> BoxFuture<'static, Option<u64>> {
                 let store = store.clone();
                 Box::pin(async move {
-                    let _ = store.delete(&key).await;
+                    let found = store.get(&key).await.ok().flatten();
+                    let record = found.and_then(|b| serde_json::from_slice::<Record>(&b).ok());
+                    match record {
+                        Some(r) if live(r.expires_ms) => Some(r.expires_ms),
+                        _ => {
+                            let _ = store.delete(&key).await;
+                            None
+                        }
+                    }
                 })
             };
             Ok(leased(known, Box::pin(events), expired))

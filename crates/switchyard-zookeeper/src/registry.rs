@@ -401,7 +401,7 @@ impl Registry for ZkRegistry {
                 Some(s) => Some(this.subscribe(&client, s).await?),
                 None => None,
             };
-            let reader = client.clone();
+            let (reader, registry) = (client.clone(), this.clone());
             let events = Events {
                 registry: this,
                 client,
@@ -415,10 +415,12 @@ impl Registry for ZkRegistry {
                     Err(e) => Some((Err(e), None)),
                 }
             });
-            let expired = move |node: String| -> BoxFuture<'static, ()> {
-                let client = reader.clone();
+            let expired = move |node: String| -> BoxFuture<'static, Option<u64>> {
+                let (client, registry) = (reader.clone(), registry.clone());
+                // Read again: deleted there when past its lease.
                 Box::pin(async move {
-                    let _ = client.delete(&node, None).await;
+                    let record = registry.read(&client, &node).await.ok().flatten();
+                    record.map(|r| r.expires_ms)
                 })
             };
             Ok(leased(known, Box::pin(events), expired))

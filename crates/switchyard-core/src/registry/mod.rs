@@ -377,54 +377,73 @@ pub enum Leased {
 /// Changes from a backend's pushed events on records that carry their own lease: `Up` when a
 /// record is written (a renewal that changes nothing else says nothing), `Down` when it is
 /// removed or when its lease ends without a renewal. `known` are the records there when the
-/// watch began (key, instance, lease end), so that their leases are followed too; `expired`
-/// is called with the key of a record whose lease ended, to remove it from the store so that
-/// lists and other watchers agree. The stream ends after the first error of `events`.
+/// watch began (key, instance, lease end), so that their leases are followed too. `expired`
+/// is called with the key of a record whose lease has ended by this watcher's clock: it reads
+/// the record again and returns its lease end when it was renewed after all (a renewal this
+/// watcher has not heard yet: its runtime may have been held up), or removes it so that lists
+/// and other watchers agree. The stream ends after the first error of `events`.
 pub fn leased<S, E>(known: Vec<(String, Instance, u64)>, events: S, expired: E) -> Changes
 where
     S: futures::Stream<Item = Result<Leased, RegistryError>> + Send + Unpin + 'static,
-    E: Fn(String) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    E: Fn(String) -> BoxFuture<'static, Option<u64>> + Send + Sync + 'static,
 {
     use futures::StreamExt;
-    use std::collections::HashMap;
+    use std::collections::{BTreeSet, HashMap};
+    /// The records known, and their lease ends in order: the next to end found at once, as
+    /// a watch of a thousand instances hears their renewals all the time.
     struct State<S, E> {
         known: HashMap<String, (Instance, u64)>,
+        ends: BTreeSet<(u64, String)>,
         events: S,
         expired: E,
     }
-    let state = State {
-        known: known
-            .into_iter()
-            .map(|(key, instance, ends)| (key, (instance, ends)))
-            .collect(),
+    impl<S, E> State<S, E> {
+        fn keep(&mut self, key: String, instance: Instance, ends: u64) -> Option<Instance> {
+            self.ends.insert((ends, key.clone()));
+            let before = self.known.insert(key.clone(), (instance, ends))?;
+            if before.1 != ends {
+                self.ends.remove(&(before.1, key));
+            }
+            Some(before.0)
+        }
+        fn forget(&mut self, key: &str) -> Option<Change> {
+            let (gone, ends) = self.known.remove(key)?;
+            self.ends.remove(&(ends, key.to_string()));
+            Some(Change::Down {
+                service: gone.service,
+                id: gone.id,
+            })
+        }
+    }
+    let mut state = State {
+        known: HashMap::new(),
+        ends: BTreeSet::new(),
         events,
         expired,
     };
+    for (key, instance, ends) in known {
+        state.keep(key, instance, ends);
+    }
     futures::stream::unfold(Some(state), |state| async move {
         let mut st = state?;
         loop {
-            let soonest = st.known.values().map(|(_, ends)| *ends).min();
-            let event = match soonest {
+            let event = match st.ends.first().cloned() {
                 // A renewal comes a third of a lease early: a lease ending unrenewed is over.
-                Some(ends) => {
+                Some((ends, key)) => {
                     let wait = Duration::from_millis(ends.saturating_sub(now_ms()));
                     match tokio::time::timeout(wait, st.events.next()).await {
                         Ok(event) => event,
                         Err(_) => {
-                            let now = now_ms();
-                            let due = st
-                                .known
-                                .iter()
-                                .find(|(_, (_, ends))| *ends <= now)
-                                .map(|(key, _)| key.clone());
-                            if let Some(key) = due {
-                                if let Some((gone, _)) = st.known.remove(&key) {
-                                    (st.expired)(key).await;
-                                    let down = Change::Down {
-                                        service: gone.service,
-                                        id: gone.id,
-                                    };
-                                    return Some((Ok(down), Some(st)));
+                            match (st.expired)(key.clone()).await {
+                                Some(renewed) if renewed > ends => {
+                                    if let Some((instance, _)) = st.known.get(&key).cloned() {
+                                        st.keep(key, instance, renewed);
+                                    }
+                                }
+                                _ => {
+                                    if let Some(down) = st.forget(&key) {
+                                        return Some((Ok(down), Some(st)));
+                                    }
                                 }
                             }
                             continue;
@@ -444,18 +463,13 @@ where
                     if !live(expires_ms) {
                         continue;
                     }
-                    let before = st.known.insert(key, (instance.clone(), expires_ms));
-                    if before.is_some_and(|(was, _)| was == instance) {
+                    if st.keep(key, instance.clone(), expires_ms).as_ref() == Some(&instance) {
                         continue;
                     }
                     return Some((Ok(Change::Up(instance)), Some(st)));
                 }
                 Some(Ok(Leased::Removed { key })) => {
-                    if let Some((gone, _)) = st.known.remove(&key) {
-                        let down = Change::Down {
-                            service: gone.service,
-                            id: gone.id,
-                        };
+                    if let Some(down) = st.forget(&key) {
                         return Some((Ok(down), Some(st)));
                     }
                 }
