@@ -150,14 +150,16 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         file: Option<std::path::PathBuf>,
     },
-    /// Publishes one event (JSON) on TOPIC.
+    /// Publishes one event (JSON) on TOPIC: `yard publish URL TOPIC DATA`, or with
+    /// `--registry` and no URL, `yard publish TOPIC DATA` to wherever the registry says the
+    /// topic's handlers are served.
     Publish {
-        /// Transport URL.
+        /// Transport URL (with `--registry`: the topic).
         url: String,
-        /// Topic.
+        /// Topic (with `--registry` and no URL: the event).
         topic: String,
         /// The event as JSON (text that is not JSON is sent as a string).
-        data: String,
+        data: Option<String>,
         /// Ordering key.
         #[arg(long)]
         key: Option<String>,
@@ -569,7 +571,15 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             msgpack,
         } => {
             let codec = if msgpack { Codec::MsgPack } else { Codec::Json };
-            let client = Client::new(open(url).await?).with_codec(codec);
+            let (transport, topic, data) = match (&cli.registry, data) {
+                (Some(registry), None) if !url.contains("://") => {
+                    let registry = switchyard::registry::connect(registry)?;
+                    (switchyard::discover(registry), url, topic)
+                }
+                (_, Some(data)) => (open(url).await?, topic, data),
+                (_, None) => return Err("yard publish URL TOPIC DATA: no DATA given".into()),
+            };
+            let client = Client::new(transport).with_codec(codec);
             let mut env = client.event(&topic, &parse_json_arg(&data))?;
             if let Some(k) = key {
                 env.headers

@@ -842,6 +842,13 @@ fn registers_and_a_stop_or_a_kill_removes(registry: &str, lease_ends: Duration) 
 
     let (ok, _, err) = yard(&["services"]);
     assert!(!ok && err.contains("--registry"), "{err}");
+
+    // An event through the registry: nobody has registered a handler of the topic.
+    let (ok, _, err) = yard(&["--registry", &registry, "publish", "books.added", "{}"]);
+    assert!(
+        !ok && err.contains("no registered instance handles topic \"books.added\""),
+        "{err}"
+    );
 }
 
 #[test]

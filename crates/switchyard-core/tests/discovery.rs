@@ -393,3 +393,54 @@ async fn a_service_is_not_ready_nor_registered_until_its_hard_dependencies_are_t
         "removed on shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_goes_where_the_registry_says_its_handlers_are() {
+    let id = &switchyard_core::message::new_id()[..8];
+    let registry: Arc<dyn Registry> =
+        Arc::new(registry::MemoryRegistry::named(&format!("events{id}")));
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let h = heard.clone();
+    let shelf = Service::new("shelf").on_event("books.added", move |n: u32| {
+        let h = h.clone();
+        async move {
+            h.lock().expect("lock").push(n);
+        }
+    });
+    let bus = format!("mem://events{id}");
+    let transport = Arc::new(MemTransport::from_url(&bus).expect("mem"));
+    let _served = server::serve(transport, shelf).await.expect("serve");
+    let discovery = Client::new(Arc::new(Discovery::new(registry.clone(), connector())));
+
+    // Nobody registered as its handler yet: refused, saying so, rather than sent nowhere.
+    let refused = discovery.publish("books.added", &1u32).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e
+            .to_string()
+            .contains("no registered instance handles topic \"books.added\"")),
+        "{refused:?}"
+    );
+    let mut record = Instance::new("shelf", "one", [bus.clone()]);
+    record.topics = vec!["books.added".into()];
+    registry
+        .register(&record, Duration::from_secs(30))
+        .await
+        .expect("register");
+    for n in 2..5u32 {
+        discovery
+            .publish("books.added", &n)
+            .await
+            .expect("published through the registry");
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    while heard.lock().expect("lock").len() < 3 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut got = heard.lock().expect("lock").clone();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        vec![2, 3, 4],
+        "each event once, none of the refused one"
+    );
+}

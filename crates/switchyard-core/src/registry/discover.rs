@@ -65,6 +65,8 @@ pub struct Discovery {
     balance: Balance,
     services: Mutex<HashMap<String, Arc<Known>>>,
     transports: Mutex<HashMap<String, Arc<dyn Transport>>>,
+    /// Turns over the instances of a service without a broker, publish after publish.
+    next_publish: AtomicUsize,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -364,6 +366,7 @@ impl Discovery {
             balance: Balance::default(),
             services: Mutex::default(),
             transports: Mutex::default(),
+            next_publish: AtomicUsize::new(0),
         }
     }
 
@@ -615,13 +618,70 @@ impl Requester for Discovery {
     }
 }
 
+/// Where an event on a topic goes: for each service that registered a handler of it, the
+/// broker it is served on (the broker then delivers to each group itself; one publish per
+/// broker), or else one of its instances in turn (HTTP instances are pushed their events).
+fn event_targets(instances: &[Instance], topic: &str, turn: usize) -> Vec<String> {
+    let mut services: std::collections::BTreeMap<&str, Vec<&Instance>> = Default::default();
+    for instance in instances
+        .iter()
+        .filter(|i| i.topics.iter().any(|t| t == topic))
+    {
+        services
+            .entry(&instance.service)
+            .or_default()
+            .push(instance);
+    }
+    let mut targets = std::collections::BTreeSet::new();
+    for handlers in services.values() {
+        let broker = handlers
+            .iter()
+            .flat_map(|i| &i.addresses)
+            .find(|a| !a.starts_with("http://") && !a.starts_with("https://"));
+        let target = match broker {
+            Some(broker) => broker.clone(),
+            None => match handlers[turn % handlers.len()].addresses.first() {
+                Some(address) => address.clone(),
+                None => continue,
+            },
+        };
+        targets.insert(target);
+    }
+    targets.into_iter().collect()
+}
+
 impl Publisher for Discovery {
-    fn publish(&self, _envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>> {
-        Box::pin(async {
-            Err(TransportError::Unsupported {
-                transport: "discover",
-                operation: "events (publish on a broker's URL)",
-            })
+    /// Publishes where the registry says the topic's handlers are (`event_targets`); the
+    /// registry is listed at each publish (a command line's `yard publish`, an occasional
+    /// event), not kept by topic. No registered handler: an error naming the topic, the
+    /// event not sent anywhere.
+    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            let unreachable =
+                |e: Box<dyn std::error::Error + Send + Sync>| TransportError::Unreachable {
+                    url: self.registry.url(),
+                    source: e,
+                };
+            let all = self
+                .registry
+                .list(None)
+                .await
+                .map_err(|e| unreachable(Box::new(e)))?;
+            let turn = self.next_publish.fetch_add(1, Ordering::Relaxed);
+            let targets = event_targets(&all, &envelope.subject, turn);
+            if targets.is_empty() {
+                return Err(unreachable(
+                    format!(
+                        "no registered instance handles topic {:?}: the event was not sent",
+                        envelope.subject
+                    )
+                    .into(),
+                ));
+            }
+            for target in targets {
+                self.transport(&target)?.publish(envelope.clone()).await?;
+            }
+            Ok(())
         })
     }
 }
