@@ -134,8 +134,13 @@ impl NatsRegistry {
             Err(e) => return Err(self.unavailable(e)),
         };
         let mut found = Vec::new();
+        // A key renewed while the keys are read comes again: each read once.
+        let mut seen = std::collections::HashSet::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| self.unavailable(e))?;
+            if !seen.insert(key.clone()) {
+                continue;
+            }
             if prefix
                 .as_ref()
                 .is_some_and(|p| !key.starts_with(p.as_str()))
