@@ -491,6 +491,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                         // No revision given: against the one there now.
                         None => registry.config_get(&key).await?.map(|c| c.revision),
                     };
+                    check_setting(&key, &value)?;
                     let revision = registry.config_set(&key, &value, expected).await?;
                     println!("{}", json!({"key": key, "revision": revision}));
                 }
@@ -648,4 +649,23 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             Ok(())
         }
     }
+}
+
+/// Refuses, before it is written, a value of a kind the framework applies from configuration
+/// (`route/<service>`: a version route; `policy/<service>`: a call policy) that it would not
+/// apply. Other keys are the user's own, written as given.
+fn check_setting(key: &str, value: &str) -> Result<(), String> {
+    use switchyard::registry::Setting;
+    let checked = if key.starts_with("route/") {
+        serde_json::from_str::<switchyard::registry::VersionRoute>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.check())
+    } else if key.starts_with("policy/") {
+        serde_json::from_str::<switchyard::policy::CallPolicy>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|p| Setting::check(&p))
+    } else {
+        Ok(())
+    };
+    checked.map_err(|why| format!("{key}: not written: {why}"))
 }

@@ -878,5 +878,15 @@ fn config_and_routes_are_kept_in_the_registry() {
     assert!(!ok && err.contains("version requirement"), "{err}");
     let (ok, _, err) = run(&["route", "books", "^1=0"]);
     assert!(!ok && err.contains("weight above 0"), "{err}");
+    // The kinds the framework applies are checked before they are written.
+    let (ok, _, err) = run(&["config", "set", "policy/books", r#"{"breaker_ratio": 2}"#]);
+    assert!(
+        !ok && err.contains("not written") && err.contains("breaker_ratio"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["config", "set", "route/books", r#"{"split": []}"#]);
+    assert!(!ok && err.contains("not written"), "{err}");
+    let (ok, out, err) = run(&["config", "set", "policy/books", r#"{"max_in_flight": 50}"#]);
+    assert!(ok && out.contains(r#""revision":1"#), "{out}{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -62,7 +62,47 @@ pub struct Client {
     calls: Option<ClientService>,
     publishes: Option<PublishService>,
     // Retries, budget and breaker, shared by the client's clones: one destination, one state.
-    guard: Arc<Guard>,
+    guard: GuardSlot,
+}
+
+/// The guard in force: fixed, or replaced each time the client's policy changes in the
+/// registry's configuration (`Client::policy_from`); only the latter costs a lock a call.
+#[derive(Clone)]
+enum GuardSlot {
+    Fixed(Arc<Guard>),
+    Followed(Arc<std::sync::RwLock<Arc<Guard>>>),
+}
+
+impl GuardSlot {
+    fn fixed(policy: CallPolicy) -> Self {
+        Self::Fixed(Arc::new(Guard::new(policy)))
+    }
+
+    fn now(&self) -> GuardNow<'_> {
+        match self {
+            Self::Fixed(guard) => GuardNow::Borrowed(guard),
+            Self::Followed(slot) => {
+                GuardNow::Owned(slot.read().unwrap_or_else(|p| p.into_inner()).clone())
+            }
+        }
+    }
+}
+
+/// The guard a call goes by, from start to end even if the policy changes meanwhile.
+enum GuardNow<'a> {
+    Borrowed(&'a Guard),
+    Owned(Arc<Guard>),
+}
+
+impl std::ops::Deref for GuardNow<'_> {
+    type Target = Guard;
+
+    fn deref(&self) -> &Guard {
+        match self {
+            Self::Borrowed(guard) => guard,
+            Self::Owned(guard) => guard,
+        }
+    }
 }
 
 /// A client's call policy and the state it keeps: the retry budget and the breaker.
@@ -167,7 +207,7 @@ impl Client {
             publish_layers: Vec::new(),
             calls: None,
             publishes: None,
-            guard: Arc::new(Guard::new(CallPolicy::default())),
+            guard: GuardSlot::fixed(CallPolicy::default()),
         }
     }
 
@@ -175,8 +215,39 @@ impl Client {
     /// [`CallPolicy::default`]: no route retried, the retry budget and the breaker on). The
     /// client's clones share the breaker and budget; this starts them afresh.
     pub fn policy(mut self, policy: CallPolicy) -> Self {
-        self.guard = Arc::new(Guard::new(policy));
+        self.guard = GuardSlot::fixed(policy);
         self
+    }
+
+    /// Takes the call policy from the configuration `key` in `registry` (by convention
+    /// `policy/<service>`; `yard config set policy/books '{"max_in_flight": 50}'`): the value
+    /// there now, then each change, each read and checked ([`CallPolicy::check`]) before it
+    /// replaces the one in force, within the registry's watch delay. A value refused is
+    /// logged and the policy in force kept; a key unset keeps the client's own policy. A
+    /// change starts the breaker and the retry budget afresh. Set after [`Client::service`],
+    /// which starts a destination's own. An error when the registry cannot be read or the
+    /// value there now is refused.
+    pub async fn policy_from(
+        mut self,
+        registry: Arc<dyn crate::registry::Registry>,
+        key: &str,
+    ) -> Result<Self, crate::registry::RegistryError> {
+        use futures::StreamExt;
+        let mut values = crate::registry::watch_setting::<CallPolicy>(&registry, key).await?;
+        let first = match values.next().await {
+            Some(Ok(Some(policy))) => policy,
+            Some(Ok(None)) | None => self.guard.now().policy.clone(),
+            Some(Err(e)) => return Err(e),
+        };
+        let slot = Arc::new(std::sync::RwLock::new(Arc::new(Guard::new(first))));
+        self.guard = GuardSlot::Followed(slot.clone());
+        tokio::spawn(follow_policy(
+            registry,
+            key.to_string(),
+            values,
+            Arc::downgrade(&slot),
+        ));
+        Ok(self)
     }
 
     /// Calls go to the service named `name`: to one of its instances, never to another
@@ -185,7 +256,7 @@ impl Client {
     pub fn service(mut self, name: impl Into<Arc<str>>) -> Self {
         self.service = Some(name.into());
         // Another destination: a breaker and a budget of its own.
-        self.guard = Arc::new(Guard::new(self.guard.policy.clone()));
+        self.guard = GuardSlot::fixed(self.guard.now().policy.clone());
         self
     }
 
@@ -306,7 +377,8 @@ impl Client {
         // The client span, when spans are on: the call's headers now name it as the parent.
         let mut span = trace::client_call(self.service.as_deref(), route, &mut headers);
         let token = token.or_else(|| self.tokens.get(route).map(String::as_str));
-        let guard = &*self.guard;
+        let guard = self.guard.now();
+        let guard = &*guard;
         let metrics = guard.metrics(self);
         // Held until the call ends, however it ends.
         let _slot = match guard.bulkhead.enter(route, now) {
@@ -462,17 +534,21 @@ impl Client {
     /// How long a call of `route` waits: the policy's timeout for the route, else the
     /// client's.
     fn timeout_for(&self, route: &str) -> Duration {
-        self.guard.policy.timeout(route).unwrap_or(self.timeout)
+        self.guard
+            .now()
+            .policy
+            .timeout(route)
+            .unwrap_or(self.timeout)
     }
 
     /// The call policy in force (retries, budget, breaker).
-    pub fn call_policy(&self) -> &CallPolicy {
-        &self.guard.policy
+    pub fn call_policy(&self) -> CallPolicy {
+        self.guard.now().policy.clone()
     }
 
     /// Where this client's circuit breaker stands.
     pub fn breaker_state(&self) -> BreakerState {
-        self.guard.breaker.state(Instant::now())
+        self.guard.now().breaker.state(Instant::now())
     }
 
     /// Publishes `value` on `topic`, encoded with the client's codec.
@@ -721,5 +797,46 @@ impl CallBuilder<'_> {
                 self.shard_key.as_deref(),
             )
             .await
+    }
+}
+
+/// Replaces the guard in `slot` with each policy `values` brings, until the client is gone;
+/// watches `key` again after the registry failed.
+async fn follow_policy(
+    registry: Arc<dyn crate::registry::Registry>,
+    key: String,
+    mut values: crate::registry::Settings<CallPolicy>,
+    slot: std::sync::Weak<std::sync::RwLock<Arc<Guard>>>,
+) {
+    use crate::registry::RegistryError;
+    use futures::StreamExt;
+    loop {
+        while let Some(value) = values.next().await {
+            let Some(slot) = slot.upgrade() else { return };
+            match value {
+                Ok(Some(policy)) => {
+                    tracing::info!(target: "switchyard", %key, "call policy changed");
+                    *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Guard::new(policy));
+                }
+                Ok(None) => {}
+                Err(e @ RegistryError::InvalidValue { .. }) => {
+                    tracing::warn!(target: "switchyard", error = %e, "call policy refused: keeping the one in force");
+                }
+                Err(e) => {
+                    tracing::warn!(target: "switchyard", error = %e, "call policy not readable: keeping the one in force");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if slot.strong_count() == 0 {
+            return;
+        }
+        match crate::registry::watch_setting::<CallPolicy>(&registry, &key).await {
+            Ok(again) => values = again,
+            Err(e) => {
+                tracing::debug!(target: "switchyard", error = %e, "call policy: registry still unreachable")
+            }
+        }
     }
 }

@@ -272,6 +272,43 @@ impl CallPolicy {
             .unwrap_or(self.max_attempts)
     }
 
+    /// Whether the policy can be applied: at least one attempt a call, shares between 0 and
+    /// 1, a backoff no longer than its cap. Checked before a policy read from configuration
+    /// replaces the one in force.
+    ///
+    /// ```
+    /// use switchyard_core::policy::CallPolicy;
+    /// assert!(CallPolicy::default().check().is_ok());
+    /// let p: CallPolicy = serde_json::from_str(r#"{"breaker_ratio": 1.5}"#).unwrap();
+    /// assert!(p.check().unwrap_err().contains("breaker_ratio"));
+    /// ```
+    pub fn check(&self) -> Result<(), String> {
+        let share = |name: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} {v} is not a share between 0 and 1"))
+            }
+        };
+        share("retry_ratio", self.retry_ratio)?;
+        share("breaker_ratio", self.breaker_ratio)?;
+        if self.max_attempts == 0 {
+            return Err("max_attempts 0: a call is attempted at least once".into());
+        }
+        if self.backoff_ms > self.max_backoff_ms {
+            return Err(format!(
+                "backoff_ms {} over max_backoff_ms {}",
+                self.backoff_ms, self.max_backoff_ms
+            ));
+        }
+        for (route, policy) in &self.routes {
+            if policy.max_attempts == Some(0) {
+                return Err(format!("{route}: max_attempts 0"));
+            }
+        }
+        Ok(())
+    }
+
     /// How long a call of `route` waits, when the policy says so for it.
     pub fn timeout(&self, route: &str) -> Option<Duration> {
         self.for_route(route)

@@ -60,6 +60,8 @@
 //! | `kafka` | `kafka://`: Kafka topics, the ordering key as message key, consumer groups that commit only settled offsets (no request/reply) | yes |
 //! | `mqtt` | `mqtt://`: MQTT 5 QoS 1 events, shared subscriptions for groups, response topic + correlation data for RPC | yes |
 //! | `nats` | `nats://`: core NATS request/reply, JetStream streams and durable consumers for events | yes |
+//! | `etcd` | `etcd://`: a service registry and configuration in etcd (leases, pushed watches) | no |
+//! | `zookeeper` | `zk://`: a service registry and configuration in ZooKeeper (ephemeral nodes, persistent watches) | no |
 //! | `store` | inbox stores (Redis, PostgreSQL) and the PostgreSQL transactional outbox (`store`) | no |
 //! | `macros` | `#[switchyard::service]` | yes |
 //! | `otlp` | OpenTelemetry spans exported with OTLP over HTTP from the standard `OTEL_*` variables (`otlp`) | no |

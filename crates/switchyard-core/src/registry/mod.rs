@@ -17,6 +17,7 @@ mod file;
 mod memory;
 mod registration;
 mod serve;
+mod setting;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub use file::FileRegistry;
 pub use memory::MemoryRegistry;
 pub use registration::Registration;
 pub use serve::{serve, Registered, DRAIN_GRACE};
+pub use setting::{read_setting, watch_setting, Setting, Settings};
 
 /// One served instance of a service, as a registry records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +155,17 @@ pub enum RegistryError {
         found: Option<u64>,
         /// The revision the change was made against.
         expected: Option<u64>,
+    },
+    /// A configuration value is not one that can be applied: not the JSON of its kind, or
+    /// refused by the kind's check. Whoever applies it keeps the value in force.
+    #[error("configuration {key} (revision {revision}) refused: {reason}")]
+    InvalidValue {
+        /// The key.
+        key: String,
+        /// The revision refused.
+        revision: u64,
+        /// Why.
+        reason: String,
     },
     /// A record in the registry could not be read.
     #[error("registry {url}: unreadable record {key}: {reason}")]
