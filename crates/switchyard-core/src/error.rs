@@ -342,6 +342,16 @@ pub enum TransportError {
     /// The service cannot be served as it was put together.
     #[error("the service cannot be served: {0}")]
     InvalidService(#[from] ServiceError),
+    /// A start hook of the service failed: it was not served.
+    #[error("service {service} not started: start hook {hook} failed: {reason}")]
+    StartFailed {
+        /// The service.
+        service: String,
+        /// The hook's name.
+        hook: String,
+        /// What it said.
+        reason: String,
+    },
     /// A name (topic, route, service) the transport cannot carry.
     #[error("{what} {name:?} cannot be used on this transport: {reason}")]
     InvalidName {

@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::oneshot;
@@ -37,6 +38,15 @@ pub async fn serve(
 ) -> Result<ServeHandle, TransportError> {
     let service = service.into();
     service.validate()?;
+    for (name, start) in &service.start_hooks {
+        if let Err(reason) = start().await {
+            return Err(TransportError::StartFailed {
+                service: service.name().to_string(),
+                hook: name.clone(),
+                reason,
+            });
+        }
+    }
     let served = Arc::new(Served::new(service));
     let listener = match transport.responder() {
         Some(responder) => Some(responder.listen(served.clone()).await?),
@@ -128,6 +138,19 @@ async fn run(
         close.await;
     }
     consumers.stop().await;
+    // Calls made in this process (`Transport::local`) run in their callers' tasks, each
+    // holding the service: they have all ended when this loop holds its last reference. No
+    // count is kept a call for it; a holder that never lets go is waited for no longer than
+    // a call's default timeout.
+    let waiting = Instant::now();
+    while Arc::strong_count(&served) > 1 && waiting.elapsed() < crate::client::DEFAULT_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for (name, stop) in &served.service().stop_hooks {
+        if let Err(reason) = stop().await {
+            tracing::warn!(target: "switchyard", service = served.name(), hook = %name, %reason, "stop hook failed");
+        }
+    }
 }
 
 async fn answer(served: Arc<Served>, call: IncomingCall) {

@@ -170,6 +170,24 @@ pub struct Service {
     dependencies: Vec<(String, bool)>,
     pub(crate) call_layers: Vec<crate::layer::CallLayerFn>,
     pub(crate) event_layers: Vec<crate::layer::EventLayerFn>,
+    pub(crate) start_hooks: Vec<(String, Hook)>,
+    pub(crate) stop_hooks: Vec<(String, Hook)>,
+}
+
+/// A start or stop hook: what it does, and the reason it gives when it fails.
+pub(crate) type Hook =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+fn hook<F, Fut, E>(f: F) -> Hook
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    Arc::new(move || {
+        let running = f();
+        Box::pin(async move { running.await.map_err(|e| e.to_string()) })
+    })
 }
 
 impl std::fmt::Debug for Service {
@@ -201,7 +219,48 @@ impl Service {
             dependencies: Vec::new(),
             call_layers: Vec::new(),
             event_layers: Vec::new(),
+            start_hooks: Vec::new(),
+            stop_hooks: Vec::new(),
         }
+    }
+
+    /// Runs `f` when the service is served, before it takes any call or event; hooks run one
+    /// after another in the order they were added. One that fails stops the start: the service
+    /// is not served (`TransportError::StartFailed`, naming `name`) and the stop hooks of
+    /// those that ran before it are not run.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::sync::Arc;
+    /// use switchyard_core::{mem::MemTransport, server, service::Service};
+    /// let service = Service::new("books")
+    ///     .on_start("open the shelf", || async { Ok::<_, String>(()) })
+    ///     .on_stop("close the shelf", || async { Ok::<_, String>(()) });
+    /// let served = server::serve(Arc::new(MemTransport::new("hooks-doc")), service).await.unwrap();
+    /// served.shutdown().await;
+    /// # }
+    /// ```
+    pub fn on_start<F, Fut, E>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.start_hooks.push((name.into(), hook(f)));
+        self
+    }
+
+    /// Runs `f` when the service stops, after its calls and events in flight have finished
+    /// and it takes no more; hooks run one after another in the order they were added, each
+    /// whether or not the one before it failed (failures are logged).
+    pub fn on_stop<F, Fut, E>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.stop_hooks.push((name.into(), hook(f)));
+        self
     }
 
     /// Wraps every call this service answers, on every transport, in `layer` (a tower
