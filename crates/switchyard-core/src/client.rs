@@ -333,6 +333,7 @@ impl Client {
                 None,
                 self.timeout_for(route),
                 None,
+                &[],
             )
             .await?;
         decode(route, reply)
@@ -348,6 +349,7 @@ impl Client {
             token: None,
             timeout: self.timeout_for(route),
             shard_key: None,
+            headers: Vec::new(),
             error: None,
         }
     }
@@ -359,10 +361,15 @@ impl Client {
         token: Option<&str>,
         timeout: Duration,
         shard_key: Option<&str>,
+        extra: &[(String, String)],
     ) -> Result<Reply, CallError> {
         // Inside a handler: pass its trace on and never wait past its deadline.
         let now = Instant::now();
         let mut headers = Headers::new();
+        // The caller's own first: the framework's, set below, are not overridden by them.
+        for (name, value) in extra {
+            headers.insert(name, value);
+        }
         let deadline = context::with_current(|parent| {
             trace::propagate(parent, &mut headers);
             timeout::deadline_of(now, timeout, Some(parent))
@@ -699,6 +706,7 @@ pub struct CallBuilder<'a> {
     token: Option<String>,
     timeout: Duration,
     shard_key: Option<String>,
+    headers: Vec<(String, String)>,
     error: Option<CallError>,
 }
 
@@ -744,6 +752,14 @@ impl CallBuilder<'_> {
     /// instance joining takes about 1/(N+1) of the keys, from the others evenly.
     pub fn shard_key(mut self, key: impl Into<String>) -> Self {
         self.shard_key = Some(key.into());
+        self
+    }
+
+    /// Sends `name: value` with the call: the handler sees it, and a rule of the service's
+    /// version route can match it ([`VersionRule`](crate::registry::VersionRule)). Over HTTP,
+    /// names travel in lower case.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
         self
     }
 
@@ -795,6 +811,7 @@ impl CallBuilder<'_> {
                 self.token.as_deref(),
                 self.timeout,
                 self.shard_key.as_deref(),
+                &self.headers,
             )
             .await
     }

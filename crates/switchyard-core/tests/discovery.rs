@@ -444,3 +444,68 @@ async fn an_event_goes_where_the_registry_says_its_handlers_are() {
         "each event once, none of the refused one"
     );
 }
+
+async fn who(call: switchyard_core::client::CallBuilder<'_>) -> String {
+    call.send::<String>().await.expect("answered")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_of_the_route_sends_marked_calls_to_its_versions() {
+    use switchyard_core::registry::VersionRoute;
+    let id = &switchyard_core::message::new_id()[..8];
+    let registry = registry::connect(&format!("mem://discovery-rules{id}")).expect("registry");
+    let _served = versions(&registry, id, [("old", "1.0.0"), ("new", "2.0.0")]).await;
+    let route = r#"{"rules": [{"header": "X-Canary", "equals": "1", "version": "^2"},
+                              {"keys": ["tenant-7"], "version": "^2"},
+                              {"header": "x-beta", "version": "^3"}],
+                    "split": [{"version": "^1", "weight": 100}]}"#;
+    assert!(serde_json::from_str::<VersionRoute>(route)
+        .expect("a route")
+        .check()
+        .is_ok());
+    registry
+        .config_set(&VersionRoute::key("books"), route, None)
+        .await
+        .expect("route");
+    let client =
+        Client::new(Arc::new(Discovery::new(registry.clone(), connector()))).service("books");
+    let (old, new) = (format!("old-{id}"), format!("new-{id}"));
+    for _ in 0..20 {
+        assert_eq!(
+            who(client.request("/who")).await,
+            old,
+            "unmarked: the split"
+        );
+        assert_eq!(
+            who(client.request("/who").header("x-canary", "1")).await,
+            new,
+            "the canary header"
+        );
+        assert_eq!(
+            who(client.request("/who").header("x-canary", "0")).await,
+            old,
+            "another value of it"
+        );
+        assert_eq!(
+            who(client.request("/who").shard_key("tenant-7")).await,
+            new,
+            "a key of the rule"
+        );
+        assert_eq!(
+            who(client.request("/who").shard_key("tenant-8")).await,
+            old,
+            "another key"
+        );
+        // A rule whose versions nobody serves: the route's others take the call.
+        let fell = who(client.request("/who").header("x-beta", "yes")).await;
+        assert!(fell == old || fell == new, "{fell}");
+    }
+    // The caller's own requirement comes first.
+    let pinned = Client::new(Arc::new(Discovery::new(registry.clone(), connector())))
+        .service("books")
+        .version("^1");
+    assert_eq!(
+        who(pinned.request("/who").header("x-canary", "1")).await,
+        old
+    );
+}

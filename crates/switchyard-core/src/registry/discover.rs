@@ -142,22 +142,34 @@ impl Endpoint {
     }
 }
 
-/// How a service's calls are split among its versions: the configuration value
-/// `route/<service>` in the registry (`yard route`), followed by every caller, so that a shift
-/// or a rollback is one change that reaches the calls within a second.
+/// How a service's calls are routed among its versions: the configuration value
+/// `route/<service>` in the registry (`yard route`, `yard config set`), followed by every
+/// caller, so that a shift or a rollback is one change that reaches the calls within a
+/// second. Rules come first: a call that one matches (by a header it carries, or by its shard
+/// key) goes to that rule's versions; the other calls are split by weight. A caller's own
+/// version requirement (`Client::version`) comes before both. A rule or a share whose
+/// versions nobody serves falls through to the route's other versions rather than failing
+/// the call.
 ///
 /// ```
 /// use switchyard_core::registry::VersionRoute;
-/// let route: VersionRoute =
-///     serde_json::from_str(r#"{"split": [{"version": "^1", "weight": 90}, {"version": "^2", "weight": 10}]}"#)
-///         .unwrap();
+/// let route: VersionRoute = serde_json::from_str(
+///     r#"{"rules": [{"header": "x-canary", "equals": "1", "version": "^2"},
+///                  {"keys": ["tenant-7"], "version": "^2"}],
+///        "split": [{"version": "^1", "weight": 90}, {"version": "^2", "weight": 10}]}"#,
+/// )
+/// .unwrap();
 /// assert!(route.check().is_ok());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct VersionRoute {
-    /// Requirements and their shares of the calls.
+    /// Rules, the first that matches a call deciding its versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<VersionRule>,
+    /// Requirements and their shares of the calls no rule matched.
+    #[serde(default)]
     pub split: Vec<WeightedVersion>,
 }
 
@@ -171,39 +183,112 @@ pub struct WeightedVersion {
     pub weight: u32,
 }
 
+/// A rule of a [`VersionRoute`]: calls carrying `header` (equal to `equals`, when given), or
+/// whose shard key is one of `keys`, go to the instances meeting `version`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct VersionRule {
+    /// A header the call carries (its name in any case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// The header's value, when the rule wants one value only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<String>,
+    /// Shard keys (`CallBuilder::shard_key`) the rule takes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+    /// A semver requirement.
+    pub version: String,
+}
+
 impl VersionRoute {
     /// The configuration key of `service`'s route.
     pub fn key(service: &str) -> String {
         format!("route/{service}")
     }
 
-    /// Every requirement parses and some weight is not zero.
+    /// Every requirement parses, every rule matches something, and a split has some weight.
     pub fn check(&self) -> Result<(), String> {
-        if self.split.iter().all(|w| w.weight == 0) {
+        if self.rules.is_empty() && self.split.is_empty() {
+            return Err("a route needs rules or a split".into());
+        }
+        if !self.split.is_empty() && self.split.iter().all(|w| w.weight == 0) {
             return Err("a route needs a share with a weight above 0".into());
         }
-        for w in &self.split {
-            semver::VersionReq::parse(&w.version)
-                .map_err(|e| format!("version requirement {:?}: {e}", w.version))?;
+        for rule in &self.rules {
+            if rule.header.is_none() && rule.keys.is_empty() {
+                return Err(format!(
+                    "the rule for {:?} names no header and no keys",
+                    rule.version
+                ));
+            }
+            if rule.equals.is_some() && rule.header.is_none() {
+                return Err(format!(
+                    "the rule for {:?}: equals without a header",
+                    rule.version
+                ));
+            }
+        }
+        let versions = self.rules.iter().map(|r| &r.version);
+        for v in versions.chain(self.split.iter().map(|w| &w.version)) {
+            semver::VersionReq::parse(v).map_err(|e| format!("version requirement {v:?}: {e}"))?;
         }
         Ok(())
     }
 
-    fn parsed(&self) -> Result<Vec<(semver::VersionReq, u32)>, String> {
+    fn parsed(&self) -> Result<ParsedRoute, String> {
         self.check()?;
-        self.split
-            .iter()
-            .map(|w| {
-                semver::VersionReq::parse(&w.version)
-                    .map(|r| (r, w.weight))
-                    .map_err(|e| e.to_string())
-            })
-            .collect()
+        let req = |v: &str| semver::VersionReq::parse(v).map_err(|e| e.to_string());
+        Ok(ParsedRoute {
+            rules: self
+                .rules
+                .iter()
+                .map(|r| Ok((r.clone(), req(&r.version)?)))
+                .collect::<Result<_, String>>()?,
+            split: self
+                .split
+                .iter()
+                .map(|w| Ok((req(&w.version)?, w.weight)))
+                .collect::<Result<_, String>>()?,
+        })
     }
 }
 
-/// A route parsed: each requirement with its weight.
-type Split = Arc<Vec<(semver::VersionReq, u32)>>;
+/// A route parsed: its rules and its split, each with its requirement.
+#[derive(Debug)]
+struct ParsedRoute {
+    rules: Vec<(VersionRule, semver::VersionReq)>,
+    split: Vec<(semver::VersionReq, u32)>,
+}
+
+impl ParsedRoute {
+    /// The requirement of the first rule the call matches.
+    fn rule_for(
+        &self,
+        headers: &crate::message::Headers,
+        shard: Option<&str>,
+    ) -> Option<&semver::VersionReq> {
+        self.rules.iter().find_map(|(rule, req)| {
+            let by_header = rule.header.as_deref().is_some_and(|name| {
+                headers
+                    .get(name)
+                    .is_some_and(|v| rule.equals.as_deref().is_none_or(|want| want == v))
+            });
+            let by_key = shard.is_some_and(|k| rule.keys.iter().any(|want| want == k));
+            (by_header || by_key).then_some(req)
+        })
+    }
+
+    /// Whether an instance meets one of the route's requirements.
+    fn any(&self, i: &Instance) -> bool {
+        self.split.iter().any(|(r, w)| *w > 0 && meets(r, i))
+            || self.rules.iter().any(|(_, r)| meets(r, i))
+    }
+}
+
+/// A route in force.
+type Split = Arc<ParsedRoute>;
 
 /// The known instances of one service.
 struct Known {
@@ -263,6 +348,11 @@ impl Known {
         }
     }
 
+    /// The service's route, if it has one.
+    fn route(&self) -> Option<Split> {
+        self.route.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// A requirement drawn by weight from the service's route, if it has one.
     fn draw(&self) -> Option<(semver::VersionReq, Split)> {
         let route = self
@@ -270,9 +360,12 @@ impl Known {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()?;
-        let total: u64 = route.iter().map(|(_, w)| u64::from(*w)).sum();
-        let mut at = fastrand::u64(..total.max(1));
-        for (req, weight) in route.iter() {
+        let total: u64 = route.split.iter().map(|(_, w)| u64::from(*w)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut at = fastrand::u64(..total);
+        for (req, weight) in route.split.iter() {
             if at < u64::from(*weight) {
                 return Some((req.clone(), route.clone()));
             }
@@ -544,19 +637,29 @@ impl Requester for Discovery {
             // and when nothing meets the one drawn, any of the route's will do (a share
             // whose instances are gone must not fail calls).
             let shard = request.headers.get(header::SHARD_KEY).map(str::to_string);
+            // A rule of the route the call matches, unless the caller asked for versions.
+            let ruled = match &requirement {
+                Some(_) => None,
+                None => known.route().and_then(|route| {
+                    let req = route.rule_for(&request.headers, shard.as_deref())?.clone();
+                    let picked = match shard.as_deref() {
+                        Some(key) => known.owner(key, |i| meets(&req, i)),
+                        None => known.pick(self.balance, |i| meets(&req, i)),
+                    };
+                    // Nobody serves the rule's versions: the route's others take the call.
+                    picked.or_else(|| known.pick(self.balance, |i| route.any(i)))
+                }),
+            };
             let picked = match (&requirement, shard.as_deref()) {
+                _ if ruled.is_some() => ruled,
                 (Some((_, req)), Some(key)) => known.owner(key, |i| meets(req, i)),
                 (None, Some(key)) => known.owner(key, |_| true),
                 (Some((_, req)), None) => known.pick(self.balance, |i| meets(req, i)),
                 (None, None) => match known.draw() {
                     None => known.pick(self.balance, |_| true),
-                    Some((drawn, route)) => {
-                        known.pick(self.balance, |i| meets(&drawn, i)).or_else(|| {
-                            known.pick(self.balance, |i| {
-                                route.iter().any(|(r, w)| *w > 0 && meets(r, i))
-                            })
-                        })
-                    }
+                    Some((drawn, route)) => known
+                        .pick(self.balance, |i| meets(&drawn, i))
+                        .or_else(|| known.pick(self.balance, |i| route.any(i))),
                 },
             };
             let Some(endpoint) = picked else {

@@ -28,7 +28,8 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 pub use discover::{
-    Balance, Connector, Discovery, VersionRoute, WeightedVersion, EJECT_AFTER, EJECT_FOR,
+    Balance, Connector, Discovery, VersionRoute, VersionRule, WeightedVersion, EJECT_AFTER,
+    EJECT_FOR,
 };
 pub use file::FileRegistry;
 pub use memory::MemoryRegistry;
