@@ -546,12 +546,14 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 if json {
                     println!("{}", serde_json::to_string(&i)?);
                 } else {
+                    let health = serde_json::to_value(i.health)?;
                     println!(
-                        "{} {} {} {}",
+                        "{} {} {} {} {}",
                         i.service,
                         i.version.as_deref().unwrap_or("-"),
                         i.id,
-                        i.addresses.join(",")
+                        i.addresses.join(","),
+                        health.as_str().unwrap_or("-")
                     );
                 }
             }

@@ -768,6 +768,7 @@ fn registers_and_a_stop_or_a_kill_removes(registry: &str, lease_ends: Duration) 
     assert_eq!(instances.len(), 1, "{instances:?}");
     assert_eq!(instances[0]["service"], "books");
     assert_eq!(instances[0]["version"], "1.2.0");
+    assert_eq!(instances[0]["health"], "serving");
     assert_eq!(instances[0]["addresses"][0], url.as_str());
     assert!(instances[0]["routes"]
         .as_array()

@@ -509,3 +509,63 @@ async fn a_rule_of_the_route_sends_marked_calls_to_its_versions() {
         old
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_not_ready_is_passed_over_while_another_serves() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use switchyard_core::registry::{Health, Registration};
+    let id = &switchyard_core::message::new_id()[..8];
+    let registry = registry::connect(&format!("mem://discovery-health{id}")).expect("registry");
+    let (steady, shaky) = (format!("steady-{id}"), format!("shaky-{id}"));
+    let _a = instance(&registry, &steady, Duration::ZERO).await;
+    let _b = instance(&registry, &shaky, Duration::ZERO).await;
+    // The shaky one's registration reports its health at each renewal.
+    let ready = Arc::new(AtomicBool::new(true));
+    let r = ready.clone();
+    let reporting = Registration::reporting(
+        registry.clone(),
+        Instance::new("books", &shaky, [format!("mem://{shaky}")]),
+        Duration::from_millis(300),
+        move || {
+            if r.load(Ordering::SeqCst) {
+                Health::Serving
+            } else {
+                Health::NotReady
+            }
+        },
+    )
+    .await
+    .expect("registration");
+    let client =
+        Client::new(Arc::new(Discovery::new(registry.clone(), connector()))).service("books");
+    let both = calls(&client, 200).await;
+    assert!(both.get(&shaky).is_some_and(|n| *n > 0), "{both:?}");
+
+    // Not ready: written at the next renewal, seen by the caller's watch.
+    ready.store(false, Ordering::SeqCst);
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let listed = registry.list(Some("books")).await.expect("list");
+        let shaky_health = listed.iter().find(|i| i.id == shaky).map(|i| i.health);
+        if shaky_health == Some(Health::NotReady) {
+            break;
+        }
+        assert!(Instant::now() < until, "health not written: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let passed_over = calls(&client, 200).await;
+    assert_eq!(passed_over.get(&steady), Some(&200), "{passed_over:?}");
+
+    // Ready again: it takes calls again.
+    ready.store(true, Ordering::SeqCst);
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        if calls(&client, 50).await.contains_key(&shaky) {
+            break;
+        }
+        assert!(Instant::now() < until, "never called again once ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reporting.stop().await.expect("stop");
+}

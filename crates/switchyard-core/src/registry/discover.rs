@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 
-use super::{Change, Instance, Registry};
+use super::{Change, Health, Instance, Registry};
 use crate::call::CallRequest;
 use crate::error::{CallError, TransportError};
 use crate::message::{header, Envelope};
@@ -120,6 +120,11 @@ impl Endpoint {
             ejected_until_ms: AtomicU64::new(0),
             transport: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether an instance at this address says it serves.
+    fn serving(&self) -> bool {
+        self.instances.iter().any(|i| i.health == Health::Serving)
     }
 
     fn cost(&self) -> u64 {
@@ -426,9 +431,11 @@ impl Known {
             .clone();
         let now = self.now_ms();
         let usable = |e: &Endpoint| e.instances.iter().any(&wanted);
-        let live = |e: &Endpoint| usable(e) && e.ejected_until_ms.load(Ordering::Relaxed) <= now;
+        let live = |e: &Endpoint| {
+            usable(e) && e.serving() && e.ejected_until_ms.load(Ordering::Relaxed) <= now
+        };
         let mut n = all.iter().filter(|e| live(e)).count();
-        // Every address ejected: better to try one than to fail without trying.
+        // Every address ejected or not ready: better to try one than to fail without trying.
         let candidate: &dyn Fn(&Endpoint) -> bool = if n == 0 {
             n = all.iter().filter(|e| usable(e)).count();
             &usable

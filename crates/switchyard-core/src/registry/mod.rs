@@ -59,6 +59,33 @@ pub struct Instance {
     /// Anything else (tags, zone…).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Whether it takes calls now (a record without it: serving).
+    #[serde(default)]
+    pub health: Health,
+}
+
+/// Whether an instance takes calls now, as its registration last said.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Health {
+    /// It serves.
+    #[default]
+    Serving,
+    /// It is up but not ready (a connection it serves on is down, or it waits for something):
+    /// callers pass it over while another instance serves.
+    NotReady,
+}
+
+impl Health {
+    /// This process's health as `/readyz` sees it ([`observe::not_ready`](crate::observe::not_ready)).
+    pub fn of_process() -> Self {
+        if crate::observe::not_ready().is_empty() {
+            Self::Serving
+        } else {
+            Self::NotReady
+        }
+    }
 }
 
 impl Instance {
@@ -76,6 +103,7 @@ impl Instance {
             routes: Vec::new(),
             topics: Vec::new(),
             metadata: BTreeMap::new(),
+            health: Health::Serving,
         }
     }
 
@@ -95,12 +123,19 @@ impl Instance {
                 .collect(),
             topics: service.topics().into_iter().map(str::to_string).collect(),
             metadata: BTreeMap::new(),
+            health: Health::Serving,
         }
     }
 
     /// With `version`.
     pub fn with_version(mut self, version: impl Into<String>) -> Self {
         self.version = Some(version.into());
+        self
+    }
+
+    /// With `health`.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
         self
     }
 

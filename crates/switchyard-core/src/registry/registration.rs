@@ -3,7 +3,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::{Instance, Registry, RegistryError};
+use super::{Health, Instance, Registry, RegistryError};
 
 /// Keeps an instance registered: renewed every third of its lease by the process's renewer, a
 /// thread of its own with its own small runtime, so that handlers keeping the service's runtime
@@ -47,6 +47,20 @@ impl Registration {
         instance: Instance,
         ttl: Duration,
     ) -> Result<Self, RegistryError> {
+        let health = instance.health;
+        Self::reporting(registry, instance, ttl, move || health).await
+    }
+
+    /// Registers `instance` with a lease of `ttl` and keeps renewing it, asking `health` at
+    /// each renewal: when the answer changes, the record is written again with it (callers
+    /// pass over an instance not ready while another serves).
+    pub async fn reporting(
+        registry: Arc<dyn Registry>,
+        mut instance: Instance,
+        ttl: Duration,
+        health: impl Fn() -> Health + Send + Sync + 'static,
+    ) -> Result<Self, RegistryError> {
+        instance.health = health();
         let renewer = renewer().map_err(|e| RegistryError::Unavailable {
             url: registry.url(),
             source: Box::new(e),
@@ -62,7 +76,7 @@ impl Registration {
                 source: Box::new(e),
             })??;
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let (r, i) = (registry.clone(), instance.clone());
+        let (r, mut i) = (registry.clone(), instance.clone());
         let every = (ttl / 3).max(Duration::from_millis(10));
         let renewing = renewer.spawn(async move {
             loop {
@@ -71,7 +85,14 @@ impl Registration {
                     _ = &mut stopped => return,
                     () = tokio::time::sleep(every) => {}
                 }
-                if let Err(e) = r.renew(&i, ttl).await {
+                let now = health();
+                let renewed = if now == i.health {
+                    r.renew(&i, ttl).await
+                } else {
+                    i.health = now;
+                    r.register(&i, ttl).await
+                };
+                if let Err(e) = renewed {
                     // Tried again at the next beat; the record lasts its lease meanwhile.
                     tracing::warn!(target: "switchyard", service = %i.service, id = %i.id, error = %e, "registration not renewed");
                 }

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Instance, Registration, Registry, RegistryError};
+use super::{Health, Instance, Registration, Registry, RegistryError};
 use crate::error::TransportError;
 use crate::service::Service;
 use crate::transport::{ServeHandle, Transport};
@@ -110,7 +110,10 @@ pub async fn serve(
     let registration: Arc<Mutex<Option<Registration>>> = Arc::default();
     // Everything it needs is there: registered before this returns.
     if missing.is_empty() {
-        if let Ok(r) = Registration::start(registry.clone(), instance.clone(), ttl).await {
+        if let Ok(r) =
+            Registration::reporting(registry.clone(), instance.clone(), ttl, Health::of_process)
+                .await
+        {
             *registration.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
         }
     }
@@ -138,7 +141,14 @@ pub async fn serve(
             drop(not_ready);
         }
         loop {
-            match Registration::start(registry.clone(), instance.clone(), ttl).await {
+            match Registration::reporting(
+                registry.clone(),
+                instance.clone(),
+                ttl,
+                Health::of_process,
+            )
+            .await
+            {
                 Ok(r) => {
                     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
                     return;
