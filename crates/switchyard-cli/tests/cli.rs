@@ -686,6 +686,7 @@ fn serve_registers_and_a_stop_or_a_kill_removes_it() {
     let dir = std::env::temp_dir().join(format!("yard-registry-{}", free_port()));
     registers_and_a_stop_or_a_kill_removes(
         &format!("file://{}", dir.display()),
+        Duration::from_millis(1_000),
         Duration::from_millis(2_000),
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -699,7 +700,8 @@ fn serve_registers_in_etcd_and_a_stop_or_a_kill_removes_it() {
     // etcd's shortest lease is 2 s, ended at its next check (every 500 ms).
     registers_and_a_stop_or_a_kill_removes(
         &format!("etcd://127.0.0.1:2379/yard{}", free_port()),
-        Duration::from_millis(4_000),
+        Duration::from_millis(2_000),
+        Duration::from_millis(5_000),
     );
 }
 
@@ -709,27 +711,31 @@ fn serve_registers_in_zookeeper_and_a_stop_or_a_kill_removes_it() {
     {
         return;
     }
-    // Killed, the process leaves its session to expire (1 s asked here) and its record's
-    // lease (1 s) to run out, whichever readers see first.
+    // Killed, the process leaves its session to expire (2 s asked here) and its record's
+    // lease (2 s) to run out, whichever readers see first. (1 s, with the whole CLI suite
+    // running beside it on 2 cores, once left a renewal late enough for a reader to take the
+    // record as lapsed.)
     registers_and_a_stop_or_a_kill_removes(
         &format!(
-            "zk://127.0.0.1:2181/yard{}?session_timeout_ms=1000",
+            "zk://127.0.0.1:2181/yard{}?session_timeout_ms=2000",
             free_port()
         ),
-        Duration::from_millis(3_000),
+        Duration::from_millis(2_000),
+        Duration::from_millis(5_000),
     );
 }
 
-/// `yard serve --registry REGISTRY` registers; SIGTERM removes the record at once; SIGKILL
-/// leaves it to run out within `lease_ends` of the kill.
-fn registers_and_a_stop_or_a_kill_removes(registry: &str, lease_ends: Duration) {
+/// `yard serve --registry REGISTRY --registry-ttl-ms LEASE` registers; SIGTERM removes the
+/// record at once; SIGKILL leaves it to run out within `lease_ends` of the kill.
+fn registers_and_a_stop_or_a_kill_removes(registry: &str, lease: Duration, lease_ends: Duration) {
+    let lease_ms = lease.as_millis().to_string();
     let registry = registry.to_string();
     let args = |url: &str| {
         vec![
             "--registry".to_string(),
             registry.clone(),
             "--registry-ttl-ms".into(),
-            "1000".into(),
+            lease_ms.clone(),
             "serve".into(),
             "echo".into(),
             "--name".into(),
@@ -814,7 +820,7 @@ fn registers_and_a_stop_or_a_kill_removes(registry: &str, lease_ends: Duration) 
         "{err}"
     );
     // Renewed past its lease while it serves.
-    std::thread::sleep(Duration::from_millis(1_500));
+    std::thread::sleep(lease * 3 / 2);
     assert_eq!(listed().len(), 1, "renewed");
     // SIGTERM: removed as it stops.
     let pid = running.0.id().to_string();
