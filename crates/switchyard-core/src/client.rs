@@ -241,11 +241,18 @@ impl Client {
         };
         let slot = Arc::new(std::sync::RwLock::new(Arc::new(Guard::new(first))));
         self.guard = GuardSlot::Followed(slot.clone());
-        tokio::spawn(follow_policy(
+        tokio::spawn(crate::registry::setting::follow_setting(
             registry,
             key.to_string(),
-            values,
+            Some(values),
             Arc::downgrade(&slot),
+            |slot: &std::sync::RwLock<Arc<Guard>>, policy: Option<CallPolicy>| {
+                // Unset: the policy in force stays.
+                if let Some(policy) = policy {
+                    tracing::info!(target: "switchyard", "call policy changed");
+                    *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Guard::new(policy));
+                }
+            },
         ));
         Ok(self)
     }
@@ -814,46 +821,5 @@ impl CallBuilder<'_> {
                 &self.headers,
             )
             .await
-    }
-}
-
-/// Replaces the guard in `slot` with each policy `values` brings, until the client is gone;
-/// watches `key` again after the registry failed.
-async fn follow_policy(
-    registry: Arc<dyn crate::registry::Registry>,
-    key: String,
-    mut values: crate::registry::Settings<CallPolicy>,
-    slot: std::sync::Weak<std::sync::RwLock<Arc<Guard>>>,
-) {
-    use crate::registry::RegistryError;
-    use futures::StreamExt;
-    loop {
-        while let Some(value) = values.next().await {
-            let Some(slot) = slot.upgrade() else { return };
-            match value {
-                Ok(Some(policy)) => {
-                    tracing::info!(target: "switchyard", %key, "call policy changed");
-                    *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Guard::new(policy));
-                }
-                Ok(None) => {}
-                Err(e @ RegistryError::InvalidValue { .. }) => {
-                    tracing::warn!(target: "switchyard", error = %e, "call policy refused: keeping the one in force");
-                }
-                Err(e) => {
-                    tracing::warn!(target: "switchyard", error = %e, "call policy not readable: keeping the one in force");
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if slot.strong_count() == 0 {
-            return;
-        }
-        match crate::registry::watch_setting::<CallPolicy>(&registry, &key).await {
-            Ok(again) => values = again,
-            Err(e) => {
-                tracing::debug!(target: "switchyard", error = %e, "call policy: registry still unreachable")
-            }
-        }
     }
 }

@@ -293,14 +293,14 @@ impl ParsedRoute {
 }
 
 /// A route in force.
-type Split = Arc<ParsedRoute>;
+type RouteInForce = Arc<ParsedRoute>;
 
 /// The known instances of one service.
 struct Known {
     service: String,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     /// The service's version route, parsed, if it has one.
-    route: RwLock<Option<Split>>,
+    route: RwLock<Option<RouteInForce>>,
     next: AtomicUsize,
     epoch: Instant,
 }
@@ -337,34 +337,26 @@ impl Known {
         *endpoints = Arc::new(kept);
     }
 
-    /// Takes `value` as the service's route; one that does not parse is logged and the route
-    /// in force kept.
-    fn set_route(&self, value: &str) {
-        let parsed = serde_json::from_str::<VersionRoute>(value)
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.parsed());
-        match parsed {
-            Ok(route) => {
-                *self.route.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(route));
-            }
+    /// Takes `route` (checked) as the service's route; `None`: no route any more.
+    fn set_route(&self, route: Option<VersionRoute>) {
+        let parsed = match route.map(|r| r.parsed()).transpose() {
+            Ok(parsed) => parsed.map(Arc::new),
             Err(e) => {
-                tracing::warn!(target: "switchyard", service = %self.service, error = %e, "invalid version route ignored; the one in force is kept")
+                tracing::warn!(target: "switchyard", service = %self.service, error = %e, "invalid version route ignored; the one in force is kept");
+                return;
             }
-        }
+        };
+        *self.route.write().unwrap_or_else(|p| p.into_inner()) = parsed;
     }
 
     /// The service's route, if it has one.
-    fn route(&self) -> Option<Split> {
+    fn route(&self) -> Option<RouteInForce> {
         self.route.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A requirement drawn by weight from the service's route, if it has one.
-    fn draw(&self) -> Option<(semver::VersionReq, Split)> {
-        let route = self
-            .route
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
+    fn draw(&self) -> Option<(semver::VersionReq, RouteInForce)> {
+        let route = self.route()?;
         let total: u64 = route.split.iter().map(|(_, w)| u64::from(*w)).sum();
         if total == 0 {
             return None;
@@ -513,8 +505,12 @@ impl Discovery {
         });
         known.set(first);
         // The route as it is now, before the first call: a split applies from the start.
-        if let Ok(Some(config)) = self.registry.config_get(&VersionRoute::key(service)).await {
-            known.set_route(&config.value);
+        let key = VersionRoute::key(service);
+        match super::read_setting::<VersionRoute>(self.registry.as_ref(), &key).await {
+            Ok(route) => known.set_route(route),
+            Err(e) => {
+                tracing::warn!(target: "switchyard", error = %e, "version route not applied")
+            }
         }
         let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
         // Another call may have listed it meanwhile: one watch per service.
@@ -523,7 +519,13 @@ impl Discovery {
         }
         services.insert(service.to_string(), known.clone());
         tokio::spawn(follow(self.registry.clone(), Arc::downgrade(&known)));
-        tokio::spawn(follow_route(self.registry.clone(), Arc::downgrade(&known)));
+        tokio::spawn(super::setting::follow_setting(
+            self.registry.clone(),
+            key,
+            None,
+            Arc::downgrade(&known),
+            |known: &Known, route: Option<VersionRoute>| known.set_route(route),
+        ));
         Ok(known)
     }
 
@@ -576,37 +578,6 @@ async fn follow(registry: Arc<dyn Registry>, known: Weak<Known>) {
             }
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(target: "switchyard", %service, error = %e, "registry unreachable: keeping the instances known");
-            }
-        }
-        tokio::time::sleep(RESYNC_EVERY).await;
-    }
-}
-
-/// Keeps `known`'s version route up to date from the registry's configuration.
-async fn follow_route(registry: Arc<dyn Registry>, known: Weak<Known>) {
-    loop {
-        let Some(key) = known.upgrade().map(|k| VersionRoute::key(&k.service)) else {
-            return;
-        };
-        match registry.config_watch(&key).await {
-            Ok(mut values) => {
-                while let Some(value) = values.next().await {
-                    let Some(k) = known.upgrade() else { return };
-                    match value {
-                        Ok(Some(config)) => k.set_route(&config.value),
-                        // Removed: no split any more.
-                        Ok(None) => {
-                            *k.route.write().unwrap_or_else(|p| p.into_inner()) = None;
-                        }
-                        Err(e) => {
-                            tracing::warn!(target: "switchyard", %key, error = %e, "route not readable: keeping the one in force");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(target: "switchyard", %key, error = %e, "route not readable: keeping the one in force");
             }
         }
         tokio::time::sleep(RESYNC_EVERY).await;

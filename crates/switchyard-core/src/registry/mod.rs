@@ -17,7 +17,7 @@ mod file;
 mod memory;
 mod registration;
 mod serve;
-mod setting;
+pub(crate) mod setting;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -73,3 +73,56 @@ pub async fn watch_setting<T: Setting>(
         })
         .boxed())
 }
+
+/// How long a follower waits before watching a key again after the registry failed.
+const WATCH_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Applies `key`'s value in `registry` to `target` each time it changes, for as long as
+/// `target` lives: `apply` gets each value checked, or `None` when the key is unset; a value
+/// refused is logged and `apply` not called (the value in force is kept); after the registry
+/// failed, the key is watched again a second later. `values` is a watch the caller already
+/// made (and took values from), or `None` to start one here. What a Discovery's version
+/// routes and a client's followed call policy both run on.
+pub(crate) async fn follow_setting<T, W>(
+    registry: Arc<dyn Registry>,
+    key: String,
+    mut values: Option<Settings<T>>,
+    target: std::sync::Weak<W>,
+    apply: impl Fn(&W, Option<T>) + Send + 'static,
+) where
+    T: Setting,
+    W: Send + Sync + 'static,
+{
+    loop {
+        if target.strong_count() == 0 {
+            return;
+        }
+        let watching = match values.take() {
+            Some(watching) => Ok(watching),
+            None => watch_setting::<T>(&registry, &key).await,
+        };
+        match watching {
+            Ok(mut watching) => {
+                while let Some(value) = watching.next().await {
+                    let Some(target) = target.upgrade() else {
+                        return;
+                    };
+                    match value {
+                        Ok(value) => apply(&target, value),
+                        Err(e @ RegistryError::InvalidValue { .. }) => {
+                            tracing::warn!(target: "switchyard", error = %e, "configuration refused: keeping the value in force");
+                        }
+                        Err(e) => {
+                            tracing::warn!(target: "switchyard", %key, error = %e, "configuration not readable: keeping the value in force");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target: "switchyard", %key, error = %e, "configuration not readable: keeping the value in force");
+            }
+        }
+        tokio::time::sleep(WATCH_AGAIN).await;
+    }
+}
