@@ -355,13 +355,25 @@ impl Known {
     }
 
     /// A requirement drawn by weight from the service's route, if it has one.
-    fn draw(&self) -> Option<(semver::VersionReq, RouteInForce)> {
+    ///
+    /// With a shard `key`, the draw is the key's own (its hash placed among the weights), so
+    /// that a key keeps its version, and so its instance, while the split stays; without one,
+    /// each call draws anew.
+    fn draw(&self, key: Option<&str>) -> Option<(semver::VersionReq, RouteInForce)> {
         let route = self.route()?;
         let total: u64 = route.split.iter().map(|(_, w)| u64::from(*w)).sum();
         if total == 0 {
             return None;
         }
-        let mut at = fastrand::u64(..total);
+        let mut at = match key {
+            Some(key) => {
+                use std::hash::Hasher;
+                let mut h = std::hash::DefaultHasher::new();
+                h.write(key.as_bytes());
+                h.finish() % total
+            }
+            None => fastrand::u64(..total),
+        };
         for (req, weight) in route.split.iter() {
             if at < u64::from(*weight) {
                 return Some((req.clone(), route.clone()));
@@ -631,9 +643,14 @@ impl Requester for Discovery {
             let picked = match (&requirement, shard.as_deref()) {
                 _ if ruled.is_some() => ruled,
                 (Some((_, req)), Some(key)) => known.owner(key, |i| meets(req, i)),
-                (None, Some(key)) => known.owner(key, |_| true),
                 (Some((_, req)), None) => known.pick(self.balance, |i| meets(req, i)),
-                (None, None) => match known.draw() {
+                (None, Some(key)) => match known.draw(Some(key)) {
+                    None => known.owner(key, |_| true),
+                    Some((drawn, route)) => known
+                        .owner(key, |i| meets(&drawn, i))
+                        .or_else(|| known.owner(key, |i| route.any(i))),
+                },
+                (None, None) => match known.draw(None) {
                     None => known.pick(self.balance, |_| true),
                     Some((drawn, route)) => known
                         .pick(self.balance, |i| meets(&drawn, i))
