@@ -241,7 +241,8 @@ impl ZkRegistry {
         }
     }
 
-    async fn read_all(&self, service: Option<&str>) -> Result<Vec<Instance>, RegistryError> {
+    /// The live records of `service` (or of all), each with its node.
+    async fn records(&self, service: Option<&str>) -> Result<Vec<(String, Record)>, RegistryError> {
         let client = self.client().await?;
         let services = match service {
             Some(s) => vec![part(s)],
@@ -258,16 +259,17 @@ impl ZkRegistry {
                 .await
                 .map_err(|e| self.unavailable(e))?
             {
+                let node = format!("{dir}/{id}");
                 if let Some(record) = self
-                    .read(&client, &format!("{dir}/{id}"))
+                    .read(&client, &node)
                     .await
                     .map_err(|e| self.unavailable(e))?
                 {
-                    found.push(record.instance);
+                    found.push((node, record));
                 }
             }
         }
-        Ok(in_order(found))
+        Ok(found)
     }
 }
 
@@ -368,7 +370,12 @@ impl Registry for ZkRegistry {
 
     fn list(&self, service: Option<&str>) -> BoxFuture<'_, Result<Vec<Instance>, RegistryError>> {
         let service = service.map(str::to_string);
-        Box::pin(async move { self.read_all(service.as_deref()).await })
+        Box::pin(async move {
+            let records = self.records(service.as_deref()).await?;
+            Ok(in_order(
+                records.into_iter().map(|(_, r)| r.instance).collect(),
+            ))
+        })
     }
 
     fn watch(&self, service: Option<&str>) -> BoxFuture<'_, Result<Changes, RegistryError>> {
@@ -390,13 +397,12 @@ impl Registry for ZkRegistry {
                 .await
                 .map_err(|e| this.unavailable(e))?;
             // What is there now, with its leases, so that a lease ending later is reported.
-            let mut known = Vec::new();
-            for instance in this.read_all(service.as_deref()).await? {
-                let node = this.node(&instance.service, &instance.id);
-                if let Ok(Some(record)) = this.read(&client, &node).await {
-                    known.push((node, instance, record.expires_ms));
-                }
-            }
+            let known = this
+                .records(service.as_deref())
+                .await?
+                .into_iter()
+                .map(|(node, r)| (node, r.instance, r.expires_ms))
+                .collect();
             let subscriber = match &service {
                 Some(s) => Some(this.subscribe(&client, s).await?),
                 None => None,
