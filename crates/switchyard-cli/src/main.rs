@@ -657,15 +657,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
 /// (`route/<service>`: a version route; `policy/<service>`: a call policy) that it would not
 /// apply. Other keys are the user's own, written as given.
 fn check_setting(key: &str, value: &str) -> Result<(), String> {
-    use switchyard::registry::Setting;
+    use switchyard::registry::{check_setting, VersionRoute};
     let checked = if key.starts_with("route/") {
-        serde_json::from_str::<switchyard::registry::VersionRoute>(value)
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.check())
+        check_setting::<VersionRoute>(value).map(drop)
     } else if key.starts_with("policy/") {
-        serde_json::from_str::<switchyard::policy::CallPolicy>(value)
-            .map_err(|e| e.to_string())
-            .and_then(|p| Setting::check(&p))
+        check_setting::<switchyard::policy::CallPolicy>(value).map(drop)
     } else {
         Ok(())
     };

@@ -35,7 +35,7 @@ pub use file::FileRegistry;
 pub use memory::MemoryRegistry;
 pub use registration::Registration;
 pub use serve::{serve, Registered, DRAIN_GRACE};
-pub use setting::{read_setting, watch_setting, Setting, Settings};
+pub use setting::{check_setting, read_setting, watch_setting, Setting, Settings};
 
 /// One served instance of a service, as a registry records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

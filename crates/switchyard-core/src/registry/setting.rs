@@ -35,16 +35,21 @@ impl Setting for super::VersionRoute {
 /// the registry failing (the stream ends).
 pub type Settings<T> = BoxStream<'static, Result<Option<T>, RegistryError>>;
 
+/// `value` (JSON) read as a `T` and checked: what is done before a value is applied, and
+/// what a tool writing one can do before it writes (`yard config set`).
+pub fn check_setting<T: Setting>(value: &str) -> Result<T, String> {
+    let value: T = serde_json::from_str(value).map_err(|e| e.to_string())?;
+    value.check()?;
+    Ok(value)
+}
+
 /// `config` as a value of kind `T`, checked.
 fn parse<T: Setting>(key: &str, config: &Config) -> Result<T, RegistryError> {
-    let invalid = |reason: String| RegistryError::InvalidValue {
+    check_setting(&config.value).map_err(|reason| RegistryError::InvalidValue {
         key: key.to_string(),
         revision: config.revision,
         reason,
-    };
-    let value: T = serde_json::from_str(&config.value).map_err(|e| invalid(e.to_string()))?;
-    value.check().map_err(invalid)?;
-    Ok(value)
+    })
 }
 
 /// `key`'s value in `registry`, read as a `T` and checked (`None`: not set).
