@@ -216,6 +216,54 @@ impl Inner {
         Ok(u64::from(declared?.message_count()))
     }
 
+    /// Declares the durable queue of consumer group `group` on `topic` (bound below, by the
+    /// caller) with the arguments every member declares it with: RabbitMQ refuses a second
+    /// declaration whose arguments differ.
+    async fn declare_group_queue(
+        &self,
+        channel: &Channel,
+        topic: &str,
+        group: &str,
+    ) -> Result<String, TransportError> {
+        let name = group_queue(topic, group);
+        let mut args = FieldTable::default();
+        if let Some(e) = self.queue_expires {
+            let ms = i64::try_from(e.as_millis()).unwrap_or(i64::MAX);
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+        }
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .map_err(TransportError::other)?;
+        Ok(name)
+    }
+
+    /// Declares and binds the queue of consumer group `group` on `topic` without consuming:
+    /// from now on what is published on `topic` waits there for the group.
+    pub(crate) async fn keep(&self, topic: &str, group: &str) -> Result<(), TransportError> {
+        let channel = self.channel().await?;
+        let queue = self.declare_group_queue(&channel, topic, group).await?;
+        let bound = channel
+            .queue_bind(
+                queue.as_str().into(),
+                EXCHANGE.into(),
+                topic.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(TransportError::other);
+        let _ = channel.close(200, "kept".into()).await;
+        bound
+    }
+
     /// Declares and binds the queue of a subscription on a new channel and starts consuming.
     pub(crate) async fn attach(
         &self,
@@ -230,24 +278,7 @@ impl Inner {
             .map_err(TransportError::other)?;
         let queue = match &options.mode {
             SubscriptionMode::Group(group) => {
-                let name = group_queue(topic, group);
-                let mut args = FieldTable::default();
-                if let Some(e) = self.queue_expires {
-                    let ms = i64::try_from(e.as_millis()).unwrap_or(i64::MAX);
-                    args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
-                }
-                channel
-                    .queue_declare(
-                        name.as_str().into(),
-                        QueueDeclareOptions {
-                            durable: true,
-                            ..Default::default()
-                        },
-                        args,
-                    )
-                    .await
-                    .map_err(TransportError::other)?;
-                name
+                self.declare_group_queue(&channel, topic, group).await?
             }
             // Broadcast (and any mode added later): a queue of this subscriber's own.
             _ => channel

@@ -200,6 +200,14 @@ impl Publisher for AmqpTransport {
                 .await
         })
     }
+
+    fn keep(&self, topic: &str, group: &str) -> BoxFuture<'_, Result<(), TransportError>> {
+        let (topic, group) = (topic.to_string(), group.to_string());
+        Box::pin(async move {
+            check_topic(&self.inner.url, &topic)?;
+            self.inner.keep(&topic, &group).await
+        })
+    }
 }
 
 impl Subscriber for AmqpTransport {

@@ -75,6 +75,7 @@ impl Transport for AmqpTransport {
             broadcast: true,
             redelivery: true,
             services_share_url: true,
+            keeps_for_later_groups: true,
         }
     }
 

@@ -200,6 +200,19 @@ impl Publisher for MemTransport {
             Ok(())
         })
     }
+
+    fn keep(&self, topic: &str, group: &str) -> BoxFuture<'_, Result<(), TransportError>> {
+        // The group's queue made now holds what comes until a member subscribes (in this
+        // process: the bus is not durable).
+        let mut topics = self.bus.topics.lock().unwrap_or_else(|p| p.into_inner());
+        topics
+            .entry(topic.to_string())
+            .or_default()
+            .groups
+            .entry(group.to_string())
+            .or_insert_with(async_channel::unbounded);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl Subscriber for MemTransport {
@@ -318,6 +331,7 @@ impl Transport for MemTransport {
             broadcast: true,
             redelivery: true,
             services_share_url: true,
+            keeps_for_later_groups: true,
         }
     }
 

@@ -967,6 +967,109 @@ pub async fn retry_then_dead_letter(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
+/// Dead letters made while nobody listens to the dead-letter topic are kept: a reader in
+/// [`DEAD_LETTER_GROUP`](crate::middleware::dead_letter::DEAD_LETTER_GROUP) that subscribes
+/// after the service stopped gets every one, each saying where it came from, why, when, and
+/// with one fingerprint for one cause.
+pub async fn dead_letter_kept_with_nobody_listening(h: &Harness) -> Outcome {
+    use crate::middleware::dead_letter::{
+        ATTEMPTS, DEAD_LETTER_GROUP, FAILED_AT, FINGERPRINT, ORIGINAL_TOPIC,
+    };
+    let (url, transport) = h.open();
+    let caps = transport.capabilities();
+    if !caps.redelivery || !caps.keeps_for_later_groups {
+        return Outcome::Skipped(
+            "needs redelivery and messages kept for groups that join later".into(),
+        );
+    }
+    let t = topic("kept");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let service = Service::new("conformance-kept")
+        .consumer_policy(ConsumerPolicy {
+            max_attempts: 2,
+            initial_backoff: Duration::from_millis(20),
+            ..ConsumerPolicy::default()
+        })
+        .on_event(&t, move |_m: Numbered| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, AtomicOrdering::SeqCst);
+                Err::<(), _>(crate::error::HandlerError::internal("always fails"))
+            }
+        });
+    let server = crate::server::serve(transport.clone(), service)
+        .await
+        .expect("serve");
+    let total = 5;
+    let publisher = h.connect(&url);
+    publish_all(
+        &publisher,
+        (0..total).map(|n| numbered(&t, n, None)).collect(),
+        2,
+    )
+    .await;
+    let deadline = Instant::now() + h.patience;
+    while calls.load(AtomicOrdering::SeqCst) < total * 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} attempts made",
+            calls.load(AtomicOrdering::SeqCst),
+            total * 2
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Stopped: its last dead letters are published before it returns (a message is settled
+    // only after its dead letter is).
+    server.shutdown().await;
+    let kept = h
+        .connect(&url)
+        .subscribe(
+            &format!("{t}.dlq"),
+            SubscribeOptions::group(DEAD_LETTER_GROUP),
+        )
+        .await
+        .expect("subscribe to the kept dead letters");
+    let mut kept = kept;
+    let mut letters = Vec::new();
+    while letters.len() < total {
+        let d = tokio::time::timeout(h.patience, kept.next())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {total} dead letters kept", letters.len()))
+            .expect("stream open")
+            .expect("delivery");
+        letters.push(d.envelope.clone());
+        let _ = d.ack().await;
+    }
+    let mut numbers: Vec<usize> = letters
+        .iter()
+        .filter_map(|e| number_of(e).map(|m| m.n))
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..total).collect::<Vec<_>>(), "dead letters kept");
+    let fingerprints: HashSet<&str> = letters
+        .iter()
+        .map(|e| e.headers.get(FINGERPRINT).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        fingerprints.len(),
+        1,
+        "one cause, one fingerprint: {fingerprints:?}"
+    );
+    assert!(
+        fingerprints.iter().all(|f| f.len() == 12),
+        "{fingerprints:?}"
+    );
+    for e in &letters {
+        assert_eq!(e.headers.get(ORIGINAL_TOPIC), Some(t.as_str()));
+        assert_eq!(e.headers.get(header::ERROR), Some("always fails"));
+        assert_eq!(e.headers.get(ATTEMPTS), Some("2"), "attempts made");
+        let at = e.headers.get(FAILED_AT).unwrap_or_default();
+        assert!(at.ends_with('Z') && at.contains('T'), "failed at {at:?}");
+    }
+    Outcome::Passed
+}
+
 /// `url` with the query option `name=value` added.
 fn with_option(url: &str, name: &str, value: impl std::fmt::Display) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
@@ -1690,6 +1793,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@cases $harness;
             round_trip, per_key_order, competing_consumers, broadcast, rpc_with_timeout,
             rpc_to_absent_service_fails_fast, retry_then_dead_letter,
+            dead_letter_kept_with_nobody_listening,
             hostile_events_are_dead_lettered, expired_events_are_dead_lettered,
             group_resumes_after_settled, dropped_delivery_is_redelivered, graceful_shutdown,
             oversized_publish_is_rejected, url_options_follow_one_grammar,

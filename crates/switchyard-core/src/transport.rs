@@ -69,6 +69,10 @@ pub struct Capabilities {
     /// on brokers and in process); false where a URL is one service (HTTP) or there are no
     /// calls (Kafka).
     pub services_share_url: bool,
+    /// What is published on a topic is kept for a consumer group that joins later, once
+    /// [`Publisher::keep`] was called for it (or always, on a log). False on MQTT, which keeps
+    /// messages only for a subscriber's session, and where there are no groups (HTTP).
+    pub keeps_for_later_groups: bool,
 }
 
 /// How a subscriber joins a topic.
@@ -251,6 +255,17 @@ pub trait Publisher: Send + Sync {
     /// Publishes `envelope` on the topic `envelope.subject`. Returns once the transport has
     /// taken responsibility for it (a broker confirm, an HTTP 2xx).
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>>;
+
+    /// Makes sure that what is published on `topic` from now on is kept for consumer group
+    /// `group` while no member of it is subscribed, so that a group that joins later gets it.
+    /// The default does nothing: on a log (Kafka, JetStream, Redis Streams) a group that joins
+    /// later reads from the start. A broker that routes to queues (RabbitMQ) declares the
+    /// group's queue; one that keeps nothing for absent subscribers (MQTT) says so in its
+    /// log. Dead letters are kept this way for [`DEAD_LETTER_GROUP`](crate::middleware::dead_letter::DEAD_LETTER_GROUP).
+    fn keep(&self, topic: &str, group: &str) -> BoxFuture<'_, Result<(), TransportError>> {
+        let _ = (topic, group);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Receives events.

@@ -299,6 +299,7 @@ impl Transport for HttpTransport {
             broadcast: true,
             redelivery: false,
             services_share_url: false,
+            keeps_for_later_groups: false,
         }
     }
 

@@ -70,6 +70,7 @@ impl Transport for KafkaTransport {
             broadcast: true,
             redelivery: true,
             services_share_url: false,
+            keeps_for_later_groups: true,
         }
     }
 

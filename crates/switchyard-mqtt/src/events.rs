@@ -210,6 +210,14 @@ impl Publisher for MqttTransport {
             }
         })
     }
+
+    fn keep(&self, topic: &str, group: &str) -> BoxFuture<'_, Result<(), TransportError>> {
+        // MQTT keeps a message only for a subscriber's session, and a group's members share
+        // none: what comes while no member is subscribed is dropped (capabilities say "not
+        // durable"). Said once per topic, loudly, rather than pretended.
+        tracing::warn!(target: "switchyard", %topic, %group, "MQTT keeps nothing for a group with no member subscribed: messages on this topic are lost until one subscribes");
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl Subscriber for MqttTransport {

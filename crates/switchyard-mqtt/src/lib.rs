@@ -80,6 +80,7 @@ impl Transport for MqttTransport {
             // A nack (and a handler error) is redelivered through the retry topic.
             redelivery: true,
             services_share_url: true,
+            keeps_for_later_groups: false,
         }
     }
 

@@ -86,6 +86,7 @@ impl Transport for NatsTransport {
             broadcast: true,
             redelivery: true,
             services_share_url: true,
+            keeps_for_later_groups: true,
         }
     }
 

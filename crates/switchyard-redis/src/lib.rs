@@ -79,6 +79,7 @@ impl Transport for RedisTransport {
             broadcast: true,
             redelivery: true,
             services_share_url: true,
+            keeps_for_later_groups: true,
         }
     }
 

@@ -1,6 +1,11 @@
 //! Dead letters: an event given up on is published to `<topic><suffix>` (`orders.dlq`) with
 //! why, and only then acknowledged. Every dead letter is kept and logged:
 //!
+//! - it is kept for the consumer group [`DEAD_LETTER_GROUP`] whether or not anybody listens
+//!   yet ([`Publisher::keep`], once per topic before its first dead letter): on RabbitMQ a
+//!   topic nobody is bound to drops what is published on it;
+//! - it says when it failed and carries a fingerprint of the failure (error code and topic),
+//!   by which tools group dead letters;
 //! - it gets its own id, derived from the original's id and content, so that a broker that
 //!   de-duplicates by id (JetStream) keeps distinct bad messages that share an id, and still
 //!   stores one dead letter when the same message is dead-lettered twice (a redelivery after a
@@ -36,6 +41,16 @@ pub const ERROR_CODE: &str = "x-error-code";
 pub const ORIGINAL_SIZE: &str = "x-original-size";
 /// SHA-256 (hex) of the original payload, on a dead letter published without it.
 pub const ORIGINAL_SHA256: &str = "x-original-sha256";
+/// Attempts made before it was given up (its delivery count on the dead-letter topic is the
+/// broker's, in `x-attempt`).
+pub const ATTEMPTS: &str = "x-attempts";
+/// When it was given up (RFC 3339, UTC).
+pub const FAILED_AT: &str = "x-failed-at";
+/// What failed, as a short hash of the error code and the original topic: dead letters with
+/// one cause share it.
+pub const FINGERPRINT: &str = "x-fingerprint";
+/// The consumer group dead letters are kept for until somebody reads them.
+pub const DEAD_LETTER_GROUP: &str = "dead-letters";
 /// Lines logged per second about rejected messages, at most.
 pub const LOG_PER_SECOND: u32 = 10;
 /// Longest error reason kept in a dead letter published without its payload.
@@ -47,19 +62,28 @@ pub struct DeadLetter<S> {
     inner: S,
     publisher: Arc<dyn Publisher>,
     policy: Arc<ConsumerPolicy>,
+    kept: Kept,
 }
+
+/// The dead-letter topics already made kept by this layer's publisher.
+type Kept = Arc<Mutex<std::collections::HashSet<String>>>;
 
 /// Layer of [`DeadLetter`].
 #[derive(Clone)]
 pub struct DeadLetterLayer {
     publisher: Arc<dyn Publisher>,
     policy: Arc<ConsumerPolicy>,
+    kept: Kept,
 }
 
 impl DeadLetterLayer {
     /// Dead letters go through `publisher` to the topic plus `policy.dead_letter_suffix`.
     pub fn new(publisher: Arc<dyn Publisher>, policy: Arc<ConsumerPolicy>) -> Self {
-        Self { publisher, policy }
+        Self {
+            publisher,
+            policy,
+            kept: Kept::default(),
+        }
     }
 }
 
@@ -70,6 +94,7 @@ impl<S> Layer<S> for DeadLetterLayer {
             inner,
             publisher: self.publisher.clone(),
             policy: self.policy.clone(),
+            kept: self.kept.clone(),
         }
     }
 }
@@ -85,6 +110,7 @@ impl<S: Inner> tower::Service<Envelope> for DeadLetter<S> {
         let inner = self.inner.clone();
         let publisher = self.publisher.clone();
         let policy = self.policy.clone();
+        let kept = self.kept.clone();
         Box::pin(async move {
             // The inner layers take the envelope; what a dead letter needs of it is kept here
             // (a clone shares the payload's bytes).
@@ -102,7 +128,10 @@ impl<S: Inner> tower::Service<Envelope> for DeadLetter<S> {
                     .unwrap_or(&dead.subject)
                     .to_string()
             });
-            let published = publish(publisher.as_ref(), dead).await;
+            let published = match keep(publisher.as_ref(), &kept, &dead.subject).await {
+                Ok(()) => publish(publisher.as_ref(), dead).await,
+                Err(e) => Err(e),
+            };
             if let Some(span) = span {
                 let error = published.as_ref().err();
                 span.end(error.map(|e| ("publish".to_string(), e.to_string())));
@@ -126,6 +155,22 @@ impl<S: Inner> tower::Service<Envelope> for DeadLetter<S> {
             })
         })
     }
+}
+
+/// Makes `topic` kept for [`DEAD_LETTER_GROUP`], once per topic (the broker keeps it so:
+/// a durable queue, a log).
+async fn keep(publisher: &dyn Publisher, kept: &Kept, topic: &str) -> Result<(), TransportError> {
+    let known = kept
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(topic);
+    if !known {
+        publisher.keep(topic, DEAD_LETTER_GROUP).await?;
+        kept.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_string());
+    }
+    Ok(())
 }
 
 /// Publishes `dead`; when the broker refuses it as too large, publishes it again without its
@@ -165,8 +210,32 @@ pub fn dead_letter(
     dead.headers.insert(ERROR_CODE, cause.code().to_string());
     dead.headers.insert(ORIGINAL_TOPIC, dead.subject.clone());
     dead.headers.insert(header::ATTEMPT, attempts.to_string());
+    dead.headers.insert(ATTEMPTS, attempts.to_string());
+    dead.headers.insert(FAILED_AT, now_rfc3339());
+    dead.headers
+        .insert(FINGERPRINT, fingerprint(cause.code(), &dead.subject));
     dead.subject.push_str(suffix);
     dead
+}
+
+/// Now in RFC 3339, UTC, to the millisecond.
+fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let now = now
+        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
+        .unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The fingerprint of a failure: the error code and where it happened, hashed short.
+pub fn fingerprint(code: impl std::fmt::Display, topic: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(code.to_string().as_bytes())
+        .chain_update([0])
+        .chain_update(topic.as_bytes())
+        .finalize();
+    hex(&digest)[..12].to_string()
 }
 
 /// `dead` without its payload: its size and SHA-256 instead, and of the headers only the
@@ -178,6 +247,9 @@ pub fn without_payload(dead: &Envelope) -> Envelope {
         ERROR_CODE,
         ORIGINAL_TOPIC,
         header::ATTEMPT,
+        ATTEMPTS,
+        FAILED_AT,
+        FINGERPRINT,
         header::TRACEPARENT,
         header::TRACESTATE,
     ];

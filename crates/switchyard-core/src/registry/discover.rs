@@ -814,6 +814,7 @@ impl Transport for Discovery {
             broadcast: false,
             redelivery: false,
             services_share_url: true,
+            keeps_for_later_groups: false,
         }
     }
 
