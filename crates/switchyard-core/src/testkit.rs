@@ -1070,6 +1070,83 @@ pub async fn dead_letter_kept_with_nobody_listening(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
+/// Two consumer groups on one topic, one of which retries every message once: the other
+/// group gets each message once, never the first group's retries (a retry re-published where
+/// every group reads would reach them all).
+pub async fn retries_stay_in_their_group(h: &Harness) -> Outcome {
+    let (url, publisher) = h.open();
+    let caps = publisher.capabilities();
+    if !caps.consumer_groups || !caps.redelivery {
+        return Outcome::Skipped("needs consumer groups and redelivery".into());
+    }
+    let t = topic("groups");
+    let retrying = h
+        .connect(&url)
+        .subscribe(&t, SubscribeOptions::group("retrying"))
+        .await
+        .expect("subscribe retrying");
+    let other = h
+        .connect(&url)
+        .subscribe(&t, SubscribeOptions::group("other"))
+        .await
+        .expect("subscribe other");
+    let total = 20;
+    publish_all(
+        &publisher,
+        (0..total).map(|n| numbered(&t, n, None)).collect(),
+        4,
+    )
+    .await;
+    // The retrying group: every first attempt handed back, every second one settled.
+    let retried = tokio::spawn({
+        let patience = h.patience;
+        async move {
+            let mut retrying = retrying;
+            let mut settled = HashSet::new();
+            let deadline = Instant::now() + patience;
+            while settled.len() < total {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Ok(Some(Ok(d))) = tokio::time::timeout(left, retrying.next()).await else {
+                    break;
+                };
+                if d.envelope.headers.attempt() <= 1 {
+                    let _ = d.nack(Some(Duration::from_millis(10))).await;
+                } else {
+                    if let Some(m) = number_of(&d.envelope) {
+                        settled.insert(m.n);
+                    }
+                    let _ = d.ack().await;
+                }
+            }
+            settled.len()
+        }
+    });
+    let settled = retried.await.expect("retrying group");
+    assert_eq!(settled, total, "the retrying group settled its retries");
+    // The other group, read after the retries were made: each message once.
+    let mut seen = Vec::new();
+    let mut other = other;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(1_500), other.next()).await {
+            Ok(Some(Ok(d))) => {
+                if let Some(m) = number_of(&d.envelope) {
+                    seen.push(m.n);
+                }
+                let _ = d.ack().await;
+            }
+            Ok(Some(Err(e))) => panic!("subscription error: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..total).collect::<Vec<_>>(),
+        "the other group got each message once"
+    );
+    Outcome::Passed
+}
+
 /// `url` with the query option `name=value` added.
 fn with_option(url: &str, name: &str, value: impl std::fmt::Display) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
@@ -1793,7 +1870,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@cases $harness;
             round_trip, per_key_order, competing_consumers, broadcast, rpc_with_timeout,
             rpc_to_absent_service_fails_fast, retry_then_dead_letter,
-            dead_letter_kept_with_nobody_listening,
+            dead_letter_kept_with_nobody_listening, retries_stay_in_their_group,
             hostile_events_are_dead_lettered, expired_events_are_dead_lettered,
             group_resumes_after_settled, dropped_delivery_is_redelivered, graceful_shutdown,
             oversized_publish_is_rejected, url_options_follow_one_grammar,

@@ -20,6 +20,13 @@ pub(crate) fn stream_key(topic: &str) -> String {
     format!("{STREAM_PREFIX}{topic}")
 }
 
+/// The stream of consumer group `group`'s retries of `topic`: a retry re-added to the topic's
+/// own stream would reach every other group again. The group's length comes first, so that
+/// no two (group, topic) pairs share a key.
+pub(crate) fn retry_key(group: &str, topic: &str) -> String {
+    format!("sy:r:{}:{group}:{topic}", group.len())
+}
+
 /// The envelope of a stream entry. An entry written by a plain client (without our `i`, `h`
 /// and `p` fields) is not skipped: its fields become a JSON object payload and its id is the
 /// entry's id (stable across redeliveries, for inbox de-duplication). A handler that cannot
@@ -95,8 +102,17 @@ pub(crate) async fn add(
     con: &mut ConnectionManager,
     env: &Envelope,
 ) -> Result<(), redis::RedisError> {
+    add_to(con, StreamKey(&env.subject), env).await
+}
+
+/// [`add`] to the stream `key`.
+pub(crate) async fn add_to(
+    con: &mut ConnectionManager,
+    key: impl redis::ToRedisArgs,
+    env: &Envelope,
+) -> Result<(), redis::RedisError> {
     redis::cmd("XADD")
-        .arg(StreamKey(&env.subject))
+        .arg(key)
         .arg("MAXLEN")
         .arg("~")
         .arg(1_000_000)

@@ -23,8 +23,11 @@ pub(crate) const MAX_MESSAGE: usize = 1024 * 1024;
 
 pub(crate) struct RedisAcker {
     con: ConnectionManager,
+    /// The stream the entry was read from: the topic's, or the group's retries.
     key: String,
     group: Option<String>,
+    /// Where the group's retries go.
+    retry_key: String,
     entry: String,
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -32,7 +35,7 @@ pub(crate) struct RedisAcker {
 impl RedisAcker {
     async fn requeue(
         mut con: ConnectionManager,
-        key: String,
+        (key, retry_key): (String, String),
         group: String,
         entry: String,
         mut env: Envelope,
@@ -43,7 +46,9 @@ impl RedisAcker {
         }
         let attempt = env.headers.attempt() + 1;
         env.headers.insert(h::ATTEMPT, attempt.to_string());
-        add(&mut con, &env).await.map_err(TransportError::other)?;
+        add_to(&mut con, &retry_key, &env)
+            .await
+            .map_err(TransportError::other)?;
         redis::cmd("XACK")
             .arg(&key)
             .arg(&group)
@@ -104,13 +109,14 @@ impl Acker for RedisAcker {
 }
 
 impl RedisAcker {
-    /// Re-adds the message (attempt + 1) after `delay`, then acks the original. The delay
-    /// runs beside the consumer: its slot is free meanwhile.
+    /// Re-adds the message (attempt + 1) to the group's retry stream after `delay`, then acks
+    /// the original. The delay runs beside the consumer: its slot is free meanwhile.
     fn requeue_beside(self, envelope: Envelope, delay: Option<Duration>) {
         let RedisAcker {
             con,
             key,
             group,
+            retry_key,
             entry,
             ..
         } = self;
@@ -119,11 +125,32 @@ impl RedisAcker {
         };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = RedisAcker::requeue(con, key, g, entry, envelope, delay).await {
+                if let Err(e) = RedisAcker::requeue(con, (key, retry_key), g, entry, envelope, delay).await {
                     tracing::warn!(target: "switchyard", error = %e, "could not requeue; XAUTOCLAIM will take it over");
                 }
             });
         }
+    }
+}
+
+/// Creates consumer group `group` on the stream `key` (and the stream), reading from its
+/// start; one that exists is kept as it is.
+async fn create_group(
+    con: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    group: &str,
+) -> Result<(), TransportError> {
+    let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(key)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(con)
+        .await;
+    match created {
+        Err(e) if !e.to_string().contains("BUSYGROUP") => Err(TransportError::other(e)),
+        _ => Ok(()),
     }
 }
 
@@ -183,23 +210,14 @@ impl Subscriber for RedisTransport {
             let (tx, rx) = mpsc::channel::<Result<Delivery, TransportError>>(prefetch);
             let group = match options.mode {
                 SubscriptionMode::Group(g) => {
-                    let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
-                        .arg("CREATE")
-                        .arg(&key)
-                        .arg(&g)
-                        .arg("0")
-                        .arg("MKSTREAM")
-                        .query_async(&mut reader)
-                        .await;
-                    if let Err(e) = created {
-                        if !e.to_string().contains("BUSYGROUP") {
-                            return Err(TransportError::other(e));
-                        }
-                    }
+                    create_group(&mut reader, &key, &g).await?;
+                    create_group(&mut reader, &retry_key(&g, &topic), &g).await?;
                     Some(g)
                 }
                 _ => None,
             };
+            // The group's retries are read beside the topic's stream.
+            let retries = retry_key(group.as_deref().unwrap_or_default(), &topic);
             let claim_idle = self.claim_idle;
             let slots = Arc::new(Semaphore::new(prefetch));
             tokio::spawn(async move {
@@ -226,24 +244,29 @@ impl Subscriber for RedisTransport {
                     while let Ok(p) = slots.clone().try_acquire_owned() {
                         permits.push(p);
                     }
-                    let mut entries: Vec<StreamId> = Vec::new();
+                    // (stream, entry): from the topic's stream or the group's retries.
+                    let mut entries: Vec<(String, StreamId)> = Vec::new();
                     match &group {
                         Some(g) => {
                             if last_claim.elapsed() >= claim_idle / 2 {
                                 last_claim = Instant::now();
-                                let claimed: Result<StreamAutoClaimReply, _> =
-                                    redis::cmd("XAUTOCLAIM")
-                                        .arg(&key)
-                                        .arg(g)
-                                        .arg(&consumer_name)
-                                        .arg(claim_idle.as_millis() as u64)
-                                        .arg("0-0")
-                                        .arg("COUNT")
-                                        .arg(permits.len())
-                                        .query_async(&mut reader)
-                                        .await;
-                                if let Ok(c) = claimed {
-                                    entries.extend(c.claimed);
+                                for stream in [&key, &retries] {
+                                    let claimed: Result<StreamAutoClaimReply, _> =
+                                        redis::cmd("XAUTOCLAIM")
+                                            .arg(stream)
+                                            .arg(g)
+                                            .arg(&consumer_name)
+                                            .arg(claim_idle.as_millis() as u64)
+                                            .arg("0-0")
+                                            .arg("COUNT")
+                                            .arg(permits.len())
+                                            .query_async(&mut reader)
+                                            .await;
+                                    if let Ok(c) = claimed {
+                                        entries.extend(
+                                            c.claimed.into_iter().map(|e| (stream.clone(), e)),
+                                        );
+                                    }
                                 }
                             }
                             if entries.is_empty() {
@@ -258,12 +281,17 @@ impl Subscriber for RedisTransport {
                                         .arg(500)
                                         .arg("STREAMS")
                                         .arg(&key)
+                                        .arg(&retries)
+                                        .arg(">")
                                         .arg(">")
                                         .query_async(&mut reader)
                                         .await;
                                 match read {
                                     Ok(Some(r)) => {
-                                        entries.extend(r.keys.into_iter().flat_map(|k| k.ids))
+                                        entries.extend(r.keys.into_iter().flat_map(|k| {
+                                            let stream = k.key;
+                                            k.ids.into_iter().map(move |e| (stream.clone(), e))
+                                        }))
                                     }
                                     Ok(None) => {}
                                     Err(e) => {
@@ -285,27 +313,36 @@ impl Subscriber for RedisTransport {
                                 .query_async(&mut reader)
                                 .await;
                             match read {
-                                Ok(Some(r)) => {
-                                    entries.extend(r.keys.into_iter().flat_map(|k| k.ids))
-                                }
+                                Ok(Some(r)) => entries.extend(
+                                    r.keys
+                                        .into_iter()
+                                        .flat_map(|k| k.ids)
+                                        .map(|e| (key.clone(), e)),
+                                ),
                                 Ok(None) => {}
                                 Err(e) => {
                                     let _ = tx.send(Err(TransportError::other(e))).await;
                                     tokio::time::sleep(Duration::from_millis(200)).await;
                                 }
                             }
-                            if let Some(last) = entries.last() {
+                            if let Some((_, last)) = entries.last() {
                                 last_id = last.id.clone();
                             }
                         }
                     }
-                    for entry in entries {
+                    for (stream, entry) in entries {
                         let env = envelope_of(&topic, &entry);
-                        let permit = permits.pop();
+                        // Two streams read at once may give more than the slots taken: the
+                        // rest wait for slots, so no more than `prefetch` are in flight.
+                        let permit = match permits.pop() {
+                            Some(p) => Some(p),
+                            None => slots.clone().acquire_owned().await.ok(),
+                        };
                         let acker = RedisAcker {
                             con: manager.clone(),
-                            key: key.clone(),
+                            key: stream,
                             group: group.clone(),
+                            retry_key: retries.clone(),
                             entry: entry.id.clone(),
                             // Handed back on nack or abandon: no copy per delivery.
                             _permit: permit,

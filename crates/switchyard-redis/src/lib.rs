@@ -4,8 +4,9 @@
 //! - **Events** live in Redis Streams (`sy:s:<topic>`): a consumer group per switchyard group
 //!   (`XREADGROUP`, `XACK` after the handler succeeded), messages left pending by a consumer
 //!   that died are taken over with `XAUTOCLAIM` after `claim_idle_ms` (default 30 s), a nack
-//!   re-adds the message with its attempt count raised (after the delay) and acks the old
-//!   entry. Broadcast subscribers read the stream from its end (`XREAD $`).
+//!   re-adds the message with its attempt count raised (after the delay) to the group's own
+//!   retry stream (`sy:r:<len>:<group>:<topic>`, read beside the topic's: a retry must not
+//!   reach the other groups again) and acks the old entry. Broadcast subscribers read the stream from its end (`XREAD $`).
 //! - **RPC**: calls are pushed on the named service's list `sy:rpc:<ns>:<service>` and taken by
 //!   one of its serving instances (`BLPOP`); the reply is published on the caller's own
 //!   channel. Serving instances keep a heartbeat in `sy:rpc:<ns>:<service>:alive`, so a call
