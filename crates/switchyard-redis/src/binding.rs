@@ -24,8 +24,11 @@ pub(crate) fn stream_key(topic: &str) -> String {
 /// own stream would reach every other group again. The group's length comes first, so that
 /// no two (group, topic) pairs share a key.
 pub(crate) fn retry_key(group: &str, topic: &str) -> String {
-    format!("sy:r:{}:{group}:{topic}", group.len())
+    format!("{RETRY_PREFIX}{}:{group}:{topic}", group.len())
 }
+
+/// What every retry stream's key starts with.
+pub(crate) const RETRY_PREFIX: &str = "sy:r:";
 
 /// The envelope of a stream entry. An entry written by a plain client (without our `i`, `h`
 /// and `p` fields) is not skipped: its fields become a JSON object payload and its id is the

@@ -49,15 +49,27 @@ impl RedisAcker {
         add_to(&mut con, &retry_key, &env)
             .await
             .map_err(TransportError::other)?;
-        redis::cmd("XACK")
-            .arg(&key)
-            .arg(&group)
-            .arg(&entry)
-            .query_async::<i64>(&mut con)
-            .await
-            .map_err(TransportError::other)?;
-        Ok(())
+        settle(&mut con, &key, &group, &entry).await
     }
+}
+
+/// Acknowledges `entry` of the stream `key` for `group`. An entry of a group's retry stream
+/// is deleted too: no other group reads that stream, so it would only grow.
+async fn settle(
+    con: &mut ConnectionManager,
+    key: &str,
+    group: &str,
+    entry: &str,
+) -> Result<(), TransportError> {
+    let mut settle = redis::pipe();
+    settle.cmd("XACK").arg(key).arg(group).arg(entry).ignore();
+    if key.starts_with(RETRY_PREFIX) {
+        settle.cmd("XDEL").arg(key).arg(entry).ignore();
+    }
+    settle
+        .query_async::<()>(con)
+        .await
+        .map_err(TransportError::other)
 }
 
 impl Acker for RedisAcker {
@@ -71,14 +83,7 @@ impl Acker for RedisAcker {
         } = *self;
         Box::pin(async move {
             match group {
-                Some(g) => redis::cmd("XACK")
-                    .arg(key)
-                    .arg(g)
-                    .arg(entry)
-                    .query_async::<i64>(&mut con)
-                    .await
-                    .map(|_| ())
-                    .map_err(TransportError::other),
+                Some(g) => settle(&mut con, &key, &g, &entry).await,
                 None => Ok(()),
             }
         })
