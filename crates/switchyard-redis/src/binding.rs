@@ -114,11 +114,10 @@ pub(crate) async fn add_to(
     key: impl redis::ToRedisArgs,
     env: &Envelope,
 ) -> Result<(), redis::RedisError> {
+    // No MAXLEN: Redis would drop the oldest entries, read or not; the publisher bounds the
+    // stream instead (`RedisTransport::room`).
     redis::cmd("XADD")
         .arg(key)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(1_000_000)
         .arg("*")
         .arg("i")
         .arg(&env.id)

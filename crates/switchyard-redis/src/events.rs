@@ -20,6 +20,19 @@ use crate::RedisTransport;
 
 /// Largest event payload published (default 1 MiB, as on the other transports).
 pub(crate) const MAX_MESSAGE: usize = 1024 * 1024;
+/// Entries a topic's stream holds at most, by default.
+pub(crate) const MAX_LEN: u64 = 1_000_000;
+/// How often a publisher looks at the length of a topic's stream: once a second per topic,
+/// not at each publish (a round trip). A stream may go past its bound by a second's
+/// publishes; nothing is lost by that.
+const ROOM_CHECK: Duration = Duration::from_secs(1);
+
+/// What the last look at a topic's stream found: when, and its length if it was full.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Room {
+    checked: Instant,
+    full: Option<u64>,
+}
 
 pub(crate) struct RedisAcker {
     con: ConnectionManager,
@@ -141,7 +154,7 @@ impl RedisAcker {
 /// Creates consumer group `group` on the stream `key` (and the stream), reading from its
 /// start; one that exists is kept as it is.
 async fn create_group(
-    con: &mut redis::aio::MultiplexedConnection,
+    con: &mut impl redis::aio::ConnectionLike,
     key: &str,
     group: &str,
 ) -> Result<(), TransportError> {
@@ -169,11 +182,160 @@ impl Publisher for RedisTransport {
                 });
             }
             let mut con = self.con().await?;
+            self.room(&mut con, &envelope.subject).await?;
             add(&mut con, &envelope)
                 .await
                 .map_err(TransportError::other)
         })
     }
+
+    fn keep(&self, topic: &str, group: &str) -> BoxFuture<'_, Result<(), TransportError>> {
+        // A stream keeps everything for a group that joins later; the group made now also
+        // keeps its entries from being trimmed before it read them.
+        let (key, group) = (stream_key(topic), group.to_string());
+        Box::pin(async move {
+            let mut con = self.con().await?;
+            create_group(&mut con, &key, &group).await
+        })
+    }
+}
+
+impl RedisTransport {
+    /// Refuses a publish to `topic` while its stream holds `max_len` entries that some group
+    /// has not settled. Redis' own bound (`XADD MAXLEN`) would drop the oldest entries,
+    /// read or not, without a word.
+    async fn room(&self, con: &mut ConnectionManager, topic: &str) -> Result<(), TransportError> {
+        let last = self
+            .room
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+            .copied();
+        let full = match last {
+            Some(room) if room.checked.elapsed() < ROOM_CHECK => room.full,
+            _ => {
+                let full = self.look(con, topic).await?;
+                self.room.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                    topic.to_string(),
+                    Room {
+                        checked: Instant::now(),
+                        full,
+                    },
+                );
+                full
+            }
+        };
+        match full {
+            None => Ok(()),
+            Some(len) => Err(TransportError::Rejected(
+                switchyard_core::error::RemoteError::new(
+                    switchyard_core::error::ErrorCode::Unavailable,
+                    format!(
+                        "the stream of {topic} is full: {len} entries (max_len {}) not yet settled by every consumer group",
+                        self.max_len
+                    ),
+                ),
+            )),
+        }
+    }
+
+    /// The length of `topic`'s stream when it is full even after trimming what every group
+    /// settled; `None` when there is room.
+    async fn look(
+        &self,
+        con: &mut ConnectionManager,
+        topic: &str,
+    ) -> Result<Option<u64>, TransportError> {
+        let key = stream_key(topic);
+        let len = |con: &mut ConnectionManager| {
+            let key = key.clone();
+            let mut con = con.clone();
+            async move {
+                redis::cmd("XLEN")
+                    .arg(&key)
+                    .query_async::<u64>(&mut con)
+                    .await
+                    .map_err(TransportError::other)
+            }
+        };
+        if len(con).await? < self.max_len {
+            return Ok(None);
+        }
+        trim_settled(con, &key, self.max_len).await?;
+        let left = len(con).await?;
+        if left < self.max_len {
+            return Ok(None);
+        }
+        tracing::warn!(target: "switchyard", %topic, entries = left, max_len = self.max_len, "stream full of entries not settled by every group: publishes refused");
+        Ok(Some(left))
+    }
+}
+
+/// Trims from the stream `key` what every consumer group has settled: entries before the
+/// oldest that some group has not been given or has not acknowledged. A stream no group
+/// reads (broadcast only) keeps its newest half, and that is logged with the count.
+async fn trim_settled(
+    con: &mut ConnectionManager,
+    key: &str,
+    max_len: u64,
+) -> Result<(), TransportError> {
+    let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query_async(con)
+        .await
+        .map_err(TransportError::other)?;
+    if groups.is_empty() {
+        let trimmed: u64 = redis::cmd("XTRIM")
+            .arg(key)
+            .arg("MAXLEN")
+            .arg(max_len / 2)
+            .query_async(con)
+            .await
+            .map_err(TransportError::other)?;
+        tracing::warn!(target: "switchyard", stream = %key, trimmed, "stream full and no consumer group reads it: its oldest entries trimmed");
+        return Ok(());
+    }
+    let mut oldest: Option<(u64, u64)> = None;
+    for group in &groups {
+        let text = |field: &str| {
+            group
+                .get(field)
+                .and_then(|v| redis::from_redis_value::<String>(v).ok())
+        };
+        let (Some(name), Some(delivered)) = (text("name"), text("last-delivered-id")) else {
+            continue;
+        };
+        // (count, oldest id, newest id, per consumer): the oldest pending one.
+        let pending: (u64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
+            .arg(key)
+            .arg(&name)
+            .query_async(con)
+            .await
+            .map_err(TransportError::other)?;
+        // The next entry after the last delivered one is the group's first unread one.
+        let unread = entry_id(&delivered).map(|(ms, seq)| (ms, seq.saturating_add(1)));
+        let unsettled = pending.1.as_deref().and_then(entry_id);
+        for id in [unread, unsettled].into_iter().flatten() {
+            oldest = Some(oldest.map_or(id, |o| o.min(id)));
+        }
+    }
+    if let Some((ms, seq)) = oldest {
+        redis::cmd("XTRIM")
+            .arg(key)
+            .arg("MINID")
+            .arg(format!("{ms}-{seq}"))
+            .query_async::<u64>(con)
+            .await
+            .map_err(TransportError::other)?;
+    }
+    Ok(())
+}
+
+/// A stream entry id `ms-seq` as numbers, which order as the ids do.
+fn entry_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 impl Subscriber for RedisTransport {

@@ -6,7 +6,10 @@
 //!   that died are taken over with `XAUTOCLAIM` after `claim_idle_ms` (default 30 s), a nack
 //!   re-adds the message with its attempt count raised (after the delay) to the group's own
 //!   retry stream (`sy:r:<len>:<group>:<topic>`, read beside the topic's: a retry must not
-//!   reach the other groups again) and acks the old entry. Broadcast subscribers read the stream from its end (`XREAD $`).
+//!   reach the other groups again) and acks the old entry. A stream holds at most `max_len`
+//!   entries (a million): at that length the publisher trims what every group settled and
+//!   refuses while what is left is as long, instead of Redis' `MAXLEN`, which drops entries
+//!   unread. Broadcast subscribers read the stream from its end (`XREAD $`).
 //! - **RPC**: calls are pushed on the named service's list `sy:rpc:<ns>:<service>` and taken by
 //!   one of its serving instances (`BLPOP`); the reply is published on the caller's own
 //!   channel. Serving instances keep a heartbeat in `sy:rpc:<ns>:<service>:alive`, so a call
@@ -44,6 +47,10 @@ pub struct RedisTransport {
     pub(crate) claim_idle: Duration,
     // Largest payload `publish` accepts (`?max_message_bytes=`, default 1 MiB).
     pub(crate) max_message: usize,
+    // Entries a topic's stream holds at most (`?max_len=`), and what the last look at each
+    // topic's stream found.
+    pub(crate) max_len: u64,
+    pub(crate) room: std::sync::Mutex<HashMap<String, events::Room>>,
     pub(crate) con: OnceCell<ConnectionManager>,
     pub(crate) replies: OnceCell<Arc<Replies>>,
     // When a call last found a live instance of each service (ms since the epoch): within

@@ -34,6 +34,10 @@ pub struct RedisOptions {
     pub claim_idle: Duration,
     /// The largest payload `publish` accepts (`?max_message_bytes=`; 1 MiB).
     pub max_message_bytes: usize,
+    /// Entries a topic's stream holds at most (`?max_len=`; a million). A stream that reaches
+    /// it is trimmed of what every consumer group has settled; while what is left is still
+    /// that long, `publish` refuses, rather than trimming entries a group has not read.
+    pub max_len: u64,
     /// For `rediss://`: trust only the PEM certificates in this file (`?tls_ca=PATH`)
     /// instead of the system's roots.
     pub tls_ca: Option<Vec<u8>>,
@@ -55,7 +59,7 @@ impl FromStr for RedisOptions {
                 ))
             }
         };
-        let options = UrlOptions::parse(url, &["claim_idle_ms", "tls_ca"])?;
+        let options = UrlOptions::parse(url, &["claim_idle_ms", "tls_ca", "max_len"])?;
         let tls_ca = options.tls_ca(tls, "rediss")?;
         Ok(Self {
             url: url.to_string(),
@@ -71,6 +75,9 @@ impl FromStr for RedisOptions {
             max_message_bytes: options
                 .number("max_message_bytes")?
                 .unwrap_or(crate::events::MAX_MESSAGE),
+            max_len: options
+                .number("max_len")?
+                .map_or(crate::events::MAX_LEN, |n: u64| n.max(1)),
             tls_ca,
         })
     }
@@ -86,6 +93,12 @@ impl RedisOptions {
     /// Sets how long an unacknowledged event waits before another consumer claims it.
     pub fn claim_idle(mut self, idle: Duration) -> Self {
         self.claim_idle = idle;
+        self
+    }
+
+    /// Sets how many entries a topic's stream holds at most (see [`RedisOptions::max_len`]).
+    pub fn max_len(mut self, entries: u64) -> Self {
+        self.max_len = entries.max(1);
         self
     }
 
@@ -122,6 +135,8 @@ impl RedisTransport {
             namespace: options.namespace,
             claim_idle: options.claim_idle,
             max_message: options.max_message_bytes,
+            max_len: options.max_len,
+            room: std::sync::Mutex::default(),
             con: OnceCell::new(),
             replies: OnceCell::new(),
             seen_alive_ms: std::sync::Mutex::default(),
