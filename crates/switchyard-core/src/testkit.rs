@@ -1467,6 +1467,80 @@ pub async fn graceful_shutdown(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
+/// A service stopped gracefully while its consumer holds prefetched messages it has not
+/// started: those go back to the group at once, and the next member of the group handles
+/// every message the first did not, each once (none lost, none repeated, and none waiting
+/// for a broker's redelivery timeout).
+pub async fn graceful_shutdown_hands_back_prefetched(h: &Harness) -> Outcome {
+    let (url, transport) = h.open();
+    let caps = transport.capabilities();
+    if !caps.consumer_groups || !caps.redelivery {
+        return Outcome::Skipped("needs consumer groups and redelivery".into());
+    }
+    let t = topic("prefetched");
+    let handled = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let member = |handled: Arc<Mutex<Vec<usize>>>| {
+        Service::new("conformance-prefetched")
+            .consumer_policy(ConsumerPolicy {
+                concurrency: 2,
+                ..ConsumerPolicy::default()
+            })
+            .on_event(&t, move |m: Numbered| {
+                let handled = handled.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    handled.lock().unwrap_or_else(|p| p.into_inner()).push(m.n);
+                }
+            })
+    };
+    let first = crate::server::serve(transport.clone(), member(handled.clone()))
+        .await
+        .expect("serve");
+    let total = 40;
+    publish_all(
+        &h.connect(&url),
+        (0..total).map(|n| numbered(&t, n, None)).collect(),
+        4,
+    )
+    .await;
+    let deadline = Instant::now() + h.patience;
+    while handled.lock().unwrap_or_else(|p| p.into_inner()).len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the first member handled nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let serve_second = || crate::server::serve(h.connect(&url), member(handled.clone()));
+    let early = if caps.keeps_for_later_groups {
+        None
+    } else {
+        Some(serve_second().await.expect("serve the second member"))
+    };
+    first.shutdown().await;
+    let by_first = handled.lock().unwrap_or_else(|p| p.into_inner()).len();
+    assert!(
+        by_first < total,
+        "the first member handled everything before it stopped"
+    );
+    let second = match early {
+        Some(second) => second,
+        None => serve_second().await.expect("serve the second member"),
+    };
+    let want: Vec<usize> = (0..total).collect();
+    wait_for_handled(&handled, &want, Duration::from_secs(15)).await;
+    // A moment for a repeat to show.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.shutdown().await;
+    let mut all = handled.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    all.sort_unstable();
+    assert_eq!(
+        all, want,
+        "each message handled once across the two members"
+    );
+    Outcome::Passed
+}
+
 /// A consumer with `ordered_by_key` handles each key's messages one at a time in publish
 /// order, keys in parallel, and a failing message keeps its turn.
 pub async fn ordered_consumption(h: &Harness) -> Outcome {
@@ -1871,6 +1945,7 @@ macro_rules! conformance_suite {
             round_trip, per_key_order, competing_consumers, broadcast, rpc_with_timeout,
             rpc_to_absent_service_fails_fast, retry_then_dead_letter,
             dead_letter_kept_with_nobody_listening, retries_stay_in_their_group,
+            graceful_shutdown_hands_back_prefetched,
             hostile_events_are_dead_lettered, expired_events_are_dead_lettered,
             group_resumes_after_settled, dropped_delivery_is_redelivered, graceful_shutdown,
             oversized_publish_is_rejected, url_options_follow_one_grammar,
