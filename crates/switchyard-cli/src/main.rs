@@ -13,6 +13,7 @@ use switchyard::{Client, Codec};
 use switchyard_cli::{echo, tutorial};
 
 mod demo;
+mod dlq;
 mod events;
 mod logs;
 
@@ -171,6 +172,11 @@ enum Command {
     Events {
         #[command(subcommand)]
         command: events::EventsCommand,
+    },
+    /// A topic's kept dead letters: list (by cause), show, replay, discard.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
     },
     /// The PostgreSQL transactional outbox.
     Outbox {
@@ -346,6 +352,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::Demo { calls } => demo::run(calls).await,
         Command::Events { command } => events::run(command).await,
+        Command::Dlq { command } => dlq::run(command, open).await,
         Command::Outbox {
             command:
                 OutboxCommand::Relay {

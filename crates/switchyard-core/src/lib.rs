@@ -22,6 +22,7 @@ pub mod client;
 pub mod codec;
 pub mod consumer;
 pub mod context;
+pub mod dead_letters;
 pub mod error;
 pub mod handler;
 pub mod inbox;

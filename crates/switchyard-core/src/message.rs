@@ -18,6 +18,10 @@ pub mod header {
     pub const CORRELATION_ID: &str = "correlation-id";
     /// Where a reply should be sent (broker transports).
     pub const REPLY_TO: &str = "reply-to";
+    /// On a message replayed from a dead letter: that dead letter's id. The message keeps its
+    /// own id (an inbox knows it); a broker that de-duplicates by id within a window
+    /// (JetStream) must not take the replay for the first publish.
+    pub const REPLAY_OF: &str = "x-replay-of";
     /// Time the sender still allows, in milliseconds. Relative, not absolute, so that clock skew
     /// between hosts does not matter (the choice tarpc makes).
     pub const DEADLINE_MS: &str = "x-deadline-ms";

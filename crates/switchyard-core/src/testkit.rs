@@ -1147,6 +1147,162 @@ pub async fn retries_stay_in_their_group(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
+/// Kept dead letters listed by cause and replayed once ([`dead_letters_replayed_once`] with
+/// 200 events, 20 kept twice, at 2,000 a second).
+pub async fn dead_letters_listed_and_replayed(h: &Harness) -> Outcome {
+    let (url, transport) = h.open();
+    let caps = transport.capabilities();
+    if !caps.redelivery || !caps.keeps_for_later_groups {
+        return Outcome::Skipped(
+            "needs redelivery and messages kept for groups that join later".into(),
+        );
+    }
+    dead_letters_replayed_once(|| h.connect(&url), 200, 20, 2_000.0).await;
+    Outcome::Passed
+}
+
+/// Dead letters read back and replayed (`yard dlq`): `total` events fail while their
+/// downstream is down and are dead-lettered with nobody listening; the kept letters are
+/// listed by cause (a filter that takes none leaves them all in place); `dups` of them are
+/// kept twice (a dead-lettering redelivered after a lost acknowledgement); the downstream
+/// comes back and every letter is replayed at `per_second` through a consumer with an inbox:
+/// each event is handled exactly once, the pace is kept, and nothing is left.
+pub async fn dead_letters_replayed_once(
+    connect: impl Fn() -> Arc<dyn Transport>,
+    total: usize,
+    dups: usize,
+    per_second: f64,
+) {
+    use crate::dead_letters::{DeadLetters, Filter};
+    use crate::middleware::dead_letter::dead_letter;
+    let transport = connect();
+    let t = topic("replay");
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handled = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let (d, c, h) = (down.clone(), calls.clone(), handled.clone());
+    let service = Service::new("dlq-replay")
+        .consumer_policy(ConsumerPolicy {
+            max_attempts: 1,
+            inbox: Some(Arc::new(crate::inbox::MemoryInbox::new(
+                4 * total,
+                Duration::from_secs(600),
+            ))),
+            ..ConsumerPolicy::default()
+        })
+        .on_event(&t, move |m: Numbered| {
+            let (d, c, h) = (d.clone(), c.clone(), h.clone());
+            async move {
+                c.fetch_add(1, AtomicOrdering::SeqCst);
+                if d.load(AtomicOrdering::SeqCst) {
+                    return Err(crate::error::HandlerError::internal("downstream down"));
+                }
+                h.lock().unwrap_or_else(|p| p.into_inner()).push(m.n);
+                Ok(())
+            }
+        });
+    let server = crate::server::serve(transport.clone(), service)
+        .await
+        .expect("serve");
+    let publisher = connect();
+    publish_all(
+        &publisher,
+        (0..total).map(|n| numbered(&t, n, None)).collect(),
+        16,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while calls.load(AtomicOrdering::SeqCst) < total {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {total} handled (and failed)",
+            calls.load(AtomicOrdering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admin = DeadLetters::new(connect(), &t);
+    let idle = Duration::from_secs(2);
+    let none = admin
+        .hold(
+            &Filter::parse(&["code=bad_request"]).expect("filter"),
+            usize::MAX,
+            idle,
+        )
+        .await
+        .expect("hold");
+    assert!(none.is_empty(), "the filter took {} letters", none.len());
+    none.release().await;
+    let held = admin
+        .hold(&Filter::default(), total + dups + 1, idle)
+        .await
+        .expect("hold all");
+    let failures = held.failures();
+    assert_eq!(failures.len(), 1, "one cause: {failures:?}");
+    assert_eq!(failures[0].count, total, "{failures:?}");
+    assert_eq!(failures[0].error, "downstream down");
+    assert!(failures[0].first_failed_at <= failures[0].last_failed_at);
+    // Some letters kept twice, as a redelivered dead-lettering would.
+    let copies: Vec<Envelope> = held
+        .letters()
+        .take(dups)
+        .map(|dead| {
+            let mut original = crate::dead_letters::original(dead);
+            original.headers.insert(header::ATTEMPT, "1");
+            let cause = crate::error::HandlerError::internal("downstream down");
+            dead_letter(original, &cause, 1, ".dlq")
+        })
+        .collect();
+    held.release().await;
+    publish_all(&publisher, copies, 16).await;
+    // A broker that de-duplicates by id (JetStream) keeps one of each; the others keep both.
+    let kept = admin
+        .hold(&Filter::default(), total + dups + 1, idle)
+        .await
+        .expect("hold with the copies");
+    let kept_count = kept.len();
+    kept.release().await;
+    assert!(
+        kept_count == total + dups || kept_count == total,
+        "{kept_count} letters kept of {total} and {dups} copies"
+    );
+    down.store(false, AtomicOrdering::SeqCst);
+    let started = Instant::now();
+    let done = admin
+        .replay(
+            &Filter::default(),
+            publisher.as_ref(),
+            per_second,
+            usize::MAX,
+            idle,
+        )
+        .await
+        .expect("replay");
+    let took = started.elapsed();
+    assert_eq!(done.replayed, kept_count, "{done:?}");
+    let want: Vec<usize> = (0..total).collect();
+    wait_for_handled(&handled, &want, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut all = handled.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    all.sort_unstable();
+    assert_eq!(all.len(), total, "each replayed event handled once");
+    assert_eq!(all, want);
+    let paced = Duration::from_secs_f64((kept_count - 1) as f64 / per_second);
+    assert!(
+        took >= paced,
+        "{kept_count} replayed in {took:?}, faster than {per_second}/s"
+    );
+    let left = admin
+        .hold(&Filter::default(), usize::MAX, Duration::from_millis(500))
+        .await
+        .expect("hold");
+    assert!(
+        left.is_empty(),
+        "{} letters left after the replay",
+        left.len()
+    );
+    server.shutdown().await;
+}
+
 /// `url` with the query option `name=value` added.
 fn with_option(url: &str, name: &str, value: impl std::fmt::Display) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
@@ -1945,7 +2101,7 @@ macro_rules! conformance_suite {
             round_trip, per_key_order, competing_consumers, broadcast, rpc_with_timeout,
             rpc_to_absent_service_fails_fast, retry_then_dead_letter,
             dead_letter_kept_with_nobody_listening, retries_stay_in_their_group,
-            graceful_shutdown_hands_back_prefetched,
+            graceful_shutdown_hands_back_prefetched, dead_letters_listed_and_replayed,
             hostile_events_are_dead_lettered, expired_events_are_dead_lettered,
             group_resumes_after_settled, dropped_delivery_is_redelivered, graceful_shutdown,
             oversized_publish_is_rejected, url_options_follow_one_grammar,

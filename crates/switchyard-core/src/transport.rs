@@ -134,7 +134,9 @@ impl SubscribeOptions {
 pub trait Acker: Send + 'static {
     /// Acknowledges: the message is done.
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>>;
-    /// Rejects: redeliver, after `delay` if given.
+    /// Rejects: redeliver, after `delay` if given. `None` hands it back as it is (a reader
+    /// that only looked at it); the group gets it again, at once or at the broker's next
+    /// redelivery.
     fn nack(
         self: Box<Self>,
         delay: Option<Duration>,

@@ -182,7 +182,15 @@ pub(crate) async fn pump(
             }
         }
     }
-    hand_back(&inner, &topic, &client, &mut eventloop, &filters, &retry_topic).await;
+    hand_back(
+        &inner,
+        &topic,
+        &client,
+        &mut eventloop,
+        &filters,
+        &retry_topic,
+    )
+    .await;
     let _ = client.try_disconnect();
 }
 

@@ -40,6 +40,9 @@ impl Drop for FlushOnDrop {
     }
 }
 
+/// When a message handed back as it is (`nack(None)`) is delivered again.
+const HAND_BACK_DELAY: Duration = Duration::from_millis(500);
+
 impl Acker for NatsAcker {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
         // What `jetstream::Message::ack` sends (an empty message to the delivery's reply
@@ -65,6 +68,9 @@ impl Acker for NatsAcker {
         delay: Option<Duration>,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
         let m = self.message.take();
+        // Handed back as it is: not straight back to a reader that is stopping (it would be
+        // in flight to a pull stream about to go, and wait out the ack wait there).
+        let delay = delay.or(Some(HAND_BACK_DELAY));
         Box::pin(async move {
             match m {
                 Some(m) => m
@@ -107,8 +113,14 @@ impl Publisher for NatsTransport {
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), TransportError>> {
         // The headers are built before the future exists: it holds only what it sends.
         // JetStream de-duplicates on the message id within its window: a retried publish is
-        // stored once.
-        let headers = publish_headers(&envelope, &envelope.id);
+        // stored once. A replay of a dead letter is another publish of the same message.
+        let headers = match envelope
+            .headers
+            .get(switchyard_core::message::header::REPLAY_OF)
+        {
+            None => publish_headers(&envelope, &envelope.id),
+            Some(replay) => publish_headers(&envelope, &format!("{}/{replay}", envelope.id)),
+        };
         let Envelope {
             subject, payload, ..
         } = envelope;
@@ -277,6 +289,31 @@ struct Pump {
 enum Side {
     Restart(BoxFuture<'static, Option<pull::Stream>>),
     Recover(BoxFuture<'static, Option<Delivery>>),
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        // Messages the pull stream already received but nobody took would wait out the ack
+        // wait before anybody else got them (a reader that stops, a service that stops): each
+        // is handed back at once instead.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut buffered = Vec::new();
+        while let std::task::Poll::Ready(Some(m)) = self.messages.poll_next_unpin(&mut cx) {
+            if let Ok(m) = m {
+                buffered.push(m);
+            }
+        }
+        if !buffered.is_empty() {
+            rt.spawn(async move {
+                for m in buffered {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                }
+            });
+        }
+    }
 }
 
 /// A `Stream` by hand rather than `unfold` over an `async fn`: a message costs one poll of the

@@ -26,6 +26,9 @@ pub(crate) const MAX_LEN: u64 = 1_000_000;
 /// not at each publish (a round trip). A stream may go past its bound by a second's
 /// publishes; nothing is lost by that.
 const ROOM_CHECK: Duration = Duration::from_secs(1);
+/// The idle time an entry handed back is given: longer than any `claim_idle`, so the next
+/// XAUTOCLAIM of any member takes it.
+const HANDED_BACK_IDLE_MS: u64 = 365 * 24 * 3_600_000;
 
 /// What the last look at a topic's stream found: when, and its length if it was full.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +44,8 @@ pub(crate) struct RedisAcker {
     group: Option<String>,
     /// Where the group's retries go.
     retry_key: String,
+    /// The member that read it.
+    consumer: Arc<str>,
     entry: String,
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -116,8 +121,62 @@ impl Acker for RedisAcker {
         envelope: Envelope,
         delay: Option<Duration>,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
-        (*self).requeue_beside(envelope, delay);
-        Box::pin(async { Ok(()) })
+        match delay {
+            Some(delay) if !delay.is_zero() => {
+                (*self).requeue_beside(envelope, Some(delay));
+                Box::pin(async { Ok(()) })
+            }
+            // Again at once: re-added before this returns.
+            Some(_) => {
+                let RedisAcker {
+                    con,
+                    key,
+                    group,
+                    retry_key,
+                    entry,
+                    ..
+                } = *self;
+                Box::pin(async move {
+                    match group {
+                        Some(g) => {
+                            RedisAcker::requeue(con, (key, retry_key), g, entry, envelope, None)
+                                .await
+                        }
+                        None => Ok(()),
+                    }
+                })
+            }
+            // Handed back as it is (`yard dlq list` looked at it): left pending where it is,
+            // in its place, and made claimable at once by any member's next XAUTOCLAIM (a
+            // new member's first). Re-adding it would bring it straight back to a reader
+            // still reading, and leave a half-done copy if that reader exits next.
+            None => {
+                let RedisAcker {
+                    mut con,
+                    key,
+                    group,
+                    consumer,
+                    entry,
+                    ..
+                } = *self;
+                Box::pin(async move {
+                    let Some(g) = group else { return Ok(()) };
+                    redis::cmd("XCLAIM")
+                        .arg(&key)
+                        .arg(&g)
+                        .arg(consumer.as_ref())
+                        .arg(0)
+                        .arg(&entry)
+                        .arg("IDLE")
+                        .arg(HANDED_BACK_IDLE_MS)
+                        .arg("JUSTID")
+                        .query_async::<redis::Value>(&mut con)
+                        .await
+                        .map(drop)
+                        .map_err(TransportError::other)
+                })
+            }
+        }
     }
 
     fn abandon(self: Box<Self>, envelope: Envelope) {
@@ -389,6 +448,7 @@ impl Subscriber for RedisTransport {
             let slots = Arc::new(Semaphore::new(prefetch));
             tokio::spawn(async move {
                 let consumer_name = switchyard_core::message::new_id();
+                let consumer: Arc<str> = consumer_name.as_str().into();
                 let mut last_id = "$".to_string();
                 let mut last_claim = Instant::now() - claim_idle;
                 while !tx.is_closed() {
@@ -510,6 +570,7 @@ impl Subscriber for RedisTransport {
                             key: stream,
                             group: group.clone(),
                             retry_key: retries.clone(),
+                            consumer: consumer.clone(),
                             entry: entry.id.clone(),
                             // Handed back on nack or abandon: no copy per delivery.
                             _permit: permit,

@@ -218,14 +218,19 @@ pub fn dead_letter(
     dead
 }
 
-/// Now in RFC 3339, UTC, to the millisecond.
+/// Now in RFC 3339, UTC, always with three digits of milliseconds: such times order as text.
 fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
-    let now = now
-        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
-        .unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.millisecond()
+    )
 }
 
 /// The fingerprint of a failure: the error code and where it happened, hashed short.
