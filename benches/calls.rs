@@ -14,6 +14,11 @@
 //!
 //! `discover` and `discover-rr`: `Client::call` through `registry::Discovery` (peak-EWMA or
 //! round robin) to three instances in process, each on a bus of its own, against `plain`.
+//! `discover-req` makes the same call with `Client::request` (the builder a shard key needs),
+//! `discover-shard` with a shard key as well (one of 1,024, consistent hashing): the two
+//! differ by the key's pick. Each discovery mode also prints how long its first call took
+//! from `Discovery::new` (resolution: the registry read, the transport made), in the
+//! registry `SWITCHYARD_BENCH_REGISTRY` names (`etcd://…`, `nats://…`; in process by default).
 //!
 //! `SWITCHYARD_BENCH_OBSERVE` adds observation to any mode, a comma-separated list of
 //! `metrics` (the Prometheus recorder), `spans` (spans on, OpenTelemetry's default no-op
@@ -143,11 +148,15 @@ async fn http(calls: u32, side: &str) -> Result<(), Box<dyn std::error::Error>> 
     Ok(())
 }
 
-/// The discovery modes: `balance` is "" (peak-EWMA) or "-rr" (round robin).
+/// The discovery modes: `balance` is "" (peak-EWMA), "-rr" (round robin), "-req" (peak-EWMA,
+/// through the request builder) or "-shard" (the builder with a shard key).
 async fn discover(calls: u32, balance: &str) -> Result<(), Box<dyn std::error::Error>> {
     use std::sync::Arc;
     use switchyard::registry::{self, Balance, Discovery, Instance};
-    let registry = registry::connect("mem://calls-registry")?;
+    let registry = registry::connect(
+        &std::env::var("SWITCHYARD_BENCH_REGISTRY")
+            .unwrap_or_else(|_| "mem://calls-registry".into()),
+    )?;
     let mut served = Vec::new();
     for n in 0..3 {
         let url = format!("mem://calls-{n}");
@@ -163,17 +172,45 @@ async fn discover(calls: u32, balance: &str) -> Result<(), Box<dyn std::error::E
             .await?;
     }
     let connect: registry::Connector = Arc::new(|url: &str| switchyard::connect(url));
+    let resolving = Instant::now();
     let discovery = Discovery::new(registry, connect).balance(if balance == "-rr" {
         Balance::RoundRobin
     } else {
         Balance::PeakEwma
     });
     let client = Client::new(Arc::new(discovery)).service("a");
+    let first: String = client.call("/hello", "first".to_string()).await?;
+    black_box(first);
+    println!(
+        "discover{balance}: first call {:?} after Discovery::new",
+        resolving.elapsed()
+    );
+    let keys: Vec<String> = (0..1_024).map(|k| format!("customer-{k}")).collect();
     let started = Instant::now();
-    for _ in 0..calls {
-        let reply: String = client
-            .call("/hello", black_box("Mr. Developer".to_string()))
-            .await?;
+    for n in 0..calls {
+        let reply: String = match balance {
+            "-req" => {
+                client
+                    .request("/hello")
+                    .arg(black_box("Mr. Developer"))
+                    .send()
+                    .await?
+            }
+            "-shard" => {
+                let key = &keys[n as usize % keys.len()];
+                client
+                    .request("/hello")
+                    .arg(black_box("Mr. Developer"))
+                    .shard_key(key.as_str())
+                    .send()
+                    .await?
+            }
+            _ => {
+                client
+                    .call("/hello", black_box("Mr. Developer".to_string()))
+                    .await?
+            }
+        };
         black_box(reply);
     }
     println!("discover{balance}: {:?} a call", started.elapsed() / calls);

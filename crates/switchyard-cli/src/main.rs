@@ -173,6 +173,21 @@ enum Command {
         #[command(subcommand)]
         command: events::EventsCommand,
     },
+    /// Relays the events of each TOPIC from FROM_URL to TO_URL until SIGINT or SIGTERM, at
+    /// least once: an event is acknowledged on FROM only after TO confirmed it. Serves as
+    /// the service NAME on FROM (its consumer group there).
+    Relay {
+        /// Where the events are read (an `http://` URL: the relay listens there).
+        from: String,
+        /// Where they are published again.
+        to: String,
+        /// A topic to relay (repeatable).
+        #[arg(long = "topic", required = true)]
+        topics: Vec<String>,
+        /// The relay's service name, its consumer group on FROM.
+        #[arg(long, default_value = switchyard::relay::RELAY_NAME)]
+        name: String,
+    },
     /// A topic's kept dead letters: list (by cause), show, replay, discard.
     Dlq {
         #[command(subcommand)]
@@ -353,6 +368,27 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Demo { calls } => demo::run(calls).await,
         Command::Events { command } => events::run(command).await,
         Command::Dlq { command } => dlq::run(command, open).await,
+        Command::Relay {
+            from,
+            to,
+            topics,
+            name,
+        } => {
+            let (from, to) = (open(from).await?, open(to).await?);
+            let relay = switchyard::relay::relay(&name, to.clone(), &topics);
+            let server = switchyard::serve(&from, relay).await?;
+            println!(
+                "relaying {} from {} to {}",
+                topics.join(", "),
+                server.url(),
+                to.url()
+            );
+            use std::io::Write as _;
+            std::io::stdout().flush()?;
+            switchyard_cli::shutdown_signal().await?;
+            server.shutdown().await;
+            Ok(())
+        }
         Command::Outbox {
             command:
                 OutboxCommand::Relay {

@@ -35,6 +35,7 @@ pub mod policy;
 pub mod pool;
 pub mod push;
 pub mod registry;
+pub mod relay;
 pub mod served;
 pub mod server;
 pub mod service;

@@ -422,6 +422,26 @@ impl Service {
         self
     }
 
+    /// Registers a handler of `topic` that takes the whole envelope (id, headers, payload)
+    /// undecoded: for what passes messages on rather than reads them (a relay). It runs in
+    /// the same consumer as [`Service::on_event`]'s handlers: retries, dead letters, inbox.
+    pub fn on_envelope<F, Fut, O>(mut self, topic: &str, handler: F) -> Self
+    where
+        F: Fn(Envelope) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = O> + Send + 'static,
+        O: EventOutcome,
+    {
+        let f: EventFn = Arc::new(move |env: Envelope| {
+            let fut = handler(env);
+            Box::pin(async move { fut.await.into_outcome() })
+        });
+        if self.events.insert(topic.to_string(), f).is_some() {
+            self.errors
+                .push(ServiceError::DuplicateTopic(topic.to_string()));
+        }
+        self
+    }
+
     /// Registers a WebSocket route (microservices_connector's minisocket): each text frame goes to `handler`,
     /// and its answer, if any, is sent back.
     pub fn ws<F, Fut>(mut self, pattern: &str, handler: F) -> Self

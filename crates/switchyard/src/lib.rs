@@ -73,7 +73,7 @@ use std::sync::Arc;
 pub use switchyard_core::testkit;
 pub use switchyard_core::{
     call, client, codec, consumer, context, dead_letters, error, handler, inbox, layer, mem,
-    message, middleware, observe, policy, pool, push, server, service, shards, transport,
+    message, middleware, observe, policy, pool, push, relay, server, service, shards, transport,
     url_options, values, wire,
 };
 pub use switchyard_core::{
