@@ -33,6 +33,22 @@ fn example(name: &str, args: &[&str]) -> String {
 }
 
 #[test]
+fn queues_mixed_pair() {
+    let out = example("queues", &[]);
+    assert!(
+        out.contains("produced to http://127.0.0.1:47311, consumed from mem://orders"),
+        "{out}"
+    );
+    for id in 1..=3 {
+        assert!(
+            out.contains(&format!("handled order {id} (book {id})")),
+            "{out}"
+        );
+    }
+    assert!(out.trim_end().ends_with("all 3 orders handled"), "{out}");
+}
+
+#[test]
 fn quickstart() {
     assert_eq!(example("quickstart", &[]).trim(), "Welcome Mr. Developer");
 }

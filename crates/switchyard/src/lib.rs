@@ -163,6 +163,8 @@ pub use switchyard_macros::service;
 
 mod config;
 pub use config::{Config, ConfigError, QueueConfig, CONFIG_ENV, URL_ENV};
+pub mod queues;
+pub use queues::{QueueError, Queues};
 
 use switchyard_core::transport::ServeHandle;
 
