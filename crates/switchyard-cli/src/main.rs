@@ -174,19 +174,27 @@ enum Command {
         command: events::EventsCommand,
     },
     /// Relays the events of each TOPIC from FROM_URL to TO_URL until SIGINT or SIGTERM, at
-    /// least once: an event is acknowledged on FROM only after TO confirmed it. Serves as
-    /// the service NAME on FROM (its consumer group there).
+    /// least once: an event is acknowledged on FROM only after TO confirmed it (served as the
+    /// service NAME on FROM, its consumer group there); and the calls of each ROUTE of
+    /// SERVICE made on FROM, made on TO and answered back.
     Relay {
         /// Where the events are read (an `http://` URL: the relay listens there).
         from: String,
         /// Where they are published again.
         to: String,
         /// A topic to relay (repeatable).
-        #[arg(long = "topic", required = true)]
+        #[arg(long = "topic")]
         topics: Vec<String>,
         /// The relay's service name, its consumer group on FROM.
         #[arg(long, default_value = switchyard::relay::RELAY_NAME)]
         name: String,
+        /// A route of `--service` whose calls on FROM are made on TO and answered back
+        /// (repeatable).
+        #[arg(long = "route", requires = "service")]
+        routes: Vec<String>,
+        /// The service whose calls are relayed: callers on FROM address it by this name.
+        #[arg(long)]
+        service: Option<String>,
     },
     /// A topic's kept dead letters: list (by cause), show, replay, discard.
     Dlq {
@@ -373,20 +381,46 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             to,
             topics,
             name,
+            routes,
+            service,
         } => {
+            if topics.is_empty() && routes.is_empty() {
+                return Err("yard relay needs a --topic or a --route to relay".into());
+            }
             let (from, to) = (open(from).await?, open(to).await?);
-            let relay = switchyard::relay::relay(&name, to.clone(), &topics);
-            let server = switchyard::serve(&from, relay).await?;
+            let mut servers = Vec::new();
+            if !topics.is_empty() {
+                let relay = switchyard::relay::relay(&name, to.clone(), &topics);
+                servers.push(switchyard::serve(&from, relay).await?);
+            }
+            if let Some(service) = &service {
+                let relay = switchyard::relay::calls(service, to.clone(), &routes);
+                servers.push(switchyard::serve(&from, relay).await?);
+            }
+            let what: Vec<String> = topics
+                .iter()
+                .cloned()
+                .chain(
+                    routes
+                        .iter()
+                        .map(|r| format!("{}{r}", service.as_deref().unwrap_or(""))),
+                )
+                .collect();
             println!(
                 "relaying {} from {} to {}",
-                topics.join(", "),
-                server.url(),
+                what.join(", "),
+                servers
+                    .first()
+                    .map(|s| s.url().to_string())
+                    .unwrap_or_default(),
                 to.url()
             );
             use std::io::Write as _;
             std::io::stdout().flush()?;
             switchyard_cli::shutdown_signal().await?;
-            server.shutdown().await;
+            for server in servers {
+                server.shutdown().await;
+            }
             Ok(())
         }
         Command::Outbox {

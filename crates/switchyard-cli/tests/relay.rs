@@ -145,3 +145,89 @@ async fn ten_thousand_events_relayed_http_to_rabbitmq_to_kafka_through_two_kills
         assert_eq!(tag.as_deref(), Some(format!("tag-{n}").as_str()), "headers");
     }
 }
+
+/// Seed 004's http↔amqp relay: calls made over HTTP to `yard relay` reach the echo service on
+/// RabbitMQ and come back; the destination's errors come back with their code, a call past
+/// its deadline fails for its caller in time, and a route not relayed is not found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_relayed_from_http_to_rabbitmq_and_answered_back() {
+    if !switchyard::testkit::require_server("relay_calls", "RabbitMQ", "127.0.0.1:5672") {
+        return;
+    }
+    let run = &switchyard::message::new_id()[..8];
+    let amqp = format!("amqp://guest:guest@127.0.0.1:5672/%2f?ns=relaycalls{run}");
+    let http = format!("http://127.0.0.1:{}", free_port());
+    let backend = switchyard::connect(&amqp).expect("amqp");
+    let echo = switchyard::serve(
+        &backend,
+        switchyard_cli::echo::service("echo", Some("1.0.0")),
+    )
+    .await
+    .expect("serve echo");
+    let _relay = Running({
+        let mut child = Command::new(YARD)
+            .args([
+                "relay",
+                &http,
+                &amqp,
+                "--service",
+                "echo",
+                "--route",
+                "/echo",
+                "--route",
+                "/sleep",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn yard relay");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("first line");
+        assert!(
+            line.starts_with("relaying echo/echo, echo/sleep from "),
+            "{line}"
+        );
+        child
+    });
+    let client = switchyard::Client::new(switchyard::connect(&http).expect("http"));
+    let reply: serde_json::Value = client
+        .request("/echo")
+        .arg("over http")
+        .arg(2)
+        .send()
+        .await
+        .expect("relayed call");
+    assert_eq!(reply, serde_json::json!(["over http", 2]));
+    let refused = client
+        .request("/sleep")
+        .arg(700_000)
+        .send::<u64>()
+        .await
+        .expect_err("the backend refuses");
+    assert_eq!(
+        refused.remote_code(),
+        Some(switchyard::ErrorCode::BadRequest),
+        "{refused}"
+    );
+    let started = Instant::now();
+    let late = client
+        .request("/sleep")
+        .arg(5_000)
+        .timeout(Duration::from_millis(300))
+        .send::<u64>()
+        .await
+        .expect_err("past its deadline");
+    assert!(started.elapsed() < Duration::from_secs(2), "{late}");
+    let unknown = client
+        .request("/whoami")
+        .send::<serde_json::Value>()
+        .await
+        .expect_err("not relayed");
+    assert_eq!(
+        unknown.remote_code(),
+        Some(switchyard::ErrorCode::NotFound),
+        "{unknown}"
+    );
+    echo.shutdown().await;
+}
