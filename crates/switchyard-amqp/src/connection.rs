@@ -250,16 +250,7 @@ impl Inner {
     pub(crate) async fn keep(&self, topic: &str, group: &str) -> Result<(), TransportError> {
         let channel = self.channel().await?;
         let queue = self.declare_group_queue(&channel, topic, group).await?;
-        let bound = channel
-            .queue_bind(
-                queue.as_str().into(),
-                EXCHANGE.into(),
-                topic.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(TransportError::other);
+        let bound = bind(&channel, &queue, topic).await;
         let _ = channel.close(200, "kept".into()).await;
         bound
     }
@@ -297,16 +288,7 @@ impl Inner {
                 .as_str()
                 .to_string(),
         };
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                EXCHANGE.into(),
-                topic.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(TransportError::other)?;
+        bind(&channel, &queue, topic).await?;
         let consumer = channel
             .basic_consume(
                 queue.as_str().into(),
@@ -353,4 +335,18 @@ impl Inner {
 /// The queue a consumer group of a topic shares.
 fn group_queue(topic: &str, group: &str) -> String {
     format!("{topic}:{group}")
+}
+
+/// Binds `queue` to the events exchange for `topic`.
+async fn bind(channel: &Channel, queue: &str, topic: &str) -> Result<(), TransportError> {
+    channel
+        .queue_bind(
+            queue.into(),
+            EXCHANGE.into(),
+            topic.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(TransportError::other)
 }

@@ -21,10 +21,11 @@ use common::{free_port, Running, YARD};
 
 const EVENTS: usize = 10_000;
 
-/// Starts `yard relay FROM TO --topic TOPIC` and waits until it says it relays.
-fn relay(from: &str, to: &str, topic: &str) -> Running {
+/// Starts `yard relay ARGS` and waits until it says what it relays; returns that line.
+fn start_relay(args: &[&str]) -> (Running, String) {
     let mut child = Command::new(YARD)
-        .args(["relay", from, to, "--topic", topic])
+        .arg("relay")
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn yard relay");
@@ -33,7 +34,12 @@ fn relay(from: &str, to: &str, topic: &str) -> Running {
         .read_line(&mut line)
         .expect("first line");
     assert!(line.starts_with("relaying "), "{line}");
-    Running(child)
+    (Running(child), line)
+}
+
+/// Starts `yard relay FROM TO --topic TOPIC`.
+fn relay(from: &str, to: &str, topic: &str) -> Running {
+    start_relay(&[from, to, "--topic", topic]).0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,32 +170,20 @@ async fn calls_relayed_from_http_to_rabbitmq_and_answered_back() {
     )
     .await
     .expect("serve echo");
-    let _relay = Running({
-        let mut child = Command::new(YARD)
-            .args([
-                "relay",
-                &http,
-                &amqp,
-                "--service",
-                "echo",
-                "--route",
-                "/echo",
-                "--route",
-                "/sleep",
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn yard relay");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("first line");
-        assert!(
-            line.starts_with("relaying echo/echo, echo/sleep from "),
-            "{line}"
-        );
-        child
-    });
+    let (_relay, line) = start_relay(&[
+        &http,
+        &amqp,
+        "--service",
+        "echo",
+        "--route",
+        "/echo",
+        "--route",
+        "/sleep",
+    ]);
+    assert!(
+        line.starts_with("relaying echo/echo, echo/sleep from "),
+        "{line}"
+    );
     let client = switchyard::Client::new(switchyard::connect(&http).expect("http"));
     let reply: serde_json::Value = client
         .request("/echo")

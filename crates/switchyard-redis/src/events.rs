@@ -51,7 +51,7 @@ pub(crate) struct RedisAcker {
 }
 
 impl RedisAcker {
-    async fn requeue(
+    async fn requeue_to(
         mut con: ConnectionManager,
         (key, retry_key): (String, String),
         group: String,
@@ -127,25 +127,10 @@ impl Acker for RedisAcker {
                 Box::pin(async { Ok(()) })
             }
             // Again at once: re-added before this returns.
-            Some(_) => {
-                let RedisAcker {
-                    con,
-                    key,
-                    group,
-                    retry_key,
-                    entry,
-                    ..
-                } = *self;
-                Box::pin(async move {
-                    match group {
-                        Some(g) => {
-                            RedisAcker::requeue(con, (key, retry_key), g, entry, envelope, None)
-                                .await
-                        }
-                        None => Ok(()),
-                    }
-                })
-            }
+            Some(_) => match (*self).requeue(envelope, None) {
+                Some(requeue) => Box::pin(requeue),
+                None => Box::pin(async { Ok(()) }),
+            },
             // Handed back as it is (`yard dlq list` looked at it): left pending where it is,
             // in its place, and made claimable at once by any member's next XAUTOCLAIM (a
             // new member's first). Re-adding it would bring it straight back to a reader
@@ -189,6 +174,26 @@ impl RedisAcker {
     /// Re-adds the message (attempt + 1) to the group's retry stream after `delay`, then acks
     /// the original. The delay runs beside the consumer: its slot is free meanwhile.
     fn requeue_beside(self, envelope: Envelope, delay: Option<Duration>) {
+        let Some(requeue) = self.requeue(envelope, delay) else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = requeue.await {
+                    tracing::warn!(target: "switchyard", error = %e, "could not requeue; XAUTOCLAIM will take it over");
+                }
+            });
+        }
+    }
+
+    /// The re-adding of the message (see [`RedisAcker::requeue_to`]); `None` for a broadcast
+    /// delivery, which nobody redelivers.
+    fn requeue(
+        self,
+        envelope: Envelope,
+        delay: Option<Duration>,
+    ) -> Option<impl std::future::Future<Output = Result<(), TransportError>> + Send + 'static>
+    {
         let RedisAcker {
             con,
             key,
@@ -197,16 +202,15 @@ impl RedisAcker {
             entry,
             ..
         } = self;
-        let Some(g) = group else {
-            return;
-        };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = RedisAcker::requeue(con, (key, retry_key), g, entry, envelope, delay).await {
-                    tracing::warn!(target: "switchyard", error = %e, "could not requeue; XAUTOCLAIM will take it over");
-                }
-            });
-        }
+        let group = group?;
+        Some(RedisAcker::requeue_to(
+            con,
+            (key, retry_key),
+            group,
+            entry,
+            envelope,
+            delay,
+        ))
     }
 }
 
