@@ -82,6 +82,8 @@ impl std::fmt::Debug for Discovery {
 #[derive(Debug)]
 struct Endpoint {
     address: String,
+    /// The address's stable hash, for rendezvous hashing of shard keys.
+    address_hash: u64,
     instances: Vec<Instance>,
     ewma_ns: AtomicU64,
     in_flight: AtomicU32,
@@ -112,6 +114,7 @@ impl Drop for InFlight<'_> {
 impl Endpoint {
     fn new(address: String, instances: Vec<Instance>) -> Self {
         Self {
+            address_hash: crate::shards::stable_hash(&address),
             address,
             instances,
             ewma_ns: AtomicU64::new(0),
@@ -366,12 +369,8 @@ impl Known {
             return None;
         }
         let mut at = match key {
-            Some(key) => {
-                use std::hash::Hasher;
-                let mut h = std::hash::DefaultHasher::new();
-                h.write(key.as_bytes());
-                h.finish() % total
-            }
+            // Stable, as the owner's: every caller draws a key's version alike.
+            Some(key) => mix(crate::shards::stable_hash(key)) % total,
             None => fastrand::u64(..total),
         };
         for (req, weight) in route.split.iter() {
@@ -388,27 +387,21 @@ impl Known {
     /// only the keys it now wins, about 1/(N+1) of them, and a leaving one gives away only
     /// its own. Ejected addresses are passed over like absent ones.
     fn owner(&self, key: &str, wanted: impl Fn(&Instance) -> bool) -> Option<Arc<Endpoint>> {
-        use std::hash::Hasher;
         let endpoints = self
             .endpoints
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let now = self.now_ms();
+        // FNV-1a of the key, mixed with each address's: stable across processes, builds and
+        // Rust releases (`DefaultHasher`, used before, promises no stability across releases,
+        // and two callers built apart must agree on a key's owner), and a third of the cost.
+        let key_hash = crate::shards::stable_hash(key);
         endpoints
             .iter()
             .filter(|e| e.instances.iter().any(&wanted))
             .filter(|e| e.ejected_until_ms.load(Ordering::Relaxed) <= now)
-            .max_by_key(|e| {
-                // SipHash with its fixed keys (`DefaultHasher::new`): every caller built alike
-                // agrees on a key's owner, and its output is uniform where FxHash's was not
-                // (one of three addresses owned 10 % of the keys).
-                let mut h = std::hash::DefaultHasher::new();
-                h.write(key.as_bytes());
-                h.write_u8(0);
-                h.write(e.address.as_bytes());
-                h.finish()
-            })
+            .max_by_key(|e| rendezvous(key_hash, e.address_hash))
             .cloned()
     }
 
@@ -828,5 +821,79 @@ impl Transport for Discovery {
 
     fn responder(&self) -> Option<&dyn crate::transport::Responder> {
         None
+    }
+}
+
+/// The rendezvous score of a key on an address, from their stable hashes: the highest wins.
+fn rendezvous(key_hash: u64, address_hash: u64) -> u64 {
+    mix(key_hash ^ address_hash.rotate_left(29))
+}
+
+/// SplitMix64's finalizer: every bit of the input moves every bit of the output, so scores
+/// from FNV-1a hashes (weak in their low bits) spread evenly.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shards::stable_hash;
+
+    fn owner_of(key: &str, addresses: &[&str]) -> usize {
+        let k = stable_hash(key);
+        (0..addresses.len())
+            .max_by_key(|&i| rendezvous(k, stable_hash(addresses[i])))
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn shard_keys_spread_evenly_and_a_new_address_takes_only_its_share() {
+        let three = [
+            "http://10.0.0.1:80",
+            "http://10.0.0.2:80",
+            "http://10.0.0.3:80",
+        ];
+        let four = [three[0], three[1], three[2], "http://10.0.0.4:80"];
+        let mut counts = [0usize; 3];
+        let mut moved = 0;
+        for k in 0..9_000 {
+            let key = format!("customer-{k}");
+            let before = owner_of(&key, &three);
+            counts[before] += 1;
+            let after = owner_of(&key, &four);
+            if after != before {
+                assert_eq!(after, 3, "a key moved between old addresses");
+                moved += 1;
+            }
+        }
+        for c in counts {
+            assert!((2_700..=3_300).contains(&c), "uneven: {counts:?}");
+        }
+        assert!((1_900..=2_600).contains(&moved), "{moved} of 9,000 moved");
+    }
+
+    #[test]
+    fn a_keys_owner_is_the_same_in_every_build() {
+        // Fixed values (computed apart, by the published FNV-1a and SplitMix64 constants): a
+        // change to the hash would move every key of every running cluster.
+        let key = stable_hash("customer-1");
+        assert_eq!(key, 7_350_730_748_565_324_119);
+        assert_eq!(
+            rendezvous(key, stable_hash("http://10.0.0.1:80")),
+            9_836_117_241_079_171_006
+        );
+        assert_eq!(
+            rendezvous(key, stable_hash("http://10.0.0.3:80")),
+            12_742_422_177_772_031_257
+        );
+        let three = [
+            "http://10.0.0.1:80",
+            "http://10.0.0.2:80",
+            "http://10.0.0.3:80",
+        ];
+        assert_eq!(owner_of("customer-1", &three), 2);
     }
 }
