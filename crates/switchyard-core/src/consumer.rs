@@ -221,7 +221,7 @@ async fn run_ordered(
 
 async fn handle_one(
     served: &Served,
-    delivery: Delivery,
+    mut delivery: Delivery,
     stack: &ConsumerStack,
     policy: &ConsumerPolicy,
 ) {
@@ -234,7 +234,14 @@ async fn handle_one(
     middleware::limit::mark_unreadable(&mut envelope, delivery.unreadable_reason());
     let (settled, outcome) = match middleware::dispose(stack, envelope).await {
         Disposition::Done => (delivery.ack().await, EventOutcome::Done),
-        Disposition::Retry { after, .. } => (delivery.nack(Some(after)).await, EventOutcome::Retry),
+        Disposition::Retry { after, .. } => {
+            // The first failure's time goes with the message, for its dead letter.
+            let headers = &mut delivery.envelope.headers;
+            if headers.get(FIRST_FAILED_AT).is_none() {
+                headers.insert(FIRST_FAILED_AT, middleware::dead_letter::now_rfc3339());
+            }
+            (delivery.nack(Some(after)).await, EventOutcome::Retry)
+        }
         // Every failure is decided by the stack; one that is not is retried, never lost.
         Disposition::Failed(_) | Disposition::DeadLetter { .. } => (
             delivery.nack(Some(policy.backoff(attempt))).await,
@@ -246,6 +253,8 @@ async fn handle_one(
     }
     settle(settled);
 }
+
+use crate::middleware::dead_letter::FIRST_FAILED_AT;
 
 fn settle(result: Result<(), crate::error::TransportError>) {
     if let Err(e) = result {

@@ -17,8 +17,8 @@ use serde::Serialize;
 use crate::error::TransportError;
 use crate::message::{header, Envelope};
 use crate::middleware::dead_letter::{
-    ATTEMPTS, DEAD_LETTER_GROUP, ERROR_CODE, FAILED_AT, FINGERPRINT, ORIGINAL_ID, ORIGINAL_SHA256,
-    ORIGINAL_SIZE, ORIGINAL_TOPIC,
+    ATTEMPTS, DEAD_LETTER_GROUP, ERROR_CODE, FAILED_AT, FINGERPRINT, FIRST_FAILED_AT, ORIGINAL_ID,
+    ORIGINAL_SHA256, ORIGINAL_SIZE, ORIGINAL_TOPIC,
 };
 use crate::transport::{Delivery, Publisher, SubscribeOptions, Subscription, Transport};
 
@@ -94,7 +94,7 @@ pub struct Failure {
     pub error: String,
     /// How many.
     pub count: usize,
-    /// When the first of them failed (RFC 3339), as far as they say.
+    /// When the first of them first failed (RFC 3339), as far as they say.
     pub first_failed_at: String,
     /// When the last of them failed.
     pub last_failed_at: String,
@@ -132,20 +132,21 @@ impl Held {
             let h = &letter.headers;
             let fingerprint = h.get(FINGERPRINT).unwrap_or("-").to_string();
             let at = h.get(FAILED_AT).unwrap_or_default().to_string();
+            let first = h.get(FIRST_FAILED_AT).unwrap_or(at.as_str()).to_string();
             let failure = by.entry(fingerprint.clone()).or_insert_with(|| Failure {
                 fingerprint,
                 code: h.get(ERROR_CODE).unwrap_or("-").to_string(),
                 error: h.get(header::ERROR).unwrap_or_default().to_string(),
                 count: 0,
-                first_failed_at: at.clone(),
+                first_failed_at: first.clone(),
                 last_failed_at: at.clone(),
             });
             failure.count += 1;
             // RFC 3339 in UTC with a fixed number of digits orders as text.
-            if !at.is_empty()
-                && (failure.first_failed_at.is_empty() || at < failure.first_failed_at)
+            if !first.is_empty()
+                && (failure.first_failed_at.is_empty() || first < failure.first_failed_at)
             {
-                failure.first_failed_at = at.clone();
+                failure.first_failed_at = first;
             }
             if at > failure.last_failed_at {
                 failure.last_failed_at = at;
@@ -350,6 +351,7 @@ pub fn original(dead: &Envelope) -> Envelope {
         ORIGINAL_TOPIC,
         ERROR_CODE,
         ATTEMPTS,
+        FIRST_FAILED_AT,
         FAILED_AT,
         FINGERPRINT,
         ORIGINAL_SIZE,
@@ -380,6 +382,7 @@ pub fn to_json(dead: &Envelope) -> serde_json::Value {
         "error": h.get(header::ERROR),
         "code": h.get(ERROR_CODE),
         "attempts": h.get(ATTEMPTS).and_then(|a| a.parse::<u32>().ok()),
+        "first_failed_at": h.get(FIRST_FAILED_AT),
         "failed_at": h.get(FAILED_AT),
         "fingerprint": h.get(FINGERPRINT),
         "traceparent": h.get(header::TRACEPARENT),

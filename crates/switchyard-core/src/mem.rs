@@ -159,6 +159,19 @@ impl Acker for MemAcker {
         }
         Box::pin(async { Ok(()) })
     }
+
+    /// Requeues the envelope handed back (with what the consumer added to it, such as the
+    /// first failure's time), not the copy kept for a consumer that dies.
+    fn nack_with(
+        mut self: Box<Self>,
+        envelope: Envelope,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        if self.envelope.take().is_some() {
+            Self::requeue(envelope, self.queue.clone(), delay);
+        }
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl Drop for MemAcker {

@@ -46,6 +46,10 @@ pub const ORIGINAL_SHA256: &str = "x-original-sha256";
 pub const ATTEMPTS: &str = "x-attempts";
 /// When it was given up (RFC 3339, UTC).
 pub const FAILED_AT: &str = "x-failed-at";
+/// When it first failed: stamped on a message handed back for a retry, carried by the
+/// transports that redeliver what they are handed back (all but NATS, which redelivers the
+/// message it stored); the time it was given up when no retry carried it.
+pub const FIRST_FAILED_AT: &str = "x-first-failed-at";
 /// What failed, as a short hash of the error code and the original topic: dead letters with
 /// one cause share it.
 pub const FINGERPRINT: &str = "x-fingerprint";
@@ -211,7 +215,11 @@ pub fn dead_letter(
     dead.headers.insert(ORIGINAL_TOPIC, dead.subject.clone());
     dead.headers.insert(header::ATTEMPT, attempts.to_string());
     dead.headers.insert(ATTEMPTS, attempts.to_string());
-    dead.headers.insert(FAILED_AT, now_rfc3339());
+    let now = now_rfc3339();
+    if dead.headers.get(FIRST_FAILED_AT).is_none() {
+        dead.headers.insert(FIRST_FAILED_AT, now.clone());
+    }
+    dead.headers.insert(FAILED_AT, now);
     dead.headers
         .insert(FINGERPRINT, fingerprint(cause.code(), &dead.subject));
     dead.subject.push_str(suffix);
@@ -219,7 +227,7 @@ pub fn dead_letter(
 }
 
 /// Now in RFC 3339, UTC, always with three digits of milliseconds: such times order as text.
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
@@ -253,6 +261,7 @@ pub fn without_payload(dead: &Envelope) -> Envelope {
         ORIGINAL_TOPIC,
         header::ATTEMPT,
         ATTEMPTS,
+        FIRST_FAILED_AT,
         FAILED_AT,
         FINGERPRINT,
         header::TRACEPARENT,
