@@ -204,7 +204,7 @@ impl Subscriber for NatsTransport {
             let consumer: jetstream::consumer::PullConsumer = match options.mode {
                 SubscriptionMode::Group(group) => {
                     let durable = jetstream_name(&group);
-                    stream
+                    let consumer: jetstream::consumer::PullConsumer = stream
                         .get_or_create_consumer(
                             &durable,
                             pull::Config {
@@ -218,7 +218,27 @@ impl Subscriber for NatsTransport {
                             },
                         )
                         .await
-                        .map_err(TransportError::other)?
+                        .map_err(TransportError::other)?;
+                    // A durable consumer keeps the settings of the member that made it: one
+                    // that asks for more in flight (a dead-letter reader holding thousands)
+                    // raises the bound rather than being held to another's.
+                    let made = consumer.cached_info().config.clone();
+                    if made.max_ack_pending < max_ack_pending {
+                        stream
+                            .update_consumer(pull::Config {
+                                durable_name: made.durable_name.clone(),
+                                ack_policy: made.ack_policy,
+                                deliver_policy: made.deliver_policy,
+                                ack_wait: made.ack_wait,
+                                max_ack_pending,
+                                max_deliver: made.max_deliver,
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(TransportError::other)?
+                    } else {
+                        consumer
+                    }
                 }
                 _ => stream
                     .create_consumer(pull::Config {
