@@ -19,8 +19,8 @@ struct Order {
     item: String,
 }
 
-/// What `switchyard.toml` would say when there is none: seed 001's
-/// `{"orders": {"producer": "HTTPHandler", "consumer_loop": "…"}}`.
+/// What `switchyard.toml` would say when there is none: the queue `orders` produced over
+/// HTTP and consumed in process.
 const DEFAULT: &str = r#"
 [queues.orders]
 producer = "http://127.0.0.1:47311"

@@ -1,4 +1,4 @@
-//! Seed 001's mixed pair from configuration alone: the queue `orders` with an HTTP producer
+//! A mixed pair from configuration alone: the queue `orders` with an HTTP producer
 //! and a Kafka-backed consumer (`[queues.orders]` of `switchyard.toml`). The producer's
 //! publish is answered once Kafka took the event (the consumer's side relays it there); the
 //! consumer gets every one.

@@ -152,7 +152,7 @@ async fn ten_thousand_events_relayed_http_to_rabbitmq_to_kafka_through_two_kills
     }
 }
 
-/// Seed 004's http↔amqp relay: calls made over HTTP to `yard relay` reach the echo service on
+/// An HTTP front for a service on RabbitMQ: calls made over HTTP to `yard relay` reach the echo service on
 /// RabbitMQ and come back; the destination's errors come back with their code, a call past
 /// its deadline fails for its caller in time, and a route not relayed is not found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -310,28 +310,26 @@ impl RedisTransport {
         topic: &str,
     ) -> Result<Option<u64>, TransportError> {
         let key = stream_key(topic);
-        let len = |con: &mut ConnectionManager| {
-            let key = key.clone();
-            let mut con = con.clone();
-            async move {
-                redis::cmd("XLEN")
-                    .arg(&key)
-                    .query_async::<u64>(&mut con)
-                    .await
-                    .map_err(TransportError::other)
-            }
-        };
-        if len(con).await? < self.max_len {
+        if xlen(con, &key).await? < self.max_len {
             return Ok(None);
         }
         trim_settled(con, &key, self.max_len).await?;
-        let left = len(con).await?;
+        let left = xlen(con, &key).await?;
         if left < self.max_len {
             return Ok(None);
         }
         tracing::warn!(target: "switchyard", %topic, entries = left, max_len = self.max_len, "stream full of entries not settled by every group: publishes refused");
         Ok(Some(left))
     }
+}
+
+/// The length of the stream `key`.
+async fn xlen(con: &mut ConnectionManager, key: &str) -> Result<u64, TransportError> {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(con)
+        .await
+        .map_err(TransportError::other)
 }
 
 /// Trims from the stream `key` what every consumer group has settled: entries before the
