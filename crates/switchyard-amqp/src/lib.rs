@@ -76,6 +76,7 @@ impl Transport for AmqpTransport {
             redelivery: true,
             services_share_url: true,
             keeps_for_later_groups: true,
+            replay: false,
         }
     }
 

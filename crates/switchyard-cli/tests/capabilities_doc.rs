@@ -15,7 +15,7 @@ fn render() -> String {
         "redis://127.0.0.1:6379",
     ];
     let mut out = String::from(
-        "| transport | durable | ordering | delivery | request/reply | consumer groups | broadcast | redelivery | services share a URL | kept for later groups |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| transport | durable | ordering | delivery | request/reply | consumer groups | broadcast | redelivery | services share a URL | kept for later groups | replay from the start |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let yes = |b: bool| if b { "yes" } else { "no" };
     for url in urls {
@@ -33,7 +33,7 @@ fn render() -> String {
             _ => "other",
         };
         out.push_str(&format!(
-            "| `{}://` | {} | {ordering} | {delivery} | {} | {} | {} | {} | {} | {} |\n",
+            "| `{}://` | {} | {ordering} | {delivery} | {} | {} | {} | {} | {} | {} | {} |\n",
             t.name(),
             yes(c.durable),
             yes(c.request_reply),
@@ -41,7 +41,8 @@ fn render() -> String {
             yes(c.broadcast),
             yes(c.redelivery),
             yes(c.services_share_url),
-            yes(c.keeps_for_later_groups)
+            yes(c.keeps_for_later_groups),
+            yes(c.replay)
         ));
     }
     out

@@ -24,6 +24,7 @@ pub mod consumer;
 pub mod context;
 pub mod dead_letters;
 pub mod error;
+pub mod event_log;
 pub mod handler;
 pub mod inbox;
 pub mod layer;

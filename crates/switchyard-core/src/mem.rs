@@ -345,6 +345,7 @@ impl Transport for MemTransport {
             redelivery: true,
             services_share_url: true,
             keeps_for_later_groups: true,
+            replay: false,
         }
     }
 

@@ -22,6 +22,9 @@ pub mod header {
     /// own id (an inbox knows it); a broker that de-duplicates by id within a window
     /// (JetStream) must not take the replay for the first publish.
     pub const REPLAY_OF: &str = "x-replay-of";
+    /// Where a message read by a log reader stands in its log: `LANE/PLACE` (a Kafka
+    /// partition and offset, `0/` and a JetStream sequence or a Redis Streams entry id).
+    pub const LOG_POSITION: &str = "x-log-position";
     /// Time the sender still allows, in milliseconds. Relative, not absolute, so that clock skew
     /// between hosts does not matter (the choice tarpc makes).
     pub const DEADLINE_MS: &str = "x-deadline-ms";

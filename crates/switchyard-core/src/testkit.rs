@@ -2103,6 +2103,181 @@ pub async fn layers_see_every_call_and_event(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
+/// The number of the next message of `log`, checking it says where it stands.
+async fn next_in_log(log: &mut crate::event_log::EventLog, patience: Duration) -> usize {
+    let env = tokio::time::timeout(patience, log.next())
+        .await
+        .expect("a message within patience")
+        .expect("the log goes on")
+        .expect("read");
+    let n = number_of(&env).expect("numbered").n;
+    assert!(
+        env.headers.get(header::LOG_POSITION).is_some(),
+        "message {n} says where it stands"
+    );
+    n
+}
+
+/// A topic read as a log ([`EventLog`](crate::event_log::EventLog)): everything from the
+/// beginning in order, each message with its place; caught up once what was there at opening
+/// is read; what is published next follows; opened again after a cursor, only what came after
+/// it. A transport without a log refuses clearly.
+pub async fn log_replayed_from_the_beginning(h: &Harness) -> Outcome {
+    use crate::event_log::EventLog;
+    let (_url, transport) = h.open();
+    let t = topic("log");
+    if !transport.capabilities().replay {
+        return match EventLog::open(transport.as_ref(), &t, None).await {
+            Err(TransportError::Unsupported { .. }) => Outcome::Skipped(
+                "replay: the transport keeps no log (and refuses to open one, as checked)".into(),
+            ),
+            Err(e) => panic!("opening a log where there is none: {e}, not Unsupported"),
+            Ok(_) => panic!("a transport without replay opened a log"),
+        };
+    }
+    // One ordering key: one partition on Kafka, so one order to check.
+    publish_all(
+        &transport,
+        (0..5)
+            .map(|n| numbered(&t, n, Some("one".into())))
+            .collect(),
+        1,
+    )
+    .await;
+    let mut log = EventLog::open(transport.as_ref(), &t, None)
+        .await
+        .expect("open the log");
+    assert!(!log.caught_up(), "nothing read yet of 5");
+    let mut third = None;
+    for want in 0..5 {
+        assert_eq!(
+            next_in_log(&mut log, h.patience).await,
+            want,
+            "in the log's order"
+        );
+        if want == 2 {
+            third = Some(log.cursor().clone());
+        }
+        assert_eq!(log.caught_up(), want == 4, "caught up after the fifth only");
+    }
+    publish_all(&transport, vec![numbered(&t, 5, Some("one".into()))], 1).await;
+    assert_eq!(
+        next_in_log(&mut log, h.patience).await,
+        5,
+        "what is published next follows"
+    );
+    drop(log);
+    let mut again = EventLog::open(transport.as_ref(), &t, third)
+        .await
+        .expect("open after a cursor");
+    for want in 3..6 {
+        assert_eq!(
+            next_in_log(&mut again, h.patience).await,
+            want,
+            "only what came after the cursor"
+        );
+    }
+    assert!(again.caught_up());
+    Outcome::Passed
+}
+
+/// A [`View`](crate::event_log::View) folds the log into its state, dead-letters (to
+/// `<topic>.dlq`, kept for the dead-letter group) what its fold refuses, writes a snapshot when
+/// it stops and, started again from it, folds only what came after.
+pub async fn view_folds_and_starts_from_its_snapshot(h: &Harness) -> Outcome {
+    use crate::event_log::View;
+    use crate::middleware::dead_letter::{DEAD_LETTER_GROUP, ORIGINAL_TOPIC};
+    let (url, transport) = h.open();
+    if !transport.capabilities().replay {
+        return Outcome::Skipped("replay: the transport keeps no log".into());
+    }
+    let t = topic("view");
+    let mut events: Vec<Envelope> = (1..=4).map(|n| numbered(&t, n, None)).collect();
+    events.insert(2, Envelope::new(&t, b"not a number".to_vec()));
+    publish_all(&transport, events, 1).await;
+    let folds = Arc::new(AtomicUsize::new(0));
+    let dir = std::env::temp_dir().join(format!("sy-view-{}", &crate::message::new_id()[..8]));
+    std::fs::create_dir_all(&dir).expect("snapshot dir");
+    let snapshot = dir.join("sum.json");
+    let view = |folds: Arc<AtomicUsize>| {
+        View::new("conformance-view", 0usize, move |sum: &mut usize, env| {
+            folds.fetch_add(1, AtomicOrdering::SeqCst);
+            let n = number_of(env)
+                .ok_or_else(|| crate::error::HandlerError::bad_request("not a numbered event"))?;
+            *sum += n.n;
+            Ok(())
+        })
+        .snapshot(&snapshot, Duration::from_secs(3600))
+    };
+    let running = view(folds.clone())
+        .start(transport.clone(), &t)
+        .await
+        .expect("start the view");
+    let reader = running.reader();
+    tokio::time::timeout(h.patience, reader.ready())
+        .await
+        .expect("the view catches up");
+    assert_eq!(
+        reader.read(|s| *s),
+        1 + 2 + 3 + 4,
+        "the sum of the numbered events"
+    );
+    let dead = h.connect(&url);
+    let sub = dead
+        .subscribe(
+            &format!("{t}.dlq"),
+            SubscribeOptions::group(DEAD_LETTER_GROUP),
+        )
+        .await
+        .expect("subscribe to the dead letters");
+    let mut sub = sub;
+    let letter = tokio::time::timeout(h.patience, sub.next())
+        .await
+        .expect("a dead letter within patience")
+        .expect("stream goes on")
+        .expect("read");
+    assert_eq!(&letter.envelope.payload[..], b"not a number");
+    assert_eq!(
+        letter.envelope.headers.get(ORIGINAL_TOPIC),
+        Some(t.as_str())
+    );
+    assert!(letter
+        .envelope
+        .headers
+        .get(header::ERROR)
+        .is_some_and(|e| e.contains("not a numbered event")));
+    let _ = letter.ack().await;
+    running.stop().await;
+    assert!(snapshot.exists(), "a snapshot written at stop");
+    publish_all(&transport, vec![numbered(&t, 10, None)], 1).await;
+    let folds_again = Arc::new(AtomicUsize::new(0));
+    let running = view(folds_again.clone())
+        .start(transport.clone(), &t)
+        .await
+        .expect("start again");
+    let reader = running.reader();
+    tokio::time::timeout(h.patience, reader.ready())
+        .await
+        .expect("caught up again");
+    let deadline = Instant::now() + h.patience;
+    while reader.read(|s| *s) != 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        reader.read(|s| *s),
+        20,
+        "the snapshot's sum and the new event"
+    );
+    assert_eq!(
+        folds_again.load(AtomicOrdering::SeqCst),
+        1,
+        "started from the snapshot: only the new event folded"
+    );
+    running.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Outcome::Passed
+}
+
 /// Generates one `#[tokio::test]` per conformance case for the harness expression given.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -2116,7 +2291,8 @@ macro_rules! conformance_suite {
             group_resumes_after_settled, dropped_delivery_is_redelivered, graceful_shutdown,
             oversized_publish_is_rejected, url_options_follow_one_grammar,
             reconnect_after_restart, ordered_consumption, two_services_share_a_namespace,
-            envelope_id_and_headers_survive, layers_see_every_call_and_event);
+            envelope_id_and_headers_survive, layers_see_every_call_and_event,
+            log_replayed_from_the_beginning, view_folds_and_starts_from_its_snapshot);
     };
     (@cases $harness:expr; $($case:ident),*) => {
         $(

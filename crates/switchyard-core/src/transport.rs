@@ -73,6 +73,10 @@ pub struct Capabilities {
     /// [`Publisher::keep`] was called for it (or always, on a log). False on MQTT, which keeps
     /// messages only for a subscriber's session, and where there are no groups (HTTP).
     pub keeps_for_later_groups: bool,
+    /// A topic can be read again from its beginning ([`SubscriptionMode::Replay`]), each
+    /// message with its place in the log: true on logs (Kafka, JetStream, Redis Streams),
+    /// false where a message is gone once consumed.
+    pub replay: bool,
 }
 
 /// How a subscriber joins a topic.
@@ -83,6 +87,16 @@ pub enum SubscriptionMode {
     Group(String),
     /// Every subscriber gets every message published while it is subscribed.
     Broadcast,
+    /// Every message the topic keeps, from its beginning (or from just after `after`), then
+    /// what is published next: a reader folding a log ([`EventLog`](crate::event_log::EventLog)).
+    /// No group and no redelivery: settling does nothing. Each delivery carries its place in
+    /// the log in [`LOG_POSITION`](crate::message::header::LOG_POSITION). Only where
+    /// [`Capabilities::replay`] says so; elsewhere `subscribe` returns
+    /// [`TransportError::Unsupported`].
+    Replay {
+        /// Read what comes after this place (`None`: from the beginning).
+        after: Option<crate::event_log::LogCursor>,
+    },
 }
 
 /// Options of a subscription.
@@ -113,6 +127,15 @@ impl SubscribeOptions {
         Self {
             mode: SubscriptionMode::Broadcast,
             prefetch: 64,
+            max_deliveries: None,
+        }
+    }
+
+    /// A reader of the whole log (see [`SubscriptionMode::Replay`]), with a prefetch of 256.
+    pub fn replay(after: Option<crate::event_log::LogCursor>) -> Self {
+        Self {
+            mode: SubscriptionMode::Replay { after },
+            prefetch: 256,
             max_deliveries: None,
         }
     }
@@ -284,6 +307,17 @@ pub trait Subscriber: Send + Sync {
     /// (consumer lag), when the broker tells: `Ok(None)` when it does not (the default).
     fn lag(&self, topic: &str, group: &str) -> BoxFuture<'_, Result<Option<u64>, TransportError>> {
         let _ = (topic, group);
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The place of the last message `topic` holds now (an empty cursor for an empty log), on
+    /// transports that can replay ([`Capabilities::replay`]): a reader that got this far has
+    /// read everything that was there. `Ok(None)` elsewhere (the default).
+    fn log_end(
+        &self,
+        topic: &str,
+    ) -> BoxFuture<'_, Result<Option<crate::event_log::LogCursor>, TransportError>> {
+        let _ = topic;
         Box::pin(async { Ok(None) })
     }
 }

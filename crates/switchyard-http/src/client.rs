@@ -300,6 +300,7 @@ impl Transport for HttpTransport {
             redelivery: false,
             services_share_url: false,
             keeps_for_later_groups: false,
+            replay: false,
         }
     }
 

@@ -6,7 +6,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::Message;
 use switchyard_core::codec::Codec;
 use switchyard_core::error::TransportError;
-use switchyard_core::message::{header as h, new_id, CloudEventAttribute as Ce, Envelope, Headers};
+use switchyard_core::message::{header as h, CloudEventAttribute as Ce, Envelope, Headers};
 
 /// Prefix of CloudEvents attributes in Kafka headers (the CloudEvents Kafka binding).
 pub(crate) const CE_PREFIX: &str = "ce_";
@@ -98,7 +98,10 @@ pub(crate) fn envelope_of(topic: &str, m: &BorrowedMessage<'_>) -> Envelope {
         headers.insert(h::ATTEMPT, "1");
     }
     Envelope {
-        id: id.unwrap_or_else(new_id),
+        // A record without an id (pushed by a plain Kafka client) is named by where it is, so
+        // that each reading of it (a redelivery, a replay) names it alike: an inbox or a dead
+        // letter's id then knows it again.
+        id: id.unwrap_or_else(|| format!("{}-{}-{}", m.topic(), m.partition(), m.offset())),
         subject: topic.to_string(),
         headers,
         payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),

@@ -15,6 +15,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use switchyard_core::error::{redact_url, TransportError};
+use switchyard_core::event_log::LogCursor;
 use switchyard_core::message::{header as h, new_id, Envelope};
 use switchyard_core::transport::{
     Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionMode,
@@ -112,6 +113,8 @@ pub(crate) struct KafkaAcker {
     pub(crate) consumer: Arc<GroupConsumer>,
     pub(crate) positions: Arc<Mutex<Positions>>,
     pub(crate) committing: bool,
+    // A log reader's: settling does nothing.
+    pub(crate) replay: bool,
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
     pub(crate) offset: i64,
@@ -141,6 +144,9 @@ impl KafkaAcker {
     }
 
     async fn redeliver(mut self: Box<Self>, delay: Option<Duration>) -> Result<(), TransportError> {
+        if self.replay {
+            return Ok(());
+        }
         let Some(mut env) = self.envelope.take() else {
             return Ok(());
         };
@@ -184,6 +190,9 @@ impl Acker for KafkaAcker {
 
     fn abandon(mut self: Box<Self>, envelope: Envelope) {
         // Dropped unsettled: hand it back through the retry topic at once.
+        if self.replay {
+            return;
+        }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             self.envelope = Some(envelope);
             rt.spawn(async move {
@@ -207,6 +216,8 @@ pub(crate) struct Shared {
     pub(crate) consumer: Arc<GroupConsumer>,
     pub(crate) positions: Arc<Mutex<Positions>>,
     pub(crate) committing: bool,
+    // A log reader: each delivery says where it stands; nothing is redelivered.
+    pub(crate) replay: bool,
     pub(crate) main: Arc<str>,
     pub(crate) retry_topic: Arc<str>,
     // At most `prefetch` deliveries unsettled: each holds a permit until settled.
@@ -245,8 +256,13 @@ impl Shared {
         };
         let (partition, offset) = (m.partition(), m.offset());
         // Messages from the retry topic belong to the main topic.
-        let envelope = envelope_of(&self.main, &m);
+        let mut envelope = envelope_of(&self.main, &m);
         drop(m);
+        if self.replay {
+            envelope
+                .headers
+                .insert(h::LOG_POSITION, format!("{partition}/{offset}"));
+        }
         self.positions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -255,6 +271,7 @@ impl Shared {
             consumer: self.consumer.clone(),
             positions: self.positions.clone(),
             committing: self.committing,
+            replay: self.replay,
             topic,
             partition,
             offset,
@@ -346,6 +363,8 @@ impl Drop for Reader {
             // What was settled is committed before this member leaves the group.
             let _ = self.0.consumer.commit_consumer_state(CommitMode::Sync);
             self.0.consumer.unsubscribe();
+        } else if self.0.replay {
+            // A log reader made no retry topic.
         } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
             // A broadcast subscriber's retry topic is its own: it leaves with it.
             let (inner, retry) = (self.0.inner.clone(), self.0.retry_topic.clone());
@@ -412,6 +431,33 @@ impl Subscriber for KafkaTransport {
         })
     }
 
+    fn log_end(&self, topic: &str) -> BoxFuture<'_, Result<Option<LogCursor>, TransportError>> {
+        let topic = topic.to_string();
+        Box::pin(async move {
+            check_topic(&self.inner.url, &topic)?;
+            self.inner.ensure_topic(&topic).await?;
+            let config = self.inner.base_config();
+            let end = tokio::task::spawn_blocking(move || -> Result<LogCursor, KafkaError> {
+                let reader: BaseConsumer = config.clone().set("group.id", "sy-log-end").create()?;
+                let wait = Duration::from_secs(10);
+                let mut end = LogCursor::new();
+                for t in reader.fetch_metadata(Some(&topic), wait)?.topics() {
+                    for p in t.partitions() {
+                        let (low, high) = reader.fetch_watermarks(&topic, p.id(), wait)?;
+                        if high > low {
+                            end.set(p.id().to_string(), (high - 1).to_string());
+                        }
+                    }
+                }
+                Ok(end)
+            })
+            .await
+            .map_err(TransportError::other)?
+            .map_err(|e| self.inner.unreachable(e))?;
+            Ok(Some(end))
+        })
+    }
+
     fn subscribe(
         &self,
         topic: &str,
@@ -420,17 +466,26 @@ impl Subscriber for KafkaTransport {
         let topic = topic.to_string();
         Box::pin(async move {
             check_topic(&self.inner.url, &topic)?;
-            let (group, committing) = match &options.mode {
+            let (group, committing, replay) = match &options.mode {
                 // One Kafka group per (group, topic), as a group is per topic on every other
                 // transport: members of one topic's group never wait on another topic's
                 // rebalance.
-                SubscriptionMode::Group(g) => (format!("{g}.{topic}"), true),
+                SubscriptionMode::Group(g) => (format!("{g}.{topic}"), true, None),
+                // A log reader assigns itself every partition from the beginning (or after
+                // its cursor) and commits nothing.
+                SubscriptionMode::Replay { after } => (
+                    format!("sy-replay-{}", &new_id()[..8]),
+                    false,
+                    Some(after.clone()),
+                ),
                 // A broadcast subscriber is a group of one that starts at the end.
-                _ => (format!("sy-broadcast-{}", &new_id()[..8]), false),
+                _ => (format!("sy-broadcast-{}", &new_id()[..8]), false, None),
             };
             let retry_topic = format!("sy.retry.{}", topic_safe(&group));
             self.inner.ensure_topic(&topic).await?;
-            self.inner.ensure_topic(&retry_topic).await?;
+            if replay.is_none() {
+                self.inner.ensure_topic(&retry_topic).await?;
+            }
             let positions: Arc<Mutex<Positions>> = Arc::default();
             let (assigned_tx, mut assigned) = watch::channel(false);
             let context_assigned = assigned_tx.clone();
@@ -464,16 +519,34 @@ impl Subscriber for KafkaTransport {
                 // A broadcast subscriber reads every partition from its current end. The ends
                 // are looked up now, not when the first fetch resolves "latest", so that what is
                 // published after `subscribe` returns is never skipped.
-                let (c, names) = (consumer.clone(), [topic.clone(), retry_topic.clone()]);
+                let names = match replay {
+                    Some(_) => vec![topic.clone()],
+                    None => vec![topic.clone(), retry_topic.clone()],
+                };
+                let (c, from) = (consumer.clone(), replay.clone());
                 let tpl = tokio::task::spawn_blocking(move || {
                     let mut tpl = TopicPartitionList::new();
                     for name in &names {
                         let md = c.fetch_metadata(Some(name), Duration::from_secs(10))?;
                         for t in md.topics() {
                             for p in t.partitions() {
-                                let (_, high) =
-                                    c.fetch_watermarks(name, p.id(), Duration::from_secs(10))?;
-                                tpl.add_partition_offset(name, p.id(), Offset::Offset(high))?;
+                                let offset = match &from {
+                                    // Just after the cursor's place, or the beginning.
+                                    Some(after) => after
+                                        .as_ref()
+                                        .and_then(|a| a.get(&p.id().to_string()))
+                                        .and_then(|o| o.parse::<i64>().ok())
+                                        .map_or(Offset::Beginning, |o| Offset::Offset(o + 1)),
+                                    None => {
+                                        let (_, high) = c.fetch_watermarks(
+                                            name,
+                                            p.id(),
+                                            Duration::from_secs(10),
+                                        )?;
+                                        Offset::Offset(high)
+                                    }
+                                };
+                                tpl.add_partition_offset(name, p.id(), offset)?;
                             }
                         }
                     }
@@ -495,6 +568,7 @@ impl Subscriber for KafkaTransport {
                 consumer,
                 positions,
                 committing,
+                replay: replay.is_some(),
                 main: Arc::from(topic.as_str()),
                 retry_topic: Arc::from(retry_topic.as_str()),
                 room: Arc::new(Semaphore::new(options.prefetch.max(1))),

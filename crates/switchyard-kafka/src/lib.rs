@@ -71,6 +71,7 @@ impl Transport for KafkaTransport {
             redelivery: true,
             services_share_url: false,
             keeps_for_later_groups: true,
+            replay: true,
         }
     }
 

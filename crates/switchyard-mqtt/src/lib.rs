@@ -81,6 +81,7 @@ impl Transport for MqttTransport {
             redelivery: true,
             services_share_url: true,
             keeps_for_later_groups: false,
+            replay: false,
         }
     }
 

@@ -9,7 +9,8 @@ use async_nats::jetstream::{
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use switchyard_core::error::TransportError;
-use switchyard_core::message::Envelope;
+use switchyard_core::event_log::LogCursor;
+use switchyard_core::message::{header as h, Envelope};
 use switchyard_core::transport::{
     Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionMode,
 };
@@ -39,6 +40,9 @@ impl Drop for FlushOnDrop {
         }
     }
 }
+
+/// A stream is one lane of its log.
+const LOG_LANE: &str = "0";
 
 /// When a message handed back as it is (`nack(None)`) is delivered again.
 const HAND_BACK_DELAY: Duration = Duration::from_millis(500);
@@ -191,6 +195,19 @@ impl Subscriber for NatsTransport {
         })
     }
 
+    fn log_end(&self, topic: &str) -> BoxFuture<'_, Result<Option<LogCursor>, TransportError>> {
+        let topic = topic.to_string();
+        Box::pin(async move {
+            let mut stream = self.stream(&topic).await?;
+            let info = stream.info().await.map_err(TransportError::other)?;
+            let mut end = LogCursor::new();
+            if info.state.messages > 0 {
+                end.set(LOG_LANE, info.state.last_sequence.to_string());
+            }
+            Ok(Some(end))
+        })
+    }
+
     fn subscribe(
         &self,
         topic: &str,
@@ -201,6 +218,7 @@ impl Subscriber for NatsTransport {
             let stream = self.stream(&topic).await?;
             let max_ack_pending = i64::try_from(options.prefetch).unwrap_or(i64::MAX);
             let max_deliver = options.max_deliveries.map_or(-1, i64::from);
+            let replay = matches!(options.mode, SubscriptionMode::Replay { .. });
             let consumer: jetstream::consumer::PullConsumer = match options.mode {
                 SubscriptionMode::Group(group) => {
                     let durable = jetstream_name(&group);
@@ -239,6 +257,29 @@ impl Subscriber for NatsTransport {
                     } else {
                         consumer
                     }
+                }
+                // A log reader: an ephemeral consumer from the stream's first message (or just
+                // after the cursor's), acknowledging nothing.
+                SubscriptionMode::Replay { after } => {
+                    let deliver_policy = match after
+                        .as_ref()
+                        .and_then(|a| a.get(LOG_LANE))
+                        .and_then(|s| s.parse::<u64>().ok())
+                    {
+                        Some(seq) => DeliverPolicy::ByStartSequence {
+                            start_sequence: seq + 1,
+                        },
+                        None => DeliverPolicy::All,
+                    };
+                    stream
+                        .create_consumer(pull::Config {
+                            ack_policy: AckPolicy::None,
+                            deliver_policy,
+                            inactive_threshold: Duration::from_secs(60),
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(TransportError::other)?
                 }
                 _ => stream
                     .create_consumer(pull::Config {
@@ -280,6 +321,7 @@ impl Subscriber for NatsTransport {
                     js: jetstream::new(control),
                 }),
                 side: None,
+                replay,
             };
             Ok(Box::pin(pump) as Subscription)
         })
@@ -304,6 +346,8 @@ struct Pump {
     // What the pump is doing besides reading: restarting the pull stream, or bringing back a
     // message an advisory named. Rare, hence boxed.
     side: Option<Side>,
+    // A log reader: each delivery says where it stands; nothing is acknowledged.
+    replay: bool,
 }
 
 enum Side {
@@ -371,10 +415,19 @@ impl futures::Stream for Pump {
             }
             match this.messages.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(m))) => {
-                    let attempt = m.info().ok().map(|i| i.delivered);
-                    let env = envelope_of(&this.topic, &m.message, attempt);
+                    let info = m.info().ok().map(|i| (i.delivered, i.stream_sequence));
+                    let mut env = envelope_of(&this.topic, &m.message, info.map(|i| i.0));
+                    let message = if this.replay {
+                        if let Some((_, seq)) = info {
+                            env.headers
+                                .insert(h::LOG_POSITION, format!("{LOG_LANE}/{seq}"));
+                        }
+                        None
+                    } else {
+                        Some(m)
+                    };
                     let acker = NatsAcker {
-                        message: Some(m),
+                        message,
                         flush: this.flush.clone(),
                     };
                     return Poll::Ready(Some(Ok(Delivery::new(env, Box::new(acker)))));

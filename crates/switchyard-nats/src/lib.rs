@@ -87,6 +87,7 @@ impl Transport for NatsTransport {
             redelivery: true,
             services_share_url: true,
             keeps_for_later_groups: true,
+            replay: true,
         }
     }
 

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use switchyard_core::error::TransportError;
+use switchyard_core::event_log::LogCursor;
 use switchyard_core::message::{header as h, Envelope};
 use switchyard_core::transport::{
     Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionMode,
@@ -17,6 +18,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::binding::*;
 use crate::RedisTransport;
+
+/// A stream is one lane of its log.
+const LOG_LANE: &str = "0";
 
 /// Largest event payload published (default 1 MiB, as on the other transports).
 pub(crate) const MAX_MESSAGE: usize = 1024 * 1024;
@@ -424,6 +428,27 @@ impl Subscriber for RedisTransport {
         })
     }
 
+    fn log_end(&self, topic: &str) -> BoxFuture<'_, Result<Option<LogCursor>, TransportError>> {
+        let key = stream_key(topic);
+        Box::pin(async move {
+            let mut con = self.con().await?;
+            let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut con)
+                .await
+                .map_err(TransportError::other)?;
+            let mut end = LogCursor::new();
+            if let Some(e) = last.ids.first() {
+                end.set(LOG_LANE, e.id.clone());
+            }
+            Ok(Some(end))
+        })
+    }
+
     fn subscribe(
         &self,
         topic: &str,
@@ -436,11 +461,19 @@ impl Subscriber for RedisTransport {
             let mut reader = self.dedicated().await?;
             let prefetch = options.prefetch.max(1);
             let (tx, rx) = mpsc::channel::<Result<Delivery, TransportError>>(prefetch);
+            // A log reader reads from the beginning (or after its cursor's entry); a
+            // broadcast subscriber from what comes next.
+            let mut replay = None;
             let group = match options.mode {
                 SubscriptionMode::Group(g) => {
                     create_group(&mut reader, &key, &g).await?;
                     create_group(&mut reader, &retry_key(&g, &topic), &g).await?;
                     Some(g)
+                }
+                SubscriptionMode::Replay { after } => {
+                    let from = after.as_ref().and_then(|a| a.get(LOG_LANE));
+                    replay = Some(from.unwrap_or("0-0").to_string());
+                    None
                 }
                 _ => None,
             };
@@ -451,7 +484,8 @@ impl Subscriber for RedisTransport {
             tokio::spawn(async move {
                 let consumer_name = switchyard_core::message::new_id();
                 let consumer: Arc<str> = consumer_name.as_str().into();
-                let mut last_id = "$".to_string();
+                let replaying = replay.is_some();
+                let mut last_id = replay.unwrap_or_else(|| "$".to_string());
                 let mut last_claim = Instant::now() - claim_idle;
                 while !tx.is_closed() {
                     let Ok(first) = slots.clone().acquire_owned().await else {
@@ -560,7 +594,11 @@ impl Subscriber for RedisTransport {
                         }
                     }
                     for (stream, entry) in entries {
-                        let env = envelope_of(&topic, &entry);
+                        let mut env = envelope_of(&topic, &entry);
+                        if replaying {
+                            env.headers
+                                .insert(h::LOG_POSITION, format!("{LOG_LANE}/{}", entry.id));
+                        }
                         // Two streams read at once may give more than the slots taken: the
                         // rest wait for slots, so no more than `prefetch` are in flight.
                         let permit = match permits.pop() {

@@ -88,6 +88,7 @@ impl Transport for RedisTransport {
             redelivery: true,
             services_share_url: true,
             keeps_for_later_groups: true,
+            replay: true,
         }
     }
 

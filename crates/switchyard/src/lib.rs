@@ -72,9 +72,9 @@ use std::sync::Arc;
 #[cfg(feature = "testkit")]
 pub use switchyard_core::testkit;
 pub use switchyard_core::{
-    call, client, codec, consumer, context, dead_letters, error, handler, inbox, layer, mem,
-    message, middleware, observe, policy, pool, push, relay, server, service, shards, transport,
-    url_options, values, wire,
+    call, client, codec, consumer, context, dead_letters, error, event_log, handler, inbox, layer,
+    mem, message, middleware, observe, policy, pool, push, relay, server, service, shards,
+    transport, url_options, values, wire,
 };
 pub use switchyard_core::{
     json, rpc, CallError, Capabilities, Client, Codec, Envelope, ErrorCode, HandlerError, Headers,

@@ -113,6 +113,28 @@ pub fn consumer_stack(
         .layer(Handle(handler))
 }
 
+/// The stack a log reader ([`View`](crate::event_log::View)) runs on each event: dead
+/// letters, the input check, retries (in place when the policy keeps order), poison detection
+/// and the handler. No expiry (a view folds the log's history, old or not) and no inbox (a
+/// replay reads again on purpose).
+pub type LogStack = DeadLetter<Limit<Retry<Poison<Handle>>>>;
+
+/// The stack of a log reader (see [`LogStack`]).
+pub fn log_stack(
+    handler: EventHandler,
+    policy: Arc<ConsumerPolicy>,
+    limit: usize,
+    dead_letters: Arc<dyn Publisher>,
+) -> LogStack {
+    (
+        DeadLetterLayer::new(dead_letters, policy.clone()),
+        LimitLayer::new(limit),
+        RetryLayer::new(policy),
+        PoisonLayer,
+    )
+        .layer(Handle(handler))
+}
+
 /// The stack for an event pushed by a sender that takes the outcome back and is itself the
 /// retry and the dead letter (HTTP): the input check, expiry, the inbox, and the handler.
 pub fn pushed_stack(

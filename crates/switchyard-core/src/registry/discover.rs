@@ -808,6 +808,7 @@ impl Transport for Discovery {
             redelivery: false,
             services_share_url: true,
             keeps_for_later_groups: false,
+            replay: false,
         }
     }
 
