@@ -196,6 +196,44 @@ enum Command {
         #[arg(long)]
         service: Option<String>,
     },
+    /// The bookshelf: `newbook` and `readbook` (aggregates appending events to the log),
+    /// `lastreadbooks` and `listbooks` (views folding the log, served over HTTP), `gateway` (the
+    /// API over them, found through the registry), or `demo` (all five on loopback, driven
+    /// once). Each registers in `--registry` while it runs (default: a file registry in the
+    /// temporary folder) and leaves it on SIGINT or SIGTERM.
+    Bookshelf {
+        /// Which service.
+        #[arg(value_parser = ["newbook", "readbook", "lastreadbooks", "listbooks", "gateway", "demo"])]
+        which: String,
+        /// The topic read as the log.
+        #[arg(long, default_value = "bookshelf")]
+        topic: String,
+        /// The log: kafka://HOST:PORT (or a bare HOST:PORT), nats://… (JetStream) or
+        /// redis://… (Streams).
+        #[arg(long, default_value = "kafka://127.0.0.1:9092")]
+        broker: String,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        addr: String,
+        /// Port to listen on (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Name to register under (default: the service's).
+        #[arg(long)]
+        name: Option<String>,
+        /// Instance id to register under.
+        #[arg(long)]
+        id: Option<String>,
+        /// Tags recorded with the registration.
+        #[arg(long, num_args = 0..)]
+        tags: Vec<String>,
+        /// Where views keep snapshots of their state (started from them next time).
+        #[arg(long, value_name = "DIR")]
+        snapshot: Option<std::path::PathBuf>,
+        /// `demo`: serve until SIGINT instead of stopping after the run.
+        #[arg(long)]
+        serve: bool,
+    },
     /// A topic's kept dead letters: list (by cause), show, replay, discard.
     Dlq {
         #[command(subcommand)]
@@ -376,6 +414,49 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Demo { calls } => demo::run(calls).await,
         Command::Events { command } => events::run(command).await,
         Command::Dlq { command } => dlq::run(command, open).await,
+        Command::Bookshelf {
+            which,
+            topic,
+            broker,
+            addr,
+            port,
+            name,
+            id,
+            tags,
+            snapshot,
+            serve,
+        } => {
+            use switchyard_bookshelf as shelf;
+            let registry = cli.registry.clone().unwrap_or_else(|| {
+                format!(
+                    "file://{}",
+                    std::env::temp_dir().join("switchyard-registry").display()
+                )
+            });
+            let mut options = shelf::Options::new(broker, registry);
+            options.topic = topic;
+            options.addr = addr;
+            options.port = port;
+            options.name = name;
+            options.id = id;
+            options.tags = tags;
+            options.snapshot_dir = snapshot;
+            options.registry_ttl = std::time::Duration::from_millis(cli.registry_ttl_ms);
+            let Some(which) = shelf::Which::from_name(&which) else {
+                let keep = serve.then(|| {
+                    Box::pin(async {
+                        let _ = switchyard_cli::shutdown_signal().await;
+                    })
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+                });
+                return Ok(shelf::demo(options, keep).await?);
+            };
+            let running = shelf::start(which, options).await?;
+            eprintln!("{} serving at {}", which.name(), running.url());
+            switchyard_cli::shutdown_signal().await?;
+            running.stop().await?;
+            Ok(())
+        }
         Command::Relay {
             from,
             to,

@@ -1,0 +1,220 @@
+//! The gateway: one HTTP API over the four services, each found through discovery.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use switchyard::registry::{Health, Registry};
+
+use crate::serve::{BookshelfError, Which};
+
+/// The services the gateway fronts.
+const PEERS: [Which; 4] = [
+    Which::NewBook,
+    Which::ReadBook,
+    Which::LastReadBooks,
+    Which::ListBooks,
+];
+
+/// How often the gateway reads the registry again.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// Where the gateway's peers are: read from the registry every [`REFRESH`], taken in turns.
+#[derive(Clone)]
+pub struct Peers {
+    known: Arc<RwLock<HashMap<String, Vec<String>>>>,
+    next: Arc<AtomicUsize>,
+    http: reqwest::Client,
+    refresher: Arc<tokio::task::AbortHandle>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers").finish_non_exhaustive()
+    }
+}
+
+async fn read(registry: &dyn Registry) -> Result<HashMap<String, Vec<String>>, BookshelfError> {
+    let mut known: HashMap<String, Vec<String>> = HashMap::new();
+    for i in registry.list(None).await? {
+        if i.health != Health::Serving {
+            continue;
+        }
+        if let Some(url) = i.addresses.iter().find(|a| a.starts_with("http://")) {
+            known.entry(i.service).or_default().push(url.clone());
+        }
+    }
+    for urls in known.values_mut() {
+        urls.sort();
+    }
+    Ok(known)
+}
+
+impl Peers {
+    /// Waits (up to `wait`) until each of the four is registered, then keeps their addresses
+    /// up to date.
+    pub async fn find(registry: Arc<dyn Registry>, wait: Duration) -> Result<Self, BookshelfError> {
+        let started = Instant::now();
+        let mut logged = Instant::now() - Duration::from_secs(10);
+        let known = loop {
+            let known = match read(registry.as_ref()).await {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(target: "bookshelf", error = %e, "registry not read");
+                    HashMap::new()
+                }
+            };
+            let missing = PEERS.iter().find(|p| !known.contains_key(p.name()));
+            let Some(missing) = missing else { break known };
+            if started.elapsed() >= wait {
+                return Err(BookshelfError::PeerMissing {
+                    service: missing.name().to_string(),
+                    registry: registry.url(),
+                    waited: wait,
+                });
+            }
+            if logged.elapsed() >= Duration::from_secs(5) {
+                tracing::info!(target: "bookshelf", service = missing.name(), registry = %registry.url(), "gateway waiting for a service to register");
+                logged = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let known = Arc::new(RwLock::new(known));
+        let kept = known.clone();
+        let refresher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REFRESH).await;
+                match read(registry.as_ref()).await {
+                    Ok(k) => *kept.write().unwrap_or_else(|p| p.into_inner()) = k,
+                    // The last addresses known serve meanwhile.
+                    Err(e) => tracing::warn!(target: "bookshelf", error = %e, "registry not read"),
+                }
+            }
+        });
+        Ok(Self {
+            known,
+            next: Arc::default(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+            refresher: Arc::new(refresher.abort_handle()),
+        })
+    }
+
+    /// Stops reading the registry.
+    pub fn stop(&self) {
+        self.refresher.abort();
+    }
+
+    fn url_of(&self, which: Which) -> Result<String, Refusal> {
+        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        match known.get(which.name()).filter(|u| !u.is_empty()) {
+            Some(urls) => Ok(urls[self.next.fetch_add(1, Ordering::Relaxed) % urls.len()].clone()),
+            None => Err(Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no {} is registered", which.name()),
+            )),
+        }
+    }
+
+    /// Sends to `which`; its status and JSON body, or the gateway's answer why not.
+    async fn send(
+        &self,
+        which: Which,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value), Refusal> {
+        let url = format!("{}/", self.url_of(which)?);
+        let request = match body {
+            Some(b) => self.http.post(&url).json(&b),
+            None => self.http.get(&url),
+        };
+        let bad_gateway =
+            |e: String| Refusal(StatusCode::BAD_GATEWAY, format!("{}: {e}", which.name()));
+        let answer = request
+            .send()
+            .await
+            .map_err(|e| bad_gateway(e.to_string()))?;
+        let status =
+            StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let bytes = answer
+            .bytes()
+            .await
+            .map_err(|e| bad_gateway(e.to_string()))?;
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+}
+
+fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": why.into() }))).into_response()
+}
+
+/// Why the gateway answers instead of the service: none registered, or it did not answer.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        refuse(self.0, self.1)
+    }
+}
+
+/// The gateway's routes over `peers`.
+pub fn router(peers: Peers) -> Router {
+    Router::new()
+        .route("/bookshelf/books", post(add_book).get(list_books))
+        .route("/bookshelf/books/last/read", get(last_read))
+        .route("/bookshelf/books/{id}/finished", post(finished))
+        .with_state(peers)
+}
+
+/// `POST /bookshelf/books`: the book to `newbook`; `201 {"id"}`.
+async fn add_book(State(peers): State<Peers>, body: Bytes) -> Response {
+    let Ok(book @ Value::Object(_)) = serde_json::from_slice::<Value>(&body) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object (a book)",
+        );
+    };
+    match peers.send(Which::NewBook, Some(book)).await {
+        Ok((StatusCode::CREATED, added)) => {
+            (StatusCode::CREATED, Json(json!({ "id": added["id"] }))).into_response()
+        }
+        Ok((status, why)) => (status, Json(why)).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// `GET /bookshelf/books`: `listbooks`'s answer.
+async fn list_books(State(peers): State<Peers>) -> Response {
+    pass(peers.send(Which::ListBooks, None).await)
+}
+
+/// `GET /bookshelf/books/last/read`: `lastreadbooks`'s answer.
+async fn last_read(State(peers): State<Peers>) -> Response {
+    pass(peers.send(Which::LastReadBooks, None).await)
+}
+
+/// `POST /bookshelf/books/<id>/finished`: `{"id"}` to `readbook`; `204`.
+async fn finished(State(peers): State<Peers>, Path(id): Path<String>) -> Response {
+    match peers.send(Which::ReadBook, Some(json!({ "id": id }))).await {
+        Ok((StatusCode::CREATED, _)) => StatusCode::NO_CONTENT.into_response(),
+        Ok((status, why)) => (status, Json(why)).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+fn pass(answer: Result<(StatusCode, Value), Refusal>) -> Response {
+    match answer {
+        Ok((status, value)) => (status, Json(value)).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
