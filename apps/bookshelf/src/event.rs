@@ -37,7 +37,7 @@ impl Event {
         Self {
             id: uuid::Uuid::new_v4().to_string(),
             name: name.to_string(),
-            created: now_rfc3339(),
+            created: switchyard::middleware::dead_letter::now_rfc3339(),
             safe,
             idempotent,
             payload,
@@ -80,21 +80,6 @@ impl Event {
             )),
         }
     }
-}
-
-/// Now in RFC 3339, UTC, with milliseconds.
-fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        now.millisecond()
-    )
 }
 
 #[cfg(test)]

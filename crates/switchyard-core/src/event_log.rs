@@ -260,6 +260,7 @@ where
                 async move { outcome }
             });
         let limit = service.body_limit();
+        let transport_again = transport.clone();
         let stack = middleware::log_stack(
             EventHandler::Service(Arc::new(service)),
             Arc::new(self.policy),
@@ -271,6 +272,7 @@ where
         let reader = ViewReader { state, ready };
         let task = tokio::spawn(run_view(
             log,
+            (transport_again, topic.to_string()),
             stack,
             reader.clone(),
             ready_tx,
@@ -337,6 +339,7 @@ fn write_snapshot<S: Serialize>(
 
 async fn run_view<S: Serialize + Send + Sync + 'static>(
     mut log: EventLog,
+    (transport, topic): (Arc<dyn Transport>, String),
     stack: middleware::LogStack,
     reader: ViewReader<S>,
     ready: watch::Sender<bool>,
@@ -388,7 +391,29 @@ async fn run_view<S: Serialize + Send + Sync + 'static>(
                 tracing::warn!(target: "switchyard", error = %e, "log read failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            None => break,
+            None => {
+                // The transport ended the subscription (its connection gone for good): opened
+                // again from where the view stands, until it opens or the view is stopped.
+                tracing::warn!(target: "switchyard", %topic, "log subscription ended; opening it again from the view's place");
+                let cursor = log.cursor().clone();
+                let reopened = loop {
+                    tokio::select! {
+                        _ = &mut stop => break None,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    match EventLog::open(transport.as_ref(), &topic, Some(cursor.clone())).await {
+                        Ok(l) => break Some(l),
+                        Err(e) => {
+                            tracing::warn!(target: "switchyard", %topic, error = %e, "log not opened again yet")
+                        }
+                    }
+                };
+                match reopened {
+                    // Keeps the end seen at the first opening: `ready` means caught up with it.
+                    Some(l) => log.subscription = l.subscription,
+                    None => break,
+                }
+            }
         }
     }
     save(log.cursor(), &mut written);

@@ -226,8 +226,9 @@ pub fn dead_letter(
     dead
 }
 
-/// Now in RFC 3339, UTC, always with three digits of milliseconds: such times order as text.
-pub(crate) fn now_rfc3339() -> String {
+/// Now in RFC 3339, UTC, always with three digits of milliseconds: such times order as text
+/// (what dead letters carry; also for applications stamping their own events alike).
+pub fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
