@@ -1,8 +1,7 @@
 //! The gateway: one HTTP API over the four services, each found through discovery.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -12,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use switchyard::registry::{Health, Registry};
+use switchyard::registry::{Discovery, Health, Registry};
 
 use crate::serve::{BookshelfError, Which};
 
@@ -24,16 +23,13 @@ const PEERS: [Which; 4] = [
     Which::ListBooks,
 ];
 
-/// How often the gateway reads the registry again.
-const REFRESH: Duration = Duration::from_secs(1);
-
-/// Where the gateway's peers are: read from the registry every [`REFRESH`], taken in turns.
+/// Where the gateway's peers are: the framework's [`Discovery`] (each service listed once,
+/// then followed by a registry watch of its own), instances taken in turns.
 #[derive(Clone)]
 pub struct Peers {
-    known: Arc<RwLock<HashMap<String, Vec<String>>>>,
+    discovery: Arc<Discovery>,
     next: Arc<AtomicUsize>,
     http: reqwest::Client,
-    refresher: Arc<tokio::task::AbortHandle>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -42,88 +38,68 @@ impl std::fmt::Debug for Peers {
     }
 }
 
-async fn read(registry: &dyn Registry) -> Result<HashMap<String, Vec<String>>, BookshelfError> {
-    let mut known: HashMap<String, Vec<String>> = HashMap::new();
-    for i in registry.list(None).await? {
-        if i.health != Health::Serving {
-            continue;
-        }
-        if let Some(url) = i.addresses.iter().find(|a| a.starts_with("http://")) {
-            known.entry(i.service).or_default().push(url.clone());
-        }
-    }
-    for urls in known.values_mut() {
-        urls.sort();
-    }
-    Ok(known)
-}
-
 impl Peers {
-    /// Waits (up to `wait`) until each of the four is registered, then keeps their addresses
-    /// up to date.
+    /// Waits (up to `wait`) until each of the four is registered; their addresses are kept up
+    /// to date from then on.
     pub async fn find(registry: Arc<dyn Registry>, wait: Duration) -> Result<Self, BookshelfError> {
-        let started = Instant::now();
-        let mut logged = Instant::now() - Duration::from_secs(10);
-        let known = loop {
-            let known = match read(registry.as_ref()).await {
-                Ok(k) => k,
-                Err(e) => {
-                    tracing::warn!(target: "bookshelf", error = %e, "registry not read");
-                    HashMap::new()
-                }
-            };
-            let missing = PEERS.iter().find(|p| !known.contains_key(p.name()));
-            let Some(missing) = missing else { break known };
-            if started.elapsed() >= wait {
-                return Err(BookshelfError::PeerMissing {
-                    service: missing.name().to_string(),
-                    registry: registry.url(),
-                    waited: wait,
-                });
-            }
-            if logged.elapsed() >= Duration::from_secs(5) {
-                tracing::info!(target: "bookshelf", service = missing.name(), registry = %registry.url(), "gateway waiting for a service to register");
-                logged = Instant::now();
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        let known = Arc::new(RwLock::new(known));
-        let kept = known.clone();
-        let refresher = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(REFRESH).await;
-                match read(registry.as_ref()).await {
-                    Ok(k) => *kept.write().unwrap_or_else(|p| p.into_inner()) = k,
-                    // The last addresses known serve meanwhile.
-                    Err(e) => tracing::warn!(target: "bookshelf", error = %e, "registry not read"),
-                }
-            }
-        });
-        Ok(Self {
-            known,
+        let peers = Self {
+            // The gateway calls its peers over plain HTTP; no transport is ever made.
+            discovery: Arc::new(Discovery::new(
+                registry.clone(),
+                Arc::new(|url: &str| switchyard::connect(url)),
+            )),
             next: Arc::default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
-            refresher: Arc::new(refresher.abort_handle()),
-        })
+        };
+        let started = Instant::now();
+        let mut logged = Instant::now() - Duration::from_secs(10);
+        for peer in PEERS {
+            while peers.urls(peer).await.is_err() {
+                if started.elapsed() >= wait {
+                    return Err(BookshelfError::PeerMissing {
+                        service: peer.name().to_string(),
+                        registry: registry.url(),
+                        waited: wait,
+                    });
+                }
+                if logged.elapsed() >= Duration::from_secs(5) {
+                    tracing::info!(target: "bookshelf", service = peer.name(), registry = %registry.url(), "gateway waiting for a service to register");
+                    logged = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(peers)
     }
 
-    /// Stops reading the registry.
-    pub fn stop(&self) {
-        self.refresher.abort();
-    }
-
-    fn url_of(&self, which: Which) -> Result<String, Refusal> {
-        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-        match known.get(which.name()).filter(|u| !u.is_empty()) {
-            Some(urls) => Ok(urls[self.next.fetch_add(1, Ordering::Relaxed) % urls.len()].clone()),
-            None => Err(Refusal(
+    /// The `http://` addresses of `which`'s serving instances, or why there are none.
+    async fn urls(&self, which: Which) -> Result<Vec<String>, Refusal> {
+        let instances = self
+            .discovery
+            .instances(which.name())
+            .await
+            .map_err(|e| Refusal(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let mut urls: Vec<String> = instances
+            .into_iter()
+            .filter(|i| i.health == Health::Serving)
+            .filter_map(|i| i.addresses.into_iter().find(|a| a.starts_with("http://")))
+            .collect();
+        if urls.is_empty() {
+            return Err(Refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("no {} is registered", which.name()),
-            )),
+            ));
         }
+        urls.sort();
+        Ok(urls)
+    }
+
+    async fn url_of(&self, which: Which) -> Result<String, Refusal> {
+        let urls = self.urls(which).await?;
+        Ok(urls[self.next.fetch_add(1, Ordering::Relaxed) % urls.len()].clone())
     }
 
     /// Sends to `which`; its status and JSON body, or the gateway's answer why not.
@@ -132,7 +108,7 @@ impl Peers {
         which: Which,
         body: Option<Value>,
     ) -> Result<(StatusCode, Value), Refusal> {
-        let url = format!("{}/", self.url_of(which)?);
+        let url = format!("{}/", self.url_of(which).await?);
         let request = match body {
             Some(b) => self.http.post(&url).json(&b),
             None => self.http.get(&url),

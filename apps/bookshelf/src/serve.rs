@@ -164,7 +164,6 @@ pub struct Running {
     shutdown: oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
     view: Option<Box<dyn StopView>>,
-    gateway: Option<gateway::Peers>,
 }
 
 impl std::fmt::Debug for Running {
@@ -207,9 +206,6 @@ impl Running {
         if let Some(view) = self.view {
             view.stop().await;
         }
-        if let Some(peers) = self.gateway {
-            peers.stop();
-        }
         removed?;
         Ok(())
     }
@@ -238,7 +234,6 @@ pub async fn start(which: Which, options: Options) -> Result<Running, BookshelfE
         })?;
     let url = format!("http://{local}");
     let mut view: Option<Box<dyn StopView>> = None;
-    let mut peers = None;
     let router = match which {
         Which::NewBook | Which::ReadBook => {
             let log = open_log(&options).await?;
@@ -257,10 +252,8 @@ pub async fn start(which: Which, options: Options) -> Result<Running, BookshelfE
             router
         }
         Which::Gateway => {
-            let p = gateway::Peers::find(registry.clone(), options.wait_for_peers).await?;
-            let router = gateway::router(p.clone());
-            peers = Some(p);
-            router
+            let peers = gateway::Peers::find(registry.clone(), options.wait_for_peers).await?;
+            gateway::router(peers)
         }
     };
     let (shutdown, stopped) = oneshot::channel::<()>();
@@ -293,7 +286,6 @@ pub async fn start(which: Which, options: Options) -> Result<Running, BookshelfE
         shutdown,
         server,
         view,
-        gateway: peers,
     })
 }
 

@@ -141,6 +141,27 @@ async fn end_to_end(broker: &str) {
         .await
         .expect("post");
     assert_eq!(bad.status(), 400, "a read without an id is refused");
+    // A view that leaves is no longer called: the gateway follows the registry.
+    let mut running = running;
+    let at = running
+        .iter()
+        .position(|r| r.which() == Which::LastReadBooks)
+        .expect("lastreadbooks");
+    running.remove(at).stop().await.expect("stop lastreadbooks");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = http
+            .get(format!("{gateway}/bookshelf/books/last/read"))
+            .send()
+            .await
+            .expect("get")
+            .status();
+        if status == 503 || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 503, "no lastreadbooks registered any more");
     stop_all(running).await;
     assert!(
         services(&registry).await.is_empty(),
