@@ -24,6 +24,15 @@ use crate::policy::ConsumerPolicy;
 use crate::service::Service;
 use crate::transport::{SubscribeOptions, Subscription, Transport};
 
+/// The lane of a log that is one sequence (a JetStream stream, a Redis stream).
+pub const SINGLE_LANE: &str = "0";
+
+/// A message's place as transports stamp it in [`header::LOG_POSITION`]: `LANE/PLACE`, what
+/// [`LogCursor::advance`] reads.
+pub fn position(lane: impl std::fmt::Display, place: impl std::fmt::Display) -> String {
+    format!("{lane}/{place}")
+}
+
 /// A place in a log: for each lane (a Kafka partition; the one lane `0` of a JetStream stream
 /// or a Redis stream) the place of the last message read there.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use switchyard_core::error::{redact_url, TransportError};
-use switchyard_core::event_log::LogCursor;
+use switchyard_core::event_log::{position, LogCursor};
 use switchyard_core::message::{header as h, new_id, Envelope};
 use switchyard_core::transport::{
     Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionMode,
@@ -261,7 +261,7 @@ impl Shared {
         if self.replay {
             envelope
                 .headers
-                .insert(h::LOG_POSITION, format!("{partition}/{offset}"));
+                .insert(h::LOG_POSITION, position(partition, offset));
         }
         self.positions
             .lock()

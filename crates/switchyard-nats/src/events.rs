@@ -9,7 +9,7 @@ use async_nats::jetstream::{
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use switchyard_core::error::TransportError;
-use switchyard_core::event_log::LogCursor;
+use switchyard_core::event_log::{position, LogCursor, SINGLE_LANE};
 use switchyard_core::message::{header as h, Envelope};
 use switchyard_core::transport::{
     Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionMode,
@@ -40,9 +40,6 @@ impl Drop for FlushOnDrop {
         }
     }
 }
-
-/// A stream is one lane of its log.
-const LOG_LANE: &str = "0";
 
 /// When a message handed back as it is (`nack(None)`) is delivered again.
 const HAND_BACK_DELAY: Duration = Duration::from_millis(500);
@@ -202,7 +199,7 @@ impl Subscriber for NatsTransport {
             let info = stream.info().await.map_err(TransportError::other)?;
             let mut end = LogCursor::new();
             if info.state.messages > 0 {
-                end.set(LOG_LANE, info.state.last_sequence.to_string());
+                end.set(SINGLE_LANE, info.state.last_sequence.to_string());
             }
             Ok(Some(end))
         })
@@ -263,7 +260,7 @@ impl Subscriber for NatsTransport {
                 SubscriptionMode::Replay { after } => {
                     let deliver_policy = match after
                         .as_ref()
-                        .and_then(|a| a.get(LOG_LANE))
+                        .and_then(|a| a.get(SINGLE_LANE))
                         .and_then(|s| s.parse::<u64>().ok())
                     {
                         Some(seq) => DeliverPolicy::ByStartSequence {
@@ -420,7 +417,7 @@ impl futures::Stream for Pump {
                     let message = if this.replay {
                         if let Some((_, seq)) = info {
                             env.headers
-                                .insert(h::LOG_POSITION, format!("{LOG_LANE}/{seq}"));
+                                .insert(h::LOG_POSITION, position(SINGLE_LANE, seq));
                         }
                         None
                     } else {

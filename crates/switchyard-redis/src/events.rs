@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use switchyard_core::error::TransportError;
-use switchyard_core::event_log::LogCursor;
+use switchyard_core::event_log::{position, LogCursor, SINGLE_LANE};
 use switchyard_core::message::{header as h, Envelope};
 use switchyard_core::transport::{
     Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionMode,
@@ -18,9 +18,6 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::binding::*;
 use crate::RedisTransport;
-
-/// A stream is one lane of its log.
-const LOG_LANE: &str = "0";
 
 /// Largest event payload published (default 1 MiB, as on the other transports).
 pub(crate) const MAX_MESSAGE: usize = 1024 * 1024;
@@ -443,7 +440,7 @@ impl Subscriber for RedisTransport {
                 .map_err(TransportError::other)?;
             let mut end = LogCursor::new();
             if let Some(e) = last.ids.first() {
-                end.set(LOG_LANE, e.id.clone());
+                end.set(SINGLE_LANE, e.id.clone());
             }
             Ok(Some(end))
         })
@@ -471,7 +468,7 @@ impl Subscriber for RedisTransport {
                     Some(g)
                 }
                 SubscriptionMode::Replay { after } => {
-                    let from = after.as_ref().and_then(|a| a.get(LOG_LANE));
+                    let from = after.as_ref().and_then(|a| a.get(SINGLE_LANE));
                     replay = Some(from.unwrap_or("0-0").to_string());
                     None
                 }
@@ -597,7 +594,7 @@ impl Subscriber for RedisTransport {
                         let mut env = envelope_of(&topic, &entry);
                         if replaying {
                             env.headers
-                                .insert(h::LOG_POSITION, format!("{LOG_LANE}/{}", entry.id));
+                                .insert(h::LOG_POSITION, position(SINGLE_LANE, &entry.id));
                         }
                         // Two streams read at once may give more than the slots taken: the
                         // rest wait for slots, so no more than `prefetch` are in flight.
