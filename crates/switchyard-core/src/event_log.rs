@@ -269,26 +269,32 @@ where
                 async move { outcome }
             });
         let limit = service.body_limit();
-        let transport_again = transport.clone();
         let stack = middleware::log_stack(
             EventHandler::Service(Arc::new(service)),
             Arc::new(self.policy),
             limit,
-            transport,
+            transport.clone(),
         );
+        let snapshots = self.snapshot.map(|path| Snapshots {
+            path,
+            topic: topic.to_string(),
+            every: self.snapshot_every,
+            written: log.cursor().clone(),
+            last_write: Instant::now(),
+        });
         let (ready_tx, ready) = watch::channel(log.caught_up());
         let (stop, stopped) = oneshot::channel();
         let reader = ViewReader { state, ready };
-        let task = tokio::spawn(run_view(
+        let folding = Folding {
             log,
-            (transport_again, topic.to_string()),
+            transport,
+            topic: topic.to_string(),
             stack,
-            reader.clone(),
-            ready_tx,
-            stopped,
-            self.snapshot
-                .map(|p| (p, topic.to_string(), self.snapshot_every)),
-        ));
+            state: reader.state.clone(),
+            ready: ready_tx,
+            snapshots,
+        };
+        let task = tokio::spawn(folding.run(stopped));
         Ok(RunningView {
             reader,
             stop: Some(stop),
@@ -319,113 +325,154 @@ fn read_snapshot<S: DeserializeOwned>(path: &Path, topic: &str) -> Option<Snapsh
     }
 }
 
-/// Writes the snapshot whole to a file beside `path`, then renames it over `path`: a crash
-/// mid-write leaves the previous snapshot.
-fn write_snapshot<S: Serialize>(
-    path: &Path,
-    topic: &str,
-    cursor: &LogCursor,
-    state: &S,
-) -> std::io::Result<()> {
-    #[derive(Serialize)]
-    struct Ref<'a, S> {
-        topic: &'a str,
-        cursor: &'a LogCursor,
-        state: &'a S,
+/// The snapshot of a view: where it keeps it, how often, and what it last wrote.
+struct Snapshots {
+    path: PathBuf,
+    topic: String,
+    every: Duration,
+    written: LogCursor,
+    last_write: Instant,
+}
+
+impl Snapshots {
+    /// Writes `state` at `cursor` when the cursor moved since the last write and `every` has
+    /// passed (`now`: whenever it moved).
+    async fn save<S: Serialize>(&mut self, cursor: &LogCursor, state: &RwLock<S>, now: bool) {
+        if *cursor == self.written || (!now && self.last_write.elapsed() < self.every) {
+            return;
+        }
+        #[derive(Serialize)]
+        struct Ref<'a, S> {
+            topic: &'a str,
+            cursor: &'a LogCursor,
+            state: &'a S,
+        }
+        // Serialized under the read lock (readers go on); written off the runtime's threads.
+        let bytes = {
+            let s = state.read().unwrap_or_else(|p| p.into_inner());
+            serde_json::to_vec(&Ref {
+                topic: &self.topic,
+                cursor,
+                state: &*s,
+            })
+        };
+        let path = self.path.clone();
+        let written = match bytes {
+            Ok(bytes) => tokio::task::spawn_blocking(move || write_whole(&path, &bytes))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        self.last_write = Instant::now();
+        match written {
+            Ok(()) => self.written = cursor.clone(),
+            Err(e) => {
+                tracing::warn!(target: "switchyard", path = %self.path.display(), error = %e, "view snapshot not written")
+            }
+        }
     }
-    let bytes = serde_json::to_vec(&Ref {
-        topic,
-        cursor,
-        state,
-    })
-    .map_err(std::io::Error::other)?;
+}
+
+/// Writes `bytes` to a file beside `path`, synced, then renames it over `path`: a crash
+/// mid-write leaves the previous snapshot.
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes)?;
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 
-async fn run_view<S: Serialize + Send + Sync + 'static>(
-    mut log: EventLog,
-    (transport, topic): (Arc<dyn Transport>, String),
+/// What a running view's task holds.
+struct Folding<S> {
+    log: EventLog,
+    // To open the log again when its subscription ends.
+    transport: Arc<dyn Transport>,
+    topic: String,
     stack: middleware::LogStack,
-    reader: ViewReader<S>,
+    state: Arc<RwLock<S>>,
     ready: watch::Sender<bool>,
-    mut stop: oneshot::Receiver<()>,
-    snapshot: Option<(PathBuf, String, Duration)>,
-) {
-    let mut written = log.cursor().clone();
-    let mut last_write = Instant::now();
-    let save = |cursor: &LogCursor, written: &mut LogCursor| {
-        let Some((path, topic, _)) = &snapshot else {
-            return;
-        };
-        if cursor == written {
-            return;
-        }
-        let s = reader.state.read().unwrap_or_else(|p| p.into_inner());
-        match write_snapshot(path, topic, cursor, &*s) {
-            Ok(()) => *written = cursor.clone(),
-            Err(e) => {
-                tracing::warn!(target: "switchyard", path = %path.display(), error = %e, "view snapshot not written")
+    snapshots: Option<Snapshots>,
+}
+
+impl<S: Serialize + Send + Sync + 'static> Folding<S> {
+    /// Folds the log until `stop` fires, then writes the snapshot.
+    async fn run(self, mut stop: oneshot::Receiver<()>) {
+        let Folding {
+            mut log,
+            transport,
+            topic,
+            stack,
+            state,
+            ready,
+            mut snapshots,
+        } = self;
+        loop {
+            let next = tokio::select! {
+                _ = &mut stop => break,
+                n = log.next() => n,
+            };
+            match next {
+                Some(Ok(envelope)) => {
+                    // Retries happen in place (the policy keeps order); a retry that still comes
+                    // out is waited for here, so the log's order holds.
+                    while let Disposition::Retry { after, .. } =
+                        middleware::dispose(&stack, envelope.clone()).await
+                    {
+                        tokio::time::sleep(after).await;
+                    }
+                    if !*ready.borrow() && log.caught_up() {
+                        let _ = ready.send(true);
+                    }
+                    if let Some(s) = &mut snapshots {
+                        s.save(log.cursor(), &state, false).await;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(target: "switchyard", error = %e, "log read failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                None => {
+                    tracing::warn!(target: "switchyard", %topic, "log subscription ended; opening it again from the view's place");
+                    if !reopen(&mut log, transport.as_ref(), &topic, &mut stop).await {
+                        break;
+                    }
+                }
             }
         }
-    };
+        if let Some(s) = &mut snapshots {
+            s.save(log.cursor(), &state, true).await;
+        }
+    }
+}
+
+/// Opens `log` again from its place after the transport ended its subscription (its
+/// connection gone for good): tried once a second until it opens (true) or `stop` fires
+/// (false). The end seen at the first opening is kept: `ready` means caught up with it.
+async fn reopen(
+    log: &mut EventLog,
+    transport: &dyn Transport,
+    topic: &str,
+    stop: &mut oneshot::Receiver<()>,
+) -> bool {
     loop {
-        let next = tokio::select! {
-            _ = &mut stop => break,
-            n = log.next() => n,
-        };
-        match next {
-            Some(Ok(envelope)) => {
-                // Retries happen in place (the policy keeps order); a retry that still comes
-                // out is waited for here, so the log's order holds.
-                while let Disposition::Retry { after, .. } =
-                    middleware::dispose(&stack, envelope.clone()).await
-                {
-                    tokio::time::sleep(after).await;
-                }
-                if !*ready.borrow() && log.caught_up() {
-                    let _ = ready.send(true);
-                }
-                if let Some((_, _, every)) = &snapshot {
-                    if last_write.elapsed() >= *every {
-                        save(log.cursor(), &mut written);
-                        last_write = Instant::now();
-                    }
-                }
+        tokio::select! {
+            _ = &mut *stop => return false,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        match EventLog::open(transport, topic, Some(log.cursor.clone())).await {
+            Ok(again) => {
+                log.subscription = again.subscription;
+                return true;
             }
-            Some(Err(e)) => {
-                tracing::warn!(target: "switchyard", error = %e, "log read failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            None => {
-                // The transport ended the subscription (its connection gone for good): opened
-                // again from where the view stands, until it opens or the view is stopped.
-                tracing::warn!(target: "switchyard", %topic, "log subscription ended; opening it again from the view's place");
-                let cursor = log.cursor().clone();
-                let reopened = loop {
-                    tokio::select! {
-                        _ = &mut stop => break None,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                    match EventLog::open(transport.as_ref(), &topic, Some(cursor.clone())).await {
-                        Ok(l) => break Some(l),
-                        Err(e) => {
-                            tracing::warn!(target: "switchyard", %topic, error = %e, "log not opened again yet")
-                        }
-                    }
-                };
-                match reopened {
-                    // Keeps the end seen at the first opening: `ready` means caught up with it.
-                    Some(l) => log.subscription = l.subscription,
-                    None => break,
-                }
+            Err(e) => {
+                tracing::warn!(target: "switchyard", %topic, error = %e, "log not opened again yet")
             }
         }
     }
-    save(log.cursor(), &mut written);
 }
 
 /// Reads a running view's state; cheap to clone (one per HTTP handler, say).
