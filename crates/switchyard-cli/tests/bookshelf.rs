@@ -78,23 +78,8 @@ fn a_view_started_with_the_seeds_flags_registers_and_leaves_on_sigterm() {
         .json()
         .expect("json");
     assert_eq!(answer, serde_json::json!([]), "nothing read yet");
-    let pid = running.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = running.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "still running after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    common::sigterm(&running);
+    let status = common::exit_status(&mut running, Duration::from_secs(15));
     assert!(status.success(), "exit status after SIGTERM: {status}");
     assert!(services(&registry).is_empty(), "deregistered on stop");
 }

@@ -468,7 +468,6 @@ fn sigterm_lets_calls_in_flight_finish_then_exits_cleanly() {
         &["serve", "echo", "--name", "drain", "--url", &url],
         "serving drain on",
     );
-    let pid = running.0.id().to_string();
     let call_url = format!("{url}/sleep");
     let call = std::thread::spawn(move || {
         reqwest::blocking::Client::new()
@@ -479,27 +478,13 @@ fn sigterm_lets_calls_in_flight_finish_then_exits_cleanly() {
             .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
     });
     std::thread::sleep(std::time::Duration::from_millis(400));
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
+    common::sigterm(&running);
     let answered = call.join().expect("caller");
     assert!(
         matches!(&answered, Ok((200, _))),
         "the call in flight was cut: {answered:?}"
     );
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = running.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "yard still running after SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = common::exit_status(&mut running, std::time::Duration::from_secs(10));
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
@@ -823,12 +808,7 @@ fn registers_and_a_stop_or_a_kill_removes(registry: &str, lease: Duration, lease
     std::thread::sleep(lease * 3 / 2);
     assert_eq!(listed().len(), 1, "renewed");
     // SIGTERM: removed as it stops.
-    let pid = running.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    common::sigterm(&running);
     gone_within(Duration::from_millis(1_000));
     drop(running);
 

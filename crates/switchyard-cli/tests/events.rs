@@ -233,12 +233,7 @@ async fn sigterm_under_broker_load_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut consumer = consumer;
-    let pid = consumer.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    common::sigterm(&consumer);
     let signalled = std::time::Instant::now();
     let status = loop {
         if let Some(status) = consumer.0.try_wait().expect("wait") {

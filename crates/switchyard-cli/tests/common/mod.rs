@@ -14,6 +14,36 @@ pub(crate) const YARD: &str = env!("CARGO_BIN_EXE_yard");
 #[allow(unused_imports)] // not every test file that includes this module uses both
 pub(crate) use switchyard::testkit::{free_port, Killed as Running};
 
+/// Sends SIGTERM (what service managers send) to `running`.
+#[allow(dead_code)] // not every test file that includes this module stops yard so
+pub(crate) fn sigterm(running: &Running) {
+    let pid = running.0.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "kill -TERM {pid}");
+}
+
+/// `running`'s exit status, waited for at most `within` (then the test fails).
+#[allow(dead_code)] // not every test file that includes this module stops yard so
+pub(crate) fn exit_status(
+    running: &mut Running,
+    within: std::time::Duration,
+) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = running.0.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            started.elapsed() < within,
+            "yard still running after {within:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A consumer of `{"k": N}` events that counts each key's applications in `state`: each
 /// event's effect and its inbox record commit in one transaction (the transactional inbox).
 #[allow(dead_code)] // used by the crash tests only
