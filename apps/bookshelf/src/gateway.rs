@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use switchyard::registry::{Discovery, Health, Registry};
 
-use crate::serve::{BookshelfError, Which};
+use crate::serve::{refuse, BookshelfError, Which};
 
 /// The services the gateway fronts.
 const PEERS: [Which; 4] = [
@@ -128,10 +128,6 @@ impl Peers {
         let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok((status, value))
     }
-}
-
-fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": why.into() }))).into_response()
 }
 
 /// Why the gateway answers instead of the service: none registered, or it did not answer.

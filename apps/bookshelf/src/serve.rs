@@ -362,7 +362,8 @@ fn aggregate(which: Which, log: Arc<dyn Transport>, topic: String) -> Router {
         .with_state(Aggregate { which, log, topic })
 }
 
-fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
+/// The service's own answer when it cannot do what was asked: `{"error": WHY}`.
+pub(crate) fn refuse(status: StatusCode, why: impl Into<String>) -> Response {
     (status, Json(json!({ "error": why.into() }))).into_response()
 }
 
