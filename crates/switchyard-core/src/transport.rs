@@ -459,6 +459,63 @@ pub trait Transport: Publisher + Subscriber {
     }
 }
 
+/// What a transport's own connections last said of themselves, for [`Transport::connected`]
+/// where the client library keeps no state to ask (redis-rs, rumqttc, rdkafka): each
+/// connection that serves (a consumer's reader, an RPC queue's reader, an MQTT event loop)
+/// holds a [`Link`] and reports what its last read found. Connected while no link is down.
+#[derive(Debug, Default, Clone)]
+pub struct LinkHealth {
+    down: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LinkHealth {
+    /// A link of one connection, up until it says otherwise.
+    pub fn link(&self) -> Link {
+        Link {
+            down: false,
+            health: self.clone(),
+        }
+    }
+
+    /// Whether every link is up (true when there is none).
+    pub fn connected(&self) -> bool {
+        self.down.load(std::sync::atomic::Ordering::Relaxed) == 0
+    }
+}
+
+/// One connection's state in a [`LinkHealth`]; forgotten when dropped.
+#[derive(Debug)]
+pub struct Link {
+    down: bool,
+    health: LinkHealth,
+}
+
+impl Link {
+    /// The connection worked.
+    pub fn up(&mut self) {
+        if std::mem::replace(&mut self.down, false) {
+            self.health
+                .down
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The connection failed (lost, refused, timed out).
+    pub fn down(&mut self) {
+        if !std::mem::replace(&mut self.down, true) {
+            self.health
+                .down
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.up();
+    }
+}
+
 /// How patiently to wait for a broker that is not reachable at start-up: `attempts` tries in
 /// all, the waits between them doubling from `initial_backoff` up to `max_backoff`.
 ///
@@ -710,5 +767,29 @@ impl Drop for ServeHandle {
 impl fmt::Debug for dyn Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Transport({})", self.url())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LinkHealth;
+
+    #[test]
+    fn connected_while_no_link_is_down() {
+        let health = LinkHealth::default();
+        assert!(health.connected(), "no link yet");
+        let (mut a, mut b) = (health.link(), health.link());
+        a.down();
+        a.down();
+        assert!(!health.connected());
+        b.down();
+        a.up();
+        assert!(!health.connected(), "b is still down");
+        b.up();
+        b.up();
+        assert!(health.connected());
+        a.down();
+        drop(a);
+        assert!(health.connected(), "a link dropped while down is forgotten");
     }
 }

@@ -17,6 +17,7 @@ use switchyard_core::transport::{
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::binding::*;
+use crate::connection::report;
 use crate::RedisTransport;
 
 /// Largest event payload published (default 1 MiB, as on the other transports).
@@ -478,6 +479,7 @@ impl Subscriber for RedisTransport {
             let retries = retry_key(group.as_deref().unwrap_or_default(), &topic);
             let claim_idle = self.claim_idle;
             let slots = Arc::new(Semaphore::new(prefetch));
+            let mut link = self.links.link();
             tokio::spawn(async move {
                 let consumer_name = switchyard_core::message::new_id();
                 let consumer: Arc<str> = consumer_name.as_str().into();
@@ -546,6 +548,7 @@ impl Subscriber for RedisTransport {
                                         .arg(">")
                                         .query_async(&mut reader)
                                         .await;
+                                report(&mut link, &read);
                                 match read {
                                     Ok(Some(r)) => {
                                         entries.extend(r.keys.into_iter().flat_map(|k| {
@@ -554,6 +557,18 @@ impl Subscriber for RedisTransport {
                                         }))
                                     }
                                     Ok(None) => {}
+                                    // A server restarted without its data lost the group:
+                                    // made again, it reads what is published from now on.
+                                    Err(e) if e.code() == Some("NOGROUP") => {
+                                        let _ = tx.send(Err(TransportError::other(e))).await;
+                                        for stream in [&key, &retries] {
+                                            if let Err(e) =
+                                                create_group(&mut reader, stream, g).await
+                                            {
+                                                tracing::warn!(target: "switchyard", error = %e, "could not make the consumer group again");
+                                            }
+                                        }
+                                    }
                                     Err(e) => {
                                         let _ = tx.send(Err(TransportError::other(e))).await;
                                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -572,6 +587,7 @@ impl Subscriber for RedisTransport {
                                 .arg(&last_id)
                                 .query_async(&mut reader)
                                 .await;
+                            report(&mut link, &read);
                             match read {
                                 Ok(Some(r)) => entries.extend(
                                     r.keys

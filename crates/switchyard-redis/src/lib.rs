@@ -33,7 +33,7 @@ use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use switchyard_core::error::{redact_url, TransportError};
 use switchyard_core::transport::{
-    Capabilities, DeliveryGuarantee, Ordering, Requester, Responder, Transport,
+    Capabilities, DeliveryGuarantee, LinkHealth, Ordering, Requester, Responder, Transport,
 };
 use tokio::sync::OnceCell;
 
@@ -56,6 +56,8 @@ pub struct RedisTransport {
     // When a call last found a live instance of each service (ms since the epoch): within
     // `ALIVE_FOR_MS` of it a call is pushed without asking again.
     pub(crate) seen_alive_ms: std::sync::Mutex<HashMap<Arc<str>, u64>>,
+    // What the serving connections' last reads found (`connected`).
+    pub(crate) links: LinkHealth,
 }
 
 /// How long a seen heartbeat spares the next calls the liveness check. Heartbeats are
@@ -102,6 +104,12 @@ impl Transport for RedisTransport {
 
     fn responder(&self) -> Option<&dyn Responder> {
         Some(self)
+    }
+
+    /// redis-rs keeps no connection state to ask: this is what the last read of each consumer
+    /// and RPC queue found (they read at least every half second).
+    fn connected(&self) -> bool {
+        self.links.connected()
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {

@@ -140,6 +140,7 @@ impl RedisTransport {
             con: OnceCell::new(),
             replies: OnceCell::new(),
             seen_alive_ms: std::sync::Mutex::default(),
+            links: Default::default(),
         })
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -260,7 +260,8 @@ impl ReplyTo for RedisReply {
 /// What the call stream of one served instance reads with: a blocking connection of its own
 /// for BLPOP, and the shared one for heartbeats and replies.
 pub(crate) struct CallQueue {
-    blocking: MultiplexedConnection,
+    blocking: ConnectionManager,
+    link: switchyard_core::transport::Link,
     con: ConnectionManager,
     queue: String,
     alive_key: String,
@@ -293,6 +294,7 @@ impl CallQueue {
             blpop.arg(&self.queue).arg(0.5);
             let popped: Result<Option<(String, Vec<u8>)>, _> =
                 blpop.query_async(&mut self.blocking).await;
+            crate::connection::report(&mut self.link, &popped);
             match popped {
                 Ok(Some((_, raw))) => {
                     if let Some(call) = incoming(&self.con, &raw) {
@@ -317,6 +319,7 @@ impl Responder for RedisTransport {
             let queue = call_queue(&self.namespace, served.name());
             let mut calls = CallQueue {
                 blocking,
+                link: self.links.link(),
                 con: con.clone(),
                 alive_key: alive_key(&queue),
                 queue,
