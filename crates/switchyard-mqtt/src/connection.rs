@@ -34,6 +34,8 @@ pub(crate) struct Inner {
     pub(crate) lane: Mutex<Option<Arc<Lane>>>,
     pub(crate) opening: tokio::sync::Mutex<()>,
     pub(crate) replies: OnceCell<Arc<Replies>>,
+    // What the serving connections' event loops last said (`connected`).
+    pub(crate) links: switchyard_core::transport::LinkHealth,
 }
 
 pub(crate) type PubAckWaiter = oneshot::Sender<PubAckReason>;

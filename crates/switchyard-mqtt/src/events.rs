@@ -154,6 +154,7 @@ pub(crate) async fn pump(
     tx: mpsc::Sender<Result<Delivery, TransportError>>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut link = inner.links.link();
     loop {
         let event = tokio::select! {
             _ = tx.closed() => break,
@@ -170,12 +171,14 @@ pub(crate) async fn pump(
             }
             // A clean session starts without subscriptions: (re)subscribe on every CONNACK.
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                link.up();
                 for f in &filters {
                     let _ = client.try_subscribe(f.clone(), DELIVERY_QOS);
                 }
             }
             Ok(_) => {}
             Err(e) => {
+                link.down();
                 let _ = tx.try_send(Err(inner.unreachable(e)));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -97,6 +97,12 @@ impl Transport for MqttTransport {
         Some(self)
     }
 
+    /// rumqttc keeps no connection state to ask: this is what the event loops of the
+    /// consumers and the RPC server last said (lost on an error, back on the CONNACK).
+    fn connected(&self) -> bool {
+        self.inner.links.connected()
+    }
+
     fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move { self.inner.lane().await.map(drop) })
     }

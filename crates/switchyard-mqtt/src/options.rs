@@ -131,6 +131,7 @@ impl MqttTransport {
                 lane: Mutex::new(None),
                 opening: tokio::sync::Mutex::new(()),
                 replies: OnceCell::new(),
+                links: Default::default(),
             }),
         })
     }

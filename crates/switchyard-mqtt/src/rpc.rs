@@ -182,6 +182,7 @@ impl Responder for MqttTransport {
             let (calls_tx, calls_rx) = mpsc::channel::<IncomingCall>(256);
             let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
             let reader = client.clone();
+            let mut link = self.inner.links.link();
             let task = tokio::spawn(async move {
                 loop {
                     let event = tokio::select! {
@@ -197,10 +198,12 @@ impl Responder for MqttTransport {
                             }
                         }
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            link.up();
                             let _ = reader.try_subscribe(filter.clone(), QoS::AtMostOnce);
                         }
                         Ok(_) => {}
                         Err(e) => {
+                            link.down();
                             tracing::warn!(target: "switchyard", error = %e, "MQTT RPC server connection lost; reconnecting");
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }

@@ -1,7 +1,8 @@
 //! After a real restart of a Mosquitto this test starts, stops and starts again itself (on a
 //! port of its own), every connection comes back by itself: a group subscription made before
 //! the restart receives what is published after it, and a service served before the restart
-//! answers calls again.
+//! answers calls again. The transport says it is not connected while the broker is gone (what
+//! `/readyz` reports) and connected again once it is back.
 //!
 //! MQTT here keeps clean sessions, so what was in flight during the restart may be lost (the
 //! transport declares itself not durable); this test checks reconnection, not retention.
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use switchyard_core::message::Envelope;
 use switchyard_core::testkit::{free_port, require_program, wait_for_port, Killed};
-use switchyard_core::transport::{Publisher, SubscribeOptions, Subscriber};
+use switchyard_core::transport::{Publisher, SubscribeOptions, Subscriber, Transport};
 use switchyard_core::{rpc, Client, Service};
 use switchyard_mqtt::MqttTransport;
 
@@ -28,6 +29,15 @@ fn start_mosquitto(port: u16) -> Killed {
         .expect("start mosquitto");
     wait_for_port("Mosquitto", &format!("127.0.0.1:{port}"), true);
     Killed(child)
+}
+
+/// Waits up to `within` for `done`, checking every 50 ms.
+async fn until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn shout(text: String) -> String {
@@ -66,15 +76,34 @@ async fn reconnects_after_restart() {
         .await
         .expect("subscribe");
 
+    assert!(transport.connected(), "connected while Mosquitto runs");
+
+    let stopping = broker.clone();
+    tokio::task::spawn_blocking(move || {
+        drop(stopping.lock().expect("lock").take());
+        wait_for_port("Mosquitto", &format!("127.0.0.1:{port}"), false);
+    })
+    .await
+    .expect("stop");
+    until(Duration::from_secs(10), "not connected once Mosquitto is gone", || {
+        !transport.connected()
+    })
+    .await;
+    assert_eq!(
+        switchyard_core::observe::not_connected(),
+        vec![transport.url()],
+        "what /readyz names"
+    );
     let restarting = broker.clone();
     tokio::task::spawn_blocking(move || {
-        let mut broker = restarting.lock().expect("lock");
-        drop(broker.take());
-        wait_for_port("Mosquitto", &format!("127.0.0.1:{port}"), false);
-        *broker = Some(start_mosquitto(port));
+        *restarting.lock().expect("lock") = Some(start_mosquitto(port));
     })
     .await
     .expect("restart");
+    until(Duration::from_secs(30), "connected once Mosquitto is back", || {
+        transport.connected()
+    })
+    .await;
 
     // Calls come back once the server re-subscribed and the client reconnected.
     let deadline = Instant::now() + Duration::from_secs(60);
