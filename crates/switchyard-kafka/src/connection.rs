@@ -25,6 +25,8 @@ pub(crate) struct Inner {
     pub(crate) producer: OnceCell<FutureProducer>,
     pub(crate) admin: OnceCell<AdminClient<DefaultClientContext>>,
     pub(crate) topics: Mutex<HashSet<String>>,
+    // What the consumers' clients last said of their brokers (`connected`).
+    pub(crate) links: switchyard_core::transport::LinkHealth,
 }
 
 impl Inner {

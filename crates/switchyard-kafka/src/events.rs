@@ -13,12 +13,14 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use switchyard_core::error::{redact_url, TransportError};
 use switchyard_core::event_log::{position, LogCursor};
 use switchyard_core::message::{header as h, new_id, Envelope};
 use switchyard_core::transport::{
-    Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionMode,
+    Acker, Delivery, Link, Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionMode,
 };
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -85,9 +87,34 @@ impl Positions {
 pub(crate) struct GroupContext {
     pub(crate) assigned: watch::Sender<bool>,
     pub(crate) positions: Arc<Mutex<Positions>>,
+    // rdkafka keeps no connection state to ask: its statistics (every second) say whether
+    // a broker is up, its "all brokers down" error says at once when none is.
+    pub(crate) link: Mutex<Link>,
 }
 
-impl ClientContext for GroupContext {}
+impl GroupContext {
+    fn report(&self, up: bool) {
+        let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        if up {
+            link.up();
+        } else {
+            link.down();
+        }
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        self.report(statistics.brokers.values().any(|b| b.state == "UP"));
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let KafkaError::Global(RDKafkaErrorCode::AllBrokersDown) = error {
+            self.report(false);
+        }
+        tracing::warn!(target: "switchyard", %error, reason, "Kafka client error");
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -492,6 +519,7 @@ impl Subscriber for KafkaTransport {
             let context = GroupContext {
                 assigned: assigned_tx,
                 positions: positions.clone(),
+                link: Mutex::new(self.inner.links.link()),
             };
             let consumer: GroupConsumer = self
                 .inner
@@ -508,6 +536,7 @@ impl Subscriber for KafkaTransport {
                 .set("session.timeout.ms", "6000")
                 .set("heartbeat.interval.ms", "500")
                 .set("enable.partition.eof", "false")
+                .set("statistics.interval.ms", "1000")
                 .create_with_context(context)
                 .map_err(|e| self.inner.unreachable(e))?;
             let consumer = Arc::new(consumer);

@@ -88,6 +88,12 @@ impl Transport for KafkaTransport {
         None
     }
 
+    /// rdkafka keeps no connection state to ask: this is what the consumers' clients last
+    /// said (a broker up in their statistics, every second; none after "all brokers down").
+    fn connected(&self) -> bool {
+        self.inner.links.connected()
+    }
+
     fn ready(&self) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             // A client connects in the background: asking for the cluster's metadata is what

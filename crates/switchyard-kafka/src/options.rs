@@ -98,6 +98,7 @@ impl KafkaTransport {
                 producer: OnceCell::new(),
                 admin: OnceCell::new(),
                 topics: Mutex::new(HashSet::new()),
+                links: Default::default(),
             }),
         }
     }

