@@ -197,14 +197,17 @@ fn observability() {
     let out = example("observability", args);
     assert!(out.contains("order 2: reserved 20"), "{out}");
     assert!(out.contains("2 traces"), "{out}");
-    // Each trace: the call over HTTP, the nested call, the publish and its handling, nested.
+    // Each trace: the call over HTTP, the nested call, the publish and its delivery (received,
+    // handled, acknowledged), nested.
     let tree = [
         "  front/order (client,",
         "    front/order (server,",
         "      stock/reserve (client,",
         "        stock/reserve (server,",
         "      send orders.placed (producer,",
+        "        receive orders.placed (consumer,",
         "        process orders.placed (consumer,",
+        "        ack orders.placed (client,",
     ];
     for line in tree {
         assert_eq!(

@@ -10,6 +10,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::error::TransportError;
+use crate::middleware::trace::{self, HopSpan};
 use crate::middleware::{self, ConsumerStack, Disposition};
 use crate::observe::EventOutcome;
 pub use crate::policy::ConsumerPolicy;
@@ -157,9 +158,10 @@ pub async fn run(
         };
         match next {
             Some(Ok(delivery)) => {
+                let received = trace::receive(&delivery.envelope);
                 let (served, stack, policy) = (served.clone(), stack.clone(), policy.clone());
                 in_flight.spawn(async move {
-                    handle_one(&served, delivery, &stack, &policy).await;
+                    handle_one(&served, delivery, received, &stack, &policy).await;
                     drop(permit);
                 });
             }
@@ -198,10 +200,11 @@ async fn run_ordered(
         };
         match next {
             Some(Ok(delivery)) => {
+                let received = trace::receive(&delivery.envelope);
                 let key = delivery.envelope.ordering_key().map(str::to_string);
                 let (served, stack, policy) = (served.clone(), stack.clone(), policy.clone());
                 let job = async move {
-                    handle_one(&served, delivery, &stack, &policy).await;
+                    handle_one(&served, delivery, received, &stack, &policy).await;
                     Ok::<(), std::convert::Infallible>(())
                 };
                 if pool.submit(key, job).await.is_err() {
@@ -222,9 +225,13 @@ async fn run_ordered(
 async fn handle_one(
     served: &Served,
     mut delivery: Delivery,
+    received: Option<HopSpan>,
     stack: &ConsumerStack,
     policy: &ConsumerPolicy,
 ) {
+    if let Some(span) = received {
+        span.end(None);
+    }
     push_to_watchers(served, &delivery.envelope);
     let attempt = delivery.envelope.headers.attempt();
     let metrics = served
@@ -233,31 +240,51 @@ async fn handle_one(
     let mut envelope = delivery.envelope.clone();
     middleware::limit::mark_unreadable(&mut envelope, delivery.unreadable_reason());
     let (settled, outcome) = match middleware::dispose(stack, envelope).await {
-        Disposition::Done => (delivery.ack().await, EventOutcome::Done),
+        Disposition::Done => {
+            let span = trace::settle("ack", &delivery.envelope);
+            (settle_ended(span, delivery.ack().await), EventOutcome::Done)
+        }
         Disposition::Retry { after, .. } => {
             // The first failure's time goes with the message, for its dead letter.
             let headers = &mut delivery.envelope.headers;
             if headers.get(FIRST_FAILED_AT).is_none() {
                 headers.insert(FIRST_FAILED_AT, middleware::dead_letter::now_rfc3339());
             }
-            (delivery.nack(Some(after)).await, EventOutcome::Retry)
+            let span = trace::settle("nack", &delivery.envelope);
+            (
+                settle_ended(span, delivery.nack(Some(after)).await),
+                EventOutcome::Retry,
+            )
         }
         // Every failure is decided by the stack; one that is not is retried, never lost.
-        Disposition::Failed(_) | Disposition::DeadLetter { .. } => (
-            delivery.nack(Some(policy.backoff(attempt))).await,
-            EventOutcome::Failed,
-        ),
+        Disposition::Failed(_) | Disposition::DeadLetter { .. } => {
+            let span = trace::settle("nack", &delivery.envelope);
+            let nacked = delivery.nack(Some(policy.backoff(attempt))).await;
+            (settle_ended(span, nacked), EventOutcome::Failed)
+        }
     };
     if let Some((metrics, started)) = metrics {
         metrics.record(started, outcome);
     }
-    settle(settled);
-}
-
-use crate::middleware::dead_letter::FIRST_FAILED_AT;
-
-fn settle(result: Result<(), crate::error::TransportError>) {
-    if let Err(e) = result {
+    if let Err(e) = settled {
         tracing::warn!(target: "switchyard", error = %e, "could not settle delivery");
     }
 }
+
+/// Ends a settle span with how settling went.
+fn settle_ended(
+    span: Option<HopSpan>,
+    result: Result<(), TransportError>,
+) -> Result<(), TransportError> {
+    if let Some(span) = span {
+        span.end(
+            result
+                .as_ref()
+                .err()
+                .map(|e| ("settle".to_string(), e.to_string())),
+        );
+    }
+    result
+}
+
+use crate::middleware::dead_letter::FIRST_FAILED_AT;

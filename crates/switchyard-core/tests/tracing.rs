@@ -215,6 +215,31 @@ async fn every_hop_makes_a_span_of_one_trace() {
         attribute(process, "messaging.consumer.group.name").as_deref(),
         Some("mailer")
     );
+    // The consumer's receipt of the delivery and its settling: beside the process span,
+    // under the message's own context.
+    let receive = one(&spans, "receive orders.placed");
+    assert_eq!(receive.span_kind, SpanKind::Consumer);
+    assert_eq!(receive.parent_span_id, send.span_context.span_id());
+    assert_eq!(
+        attribute(receive, "messaging.operation.type").as_deref(),
+        Some("receive")
+    );
+    assert!(
+        receive.end_time <= process.start_time,
+        "received, then handled"
+    );
+    let ack = one(&spans, "ack orders.placed");
+    assert_eq!(ack.span_kind, SpanKind::Client);
+    assert_eq!(ack.parent_span_id, send.span_context.span_id());
+    assert_eq!(
+        attribute(ack, "messaging.operation.type").as_deref(),
+        Some("settle")
+    );
+    assert_eq!(
+        attribute(ack, "messaging.operation.name").as_deref(),
+        Some("ack")
+    );
+    assert!(process.end_time <= ack.start_time, "handled, then settled");
     for span in &spans {
         assert_eq!(
             span.span_context.trace_id(),
@@ -224,7 +249,7 @@ async fn every_hop_makes_a_span_of_one_trace() {
         );
         assert_eq!(span.status, Status::Unset, "{} succeeded", span.name);
     }
-    assert_eq!(spans.len(), 6, "{:#?}", names(&spans));
+    assert_eq!(spans.len(), 8, "{:#?}", names(&spans));
     assert_eq!(handled.load(Ordering::SeqCst), 2);
 
     // A failed call: the client and server spans say so.
@@ -254,10 +279,21 @@ async fn every_hop_makes_a_span_of_one_trace() {
         .publish("orders.flaky", &1u32)
         .await
         .expect("publish");
-    let spans = spans_settle(&exporter, 3).await;
+    let spans = spans_settle(&exporter, 7).await;
     let send = one(&spans, "send orders.flaky");
     let attempts = by_name(&spans, "process orders.flaky");
     assert_eq!(attempts.len(), 2, "{:#?}", names(&spans));
+    // Each delivery received, the failed one handed back, the second acknowledged.
+    assert_eq!(by_name(&spans, "receive orders.flaky").len(), 2);
+    assert_eq!(
+        one(&spans, "nack orders.flaky").parent_span_id,
+        send.span_context.span_id()
+    );
+    assert_eq!(
+        one(&spans, "ack orders.flaky").parent_span_id,
+        send.span_context.span_id()
+    );
+    assert_eq!(spans.len(), 7, "{:#?}", names(&spans));
     let mut seen_attempts: HashMap<String, &Status> = HashMap::new();
     for attempt in &attempts {
         assert_eq!(attempt.parent_span_id, send.span_context.span_id());

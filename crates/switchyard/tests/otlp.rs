@@ -137,7 +137,7 @@ async fn spans_reach_an_otlp_http_receiver_as_one_trace() {
     let spans = loop {
         tracing.flush();
         let spans = received.lock().expect("lock").clone();
-        if spans.len() >= 6 || Instant::now() > until {
+        if spans.len() >= 8 || Instant::now() > until {
             break spans;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -148,6 +148,8 @@ async fn spans_reach_an_otlp_http_receiver_as_one_trace() {
     let server_stock = find(&spans, "stock/reserve", SpanKind::Server);
     let send = find(&spans, "send orders.placed", SpanKind::Producer);
     let process = find(&spans, "process orders.placed", SpanKind::Consumer);
+    let receive = find(&spans, "receive orders.placed", SpanKind::Consumer);
+    let ack = find(&spans, "ack orders.placed", SpanKind::Client);
     assert!(
         client_front.parent.is_empty(),
         "the first hop starts the trace"
@@ -157,12 +159,14 @@ async fn spans_reach_an_otlp_http_receiver_as_one_trace() {
     assert_eq!(server_stock.parent, client_stock.id, "in process");
     assert_eq!(send.parent, server_front.id);
     assert_eq!(process.parent, send.id);
+    assert_eq!(receive.parent, send.id);
+    assert_eq!(ack.parent, send.id);
     let traces: HashMap<&[u8], usize> = spans.iter().fold(HashMap::new(), |mut m, s| {
         *m.entry(s.trace.as_slice()).or_default() += 1;
         m
     });
     assert_eq!(traces.len(), 1, "one trace: {spans:#?}");
-    assert_eq!(spans.len(), 6, "{spans:#?}");
+    assert_eq!(spans.len(), 8, "{spans:#?}");
     assert!(spans.iter().all(|s| s.service == "shop"), "{spans:#?}");
     drop(tracing);
     assert!(!switchyard::middleware::trace::enabled());

@@ -35,7 +35,7 @@ use tower::Layer;
 use super::routed::{call_ready, CallInner, Routed};
 use crate::context::{trace, Context};
 use crate::error::{CallError, HandlerError};
-use crate::message::{header, Headers};
+use crate::message::{header, Envelope, Headers};
 use crate::values::Reply;
 
 /// The W3C baggage header, passed on untouched like `tracestate`.
@@ -146,6 +146,23 @@ impl HopSpan {
         links: Vec<Link>,
         headers: &mut Headers,
     ) -> Self {
+        let span = Self::under(name, kind, attributes, links, headers);
+        let own = span.0.span_context();
+        if own.is_valid() {
+            headers.insert(header::TRACEPARENT, traceparent(own));
+        }
+        span
+    }
+
+    /// Starts a span under the context `headers` carry, leaving them as they are: for a step
+    /// no hop follows (receiving, settling).
+    fn under(
+        name: String,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+        links: Vec<Link>,
+        headers: &Headers,
+    ) -> Self {
         let parent = match remote_parent(headers) {
             Some(remote) => opentelemetry::Context::new().with_remote_span_context(remote),
             None => opentelemetry::Context::new(),
@@ -157,10 +174,6 @@ impl HopSpan {
             .with_attributes(attributes)
             .with_links(links)
             .start_with_context(tracer.as_ref(), &parent);
-        let own = span.span_context();
-        if own.is_valid() {
-            headers.insert(header::TRACEPARENT, traceparent(own));
-        }
         Self(span)
     }
 
@@ -267,6 +280,43 @@ pub(crate) fn process(
         Vec::new(),
         headers,
     ))
+}
+
+/// The span of a delivery of `envelope` taken by a consumer (kind consumer), when spans are
+/// on: from the moment it came off the subscription to the start of its handling (time
+/// spent waiting for a worker, or behind its key). Under the message's own context, beside
+/// its process and settle spans.
+pub(crate) fn receive(envelope: &Envelope) -> Option<HopSpan> {
+    enabled().then(|| {
+        let mut attributes = messaging("receive", &envelope.subject, &envelope.id);
+        attributes.push(KeyValue::new(
+            "messaging.delivery.attempt",
+            i64::from(envelope.headers.attempt()),
+        ));
+        HopSpan::under(
+            format!("receive {}", envelope.subject),
+            SpanKind::Consumer,
+            attributes,
+            Vec::new(),
+            &envelope.headers,
+        )
+    })
+}
+
+/// The span of settling a delivery of `envelope` with the broker (kind client), when spans
+/// are on: `operation` is `ack` or `nack`.
+pub(crate) fn settle(operation: &'static str, envelope: &Envelope) -> Option<HopSpan> {
+    enabled().then(|| {
+        let mut attributes = messaging("settle", &envelope.subject, &envelope.id);
+        attributes.push(KeyValue::new("messaging.operation.name", operation));
+        HopSpan::under(
+            format!("{operation} {}", envelope.subject),
+            SpanKind::Client,
+            attributes,
+            Vec::new(),
+            &envelope.headers,
+        )
+    })
 }
 
 /// The span of a dead letter published on `topic` (kind producer), when spans are on: its
