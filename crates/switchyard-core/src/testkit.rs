@@ -2181,6 +2181,42 @@ pub async fn log_replayed_from_the_beginning(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
+/// A log whose messages were published many at once (sent in batches, spread over partitions)
+/// is caught up only once the last of them is read: the end a log is opened with is where
+/// its last message stands, not where the broker's offsets say its last batch starts.
+pub async fn log_caught_up_after_its_last_message(h: &Harness) -> Outcome {
+    use crate::event_log::EventLog;
+    let (_url, transport) = h.open();
+    if !transport.capabilities().replay {
+        return Outcome::Skipped("replay: the transport keeps no log".into());
+    }
+    let t = topic("logend");
+    const MANY: usize = 300;
+    publish_all(
+        &transport,
+        (0..MANY).map(|n| numbered(&t, n, None)).collect(),
+        64,
+    )
+    .await;
+    let mut log = EventLog::open(transport.as_ref(), &t, None)
+        .await
+        .expect("open the log");
+    let mut seen = std::collections::BTreeSet::new();
+    while !log.caught_up() {
+        assert!(
+            seen.insert(next_in_log(&mut log, h.patience).await),
+            "each message once"
+        );
+    }
+    assert_eq!(
+        seen.len(),
+        MANY,
+        "caught up after {} of the {MANY} messages the log held",
+        seen.len()
+    );
+    Outcome::Passed
+}
+
 /// A [`View`](crate::event_log::View) folds the log into its state, dead-letters (to
 /// `<topic>.dlq`, kept for the dead-letter group) what its fold refuses, writes a snapshot when
 /// it stops and, started again from it, folds only what came after.
@@ -2292,7 +2328,8 @@ macro_rules! conformance_suite {
             oversized_publish_is_rejected, url_options_follow_one_grammar,
             reconnect_after_restart, ordered_consumption, two_services_share_a_namespace,
             envelope_id_and_headers_survive, layers_see_every_call_and_event,
-            log_replayed_from_the_beginning, view_folds_and_starts_from_its_snapshot);
+            log_replayed_from_the_beginning, log_caught_up_after_its_last_message,
+            view_folds_and_starts_from_its_snapshot);
     };
     (@cases $harness:expr; $($case:ident),*) => {
         $(

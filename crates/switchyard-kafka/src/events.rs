@@ -465,16 +465,27 @@ impl Subscriber for KafkaTransport {
             self.inner.ensure_topic(&topic).await?;
             let config = self.inner.base_config();
             let end = tokio::task::spawn_blocking(move || -> Result<LogCursor, KafkaError> {
-                let reader: BaseConsumer = config.clone().set("group.id", "sy-log-end").create()?;
+                let reader: BaseConsumer = config
+                    .clone()
+                    .set("group.id", "sy-log-end")
+                    .set("enable.partition.eof", "true")
+                    .create()?;
                 let wait = Duration::from_secs(10);
-                let mut end = LogCursor::new();
+                let mut last: HashMap<i32, i64> = HashMap::new();
+                let mut from = TopicPartitionList::new();
                 for t in reader.fetch_metadata(Some(&topic), wait)?.topics() {
                     for p in t.partitions() {
                         let (low, high) = reader.fetch_watermarks(&topic, p.id(), wait)?;
                         if high > low {
-                            end.set(p.id().to_string(), (high - 1).to_string());
+                            last.insert(p.id(), high - 1);
+                            from.add_partition_offset(&topic, p.id(), Offset::Offset(high - 1))?;
                         }
                     }
+                }
+                read_to_the_end(&reader, from, &mut last)?;
+                let mut end = LogCursor::new();
+                for (partition, offset) in last {
+                    end.set(partition.to_string(), offset.to_string());
                 }
                 Ok(end)
             })
@@ -633,6 +644,36 @@ impl Subscriber for KafkaTransport {
             Ok(Box::pin(stream) as Subscription)
         })
     }
+}
+
+/// Reads each partition of `from` from its offset to its end, raising `last` to the offset of
+/// the last record there. A broker may say a partition ends at the first record of its last
+/// batch (Tansu does: its high watermark stays there), and a view would then call itself
+/// caught up with that batch unread; the records fetched from there say where it really ends.
+fn read_to_the_end(
+    reader: &BaseConsumer,
+    from: TopicPartitionList,
+    last: &mut HashMap<i32, i64>,
+) -> Result<(), KafkaError> {
+    let mut open = from.count();
+    if open == 0 {
+        return Ok(());
+    }
+    reader.assign(&from)?;
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while open > 0 && std::time::Instant::now() < until {
+        // Nothing more for a moment: the end is reached on every partition still open.
+        match reader.poll(Duration::from_millis(200)) {
+            None => break,
+            Some(Ok(m)) => {
+                let kept = last.entry(m.partition()).or_insert(m.offset());
+                *kept = (*kept).max(m.offset());
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => open -= 1,
+            Some(Err(e)) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
