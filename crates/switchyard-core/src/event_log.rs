@@ -68,7 +68,11 @@ impl LogCursor {
         };
         match self.0.get_mut(lane) {
             Some(kept) if !is_after(place, kept) => {}
-            Some(kept) => *kept = place.to_string(),
+            // Written over in place: one message after another, no allocation.
+            Some(kept) => {
+                kept.clear();
+                kept.push_str(place);
+            }
             None => {
                 self.0.insert(lane.to_string(), place.to_string());
             }
@@ -86,12 +90,16 @@ impl LogCursor {
 
 /// Whether place `a` comes after place `b`. Places are numbers (offsets, sequences) or
 /// numbers joined by `-` (Redis entry ids, `ms-seq`), compared part by part as numbers.
+/// Read for every message (and every lane of the end while a reader catches up), so nothing
+/// is allocated: the parts are parsed as they are compared.
 fn is_after(a: &str, b: &str) -> bool {
-    let parts = |s: &str| -> Option<Vec<u64>> { s.split('-').map(|p| p.parse().ok()).collect() };
-    match (parts(a), parts(b)) {
-        (Some(a), Some(b)) => a > b,
-        _ => a > b,
+    fn parts(s: &str) -> impl Iterator<Item = Option<u64>> + '_ {
+        s.split('-').map(|p| p.parse().ok())
     }
+    if parts(a).chain(parts(b)).any(|p| p.is_none()) {
+        return a > b;
+    }
+    parts(a).flatten().cmp(parts(b).flatten()) == std::cmp::Ordering::Greater
 }
 
 /// A topic read as a log: what it keeps from the beginning (or from a cursor on), then what
@@ -155,14 +163,15 @@ impl EventLog {
             Ok(d) => d,
             Err(e) => return Some(Err(e)),
         };
-        let mut envelope = delivery.envelope.clone();
-        middleware::limit::mark_unreadable(&mut envelope, delivery.unreadable_reason());
+        let unreadable = delivery.unreadable_reason().map(str::to_string);
+        // A log reader's settling does nothing; done so that no transport waits on it.
+        let (mut envelope, settled) = delivery.ack_and_take().await;
+        if let Err(e) = settled {
+            tracing::debug!(target: "switchyard", error = %e, "log delivery not settled");
+        }
+        middleware::limit::mark_unreadable(&mut envelope, unreadable.as_deref());
         if let Some(p) = envelope.headers.get(header::LOG_POSITION) {
             self.cursor.advance(p);
-        }
-        // A log reader's settling does nothing; done so that no transport waits on it.
-        if let Err(e) = delivery.ack().await {
-            tracing::debug!(target: "switchyard", error = %e, "log delivery not settled");
         }
         Some(Ok(envelope))
     }
@@ -558,6 +567,9 @@ mod tests {
         assert!(is_after("1700000000001-0", "1700000000000-5"));
         assert!(is_after("1700000000000-10", "1700000000000-9"));
         assert!(!is_after("5", "5"));
+        assert!(is_after("1-2", "1"), "more parts, the same before: after");
+        assert!(is_after("b", "a"), "not numbers: compared as text");
+        assert!(is_after("9", "10x"), "one of them not a number: as text");
     }
 
     #[test]

@@ -241,6 +241,17 @@ impl Delivery {
         }
     }
 
+    /// Acknowledges the message and hands it back, with no copy made: for a reader that keeps
+    /// what it read, like a log reader. Read [`Delivery::unreadable_reason`] before.
+    pub async fn ack_and_take(mut self) -> (Envelope, Result<(), TransportError>) {
+        let envelope = self.take_envelope();
+        let settled = match self.acker.take() {
+            Some(a) => a.ack().await,
+            None => Ok(()),
+        };
+        (envelope, settled)
+    }
+
     /// Rejects the message for redelivery, after `delay` if given.
     pub async fn nack(mut self, delay: Option<Duration>) -> Result<(), TransportError> {
         match self.acker.take() {

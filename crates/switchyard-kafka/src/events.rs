@@ -1,7 +1,7 @@
 //! Events: produce with the ordering key as record key, consume in groups committing only
 //! settled offsets, redeliver through a retry topic.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -660,12 +660,19 @@ fn read_to_the_end(
         return Ok(());
     }
     reader.assign(&from)?;
+    // Each partition is read from a record that exists, so each gives one: until then the
+    // first fetch is waited for; after, a batch comes whole, and a moment with nothing more
+    // means the end (Tansu sends no end-of-partition event).
+    let mut heard = HashSet::new();
     let until = std::time::Instant::now() + Duration::from_secs(10);
     while open > 0 && std::time::Instant::now() < until {
-        // Nothing more for a moment: the end is reached on every partition still open.
-        match reader.poll(Duration::from_millis(200)) {
-            None => break,
+        let all_heard = heard.len() >= from.count();
+        let wait = Duration::from_millis(if all_heard { 20 } else { 500 });
+        match reader.poll(wait) {
+            None if all_heard => break,
+            None => {}
             Some(Ok(m)) => {
+                heard.insert(m.partition());
                 let kept = last.entry(m.partition()).or_insert(m.offset());
                 *kept = (*kept).max(m.offset());
             }
