@@ -776,7 +776,8 @@ pub async fn competing_consumers(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
-/// Every broadcast subscriber gets every message.
+/// Every broadcast subscriber gets every message published after it subscribed, and none
+/// published before.
 pub async fn broadcast(h: &Harness) -> Outcome {
     let (url, publisher) = h.open();
     if !publisher.capabilities().broadcast {
@@ -784,6 +785,16 @@ pub async fn broadcast(h: &Harness) -> Outcome {
     }
     let t = topic("broadcast");
     let n = 50;
+    // Published (many at once, so in batches) before anyone subscribed: nobody gets these.
+    // A transport with nobody to take them (HTTP) refuses them, which is as good.
+    futures::stream::iter((1000..1100).map(|i| numbered(&t, i, None)))
+        .for_each_concurrent(64, |env| {
+            let publisher = publisher.clone();
+            async move {
+                let _ = publisher.publish(env).await;
+            }
+        })
+        .await;
     let a = h
         .connect(&url)
         .subscribe(&t, SubscribeOptions::broadcast())
@@ -804,6 +815,12 @@ pub async fn broadcast(h: &Harness) -> Outcome {
     .await;
     for (name, r) in [("a", ra), ("b", rb)] {
         let got: HashSet<usize> = r.await.expect("reader").into_iter().map(|m| m.n).collect();
+        let old: Vec<&usize> = got.iter().filter(|m| **m >= 1000).collect();
+        assert!(
+            old.is_empty(),
+            "broadcast subscriber {name} got {} messages published before it subscribed",
+            old.len()
+        );
         assert_eq!(
             got.len(),
             n,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -465,27 +466,11 @@ impl Subscriber for KafkaTransport {
             self.inner.ensure_topic(&topic).await?;
             let config = self.inner.base_config();
             let end = tokio::task::spawn_blocking(move || -> Result<LogCursor, KafkaError> {
-                let reader: BaseConsumer = config
-                    .clone()
-                    .set("group.id", "sy-log-end")
-                    .set("enable.partition.eof", "true")
-                    .create()?;
-                let wait = Duration::from_secs(10);
-                let mut last: HashMap<i32, i64> = HashMap::new();
-                let mut from = TopicPartitionList::new();
-                for t in reader.fetch_metadata(Some(&topic), wait)?.topics() {
-                    for p in t.partitions() {
-                        let (low, high) = reader.fetch_watermarks(&topic, p.id(), wait)?;
-                        if high > low {
-                            last.insert(p.id(), high - 1);
-                            from.add_partition_offset(&topic, p.id(), Offset::Offset(high - 1))?;
-                        }
-                    }
-                }
-                read_to_the_end(&reader, from, &mut last)?;
                 let mut end = LogCursor::new();
-                for (partition, offset) in last {
-                    end.set(partition.to_string(), offset.to_string());
+                for p in partition_ends(&end_reader(config)?, &topic)? {
+                    if p.next > p.low {
+                        end.set(p.partition.to_string(), (p.next - 1).to_string());
+                    }
                 }
                 Ok(end)
             })
@@ -564,29 +549,35 @@ impl Subscriber for KafkaTransport {
                     None => vec![topic.clone(), retry_topic.clone()],
                 };
                 let (c, from) = (consumer.clone(), replay.clone());
+                let config = self.inner.base_config();
                 let tpl = tokio::task::spawn_blocking(move || {
                     let mut tpl = TopicPartitionList::new();
                     for name in &names {
-                        let md = c.fetch_metadata(Some(name), Duration::from_secs(10))?;
-                        for t in md.topics() {
-                            for p in t.partitions() {
-                                let offset = match &from {
-                                    // Just after the cursor's place, or the beginning.
-                                    Some(after) => after
-                                        .as_ref()
-                                        .and_then(|a| a.get(&p.id().to_string()))
-                                        .and_then(|o| o.parse::<i64>().ok())
-                                        .map_or(Offset::Beginning, |o| Offset::Offset(o + 1)),
-                                    None => {
-                                        let (_, high) = c.fetch_watermarks(
-                                            name,
-                                            p.id(),
-                                            Duration::from_secs(10),
-                                        )?;
-                                        Offset::Offset(high)
+                        match &from {
+                            // Just after the cursor's place, or the beginning.
+                            Some(after) => {
+                                let md = c.fetch_metadata(Some(name), Duration::from_secs(10))?;
+                                for t in md.topics() {
+                                    for p in t.partitions() {
+                                        let offset = after
+                                            .as_ref()
+                                            .and_then(|a| a.get(&p.id().to_string()))
+                                            .and_then(|o| o.parse::<i64>().ok())
+                                            .map_or(Offset::Beginning, |o| Offset::Offset(o + 1));
+                                        tpl.add_partition_offset(name, p.id(), offset)?;
                                     }
-                                };
-                                tpl.add_partition_offset(name, p.id(), offset)?;
+                                }
+                            }
+                            // Just after the last record there is now.
+                            None => {
+                                let reader = end_reader(config.clone())?;
+                                for p in partition_ends(&reader, name)? {
+                                    tpl.add_partition_offset(
+                                        name,
+                                        p.partition,
+                                        Offset::Offset(p.next),
+                                    )?;
+                                }
                             }
                         }
                     }
@@ -644,6 +635,53 @@ impl Subscriber for KafkaTransport {
             Ok(Box::pin(stream) as Subscription)
         })
     }
+}
+
+/// Where one partition ends now.
+struct PartitionEnd {
+    partition: i32,
+    /// Its first offset still kept.
+    low: i64,
+    /// The offset after its last record (`low` when it keeps none).
+    next: i64,
+}
+
+/// A consumer of no group's for reading where partitions end.
+fn end_reader(mut config: ClientConfig) -> Result<BaseConsumer, KafkaError> {
+    config
+        .set("group.id", "sy-log-end")
+        .set("enable.partition.eof", "true")
+        .create()
+}
+
+/// Where each partition of `topic` ends now: from the broker's high watermarks, then read
+/// from there to the last record (see [`read_to_the_end`]).
+fn partition_ends(reader: &BaseConsumer, topic: &str) -> Result<Vec<PartitionEnd>, KafkaError> {
+    let wait = Duration::from_secs(10);
+    let mut ends = Vec::new();
+    let mut last: HashMap<i32, i64> = HashMap::new();
+    let mut from = TopicPartitionList::new();
+    for t in reader.fetch_metadata(Some(topic), wait)?.topics() {
+        for p in t.partitions() {
+            let (low, high) = reader.fetch_watermarks(topic, p.id(), wait)?;
+            if high > low {
+                last.insert(p.id(), high - 1);
+                from.add_partition_offset(topic, p.id(), Offset::Offset(high - 1))?;
+            }
+            ends.push(PartitionEnd {
+                partition: p.id(),
+                low,
+                next: high,
+            });
+        }
+    }
+    read_to_the_end(reader, from, &mut last)?;
+    for end in &mut ends {
+        if let Some(l) = last.get(&end.partition) {
+            end.next = end.next.max(l + 1);
+        }
+    }
+    Ok(ends)
 }
 
 /// Reads each partition of `from` from its offset to its end, raising `last` to the offset of
