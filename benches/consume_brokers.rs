@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use switchyard::transport::{SubscribeOptions, Transport};
-use switchyard::Envelope;
 
 const N_DEFAULT: usize = 20_000;
 /// Messages per round; `BENCH_N` changes it (for profiling).
@@ -27,20 +26,6 @@ static N: LazyLock<usize> = LazyLock::new(|| {
         .unwrap_or(N_DEFAULT)
 });
 const ROUNDS: usize = 3;
-
-async fn fill(t: &std::sync::Arc<dyn Transport>, topic: &str) {
-    futures::stream::iter(0..*N)
-        .for_each_concurrent(64, |i| {
-            let t = t.clone();
-            let topic = topic.to_string();
-            async move {
-                t.publish(Envelope::new(topic, format!(r#"{{"n":{i}}}"#)))
-                    .await
-                    .expect("publish");
-            }
-        })
-        .await;
-}
 
 async fn ours(t: &std::sync::Arc<dyn Transport>, topic: &str) -> f64 {
     let mut sub = t
@@ -187,46 +172,9 @@ async fn redis_raw(topic: &str) -> f64 {
     (*N - 1) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Deletes what a round left in brokers that keep it (NATS streams on disk, Redis streams).
-async fn cleanup(name: &str, topics: [&String; 2]) {
-    match name {
-        "nats" => {
-            let client = async_nats::connect("nats://127.0.0.1:4222")
-                .await
-                .expect("nats");
-            let js = async_nats::jetstream::new(client);
-            for t in topics {
-                let _ = js
-                    .delete_stream(format!("SY_{}", t.replace('.', "_")))
-                    .await;
-            }
-        }
-        "redis" => {
-            let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis");
-            if let Ok(mut con) = client.get_multiplexed_async_connection().await {
-                for t in topics {
-                    let _: Result<i64, _> = redis::cmd("DEL")
-                        .arg(format!("sy:s:{t}"))
-                        .query_async(&mut con)
-                        .await;
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
 async fn nats_raw(topic: &str) -> f64 {
     use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-    let client = async_nats::connect("nats://127.0.0.1:4222")
-        .await
-        .expect("nats");
-    let js = async_nats::jetstream::new(client);
-    // The stream switchyard wrote the messages to (`SY_` + the topic, `.` → `_`).
-    let stream = js
-        .get_stream(format!("SY_{}", topic.replace('.', "_")))
-        .await
-        .expect("stream");
+    let stream = common::nats_stored(topic).await;
     let consumer: async_nats::jetstream::consumer::PullConsumer = stream
         .create_consumer(pull::Config {
             durable_name: Some("raw".into()),
@@ -237,17 +185,7 @@ async fn nats_raw(topic: &str) -> f64 {
         })
         .await
         .expect("consumer");
-    let mut messages = consumer.messages().await.expect("messages");
-    let mut start = Instant::now();
-    for i in 0..*N {
-        let m = messages.next().await.expect("open").expect("message");
-        if i == 0 {
-            start = Instant::now();
-        }
-        std::hint::black_box(&m.payload);
-        m.ack().await.expect("ack");
-    }
-    (*N - 1) as f64 / start.elapsed().as_secs_f64()
+    common::nats_read(consumer, *N, true).await
 }
 
 fn main() {
@@ -287,8 +225,8 @@ fn main() {
                         );
                     }
                 }
-                fill(&t, &raw_topic).await;
-                fill(&t, &our_topic).await;
+                common::fill(&t, &raw_topic, *N).await;
+                common::fill(&t, &our_topic, *N).await;
                 let raw_once = || async {
                     match name {
                         "amqp" => amqp_raw(&format!("{raw_topic}:bench")).await,
@@ -307,7 +245,7 @@ fn main() {
                 raw.push(r);
                 our.push(o);
                 ratio.push(o / r);
-                cleanup(name, [&raw_topic, &our_topic]).await;
+                common::delete_stored(name, &[&raw_topic, &our_topic]).await;
                 if name == "kafka" {
                     // A second group reads the same stored messages.
                     let rh = kafka_raw(&raw_topic, true).await;

@@ -16,7 +16,6 @@ use common::median;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use switchyard::event_log::{EventLog, View};
 use switchyard::transport::Transport;
 use switchyard::Envelope;
@@ -29,20 +28,6 @@ static N: LazyLock<usize> = LazyLock::new(|| {
         .unwrap_or(N_DEFAULT)
 });
 const ROUNDS: usize = 3;
-
-async fn fill(t: &Arc<dyn Transport>, topic: &str) {
-    futures::stream::iter(0..*N)
-        .for_each_concurrent(64, |i| {
-            let t = t.clone();
-            let topic = topic.to_string();
-            async move {
-                t.publish(Envelope::new(topic, format!(r#"{{"n":{i}}}"#)))
-                    .await
-                    .expect("publish");
-            }
-        })
-        .await;
-}
 
 /// Messages a second from the first to the `N`th.
 fn rate(start: Instant) -> f64 {
@@ -127,15 +112,7 @@ async fn kafka_raw(topic: &str) -> f64 {
 
 async fn nats_raw(topic: &str) -> f64 {
     use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-    let client = async_nats::connect("nats://127.0.0.1:4222")
-        .await
-        .expect("nats");
-    let js = async_nats::jetstream::new(client);
-    // The stream switchyard wrote the messages to (`SY_` + the topic, `.` → `_`).
-    let stream = js
-        .get_stream(format!("SY_{}", topic.replace('.', "_")))
-        .await
-        .expect("stream");
+    let stream = common::nats_stored(topic).await;
     let consumer: async_nats::jetstream::consumer::PullConsumer = stream
         .create_consumer(pull::Config {
             ack_policy: AckPolicy::None,
@@ -144,16 +121,7 @@ async fn nats_raw(topic: &str) -> f64 {
         })
         .await
         .expect("consumer");
-    let mut messages = consumer.messages().await.expect("messages");
-    let mut start = Instant::now();
-    for i in 0..*N {
-        let m = messages.next().await.expect("open").expect("message");
-        if i == 0 {
-            start = Instant::now();
-        }
-        std::hint::black_box(&m.payload);
-    }
-    rate(start)
+    common::nats_read(consumer, *N, false).await
 }
 
 async fn redis_raw(topic: &str) -> f64 {
@@ -187,31 +155,6 @@ async fn redis_raw(topic: &str) -> f64 {
     rate(start)
 }
 
-/// Deletes what a round left in brokers that keep it on disk or in memory.
-async fn cleanup(name: &str, topic: &str) {
-    match name {
-        "nats" => {
-            let client = async_nats::connect("nats://127.0.0.1:4222")
-                .await
-                .expect("nats");
-            let js = async_nats::jetstream::new(client);
-            let _ = js
-                .delete_stream(format!("SY_{}", topic.replace('.', "_")))
-                .await;
-        }
-        "redis" => {
-            let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis");
-            if let Ok(mut con) = client.get_multiplexed_async_connection().await {
-                let _: Result<i64, _> = redis::cmd("DEL")
-                    .arg(format!("sy:s:{topic}"))
-                    .query_async(&mut con)
-                    .await;
-            }
-        }
-        _ => {}
-    }
-}
-
 fn main() {
     common::runtime().block_on(async {
         for (name, addr, url) in [
@@ -229,7 +172,7 @@ fn main() {
             let (mut raw, mut logs, mut views) = (vec![], vec![], vec![]);
             for round in 0..ROUNDS {
                 let topic = format!("bench.replay.{}", &switchyard::message::new_id()[..8]);
-                fill(&t, &topic).await;
+                common::fill(&t, &topic, *N).await;
                 // Every side reads the same stored messages; who reads first turns.
                 let mut order = ["raw", "log", "view"];
                 order.rotate_left(round % 3);
@@ -249,7 +192,7 @@ fn main() {
                         _ => views.push(view(&t, &topic).await),
                     }
                 }
-                cleanup(name, &topic).await;
+                common::delete_stored(name, &[&topic]).await;
             }
             if raw.is_empty() || logs.is_empty() || views.is_empty() {
                 continue;

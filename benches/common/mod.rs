@@ -160,3 +160,86 @@ impl Rates {
         );
     }
 }
+
+/// Publishes `n` small JSON events on `topic`, 64 at a time, each confirmed: what the consume
+/// and replay benchmarks read back.
+pub async fn fill(t: &std::sync::Arc<dyn switchyard::transport::Transport>, topic: &str, n: usize) {
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .for_each_concurrent(64, |i| {
+            let t = t.clone();
+            let topic = topic.to_string();
+            async move {
+                t.publish(switchyard::Envelope::new(topic, format!(r#"{{"n":{i}}}"#)))
+                    .await
+                    .expect("publish");
+            }
+        })
+        .await;
+}
+
+/// The JetStream stream switchyard keeps `topic` in (`SY_` + the topic, `.` → `_`).
+pub fn nats_stream(topic: &str) -> String {
+    format!("SY_{}", topic.replace('.', "_"))
+}
+
+/// That stream, for a raw async-nats client to read.
+pub async fn nats_stored(topic: &str) -> async_nats::jetstream::stream::Stream {
+    let client = async_nats::connect("nats://127.0.0.1:4222")
+        .await
+        .expect("nats");
+    async_nats::jetstream::new(client)
+        .get_stream(nats_stream(topic))
+        .await
+        .expect("stream")
+}
+
+/// Deletes what a round left in `broker`s that keep it (NATS streams on disk, Redis streams).
+pub async fn delete_stored(broker: &str, topics: &[&str]) {
+    match broker {
+        "nats" => {
+            let client = async_nats::connect("nats://127.0.0.1:4222")
+                .await
+                .expect("nats");
+            let js = async_nats::jetstream::new(client);
+            for t in topics {
+                let _ = js.delete_stream(nats_stream(t)).await;
+            }
+        }
+        "redis" => {
+            let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis");
+            if let Ok(mut con) = client.get_multiplexed_async_connection().await {
+                for t in topics {
+                    let _: Result<i64, _> = redis::cmd("DEL")
+                        .arg(format!("sy:s:{t}"))
+                        .query_async(&mut con)
+                        .await;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Reads `n` messages from a JetStream pull consumer, acknowledging each when `ack`: messages
+/// a second, the clock started at the first.
+pub async fn nats_read(
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    n: usize,
+    ack: bool,
+) -> f64 {
+    use futures::StreamExt;
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut start = Instant::now();
+    for i in 0..n {
+        let m = messages.next().await.expect("open").expect("message");
+        if i == 0 {
+            start = Instant::now();
+        }
+        std::hint::black_box(&m.payload);
+        if ack {
+            m.ack().await.expect("ack");
+        }
+    }
+    (n - 1) as f64 / start.elapsed().as_secs_f64()
+}

@@ -163,6 +163,54 @@ pub fn require_program(test: &str, program: &str) -> bool {
     runs || skip_or_fail(test, &format!("{program} cannot be run"))
 }
 
+/// Waits up to `within` for `done` to hold, looking every 50 ms; panics naming `what` if it
+/// does not.
+pub async fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Calls `route` with `args` until it is answered, for at most `within` (a service coming back
+/// after its broker restarted, say); panics with the last error if it is not.
+pub async fn answered<A, R>(client: &Client, route: &str, args: A, within: Duration) -> R
+where
+    A: Serialize + Clone + Send + 'static,
+    R: serde::de::DeserializeOwned + 'static,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match client.call::<A, R>(route, args.clone()).await {
+            Ok(r) => return r,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{route} not answered within {within:?}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Starts `program` with `args` as a server of the test's own, its output dropped, and
+/// waits until it listens on `port` (loopback); killed when the result is dropped.
+pub fn start_server(program: &str, args: &[&str], port: u16) -> Killed {
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {program}: {e}"));
+    wait_for_port(program, &format!("127.0.0.1:{port}"), true);
+    Killed(child)
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

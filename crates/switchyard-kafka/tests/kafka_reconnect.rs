@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_core::testkit::{self, free_port, wait_for_port, CutProxy, Harness, Killed};
+use switchyard_core::testkit::{
+    self, eventually, free_port, wait_for_port, CutProxy, Harness, Killed,
+};
 use switchyard_core::transport::{SubscribeOptions, Subscriber, Transport};
 use switchyard_kafka::KafkaTransport;
 
@@ -81,15 +83,6 @@ async fn reconnect_after_connections_cut() {
     testkit::check(CASE, testkit::reconnect_after_restart(&h).await);
 }
 
-/// Waits up to `within` for `done`, checking every 50 ms.
-async fn until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// While the broker cannot be reached, a transport consuming from it says it is not connected
 /// (what `/readyz` reports), and connected again once it can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +98,7 @@ async fn connected_follows_the_broker() {
         .subscribe(&topic, SubscribeOptions::group("g"))
         .await
         .expect("subscribe");
-    until(
+    eventually(
         Duration::from_secs(10),
         "connected while Tansu runs",
         || transport.connected(),
@@ -115,7 +108,7 @@ async fn connected_follows_the_broker() {
         let proxy = proxy.clone();
         async move { proxy.cut(Duration::from_secs(10)).await }
     });
-    until(
+    eventually(
         Duration::from_secs(6),
         "not connected while Tansu is cut off",
         || !transport.connected(),
@@ -128,7 +121,7 @@ async fn connected_follows_the_broker() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     outage.await.expect("outage");
-    until(
+    eventually(
         Duration::from_secs(30),
         "connected once Tansu is back",
         || transport.connected(),

@@ -7,13 +7,14 @@
 //! MQTT here keeps clean sessions, so what was in flight during the restart may be lost (the
 //! transport declares itself not durable); this test checks reconnection, not retention.
 
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use switchyard_core::message::Envelope;
-use switchyard_core::testkit::{free_port, require_program, wait_for_port, Killed};
+use switchyard_core::testkit::{
+    answered, eventually, free_port, require_program, start_server, wait_for_port, Killed,
+};
 use switchyard_core::transport::{Publisher, SubscribeOptions, Subscriber, Transport};
 use switchyard_core::{rpc, Client, Service};
 use switchyard_mqtt::MqttTransport;
@@ -21,23 +22,7 @@ use switchyard_mqtt::MqttTransport;
 /// Starts a Mosquitto of this test's own on `port` (no configuration file: loopback only,
 /// anonymous clients allowed).
 fn start_mosquitto(port: u16) -> Killed {
-    let child = Command::new("mosquitto")
-        .args(["-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mosquitto");
-    wait_for_port("Mosquitto", &format!("127.0.0.1:{port}"), true);
-    Killed(child)
-}
-
-/// Waits up to `within` for `done`, checking every 50 ms.
-async fn until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    start_server("mosquitto", &["-p", &port.to_string()], port)
 }
 
 async fn shout(text: String) -> String {
@@ -85,7 +70,7 @@ async fn reconnects_after_restart() {
     })
     .await
     .expect("stop");
-    until(
+    eventually(
         Duration::from_secs(10),
         "not connected once Mosquitto is gone",
         || !transport.connected(),
@@ -102,7 +87,7 @@ async fn reconnects_after_restart() {
     })
     .await
     .expect("restart");
-    until(
+    eventually(
         Duration::from_secs(30),
         "connected once Mosquitto is back",
         || transport.connected(),
@@ -111,21 +96,13 @@ async fn reconnects_after_restart() {
 
     // Calls come back once the server re-subscribed and the client reconnected.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let reply = loop {
-        match client
-            .call::<_, String>("/shout", "after".to_string())
-            .await
-        {
-            Ok(r) => break r,
-            Err(e) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "no call succeeded within 60 s after the restart: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let reply: String = answered(
+        &client,
+        "/shout",
+        "after".to_string(),
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(reply, "AFTER");
     // The subscription re-subscribed by itself: keep publishing until one arrives.
     let got = loop {

@@ -4,13 +4,14 @@
 //! connected again once it is back; calls are answered again, and the consumer, whose group
 //! the empty Redis no longer has, makes it again and takes what is published after.
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use switchyard_core::message::Envelope;
-use switchyard_core::testkit::{free_port, require_program, wait_for_port, Killed};
+use switchyard_core::testkit::{
+    answered, eventually, free_port, require_program, start_server, wait_for_port, Killed,
+};
 use switchyard_core::transport::{Publisher, Transport};
 use switchyard_core::{rpc, Client, Service};
 use switchyard_redis::RedisTransport;
@@ -19,36 +20,22 @@ const TEST: &str = "redis_reconnects_after_restart";
 
 /// Starts a Redis of this test's own on `port`: loopback only, no persistence.
 fn start_redis(port: u16) -> Killed {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    wait_for_port("redis-server", &format!("127.0.0.1:{port}"), true);
-    Killed(child)
+    let port_arg = port.to_string();
+    let args = [
+        "--port",
+        &port_arg,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    start_server("redis-server", &args, port)
 }
 
 async fn shout(text: String) -> String {
     text.to_uppercase()
-}
-
-/// Waits up to `within` for `done`, checking every 50 ms.
-async fn until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +76,7 @@ async fn reconnects_after_restart() {
         .publish(Envelope::new(&topic, b"1".to_vec()))
         .await
         .expect("publish");
-    until(
+    eventually(
         Duration::from_secs(10),
         "the event before the restart",
         || received.load(Ordering::SeqCst) == 1,
@@ -101,7 +88,7 @@ async fn reconnects_after_restart() {
     drop(redis.take());
     wait_for_port("redis-server", &format!("127.0.0.1:{port}"), false);
     // The serving connections read every half second at most: they find it gone.
-    until(
+    eventually(
         Duration::from_secs(10),
         "not connected once Redis is gone",
         || !transport.connected(),
@@ -111,7 +98,7 @@ async fn reconnects_after_restart() {
     assert_eq!(down, vec![transport.url()], "what /readyz names");
 
     redis = Some(start_redis(port));
-    until(
+    eventually(
         Duration::from_secs(30),
         "connected once Redis is back",
         || transport.connected(),
@@ -119,22 +106,13 @@ async fn reconnects_after_restart() {
     .await;
 
     // Calls come back once the service's heartbeat is written again (every second).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let reply = loop {
-        match client
-            .call::<_, String>("/shout", "after".to_string())
-            .await
-        {
-            Ok(r) => break r,
-            Err(e) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "no call answered within 30 s of the restart: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    let reply: String = answered(
+        &client,
+        "/shout",
+        "after".to_string(),
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(reply, "AFTER");
     // The restarted Redis is empty: the consumer makes its group again and takes what comes
     // next. Published once the group is back (a publish before it, to an empty stream, is
@@ -143,7 +121,7 @@ async fn reconnects_after_restart() {
         .publish(Envelope::new(&topic, b"10".to_vec()))
         .await
         .expect("publish after the restart");
-    until(
+    eventually(
         Duration::from_secs(30),
         "the event after the restart",
         || received.load(Ordering::SeqCst) == 11,
