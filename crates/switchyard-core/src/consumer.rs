@@ -10,6 +10,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::error::TransportError;
+use crate::middleware::dead_letter::FIRST_FAILED_AT;
 use crate::middleware::trace::{self, HopSpan};
 use crate::middleware::{self, ConsumerStack, Disposition};
 use crate::observe::EventOutcome;
@@ -286,5 +287,3 @@ fn settle_ended(
     }
     result
 }
-
-use crate::middleware::dead_letter::FIRST_FAILED_AT;
