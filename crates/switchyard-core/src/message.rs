@@ -5,6 +5,7 @@
 //! typed accessors; everything else stays a plain string pair so that a transport can carry it
 //! in its native header mechanism (HTTP headers, AMQP properties, Kafka record headers…).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,9 +67,27 @@ pub mod header {
 ///
 /// A sorted `Vec`, not a `BTreeMap`: a message carries a handful of headers, and the map's
 /// first insert allocated a 544-byte node for every envelope made or received (a `Vec` of four
-/// is 192 bytes, and a lookup is a binary search over a few entries).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, String)>);
+/// is 192 bytes, and a lookup is a binary search over a few entries). Shared until changed:
+/// a consumer copies each message on its way through its layers (the dead-letter layer keeps
+/// the original, a retry in place keeps one for the next attempt), and a copy of the headers
+/// was two allocations a header; now it is a count, and a write copies them only if they are
+/// shared. None at all while empty: a call made in process with no header allocates nothing.
+#[derive(Clone, Default)]
+pub struct Headers(Option<Arc<Vec<(String, String)>>>);
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries() == other.entries()
+    }
+}
+
+impl Eq for Headers {}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Headers").field(&self.entries()).finish()
+    }
+}
 
 impl Headers {
     /// An empty header set.
@@ -76,8 +95,18 @@ impl Headers {
         Self::default()
     }
 
+    fn entries(&self) -> &[(String, String)] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// The entries to change: copied first if another message shares them.
+    fn entries_mut(&mut self) -> &mut Vec<(String, String)> {
+        Arc::make_mut(self.0.get_or_insert_with(Default::default))
+    }
+
     fn find(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
+        self.entries()
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
     }
 
     /// The value of `name`, if set. Names are case-insensitive (stored lower-case).
@@ -87,7 +116,7 @@ impl Headers {
         } else {
             self.find(name)
         };
-        found.ok().map(|i| self.0[i].1.as_str())
+        found.ok().map(|i| self.entries()[i].1.as_str())
     }
 
     /// Sets `name` to `value`, replacing any earlier value.
@@ -95,30 +124,30 @@ impl Headers {
         let mut name = name.into();
         name.make_ascii_lowercase();
         match self.find(&name) {
-            Ok(i) => self.0[i].1 = value.into(),
-            Err(i) => self.0.insert(i, (name, value.into())),
+            Ok(i) => self.entries_mut()[i].1 = value.into(),
+            Err(i) => self.entries_mut().insert(i, (name, value.into())),
         }
     }
 
     /// Removes `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
         let i = self.find(&name.to_ascii_lowercase()).ok()?;
-        Some(self.0.remove(i).1)
+        Some(self.entries_mut().remove(i).1)
     }
 
     /// All headers, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.entries().iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// Number of headers.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.entries().len()
     }
 
     /// Whether there are no headers.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries().is_empty()
     }
 
     /// The remaining time the sender allows, from [`header::DEADLINE_MS`].
@@ -376,6 +405,25 @@ mod tests {
             Some("application/json")
         );
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn a_copy_of_headers_changes_apart_from_the_original() {
+        let mut a = Headers::new();
+        assert_eq!(a, Headers::new());
+        a.insert("x-one", "1");
+        let mut b = a.clone();
+        b.insert("x-one", "changed");
+        b.insert("x-two", "2");
+        assert_eq!(a.get("x-one"), Some("1"));
+        assert_eq!(a.get("x-two"), None);
+        assert_eq!(b.get("x-one"), Some("changed"));
+        let mut c = a.clone();
+        assert_eq!(c, a);
+        c.remove("x-one");
+        assert_eq!(a.len(), 1, "the original keeps what the copy removed");
+        assert_eq!(c, Headers::new(), "emptied equals empty");
+        assert_eq!(format!("{c:?}"), "Headers([])");
     }
 
     #[test]
