@@ -552,6 +552,8 @@ impl Subscriber for KafkaTransport {
                 let config = self.inner.base_config();
                 let tpl = tokio::task::spawn_blocking(move || {
                     let mut tpl = TopicPartitionList::new();
+                    // One client reads where every topic ends (made only when one is needed).
+                    let mut reader = None;
                     for name in &names {
                         match &from {
                             // Just after the cursor's place, or the beginning.
@@ -570,13 +572,17 @@ impl Subscriber for KafkaTransport {
                             }
                             // Just after the last record there is now.
                             None => {
-                                let reader = end_reader(config.clone())?;
-                                for p in partition_ends(&reader, name)? {
-                                    tpl.add_partition_offset(
-                                        name,
-                                        p.partition,
-                                        Offset::Offset(p.next),
-                                    )?;
+                                if reader.is_none() {
+                                    reader = Some(end_reader(config.clone())?);
+                                }
+                                if let Some(reader) = &reader {
+                                    for p in partition_ends(reader, name)? {
+                                        tpl.add_partition_offset(
+                                            name,
+                                            p.partition,
+                                            Offset::Offset(p.next),
+                                        )?;
+                                    }
                                 }
                             }
                         }
