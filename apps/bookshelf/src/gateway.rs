@@ -160,8 +160,7 @@ async fn add_book(State(peers): State<Peers>, body: Bytes) -> Response {
         Ok((StatusCode::CREATED, added)) => {
             (StatusCode::CREATED, Json(json!({ "id": added["id"] }))).into_response()
         }
-        Ok((status, why)) => (status, Json(why)).into_response(),
-        Err(r) => r.into_response(),
+        other => pass(other),
     }
 }
 
@@ -179,11 +178,11 @@ async fn last_read(State(peers): State<Peers>) -> Response {
 async fn finished(State(peers): State<Peers>, Path(id): Path<String>) -> Response {
     match peers.send(Which::ReadBook, Some(json!({ "id": id }))).await {
         Ok((StatusCode::CREATED, _)) => StatusCode::NO_CONTENT.into_response(),
-        Ok((status, why)) => (status, Json(why)).into_response(),
-        Err(r) => r.into_response(),
+        other => pass(other),
     }
 }
 
+/// A peer's answer passed on as it is, or the gateway's own when there was none.
 fn pass(answer: Result<(StatusCode, Value), Refusal>) -> Response {
     match answer {
         Ok((status, value)) => (status, Json(value)).into_response(),

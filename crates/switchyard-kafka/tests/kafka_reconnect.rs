@@ -9,9 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_core::testkit::{
-    self, eventually, free_port, wait_for_port, CutProxy, Harness, Killed,
-};
+use switchyard_core::testkit::{self, eventually, free_port, CutProxy, Harness, Killed};
 use switchyard_core::transport::{SubscribeOptions, Subscriber, Transport};
 use switchyard_kafka::KafkaTransport;
 
@@ -40,24 +38,21 @@ async fn tansu_behind_a_proxy(case: &str) -> Option<(Arc<CutProxy>, Killed)> {
     let listen = free_port();
     let target = std::net::SocketAddr::from(([127, 0, 0, 1], listen));
     let proxy = Arc::new(CutProxy::start(target).await.expect("proxy"));
-    let broker = Killed(
-        Command::new(tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{listen}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{}", proxy.port()),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu"),
+    let (listener, advertised) = (
+        format!("tcp://127.0.0.1:{listen}"),
+        format!("tcp://127.0.0.1:{}", proxy.port()),
     );
-    tokio::task::spawn_blocking(move || {
-        wait_for_port("Tansu", &format!("127.0.0.1:{listen}"), true)
+    let broker = tokio::task::spawn_blocking(move || {
+        let args = [
+            "broker",
+            "--listener-url",
+            &listener,
+            "--advertised-listener-url",
+            &advertised,
+            "--storage-engine",
+            "memory://tansu/",
+        ];
+        testkit::start_server(&tansu, &args, listen)
     })
     .await
     .expect("tansu up");

@@ -20,15 +20,17 @@ impl RedisTransport {
         }
     }
 
+    /// The shared connection (publishing, acknowledging, heartbeats), made on first use.
     pub(crate) async fn con(&self) -> Result<ConnectionManager, TransportError> {
-        get_or_init_boxed(&self.con, || self.dedicated())
+        get_or_init_boxed(&self.con, || self.connect())
             .await
             .cloned()
     }
 
-    /// A connection of its own (for blocking reads), made again when it is lost: a plain
-    /// multiplexed connection stays broken after the server restarts.
-    pub(crate) async fn dedicated(&self) -> Result<ConnectionManager, TransportError> {
+    /// A new connection: the shared one, or one of its own for a reader that blocks (a
+    /// consumer, an RPC queue). It connects again by itself when lost: a plain multiplexed
+    /// connection stays broken after the server restarts.
+    pub(crate) async fn connect(&self) -> Result<ConnectionManager, TransportError> {
         // redis-rs's defaults retry a refused connection for minutes (6 tries, the waits
         // growing a hundredfold up to 60 s): a broker that is not there must show at once,
         // and start-up retries are the caller's (`ConnectRetry`).

@@ -456,7 +456,7 @@ impl Subscriber for RedisTransport {
         Box::pin(async move {
             let key = stream_key(&topic);
             let manager = self.con().await?;
-            let mut reader = self.dedicated().await?;
+            let mut reader = self.connect().await?;
             let prefetch = options.prefetch.max(1);
             let (tx, rx) = mpsc::channel::<Result<Delivery, TransportError>>(prefetch);
             // A log reader reads from the beginning (or after its cursor's entry); a

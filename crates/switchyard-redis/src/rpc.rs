@@ -315,7 +315,7 @@ impl Responder for RedisTransport {
     fn listen(&self, served: Arc<Served>) -> BoxFuture<'_, Result<Listener, TransportError>> {
         Box::pin(async move {
             let con = self.con().await?;
-            let blocking = self.dedicated().await?;
+            let blocking = self.connect().await?;
             let queue = call_queue(&self.namespace, served.name());
             let mut calls = CallQueue {
                 blocking,
