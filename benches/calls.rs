@@ -5,8 +5,10 @@
 //! `cargo bench -p switchyard-benches --bench calls --no-run`, then
 //! `valgrind --tool=callgrind target/release/deps/calls-* 20000 MODE` with MODE one of
 //! `direct` (the baseline), `plain` (`Client::call` over `mem://`), `layer` (one empty
-//! service layer), `client` (one empty client layer), `metrics` (`plain` with the Prometheus
-//! recorder installed), and over HTTP on loopback (client and server in this process, so the
+//! service layer: tower's `Identity`), `client` (one empty client layer), `forward` and
+//! `client-forward` (one service or client layer that passes each call on, as a user's
+//! layer that does nothing would), `metrics` (`plain` with the Prometheus recorder
+//! installed), and over HTTP on loopback (client and server in this process, so the
 //! count is both sides' user-space work): `http` (ours on both sides), `http-raw` (axum and
 //! reqwest doing the same JSON round trip, the baseline), `http-rawclient` (reqwest calling
 //! our server), `http-rawserver` (our client calling the axum server). Without valgrind it
@@ -30,6 +32,9 @@ use std::time::Instant;
 
 use switchyard::{rpc, Client, Service};
 use tower::layer::util::Identity;
+
+/// Batches a run is timed in (see `main`).
+const BATCHES: u32 = 100;
 
 async fn hello(name: String) -> String {
     format!("Welcome {name}")
@@ -69,28 +74,72 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let service = Service::new("a").route("/hello", rpc(hello));
         let service = match mode.as_str() {
             "layer" => service.layer(Identity::new()),
+            "forward" => service.layer(ForwardLayer),
             _ => service,
         };
         let _served = switchyard::serve(&transport, service).await?;
         let client = Client::new(transport).service("a");
         let client = match mode.as_str() {
             "client" => client.layer(Identity::new()),
+            "client-forward" => client.layer(ForwardLayer),
             _ => client,
         };
+        // Timed in batches: the median batch is the p50 of a call, free of the batches a
+        // shared machine interrupted.
+        let mut batches = Vec::with_capacity(BATCHES as usize);
         let started = Instant::now();
-        for _ in 0..calls {
-            let reply = if mode == "direct" {
-                hello(black_box("Mr. Developer".to_string())).await
-            } else {
-                client
-                    .call("/hello", black_box("Mr. Developer".to_string()))
-                    .await?
-            };
-            black_box(reply);
+        for _ in 0..BATCHES {
+            let batch = Instant::now();
+            for _ in 0..calls / BATCHES {
+                let reply = if mode == "direct" {
+                    hello(black_box("Mr. Developer".to_string())).await
+                } else {
+                    client
+                        .call("/hello", black_box("Mr. Developer".to_string()))
+                        .await?
+                };
+                black_box(reply);
+            }
+            batches.push(batch.elapsed() / (calls / BATCHES));
         }
-        println!("{mode}: {:?} a call", started.elapsed() / calls);
+        batches.sort();
+        println!(
+            "{mode}: {:?} a call (p50 of {BATCHES} batches), {:?} on average",
+            batches[batches.len() / 2],
+            started.elapsed() / calls
+        );
         Ok(())
     })
+}
+
+/// A layer that passes each call on to the service it wraps: what a layer costs by being
+/// there, when it is not tower's `Identity` (which the framework leaves out).
+#[derive(Clone, Copy)]
+struct ForwardLayer;
+
+impl<S> tower::Layer<S> for ForwardLayer {
+    type Service = Forward<S>;
+    fn layer(&self, inner: S) -> Forward<S> {
+        Forward(inner)
+    }
+}
+
+#[derive(Clone)]
+struct Forward<S>(S);
+
+impl<S: tower::Service<R>, R> tower::Service<R> for Forward<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, request: R) -> S::Future {
+        self.0.call(request)
+    }
 }
 
 /// The HTTP modes: `side` is "" (ours on both sides), "-raw", "-rawclient" or "-rawserver".

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::message::Headers;
-use crate::values::Args;
+use crate::values::{Args, CallArgs};
 
 /// One call to a route of a named service.
 #[derive(Debug)]
@@ -49,7 +49,7 @@ impl CallRequest {
 /// A call with its route and token borrowed from the caller (the in-process fast path).
 pub(crate) struct CallParts<'a> {
     pub(crate) route: &'a str,
-    pub(crate) args: Args,
+    pub(crate) args: CallArgs<'a>,
     pub(crate) token: Option<&'a str>,
     pub(crate) headers: Headers,
     pub(crate) deadline: Option<Instant>,

@@ -26,8 +26,8 @@ use crate::observe::ClientMetrics;
 use crate::policy::CallPolicy;
 
 pub use crate::middleware::breaker::BreakerState;
-use crate::transport::Transport;
-use crate::values::{Args, Reply};
+use crate::transport::{LocalInstance, Transport};
+use crate::values::{Args, CallArgs, Reply};
 
 /// Default time a call waits for its reply: finite, so that a lost reply never hangs a caller.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,6 +63,9 @@ pub struct Client {
     publishes: Option<PublishService>,
     // Retries, budget and breaker, shared by the client's clones: one destination, one state.
     guard: GuardSlot,
+    // In process, without layers: the named service's instance, while it is the only one
+    // and the bus's services are unchanged; calls then take no lock to find it.
+    local: OnceLock<KeptInstance>,
 }
 
 /// The guard in force: fixed, or replaced each time the client's policy changes in the
@@ -208,6 +211,7 @@ impl Client {
             calls: None,
             publishes: None,
             guard: GuardSlot::fixed(CallPolicy::default()),
+            local: OnceLock::new(),
         }
     }
 
@@ -262,6 +266,7 @@ impl Client {
     /// needed; on every other transport a call must name its service.
     pub fn service(mut self, name: impl Into<Arc<str>>) -> Self {
         self.service = Some(name.into());
+        self.local = OnceLock::new();
         // Another destination: a breaker and a budget of its own.
         self.guard = GuardSlot::fixed(self.guard.now().policy.clone());
         self
@@ -284,7 +289,10 @@ impl Client {
     /// [`ClientService`]). The first layer added is the outermost. In process, the call to
     /// the served service runs inside these layers, as a transport would.
     pub fn layer(mut self, layer: impl LayerFor<CallRequest, Reply, CallError>) -> Self {
-        self.call_layers.push(layer.erased().0);
+        let Some(layer) = layer.erased().0 else {
+            return self;
+        };
+        self.call_layers.push(layer);
         self.calls = Some(layer::stack(
             &self.call_layers,
             layer::Boxed::from_boxed(TransportCall(self.transport.clone())),
@@ -295,7 +303,10 @@ impl Client {
     /// Wraps every event this client publishes in `layer` (a tower [`Layer`](tower::Layer)
     /// over a [`PublishService`]). The first layer added is the outermost.
     pub fn publish_layer(mut self, layer: impl LayerFor<Envelope, (), TransportError>) -> Self {
-        self.publish_layers.push(layer.erased().0);
+        let Some(layer) = layer.erased().0 else {
+            return self;
+        };
+        self.publish_layers.push(layer);
         self.publishes = Some(layer::stack(
             &self.publish_layers,
             layer::Boxed::from_boxed(TransportPublish(self.transport.clone())),
@@ -333,10 +344,12 @@ impl Client {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + 'static,
     {
+        // Lent, not boxed: a handler in this task takes it from here.
+        let mut lent = Some(args);
         let reply = self
             .send(
                 route,
-                Args::local(args),
+                CallArgs::Lent(&mut lent),
                 None,
                 self.timeout_for(route),
                 None,
@@ -364,7 +377,7 @@ impl Client {
     async fn send(
         &self,
         route: &str,
-        args: Args,
+        args: CallArgs<'_>,
         token: Option<&str>,
         timeout: Duration,
         shard_key: Option<&str>,
@@ -431,6 +444,9 @@ impl Client {
         // An idempotent route: each attempt's arguments and headers are a copy, within the
         // retry budget and the call's deadline.
         guard.budget.deposit(now);
+        let Some(args) = args.into_owned() else {
+            return ended(span, Err(arguments_taken(route)));
+        };
         let copy = match args.wire_copy() {
             Ok(copy) => copy,
             Err(e) => {
@@ -447,7 +463,14 @@ impl Client {
                 Err(e) => return ended(span, Err(e)),
             };
             let outcome = self
-                .attempt(route, args, token, headers.clone(), deadline, started)
+                .attempt(
+                    route,
+                    args.into(),
+                    token,
+                    headers.clone(),
+                    deadline,
+                    started,
+                )
                 .await;
             guard.settle(admission, started, &outcome, metrics);
             let error = match outcome {
@@ -495,7 +518,7 @@ impl Client {
     async fn attempt(
         &self,
         route: &str,
-        args: Args,
+        args: CallArgs<'_>,
         token: Option<&str>,
         headers: Headers,
         deadline: Instant,
@@ -515,6 +538,9 @@ impl Client {
             let outcome = FirstPollOrTimeout::new(Some(wait), served.call_local(call, now)).await;
             return local_outcome(route, wait, outcome);
         }
+        let Some(args) = args.into_owned() else {
+            return Err(arguments_taken(route));
+        };
         let request = CallRequest {
             service: self.service.clone(),
             route: route.to_string(),
@@ -539,10 +565,19 @@ impl Client {
     /// this task (the client's timeout bounds it). With layers, the in-process call is their
     /// innermost service instead.
     fn local_instance(&self) -> Option<Arc<crate::served::Served>> {
-        match (&self.calls, self.service.as_deref()) {
-            (None, Some(name)) => self.transport.local(name),
-            _ => None,
+        let (None, Some(name)) = (&self.calls, self.service.as_deref()) else {
+            return None;
+        };
+        if let Some(served) = self.local.get().and_then(KeptInstance::current) {
+            return Some(served);
         }
+        let found = self.transport.local(name)?;
+        // Kept by the first pick that may be kept; once the bus's services change, this
+        // client asks the bus on every call (a lock and a count) instead.
+        if let Some(kept) = KeptInstance::of(&found) {
+            let _ = self.local.set(kept);
+        }
+        Some(found.served().clone())
     }
 
     /// How long a call of `route` waits: the policy's timeout for the route, else the
@@ -633,6 +668,41 @@ fn local_outcome(
         Some(Ok(reply)) => Ok(reply),
         Some(Err(e)) => Err(timeout::remote(route, wait, e.into_remote())),
         None => Err(timeout::timed_out(route, wait)),
+    }
+}
+
+/// An in-process instance a client keeps calling while it is the only one of its service and
+/// the bus's services are unchanged: no lock taken to find it. Held weakly: a call holds the
+/// instance while it runs, and a stopping server waits for those calls, not for its clients.
+#[derive(Clone)]
+struct KeptInstance {
+    served: std::sync::Weak<crate::served::Served>,
+    while_unchanged: crate::transport::Unchanged,
+}
+
+impl KeptInstance {
+    fn of(found: &LocalInstance) -> Option<Self> {
+        found.kept().map(|unchanged| Self {
+            served: Arc::downgrade(found.served()),
+            while_unchanged: unchanged.clone(),
+        })
+    }
+
+    fn current(&self) -> Option<Arc<crate::served::Served>> {
+        if self.while_unchanged.holds() {
+            self.served.upgrade()
+        } else {
+            None
+        }
+    }
+}
+
+/// A call whose lent arguments were taken before it was sent: a fault of the framework's,
+/// said rather than hidden.
+fn arguments_taken(route: &str) -> CallError {
+    CallError::Encode {
+        route: route.to_string(),
+        reason: "the call's arguments were taken before it was sent".into(),
     }
 }
 
@@ -814,7 +884,7 @@ impl CallBuilder<'_> {
         self.client
             .send(
                 &self.route,
-                args,
+                args.into(),
                 self.token.as_deref(),
                 self.timeout,
                 self.shard_key.as_deref(),

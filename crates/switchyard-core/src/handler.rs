@@ -5,25 +5,120 @@
 //! arguments). Wrap it with [`rpc`] to register it positionally, add `.params([...])` so
 //! callers can also pass arguments by keyword, and `.token(...)` to protect it.
 
-use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::HandlerError;
-use crate::values::{short_type_name, Args, IntoReply, Reply};
+use crate::values::{short_type_name, CallArgs, Held, HoldsValue, IntoReply, LentValue, Reply};
 
-/// The future a handler returns once erased.
-pub type ReplyFuture = BoxFuture<'static, Result<Reply, HandlerError>>;
+/// The future a handler returns once erased: the handler's own future in one box, which also
+/// holds the value it returns, so that an in-process call's reply needs no box of its own
+/// ([`Reply::Held`]).
+pub struct ReplyFuture(Running);
+
+enum Running {
+    Handler(Pin<Box<dyn RunsHandler>>),
+    Failed(HandlerError),
+    Finished,
+}
+
+/// A handler's future that keeps its value (see [`ReplyFuture`]).
+trait RunsHandler: HoldsValue {
+    /// Polls the handler; ready with `Ok` once its value is kept.
+    fn poll_handler(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>>;
+}
+
+pin_project_lite::pin_project! {
+    struct Keeping<F, V> {
+        #[pin]
+        future: F,
+        value: Option<V>,
+    }
+}
+
+impl<F, V> HoldsValue for Keeping<F, V>
+where
+    F: Send,
+    V: Serialize + Send + 'static,
+{
+    fn value(self: Pin<&mut Self>) -> &mut dyn LentValue {
+        self.project().value
+    }
+}
+
+impl<F, V> RunsHandler for Keeping<F, V>
+where
+    F: Future + Send,
+    F::Output: IntoReply<Value = V>,
+    V: Serialize + Send + 'static,
+{
+    fn poll_handler(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
+        let this = self.project();
+        this.future.poll(cx).map(|outcome| {
+            *this.value = Some(outcome.into_value()?);
+            Ok(())
+        })
+    }
+}
+
+impl ReplyFuture {
+    /// The reply of `future`, a handler's.
+    pub fn new<F>(future: F) -> Self
+    where
+        F: Future + Send + 'static,
+        F::Output: IntoReply,
+    {
+        Self(Running::Handler(Box::pin(Keeping {
+            future,
+            value: None,
+        })))
+    }
+
+    /// A call that fails with `error` before its handler runs.
+    pub fn failed(error: HandlerError) -> Self {
+        Self(Running::Failed(error))
+    }
+}
+
+impl Future for ReplyFuture {
+    type Output = Result<Reply, HandlerError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let state = &mut self.get_mut().0;
+        if let Running::Handler(handler) = state {
+            match handler.as_mut().poll_handler(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => *state = Running::Failed(e),
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+        Poll::Ready(match std::mem::replace(state, Running::Finished) {
+            Running::Handler(handler) => Ok(Reply::Held(Held::new(handler))),
+            Running::Failed(e) => Err(e),
+            Running::Finished => Err(HandlerError::internal(
+                "a handler's reply was asked for again after it was given",
+            )),
+        })
+    }
+}
+
+impl std::fmt::Debug for ReplyFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplyFuture")
+    }
+}
 
 /// A handler with its types erased, as a service stores it.
 pub trait ErasedHandler: Send + Sync + 'static {
     /// Runs the handler. `params` are the argument names (may be empty).
-    fn call(&self, args: Args, params: &[String]) -> ReplyFuture;
+    fn call(&self, args: CallArgs<'_>, params: &[String]) -> ReplyFuture;
 }
 
 /// A function usable as an RPC handler. `T` is the tuple of its argument types; generally
@@ -36,7 +131,7 @@ pub trait Handler<T>: Clone + Send + Sync + Sized + 'static {
     /// Number of arguments.
     const ARITY: usize;
     /// Runs the handler.
-    fn call(&self, args: Args, params: &[String]) -> ReplyFuture;
+    fn call(&self, args: CallArgs<'_>, params: &[String]) -> ReplyFuture;
 }
 
 /// Reads wire arguments one by one, positional first, then by keyword.
@@ -126,20 +221,16 @@ macro_rules! impl_handler {
         {
             const ARITY: usize = $arity;
 
-            fn call(&self, args: Args, params: &[String]) -> ReplyFuture {
-                let extracted: Result<($($A,)*), HandlerError> = match args {
-                    // Same process, same types: no serialization at all.
-                    Args::Local(v) if v.as_any().is::<($($A,)*)>() => v
-                        .into_any()
-                        .downcast::<($($A,)*)>()
-                        .map(|b| *b)
-                        .map_err(|_| HandlerError::internal("argument type changed")),
-                    Args::Local(v) if $arity == 1 && single_matches::<($($A,)*)>(v.as_any()) => {
-                        let any: Box<dyn Any> = v.into_any();
-                        wrap_single::<($($A,)*)>(any)
-                    }
-                    other => (|| {
-                        let (args, kwargs) = other
+            fn call(&self, mut args: CallArgs<'_>, params: &[String]) -> ReplyFuture {
+                // Same process, same types: no serialization at all.
+                let local = match args.take::<($($A,)*)>() {
+                    Some(tuple) => Some(tuple),
+                    None => <($($A,)*)>::take_single(&mut args),
+                };
+                let extracted: Result<($($A,)*), HandlerError> = match local {
+                    Some(tuple) => Ok(tuple),
+                    None => (|| {
+                        let (args, kwargs) = args
                             .into_wire()
                             .map_err(|e| HandlerError::bad_request(format!("arguments do not encode: {e}")))?;
                         let mut wire = WireArgs::new(args, kwargs, params, $arity)?;
@@ -148,43 +239,25 @@ macro_rules! impl_handler {
                     })(),
                 };
                 match extracted {
-                    Ok(($($A,)*)) => {
-                        let fut = self($($A),*);
-                        Box::pin(async move { fut.await.into_reply() })
-                    }
-                    Err(e) => Box::pin(async move { Err(e) }),
+                    Ok(($($A,)*)) => ReplyFuture::new(self($($A),*)),
+                    Err(e) => ReplyFuture::failed(e),
                 }
             }
         }
     };
 }
 
-/// Whether a one-argument tuple type `T = (A,)` has `A` equal to the value's type, so that
-/// `client.call("/r", "x".to_string())` reaches `fn(String)` without serialization.
-fn single_matches<T: SingleTuple>(value: &dyn Any) -> bool {
-    T::matches(value)
-}
-
-fn wrap_single<T: SingleTuple>(value: Box<dyn Any>) -> Result<T, HandlerError> {
-    T::wrap(value).ok_or_else(|| HandlerError::internal("argument type changed"))
-}
-
-/// Tuples for which [`single_matches`] can look inside; only one-tuples match.
+/// Tuples for which a caller's lone value may stand: `client.call("/r", "x".to_string())`
+/// reaches `fn(String)` without serialization. Only one-tuples take one.
 trait SingleTuple: Sized {
-    fn matches(_: &dyn Any) -> bool {
-        false
-    }
-    fn wrap(_: Box<dyn Any>) -> Option<Self> {
+    fn take_single(_: &mut CallArgs<'_>) -> Option<Self> {
         None
     }
 }
 
 impl<A: 'static> SingleTuple for (A,) {
-    fn matches(value: &dyn Any) -> bool {
-        value.is::<A>()
-    }
-    fn wrap(value: Box<dyn Any>) -> Option<Self> {
-        value.downcast::<A>().ok().map(|a| (*a,))
+    fn take_single(args: &mut CallArgs<'_>) -> Option<Self> {
+        args.take::<A>().map(|a| (a,))
     }
 }
 impl SingleTuple for () {}
@@ -212,7 +285,7 @@ struct Positional<H, T> {
 }
 
 impl<H: Handler<T>, T: 'static> ErasedHandler for Positional<H, T> {
-    fn call(&self, args: Args, params: &[String]) -> ReplyFuture {
+    fn call(&self, args: CallArgs<'_>, params: &[String]) -> ReplyFuture {
         self.handler.call(args, params)
     }
 }
@@ -313,14 +386,10 @@ where
     R: IntoReply,
     T: DeserializeOwned + Send + 'static,
 {
-    fn call(&self, args: Args, _params: &[String]) -> ReplyFuture {
-        let input = match args {
-            Args::Local(v) if v.as_any().is::<T>() => v
-                .into_any()
-                .downcast::<T>()
-                .map(|b| *b)
-                .map_err(|_| HandlerError::internal("argument type changed")),
-            other => other
+    fn call(&self, mut args: CallArgs<'_>, _params: &[String]) -> ReplyFuture {
+        let input = match args.take::<T>() {
+            Some(t) => Ok(t),
+            None => args
                 .into_wire()
                 .map_err(|e| HandlerError::bad_request(e.to_string()))
                 .and_then(|(args, kwargs)| {
@@ -343,11 +412,8 @@ where
                 }),
         };
         match input {
-            Ok(t) => {
-                let fut = (self.f)(t);
-                Box::pin(async move { fut.await.into_reply() })
-            }
-            Err(e) => Box::pin(async move { Err(e) }),
+            Ok(t) => ReplyFuture::new((self.f)(t)),
+            Err(e) => ReplyFuture::failed(e),
         }
     }
 }
@@ -379,17 +445,12 @@ where
     Fut: Future<Output = R> + Send + 'static,
     R: IntoReply,
 {
-    fn call(&self, args: Args, _params: &[String]) -> ReplyFuture {
+    fn call(&self, args: CallArgs<'_>, _params: &[String]) -> ReplyFuture {
         match args.into_wire() {
-            Ok((args, kwargs)) => {
-                let fut = (self.0)(args, kwargs);
-                Box::pin(async move { fut.await.into_reply() })
-            }
-            Err(e) => Box::pin(async move {
-                Err(HandlerError::bad_request(format!(
-                    "arguments are not JSON values: {e}"
-                )))
-            }),
+            Ok((args, kwargs)) => ReplyFuture::new((self.0)(args, kwargs)),
+            Err(e) => ReplyFuture::failed(HandlerError::bad_request(format!(
+                "arguments are not JSON values: {e}"
+            ))),
         }
     }
 }
@@ -423,11 +484,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn wire(args: Value, kwargs: Value) -> Args {
-        Args::Wire {
+    use crate::values::Args;
+
+    fn wire(args: Value, kwargs: Value) -> CallArgs<'static> {
+        CallArgs::Owned(Args::Wire {
             args: serde_json::from_value(args).unwrap(),
             kwargs: serde_json::from_value(kwargs).unwrap(),
-        }
+        })
     }
 
     async fn string1(a: String, key: String) -> String {
@@ -478,18 +541,51 @@ mod tests {
         let route = rpc(string1);
         let r = route
             .handler
-            .call(Args::local(("a".to_string(), "b".to_string())), &[])
+            .call(Args::local(("a".to_string(), "b".to_string())).into(), &[])
             .await
             .unwrap();
-        assert!(matches!(r, Reply::Local(_)));
+        assert!(matches!(r, Reply::Held(_)));
         assert_eq!(r.decode::<String>().unwrap(), "a-b");
         // &str instead of String: converted through JSON, still works.
         let r = route
             .handler
-            .call(Args::local(("a", "b")), &[])
+            .call(Args::local(("a", "b")).into(), &[])
             .await
             .unwrap();
         assert_eq!(r.decode::<String>().unwrap(), "a-b");
+        // Lent rather than boxed: taken when the types match, read as JSON when not.
+        let mut lent = Some(("a".to_string(), "b".to_string()));
+        let r = route.handler.call(CallArgs::Lent(&mut lent), &[]).await;
+        assert_eq!(r.unwrap().decode::<String>().unwrap(), "a-b");
+        assert!(lent.is_none(), "taken, not copied");
+        let mut lent = Some(("a", 5));
+        let e = route.handler.call(CallArgs::Lent(&mut lent), &[]).await;
+        assert!(e.unwrap_err().message().contains("argument 2"));
+        assert!(lent.is_some(), "read, not taken");
+        let mut lent = Some(("a", "b"));
+        let r = route.handler.call(CallArgs::Lent(&mut lent), &[]).await;
+        assert_eq!(r.unwrap().decode::<String>().unwrap(), "a-b");
+        assert!(lent.is_some(), "read, not taken");
+    }
+
+    #[tokio::test]
+    async fn a_held_reply_decodes_to_another_type_and_encodes() {
+        async fn pair() -> (String, u64) {
+            ("a".to_string(), 5)
+        }
+        let route = rpc(pair);
+        let call = || route.handler.call(Args::local(()).into(), &[]);
+        let (a, b): (Value, f64) = call().await.unwrap().decode().unwrap();
+        assert_eq!((a, b), (json!("a"), 5.0));
+        let values = call().await.unwrap().into_values().unwrap();
+        assert_eq!(values, vec![json!("a"), json!(5)]);
+        let bytes = call()
+            .await
+            .unwrap()
+            .encode(crate::codec::Codec::Json)
+            .unwrap();
+        assert_eq!(&bytes[..], br#"["a",5]"#);
+        assert!(call().await.unwrap().decode::<u32>().is_err());
     }
 
     #[tokio::test]
@@ -500,7 +596,7 @@ mod tests {
         let route = rpc(hello);
         let r = route
             .handler
-            .call(Args::local("Mr. Developer".to_string()), &[])
+            .call(Args::local("Mr. Developer".to_string()).into(), &[])
             .await
             .unwrap();
         assert_eq!(r.decode::<String>().unwrap(), "Welcome Mr. Developer");

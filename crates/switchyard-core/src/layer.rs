@@ -185,8 +185,10 @@ pub trait LayerFor<Req, Res, E>: Send + Sync + 'static {
     fn erased(self) -> ErasedLayer<Req, Res, E>;
 }
 
-/// A layer with its types erased (see [`LayerFor`]).
-pub struct ErasedLayer<Req, Res, E>(pub(crate) LayerFn<Req, Res, E>);
+/// A layer with its types erased (see [`LayerFor`]); nothing for tower's `Identity`, the
+/// layer that adds nothing (a stack with only such layers is no stack: its calls take the
+/// path of a service or client without layers).
+pub struct ErasedLayer<Req, Res, E>(pub(crate) Option<LayerFn<Req, Res, E>>);
 
 impl<L, Req, Res, E> LayerFor<Req, Res, E> for L
 where
@@ -198,7 +200,10 @@ where
     E: 'static,
 {
     fn erased(self) -> ErasedLayer<Req, Res, E> {
-        ErasedLayer(Arc::new(move |inner| Boxed::new(self.layer(inner))))
+        if std::any::TypeId::of::<L>() == std::any::TypeId::of::<tower::layer::util::Identity>() {
+            return ErasedLayer(None);
+        }
+        ErasedLayer(Some(Arc::new(move |inner| Boxed::new(self.layer(inner)))))
     }
 }
 

@@ -3,7 +3,7 @@
 //! URL shares one bus.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::Duration;
 
@@ -15,8 +15,8 @@ use crate::error::{CallError, TransportError};
 use crate::message::{header, Envelope};
 use crate::served::Served;
 use crate::transport::{
-    Acker, Capabilities, Delivery, DeliveryGuarantee, Listener, Ordering, Publisher, Requester,
-    Responder, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
+    Acker, Capabilities, Delivery, DeliveryGuarantee, Listener, LocalInstance, Ordering, Publisher,
+    Requester, Responder, SubscribeOptions, Subscriber, Subscription, SubscriptionMode, Transport,
 };
 use crate::url_options::UrlOptions;
 use crate::values::Reply;
@@ -28,6 +28,9 @@ pub const DEFAULT_MAX_MESSAGE: usize = 1024 * 1024;
 #[derive(Default)]
 struct Bus {
     services: RwLock<Vec<Arc<Served>>>,
+    // Changes to `services` so far, counted while it is written: a caller that found the
+    // only instance of a service keeps calling it until this moves (`LocalInstance`).
+    changes: Arc<AtomicU64>,
     next: AtomicUsize,
     topics: Mutex<HashMap<String, Topic>>,
 }
@@ -274,15 +277,27 @@ impl Subscriber for MemTransport {
 impl MemTransport {
     /// An instance of the service named `name` on this bus, taking turns between instances.
     fn pick(&self, name: &str) -> Option<Arc<Served>> {
+        self.pick_local(name).map(|local| local.served().clone())
+    }
+
+    /// [`MemTransport::pick`], and whether the caller may keep the instance.
+    fn pick_local(&self, name: &str) -> Option<LocalInstance> {
         let services = self.bus.services.read().unwrap_or_else(|p| p.into_inner());
         let mut named = services.iter().filter(|s| s.name() == name);
         let first = named.next()?;
         let others = named.count();
         if others == 0 {
-            return Some(first.clone());
+            // Read under the lock its writers hold: the count of the services seen here.
+            let seen = self.bus.changes.load(AtomicOrdering::Acquire);
+            return Some(LocalInstance::kept_while(
+                first.clone(),
+                self.bus.changes.clone(),
+                seen,
+            ));
         }
         let i = self.bus.next.fetch_add(1, AtomicOrdering::Relaxed) % (others + 1);
-        services.iter().filter(|s| s.name() == name).nth(i).cloned()
+        let served = services.iter().filter(|s| s.name() == name).nth(i)?;
+        Some(LocalInstance::new(served.clone()))
     }
 }
 
@@ -313,17 +328,16 @@ impl Responder for MemTransport {
     /// listener only makes the service findable by name until the server stops.
     fn listen(&self, served: Arc<Served>) -> BoxFuture<'_, Result<Listener, TransportError>> {
         Box::pin(async move {
-            self.bus
-                .services
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(served.clone());
+            {
+                let mut services = self.bus.services.write().unwrap_or_else(|p| p.into_inner());
+                services.push(served.clone());
+                self.bus.changes.fetch_add(1, AtomicOrdering::Release);
+            }
             let bus = self.bus.clone();
             Ok(Listener::driven(self.url(), false).on_close(async move {
-                bus.services
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .retain(|s| !Arc::ptr_eq(s, &served));
+                let mut services = bus.services.write().unwrap_or_else(|p| p.into_inner());
+                services.retain(|s| !Arc::ptr_eq(s, &served));
+                bus.changes.fetch_add(1, AtomicOrdering::Release);
             }))
         })
     }
@@ -361,7 +375,50 @@ impl Transport for MemTransport {
         Some(self)
     }
 
-    fn local(&self, service: &str) -> Option<Arc<Served>> {
-        self.pick(service)
+    fn local(&self, service: &str) -> Option<LocalInstance> {
+        self.pick_local(service)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::client::Client;
+    use crate::handler::rpc;
+    use crate::server::serve;
+    use crate::service::Service;
+
+    fn numbered(n: u32) -> Service {
+        Service::new("a").route("/n", rpc(move || async move { n }))
+    }
+
+    #[tokio::test]
+    async fn a_kept_instance_gives_way_when_the_services_change() {
+        let bus: Arc<dyn Transport> = Arc::new(MemTransport::new("kept-instance"));
+        let first = serve(bus.clone(), numbered(1)).await.unwrap();
+        let client = Client::new(bus.clone()).service("a");
+        for _ in 0..3 {
+            assert_eq!(client.call::<_, u32>("/n", ()).await.unwrap(), 1);
+        }
+        // A second instance: the calls take turns again.
+        let second = serve(bus.clone(), numbered(2)).await.unwrap();
+        let mut answered = HashSet::new();
+        for _ in 0..10 {
+            answered.insert(client.call::<_, u32>("/n", ()).await.unwrap());
+        }
+        assert_eq!(answered, HashSet::from([1, 2]));
+        // The first stopped: never called again, by this client or a new one.
+        first.shutdown().await;
+        let fresh = Client::new(bus.clone()).service("a");
+        for _ in 0..5 {
+            assert_eq!(client.call::<_, u32>("/n", ()).await.unwrap(), 2);
+            assert_eq!(fresh.call::<_, u32>("/n", ()).await.unwrap(), 2);
+        }
+        second.shutdown().await;
+        let gone = fresh.call::<_, u32>("/n", ()).await.unwrap_err();
+        assert!(matches!(gone, CallError::Unreachable { .. }), "{gone}");
+        assert!(client.call::<_, u32>("/n", ()).await.is_err());
     }
 }

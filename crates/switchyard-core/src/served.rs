@@ -173,15 +173,19 @@ impl Served {
         match &self.calls {
             None => Either::Left(self.service.dispatch_parts(call, false)),
             Some(stack) => {
+                let Some(args) = call.args.into_owned() else {
+                    let taken = HandlerError::internal("the call's arguments were taken already");
+                    return Either::Right(Either::Left(ready(Err(taken))));
+                };
                 let request = CallRequest {
                     service: None,
                     route: call.route.to_string(),
-                    args: call.args,
+                    args,
                     token: call.token.map(str::to_string),
                     headers: call.headers,
                     deadline: call.deadline,
                 };
-                Either::Right(stack.call_once(request))
+                Either::Right(Either::Right(stack.call_once(request)))
             }
         }
     }

@@ -292,7 +292,7 @@ impl Service {
     /// # }
     /// ```
     pub fn layer(mut self, layer: impl LayerFor<CallRequest, Reply, HandlerError>) -> Self {
-        self.call_layers.push(layer.erased().0);
+        self.call_layers.extend(layer.erased().0);
         self
     }
 
@@ -301,7 +301,7 @@ impl Service {
     /// The first layer added is the outermost. The consumer's own policies (inbox, retries,
     /// dead letters) run outside it: a layer sees each delivery attempt.
     pub fn event_layer(mut self, layer: impl LayerFor<Envelope, (), HandlerError>) -> Self {
-        self.event_layers.push(layer.erased().0);
+        self.event_layers.extend(layer.erased().0);
         self
     }
 
@@ -586,7 +586,7 @@ impl Service {
         } = req;
         let call = CallParts {
             route: &route,
-            args,
+            args: args.into(),
             token: token.as_deref(),
             headers,
             deadline,

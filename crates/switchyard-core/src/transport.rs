@@ -11,6 +11,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -449,7 +450,7 @@ pub trait Transport: Publisher + Subscriber {
     /// to call without a transport future (the in-process fast path). Only the in-process
     /// transport returns one; the call still runs inside the client's layers and the
     /// service's.
-    fn local(&self, service: &str) -> Option<Arc<Served>> {
+    fn local(&self, service: &str) -> Option<LocalInstance> {
         let _ = service;
         None
     }
@@ -778,6 +779,65 @@ impl Drop for ServeHandle {
 impl fmt::Debug for dyn Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Transport({})", self.url())
+    }
+}
+
+/// An instance of a service served in this process, found by [`Transport::local`].
+#[derive(Clone)]
+pub struct LocalInstance {
+    served: Arc<Served>,
+    // Set when a caller may keep calling this instance without asking again.
+    kept: Option<Unchanged>,
+}
+
+/// While a count of changes stays where it was seen.
+#[derive(Clone)]
+pub(crate) struct Unchanged {
+    changes: Arc<AtomicU64>,
+    seen: u64,
+}
+
+impl Unchanged {
+    /// Whether the count is still where it was seen.
+    pub(crate) fn holds(&self) -> bool {
+        self.changes.load(std::sync::atomic::Ordering::Acquire) == self.seen
+    }
+}
+
+impl LocalInstance {
+    /// `served`, to be asked for again on every call.
+    pub fn new(served: Arc<Served>) -> Self {
+        Self { served, kept: None }
+    }
+
+    /// `served`, which a caller may keep calling while `changes` (a count of the changes to
+    /// the services it was picked among) stays at `seen`: it was the only instance of its
+    /// service then, so no other would have been picked.
+    pub fn kept_while(served: Arc<Served>, changes: Arc<AtomicU64>, seen: u64) -> Self {
+        Self {
+            served,
+            kept: Some(Unchanged { changes, seen }),
+        }
+    }
+
+    /// The instance.
+    pub fn served(&self) -> &Arc<Served> {
+        &self.served
+    }
+
+    /// How long a caller may keep this instance, if it may (see
+    /// [`LocalInstance::kept_while`]).
+    pub(crate) fn kept(&self) -> Option<&Unchanged> {
+        self.kept.as_ref()
+    }
+}
+
+impl std::fmt::Debug for LocalInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalInstance")
+            .field("served", &self.served)
+            .field("kept", &self.kept.is_some())
+            .finish()
     }
 }
 

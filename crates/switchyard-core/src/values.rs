@@ -338,6 +338,89 @@ impl fmt::Debug for dyn LocalValue {
     }
 }
 
+/// A caller's value in this process, lent to the handler for the length of the call: the
+/// handler takes it out when its types match (no allocation, no serialization) and reads
+/// its wire form when they do not. Implemented for `Option<T>` (the value, until taken).
+pub trait LentValue: Send {
+    /// The `Option<T>` itself, for the handler to take the value out of after a downcast.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// The wire values as call arguments (see [`to_arg_values`]); an error once taken.
+    fn to_arg_values(&self) -> Result<Vec<Value>, serde_json::Error>;
+    /// The value, boxed, for a call that leaves the caller's task; `None` once taken.
+    fn take_local(&mut self) -> Option<Box<dyn LocalValue>>;
+}
+
+impl<T: Serialize + Send + 'static> LentValue for Option<T> {
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn to_arg_values(&self) -> Result<Vec<Value>, serde_json::Error> {
+        match self {
+            Some(v) => to_arg_values(v),
+            None => Err(serde::ser::Error::custom(
+                "the arguments were taken already",
+            )),
+        }
+    }
+    fn take_local(&mut self) -> Option<Box<dyn LocalValue>> {
+        self.take().map(|v| Box::new(v) as Box<dyn LocalValue>)
+    }
+}
+
+/// The arguments as a handler receives them: owned, or lent by a caller in the same task
+/// (an in-process call without layers, which needs no box for them).
+pub enum CallArgs<'a> {
+    /// Owned arguments, from the wire or boxed by a caller.
+    Owned(Args),
+    /// A caller's value, lent (see [`LentValue`]).
+    Lent(&'a mut (dyn LentValue + 'static)),
+}
+
+impl CallArgs<'_> {
+    /// Owned arguments: a lent value boxed. `None` when a lent value was taken already.
+    pub fn into_owned(self) -> Option<Args> {
+        match self {
+            CallArgs::Owned(args) => Some(args),
+            CallArgs::Lent(slot) => slot.take_local().map(Args::Local),
+        }
+    }
+
+    /// The wire form of these arguments.
+    pub fn into_wire(self) -> Result<(Vec<Value>, Map<String, Value>), serde_json::Error> {
+        match self {
+            CallArgs::Owned(args) => args.into_wire(),
+            CallArgs::Lent(slot) => Ok((slot.to_arg_values()?, Map::new())),
+        }
+    }
+
+    /// The arguments as `T` when the caller passed exactly a `T`, taken without a copy.
+    pub fn take<T: 'static>(&mut self) -> Option<T> {
+        match self {
+            CallArgs::Lent(slot) => slot.as_any_mut().downcast_mut::<Option<T>>()?.take(),
+            CallArgs::Owned(Args::Local(v)) if v.as_any().is::<T>() => {
+                let taken = std::mem::replace(v, Box::new(()));
+                taken.into_any().downcast::<T>().ok().map(|b| *b)
+            }
+            CallArgs::Owned(_) => None,
+        }
+    }
+}
+
+impl From<Args> for CallArgs<'_> {
+    fn from(args: Args) -> Self {
+        CallArgs::Owned(args)
+    }
+}
+
+impl fmt::Debug for CallArgs<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallArgs::Owned(args) => args.fmt(f),
+            CallArgs::Lent(_) => f.write_str("Lent"),
+        }
+    }
+}
+
 /// The arguments of a call.
 #[derive(Debug)]
 pub enum Args {
@@ -382,6 +465,43 @@ pub enum Reply {
     Wire(Vec<Value>),
     /// A Rust value from a handler in the same process.
     Local(Box<dyn LocalValue>),
+    /// A Rust value from a handler in the same process, held where the handler ran (in its
+    /// future's own allocation, so that returning it allocates nothing more).
+    Held(Held),
+}
+
+/// A handler's value, held in the allocation of the future that produced it (see
+/// [`Reply::Held`]).
+pub struct Held(std::pin::Pin<Box<dyn HoldsValue>>);
+
+impl Held {
+    /// Holds what `holder` holds.
+    pub fn new(holder: std::pin::Pin<Box<dyn HoldsValue>>) -> Self {
+        Self(holder)
+    }
+
+    fn value(&mut self) -> &mut dyn LentValue {
+        self.0.as_mut().value()
+    }
+
+    /// The value, boxed (for a caller that wants another type, or the wire).
+    fn boxed(&mut self) -> Result<Box<dyn LocalValue>, serde_json::Error> {
+        self.value()
+            .take_local()
+            .ok_or_else(|| serde::ser::Error::custom("the reply was taken already"))
+    }
+}
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Held")
+    }
+}
+
+/// What holds a handler's value once it has one: its finished future.
+pub trait HoldsValue: Send {
+    /// The value, as an `Option<T>` (taken once).
+    fn value(self: std::pin::Pin<&mut Self>) -> &mut dyn LentValue;
 }
 
 impl Reply {
@@ -390,6 +510,7 @@ impl Reply {
         match self {
             Reply::Wire(v) => Ok(v),
             Reply::Local(v) => v.to_values(),
+            Reply::Held(mut h) => h.boxed()?.to_values(),
         }
     }
 
@@ -398,6 +519,7 @@ impl Reply {
         match self {
             Reply::Wire(v) => codec.encode(&v),
             Reply::Local(v) => v.encode_values(codec),
+            Reply::Held(mut h) => h.boxed()?.encode_values(codec),
         }
     }
 
@@ -414,6 +536,16 @@ impl Reply {
                 let values = v.to_values().map_err(|e| e.to_string())?;
                 from_values(values).map_err(|e| e.to_string())
             }
+            Reply::Held(mut h) => {
+                let value = h.value();
+                if let Some(r) = value.as_any_mut().downcast_mut::<Option<R>>() {
+                    return r
+                        .take()
+                        .ok_or_else(|| "the reply was taken already".to_string());
+                }
+                let values = h.boxed().and_then(|v| v.to_values());
+                from_values(values.map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+            }
         }
     }
 }
@@ -426,8 +558,17 @@ impl Reply {
     note = "return `Json(value)` or `Result<{Self}, HandlerError>` for your own serializable types"
 )]
 pub trait IntoReply: Send + 'static {
+    /// The value a caller receives.
+    type Value: Serialize + Send + 'static;
+    /// The value, or the handler's error.
+    fn into_value(self) -> Result<Self::Value, HandlerError>;
     /// Converts into a reply or a handler error.
-    fn into_reply(self) -> Result<Reply, HandlerError>;
+    fn into_reply(self) -> Result<Reply, HandlerError>
+    where
+        Self: Sized,
+    {
+        self.into_value().map(|v| Reply::Local(Box::new(v)))
+    }
 }
 
 /// Wraps any serializable value as a handler result, like axum's `Json`.
@@ -435,26 +576,26 @@ pub trait IntoReply: Send + 'static {
 pub struct Json<T>(pub T);
 
 impl<T: Serialize + Send + 'static> IntoReply for Json<T> {
-    fn into_reply(self) -> Result<Reply, HandlerError> {
-        Ok(Reply::Local(Box::new(self.0)))
+    type Value = T;
+    fn into_value(self) -> Result<T, HandlerError> {
+        Ok(self.0)
     }
 }
 
 impl<T: Serialize + Send + 'static, E: Into<HandlerError> + Send + 'static> IntoReply
     for Result<T, E>
 {
-    fn into_reply(self) -> Result<Reply, HandlerError> {
-        match self {
-            Ok(v) => Ok(Reply::Local(Box::new(v))),
-            Err(e) => Err(e.into()),
-        }
+    type Value = T;
+    fn into_value(self) -> Result<T, HandlerError> {
+        self.map_err(Into::into)
     }
 }
 
 macro_rules! into_reply_plain {
     ($($t:ty),*) => {$(
         impl IntoReply for $t {
-            fn into_reply(self) -> Result<Reply, HandlerError> { Ok(Reply::Local(Box::new(self))) }
+            type Value = Self;
+            fn into_value(self) -> Result<Self, HandlerError> { Ok(self) }
         }
     )*};
 }
@@ -485,7 +626,8 @@ into_reply_plain!(
 macro_rules! into_reply_generic {
     ($($t:ident<$($p:ident),*> $(where $($b:ident: $bound:path),*)?;)*) => {$(
         impl<$($p: Serialize + Send + 'static),*> IntoReply for $t<$($p),*> $(where $($b: $bound),*)? {
-            fn into_reply(self) -> Result<Reply, HandlerError> { Ok(Reply::Local(Box::new(self))) }
+            type Value = Self;
+            fn into_value(self) -> Result<Self, HandlerError> { Ok(self) }
         }
     )*};
 }
@@ -497,7 +639,8 @@ into_reply_generic! {
 macro_rules! into_reply_tuple {
     ($(($($t:ident),+);)*) => {$(
         impl<$($t: Serialize + Send + 'static),+> IntoReply for ($($t,)+) {
-            fn into_reply(self) -> Result<Reply, HandlerError> { Ok(Reply::Local(Box::new(self))) }
+            type Value = Self;
+            fn into_value(self) -> Result<Self, HandlerError> { Ok(self) }
         }
     )*};
 }

@@ -14,7 +14,7 @@ use super::{Auth, Deadline, Recover};
 use crate::context::{self, Context};
 use crate::error::HandlerError;
 use crate::handler::{ReplyFuture, Route};
-use crate::values::{Args, Reply};
+use crate::values::{CallArgs, Reply};
 
 /// A call whose route was found, with what the layers below need of it.
 pub(crate) struct Routed<'a, 'c> {
@@ -24,8 +24,8 @@ pub(crate) struct Routed<'a, 'c> {
     pub(crate) path: &'a str,
     /// The route: its handler, argument names and token.
     pub(crate) route: &'a Route,
-    /// The arguments.
-    pub(crate) args: Args,
+    /// The arguments, lent by a caller in the same task or owned.
+    pub(crate) args: CallArgs<'c>,
     /// The token the caller gave apart from the headers, if any: borrowed from the caller
     /// for the token check only, so that the call's future borrows nothing of it.
     pub(crate) token: Option<&'c str>,
