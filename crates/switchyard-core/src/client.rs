@@ -143,6 +143,7 @@ impl Guard {
     }
 
     /// Lets a call through the breaker, or refuses it at once.
+    #[inline]
     fn admit(
         &self,
         route: &str,
@@ -162,6 +163,7 @@ impl Guard {
 
     /// Tells the breaker how a call it let through at `started` went (counted in the second
     /// it started: no second clock read).
+    #[inline]
     fn settle(
         &self,
         admission: Admission,
@@ -564,6 +566,7 @@ impl Client {
     /// Without client layers, in process: the named service's instance, called directly in
     /// this task (the client's timeout bounds it). With layers, the in-process call is their
     /// innermost service instead.
+    #[inline]
     fn local_instance(&self) -> Option<Arc<crate::served::Served>> {
         let (None, Some(name)) = (&self.calls, self.service.as_deref()) else {
             return None;
@@ -582,6 +585,7 @@ impl Client {
 
     /// How long a call of `route` waits: the policy's timeout for the route, else the
     /// client's.
+    #[inline]
     fn timeout_for(&self, route: &str) -> Duration {
         self.guard
             .now()
@@ -659,6 +663,7 @@ fn ended(
 }
 
 /// The outcome of an in-process call bounded by `wait` (`None`: it timed out).
+#[inline]
 fn local_outcome(
     route: &str,
     wait: Duration,
@@ -688,6 +693,7 @@ impl KeptInstance {
         })
     }
 
+    #[inline]
     fn current(&self) -> Option<Arc<crate::served::Served>> {
         if self.while_unchanged.holds() {
             self.served.upgrade()

@@ -53,6 +53,7 @@ pub fn current() -> Option<Context> {
 
 /// `f` of the context of the call being handled, borrowed (no copy of its headers); `None`
 /// outside a handler.
+#[inline]
 pub(crate) fn with_current<R>(f: impl FnOnce(&Context) -> R) -> Option<R> {
     CURRENT.try_with(f).ok()
 }

@@ -222,10 +222,11 @@ macro_rules! impl_handler {
             const ARITY: usize = $arity;
 
             fn call(&self, mut args: CallArgs<'_>, params: &[String]) -> ReplyFuture {
-                // Same process, same types: no serialization at all.
-                let local = match args.take::<($($A,)*)>() {
+                // Same process, same types: no serialization at all. A lone value first,
+                // as callers of a one-argument route pass it.
+                let local = match <($($A,)*)>::take_single(&mut args) {
                     Some(tuple) => Some(tuple),
-                    None => <($($A,)*)>::take_single(&mut args),
+                    None => args.take::<($($A,)*)>(),
                 };
                 let extracted: Result<($($A,)*), HandlerError> = match local {
                     Some(tuple) => Ok(tuple),

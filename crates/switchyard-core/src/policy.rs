@@ -247,6 +247,7 @@ impl CallPolicy {
         self
     }
 
+    #[inline]
     fn for_route(&self, route: &str) -> Option<&RoutePolicy> {
         // Most policies override nothing: no lookup then.
         if self.routes.is_empty() {
@@ -257,6 +258,7 @@ impl CallPolicy {
     }
 
     /// Whether calls of `route` are retried.
+    #[inline]
     pub fn retries(&self, route: &str) -> bool {
         let own = self.for_route(route);
         let idempotent = own
@@ -310,6 +312,7 @@ impl CallPolicy {
     }
 
     /// How long a call of `route` waits, when the policy says so for it.
+    #[inline]
     pub fn timeout(&self, route: &str) -> Option<Duration> {
         self.for_route(route)
             .and_then(|p| p.timeout_ms)

@@ -799,6 +799,7 @@ pub(crate) struct Unchanged {
 
 impl Unchanged {
     /// Whether the count is still where it was seen.
+    #[inline]
     pub(crate) fn holds(&self) -> bool {
         self.changes.load(std::sync::atomic::Ordering::Acquire) == self.seen
     }

@@ -394,6 +394,7 @@ impl CallArgs<'_> {
     }
 
     /// The arguments as `T` when the caller passed exactly a `T`, taken without a copy.
+    #[inline]
     pub fn take<T: 'static>(&mut self) -> Option<T> {
         match self {
             CallArgs::Lent(slot) => slot.as_any_mut().downcast_mut::<Option<T>>()?.take(),

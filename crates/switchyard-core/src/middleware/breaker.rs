@@ -76,6 +76,7 @@ impl Breaker {
     }
 
     /// Lets a call through, or says how long calls stay refused.
+    #[inline]
     pub(crate) fn admit(&self, now: Instant) -> Result<Admission, Duration> {
         let until = self.open_until_ms.load(Relaxed);
         if until == 0 {
@@ -95,6 +96,7 @@ impl Breaker {
     }
 
     /// Records the outcome of a call let through by [`Breaker::admit`].
+    #[inline]
     pub(crate) fn record(&self, admission: Admission, now: Instant, failed: bool) {
         if admission == Admission::Probe {
             self.probing.fetch_sub(1, Relaxed);

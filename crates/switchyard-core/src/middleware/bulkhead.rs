@@ -40,6 +40,7 @@ impl Bulkhead {
     }
 
     /// Lets a call of `route` through, or refuses it.
+    #[inline]
     pub(crate) fn enter(&self, route: &str, now: Instant) -> Result<Slot<'_>, CallError> {
         let refuse = |limit: String| {
             Err(CallError::Limited {
