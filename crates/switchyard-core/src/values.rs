@@ -348,6 +348,11 @@ pub trait LentValue: Send {
     fn to_arg_values(&self) -> Result<Vec<Value>, serde_json::Error>;
     /// The value, boxed, for a call that leaves the caller's task; `None` once taken.
     fn take_local(&mut self) -> Option<Box<dyn LocalValue>>;
+    /// The value as a reply's wire values (see [`to_values`]); an error once taken.
+    fn to_reply_values(&self) -> Result<Vec<Value>, serde_json::Error>;
+    /// The value as a reply's wire array, encoded straight from it (see
+    /// [`LocalValue::encode_values`]); an error once taken.
+    fn encode_reply(&self, codec: Codec) -> Result<bytes::Bytes, CodecError>;
 }
 
 impl<T: Serialize + Send + 'static> LentValue for Option<T> {
@@ -357,14 +362,22 @@ impl<T: Serialize + Send + 'static> LentValue for Option<T> {
     fn to_arg_values(&self) -> Result<Vec<Value>, serde_json::Error> {
         match self {
             Some(v) => to_arg_values(v),
-            None => Err(serde::ser::Error::custom(
-                "the arguments were taken already",
-            )),
+            None => Err(taken()),
         }
     }
     fn take_local(&mut self) -> Option<Box<dyn LocalValue>> {
         self.take().map(|v| Box::new(v) as Box<dyn LocalValue>)
     }
+    fn to_reply_values(&self) -> Result<Vec<Value>, serde_json::Error> {
+        to_values(self.as_ref().ok_or_else(taken)?)
+    }
+    fn encode_reply(&self, codec: Codec) -> Result<bytes::Bytes, CodecError> {
+        self.as_ref().ok_or_else(taken)?.encode_values(codec)
+    }
+}
+
+fn taken() -> serde_json::Error {
+    serde::ser::Error::custom("the value was taken already")
 }
 
 /// The arguments as a handler receives them: owned, or lent by a caller in the same task
@@ -484,13 +497,6 @@ impl Held {
     fn value(&mut self) -> &mut dyn LentValue {
         self.0.as_mut().value()
     }
-
-    /// The value, boxed (for a caller that wants another type, or the wire).
-    fn boxed(&mut self) -> Result<Box<dyn LocalValue>, serde_json::Error> {
-        self.value()
-            .take_local()
-            .ok_or_else(|| serde::ser::Error::custom("the reply was taken already"))
-    }
 }
 
 impl fmt::Debug for Held {
@@ -511,7 +517,7 @@ impl Reply {
         match self {
             Reply::Wire(v) => Ok(v),
             Reply::Local(v) => v.to_values(),
-            Reply::Held(mut h) => h.boxed()?.to_values(),
+            Reply::Held(mut h) => h.value().to_reply_values(),
         }
     }
 
@@ -520,7 +526,7 @@ impl Reply {
         match self {
             Reply::Wire(v) => codec.encode(&v),
             Reply::Local(v) => v.encode_values(codec),
-            Reply::Held(mut h) => h.boxed()?.encode_values(codec),
+            Reply::Held(mut h) => h.value().encode_reply(codec),
         }
     }
 
@@ -544,7 +550,7 @@ impl Reply {
                         .take()
                         .ok_or_else(|| "the reply was taken already".to_string());
                 }
-                let values = h.boxed().and_then(|v| v.to_values());
+                let values = value.to_reply_values();
                 from_values(values.map_err(|e| e.to_string())?).map_err(|e| e.to_string())
             }
         }
