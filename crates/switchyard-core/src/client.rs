@@ -386,7 +386,7 @@ impl Client {
         extra: &[(String, String)],
     ) -> Result<Reply, CallError> {
         // Inside a handler: pass its trace on and never wait past its deadline.
-        let now = Instant::now();
+        let now = crate::clock::call_start(timeout);
         let mut headers = Headers::new();
         // The caller's own first: the framework's, set below, are not overridden by them.
         for (name, value) in extra {

@@ -19,6 +19,7 @@
 pub(crate) mod backoff;
 pub mod call;
 pub mod client;
+pub(crate) mod clock;
 pub mod codec;
 pub mod consumer;
 pub mod context;

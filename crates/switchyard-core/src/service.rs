@@ -598,7 +598,8 @@ impl Service {
     /// runs the framework's call stack ([`middleware::routed`](crate::middleware::routed):
     /// token, deadline, panic recovery, handler). `enforce_deadline` is false for a caller
     /// that runs the handler inside its own future and bounds it by its own timeout (an
-    /// in-process call): no second timer is armed then.
+    /// in-process call): the stack has no deadline layer then
+    /// ([`InPlaceStack`](crate::middleware::routed::InPlaceStack)).
     ///
     /// Not an `async fn`: what is checked up front is done before the future exists, and the
     /// future holds only the running handler (an `async fn` kept its arguments and their
@@ -639,8 +640,10 @@ impl Service {
         };
         Either::Right(if middleware::trace::enabled() {
             Either::Right(routed::traced_stack().call(routed))
+        } else if enforce_deadline {
+            Either::Left(Either::Left(routed::call_stack().call(routed)))
         } else {
-            Either::Left(routed::call_stack().call(routed))
+            Either::Left(Either::Right(routed::in_place_stack().call(routed)))
         })
     }
 
