@@ -385,8 +385,11 @@ impl Client {
         shard_key: Option<&str>,
         extra: &[(String, String)],
     ) -> Result<Reply, CallError> {
+        // Whether this call's latency is measured, if it is answered in process (see
+        // `observe::LOCAL_LATENCY_SAMPLE`): then its start is read from the precise clock.
+        let timed = crate::observe::enabled() && crate::observe::sample_local_latency();
+        let now = crate::clock::call_start(timeout, timed);
         // Inside a handler: pass its trace on and never wait past its deadline.
-        let now = crate::clock::call_start(timeout);
         let mut headers = Headers::new();
         // The caller's own first: the framework's, set below, are not overridden by them.
         for (name, value) in extra {
@@ -431,8 +434,14 @@ impl Client {
                         headers,
                         deadline: Some(deadline),
                     };
-                    let outcome =
-                        FirstPollOrTimeout::new(Some(wait), served.call_local(call, now)).await;
+                    let outcome = FirstPollOrTimeout::new(
+                        Some(wait),
+                        served.call_local(
+                            call,
+                            timed.then_some((now, crate::observe::LOCAL_LATENCY_SAMPLE)),
+                        ),
+                    )
+                    .await;
                     local_outcome(route, wait, outcome)
                 }
                 None => {
@@ -537,7 +546,8 @@ impl Client {
                 headers,
                 deadline: Some(deadline),
             };
-            let outcome = FirstPollOrTimeout::new(Some(wait), served.call_local(call, now)).await;
+            let outcome =
+                FirstPollOrTimeout::new(Some(wait), served.call_local(call, Some((now, 1)))).await;
             return local_outcome(route, wait, outcome);
         }
         let Some(args) = args.into_owned() else {

@@ -5,7 +5,7 @@
 //! kernel's coarse clock instead: the same monotonic clock as it stood at its last tick, read
 //! in a few nanoseconds, never more than a tick (1–4 ms) away from the precise one — at most
 //! 0.4 % of such a timeout, finer than the millisecond of tokio's timers that enforce it.
-//! Shorter timeouts, and every call while metrics measure latencies, read the precise clock.
+//! Shorter timeouts, and calls whose latency is measured, read the precise clock.
 //! Written here because `std` has no coarse clock; `rustix` reads it without `unsafe`.
 
 use std::time::{Duration, Instant};
@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 /// Timeouts from which a call's start is read from the coarse clock.
 pub(crate) const COARSE_FROM: Duration = Duration::from_secs(1);
 
-/// When a call with `timeout` starts: from the coarse clock when the timeout allows it and no
-/// latency is measured (see the module's notes).
+/// When a call with `timeout` starts: from the coarse clock when the timeout allows it and
+/// its latency is not `timed` (see the module's notes).
 #[inline]
-pub(crate) fn call_start(timeout: Duration) -> Instant {
-    if timeout >= COARSE_FROM && !crate::observe::enabled() {
+pub(crate) fn call_start(timeout: Duration, timed: bool) -> Instant {
+    if timeout >= COARSE_FROM && !timed {
         coarse_now()
     } else {
         Instant::now()
@@ -81,6 +81,7 @@ mod tests {
     #[test]
     fn short_timeouts_start_from_the_precise_clock() {
         let before = Instant::now();
-        assert!(call_start(Duration::from_millis(100)) >= before);
+        assert!(call_start(Duration::from_millis(100), false) >= before);
+        assert!(call_start(Duration::from_secs(30), true) >= before);
     }
 }

@@ -151,18 +151,19 @@ impl Served {
         }
     }
 
-    /// A call made in this process at `started` (the caller's clock read, shared), with its
-    /// route and token borrowed. The caller bounds it by its own timeout.
+    /// A call made in this process, with its route and token borrowed; `timed` when its
+    /// latency is measured: when it started (the caller's clock read, shared) and how many
+    /// calls it stands for. The caller bounds it by its own timeout.
     pub(crate) fn call_local<'a>(
         &'a self,
         call: CallParts<'a>,
-        started: Instant,
+        timed: Option<(Instant, u64)>,
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + 'a {
         let route = call.route;
         let call = self.call_local_unmeasured(call);
         match &self.metrics {
             None => Either::Left(call),
-            Some(metrics) => Either::Right(Measured::new(metrics, route, started, call)),
+            Some(metrics) => Either::Right(Measured::sampled(metrics, route, timed, call)),
         }
     }
 
