@@ -61,6 +61,8 @@ impl<S, Req, Res, E> Erased<Req, Res, E> for Boxing<S>
 where
     S: Service<Req, Response = Res, Error = E> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
+    Res: 'static,
+    E: 'static,
 {
     fn clone_box(&self) -> Box<dyn Erased<Req, Res, E>> {
         Box::new(self.clone())
@@ -69,7 +71,20 @@ where
         self.0.poll_ready(cx)
     }
     fn call(&mut self, request: Req) -> BoxFuture<'static, Result<Res, E>> {
-        Box::pin(self.0.call(request))
+        // A layer that hands back its inner service's future (one that only looks at the
+        // request, or passes it on) returns a box already: not boxed a second time.
+        let mut future = Some(self.0.call(request));
+        let any: &mut dyn Any = &mut future;
+        if let Some(boxed) = any
+            .downcast_mut::<Option<BoxFuture<'static, Result<Res, E>>>>()
+            .and_then(Option::take)
+        {
+            return boxed;
+        }
+        match future {
+            Some(future) => Box::pin(future),
+            None => unreachable!("the future was taken only when it was a box already"),
+        }
     }
 }
 

@@ -43,7 +43,11 @@ async fn in_process_calls_are_all_counted_and_their_latency_sampled() {
     assert_eq!(counted % 16.0, 0.0, "{counted}");
     assert!((counted - CALLS).abs() <= 5.0 * 16.0 * 14.0, "{counted}");
     let sum = sample(&text, "switchyard_call_duration_seconds_sum", &labels).expect("sum");
-    assert!(sum > 0.0 && sum / counted < 0.01, "mean latency {}", sum / counted);
+    assert!(
+        sum > 0.0 && sum / counted < 0.01,
+        "mean latency {}",
+        sum / counted
+    );
     assert_eq!(
         sample(&text, "switchyard_calls_in_flight", &labels[..1]),
         Some(0.0),
