@@ -3,8 +3,11 @@
 //! On the wire a call carries positional `args` and keyword `kwargs`, and a reply is a JSON
 //! array with one element per returned value (microservices_connector's format: a tuple of three gives three
 //! elements, nothing gives `[null]`, a list gives `[[...]]`). In process, the same values travel
-//! as boxed Rust values ([`LocalValue`]) and are downcast on the other side, so a local call
-//! never serializes; only when the types on both sides differ does it fall back to JSON.
+//! as Rust values and are downcast on the other side, so a local call never serializes; only
+//! when the types on both sides differ does it fall back to JSON. A caller in the handler's
+//! task lends its arguments ([`CallArgs::Lent`]) and gets the value back from where the
+//! handler's future keeps it ([`Reply::Held`]): neither needs a box of its own; a call that
+//! leaves the caller's task (layers, another task) boxes them ([`LocalValue`]).
 
 use std::any::{type_name, Any};
 use std::fmt;
@@ -382,6 +385,7 @@ fn taken() -> serde_json::Error {
 
 /// The arguments as a handler receives them: owned, or lent by a caller in the same task
 /// (an in-process call without layers, which needs no box for them).
+#[non_exhaustive]
 pub enum CallArgs<'a> {
     /// Owned arguments, from the wire or boxed by a caller.
     Owned(Args),
@@ -474,6 +478,7 @@ impl Args {
 
 /// What a handler returned.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Reply {
     /// Decoded from the wire.
     Wire(Vec<Value>),
