@@ -211,6 +211,17 @@ pub fn start_server(program: &str, args: &[&str], port: u16) -> Killed {
     Killed(child)
 }
 
+/// The value of the first series of metric `name` whose labels include all of `labels`
+/// (each written `key="value"`), in a Prometheus text scrape.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let series = format!("{name}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&series))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

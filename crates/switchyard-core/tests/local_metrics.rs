@@ -8,13 +8,7 @@ use switchyard_core::handler::rpc;
 use switchyard_core::mem::MemTransport;
 use switchyard_core::{observe, server, service::Service};
 
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| labels.iter().all(|want| l.contains(want)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use switchyard_core::testkit::metric as sample;
 
 #[tokio::test]
 async fn in_process_calls_are_all_counted_and_their_latency_sampled() {
