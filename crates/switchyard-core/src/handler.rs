@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::HandlerError;
-use crate::values::{short_type_name, CallArgs, Held, HoldsValue, IntoReply, LentValue, Reply};
+use crate::values::{short_type_name, CallArgs, Held, HoldsValue, IntoReply, Reply, ValueSlot};
 
 /// The future a handler returns once erased: the handler's own future in one box, which also
 /// holds the value it returns, so that an in-process call's reply needs no box of its own
@@ -48,7 +48,7 @@ where
     F: Send,
     V: Serialize + Send + 'static,
 {
-    fn value(self: Pin<&mut Self>) -> &mut dyn LentValue {
+    fn value(self: Pin<&mut Self>) -> &mut dyn ValueSlot {
         self.project().value
     }
 }

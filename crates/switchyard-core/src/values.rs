@@ -341,10 +341,11 @@ impl fmt::Debug for dyn LocalValue {
     }
 }
 
-/// A caller's value in this process, lent to the handler for the length of the call: the
-/// handler takes it out when its types match (no allocation, no serialization) and reads
-/// its wire form when they do not. Implemented for `Option<T>` (the value, until taken).
-pub trait LentValue: Send {
+/// A Rust value in a slot, taken out by whoever wants exactly its type (no allocation, no
+/// serialization) and read as wire values by whoever wants another: a caller's arguments lent
+/// to a handler in its task ([`CallArgs::Lent`]), a handler's reply held for its caller
+/// ([`Reply::Held`]). Implemented for `Option<T>` (the value, until taken).
+pub trait ValueSlot: Send {
     /// The `Option<T>` itself, for the handler to take the value out of after a downcast.
     fn as_any_mut(&mut self) -> &mut dyn Any;
     /// The wire values as call arguments (see [`to_arg_values`]); an error once taken.
@@ -358,7 +359,7 @@ pub trait LentValue: Send {
     fn encode_reply(&self, codec: Codec) -> Result<bytes::Bytes, CodecError>;
 }
 
-impl<T: Serialize + Send + 'static> LentValue for Option<T> {
+impl<T: Serialize + Send + 'static> ValueSlot for Option<T> {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
@@ -389,8 +390,8 @@ fn taken() -> serde_json::Error {
 pub enum CallArgs<'a> {
     /// Owned arguments, from the wire or boxed by a caller.
     Owned(Args),
-    /// A caller's value, lent (see [`LentValue`]).
-    Lent(&'a mut (dyn LentValue + 'static)),
+    /// A caller's value, lent (see [`ValueSlot`]).
+    Lent(&'a mut (dyn ValueSlot + 'static)),
 }
 
 impl CallArgs<'_> {
@@ -499,7 +500,7 @@ impl Held {
         Self(holder)
     }
 
-    fn value(&mut self) -> &mut dyn LentValue {
+    fn value(&mut self) -> &mut dyn ValueSlot {
         self.0.as_mut().value()
     }
 }
@@ -513,7 +514,7 @@ impl fmt::Debug for Held {
 /// What holds a handler's value once it has one: its finished future.
 pub trait HoldsValue: Send {
     /// The value, as an `Option<T>` (taken once).
-    fn value(self: std::pin::Pin<&mut Self>) -> &mut dyn LentValue;
+    fn value(self: std::pin::Pin<&mut Self>) -> &mut dyn ValueSlot;
 }
 
 impl Reply {
