@@ -151,6 +151,12 @@ impl Served {
         }
     }
 
+    /// Whether a call goes straight to the service's dispatch: no service layers, no metrics.
+    #[inline]
+    pub(crate) fn answers_plainly(&self) -> bool {
+        self.calls.is_none() && self.metrics.is_none()
+    }
+
     /// A call made in this process, with its route and token borrowed; `timed` when its
     /// latency is measured: when it started (the caller's clock read, shared) and how many
     /// calls it stands for. The caller bounds it by its own timeout.

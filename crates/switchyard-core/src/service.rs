@@ -611,6 +611,41 @@ impl Service {
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + 's {
         use futures::future::{ready, Either};
         use tower::Service as _;
+        let routed = match self.routed(call, enforce_deadline) {
+            Ok(routed) => routed,
+            Err(unknown) => return Either::Left(ready(Err(unknown))),
+        };
+        Either::Right(if middleware::trace::enabled() {
+            Either::Right(routed::traced_stack().call(routed))
+        } else if enforce_deadline {
+            Either::Left(Either::Left(routed::call_stack().call(routed)))
+        } else {
+            Either::Left(Either::Right(routed::in_place_stack().call(routed)))
+        })
+    }
+
+    /// [`Service::dispatch_parts`] of a call answered in its caller's task while spans are
+    /// off: the in-place stack alone, with none of the others' wrappers around its future.
+    pub(crate) fn dispatch_in_place<'s>(
+        &'s self,
+        call: CallParts<'_>,
+    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + 's {
+        use futures::future::{ready, Either};
+        use tower::Service as _;
+        match self.routed(call, false) {
+            Ok(routed) => Either::Right(routed::in_place_stack().call(routed)),
+            Err(unknown) => Either::Left(ready(Err(unknown))),
+        }
+    }
+
+    /// A call with its route found (`NotFound` when the service has none such) and its
+    /// context made.
+    #[inline]
+    fn routed<'s, 'c>(
+        &'s self,
+        call: CallParts<'c>,
+        enforce_deadline: bool,
+    ) -> Result<Routed<'s, 'c>, HandlerError> {
         let CallParts {
             route: path,
             args,
@@ -619,17 +654,17 @@ impl Service {
             deadline,
         } = call;
         let Some((path, route)) = self.routes.get_key_value(path) else {
-            return Either::Left(ready(Err(HandlerError::new(
+            return Err(HandlerError::new(
                 ErrorCode::NotFound,
                 format!("no route {path}"),
-            ))));
+            ));
         };
         // A deadline given by the transport is the header's, already read.
         let context = match deadline {
             Some(_) => Context { deadline, headers },
             None => Context::from_headers(headers),
         };
-        let routed = Routed {
+        Ok(Routed {
             service: &self.name,
             path,
             route,
@@ -637,13 +672,6 @@ impl Service {
             token,
             context,
             enforce_deadline,
-        };
-        Either::Right(if middleware::trace::enabled() {
-            Either::Right(routed::traced_stack().call(routed))
-        } else if enforce_deadline {
-            Either::Left(Either::Left(routed::call_stack().call(routed)))
-        } else {
-            Either::Left(Either::Right(routed::in_place_stack().call(routed)))
         })
     }
 
