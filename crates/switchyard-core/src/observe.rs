@@ -491,29 +491,61 @@ pub(crate) fn dead_letter(topic: &str) {
     }
 }
 
+/// A call being counted: in flight from its start, then counted by its outcome with its
+/// latency (when measured), or as a timeout when it is dropped before it ends (its caller gave
+/// up). Held beside the call's future, or inside it ([`Measured`]).
+pub(crate) struct Counting<'a> {
+    route: &'a RouteMetrics,
+    in_flight: &'a AtomicI64,
+    // When it started and how many calls its latency stands for; `None` when its latency is
+    // not measured (an in-process call outside the sample).
+    timed: Option<(Instant, u64)>,
+    done: bool,
+}
+
+impl<'a> Counting<'a> {
+    /// A call of `route` starts (see [`Counting`]).
+    pub(crate) fn start(
+        metrics: &'a ServedMetrics,
+        route: &str,
+        timed: Option<(Instant, u64)>,
+    ) -> Self {
+        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self {
+            route: metrics.route(route),
+            in_flight: &metrics.in_flight,
+            timed,
+            done: false,
+        }
+    }
+
+    /// The call ended with `result`.
+    pub(crate) fn finish(mut self, result: Result<(), &HandlerError>) {
+        self.count(result);
+    }
+
+    fn count(&mut self, result: Result<(), &HandlerError>) {
+        self.done = true;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.route.record_timed(self.timed, result);
+    }
+}
+
+impl Drop for Counting<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let gone = HandlerError::new(ErrorCode::DeadlineExceeded, "the caller left");
+            self.count(Err(&gone));
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// A served call, measured: counted by outcome with its latency, and in flight meanwhile.
-    /// A call dropped unfinished (its caller gave up) is counted as a timeout.
+    /// A served call, measured (see [`Counting`]).
     pub(crate) struct Measured<'a, F> {
         #[pin]
         inner: F,
-        route: &'a RouteMetrics,
-        in_flight: &'a AtomicI64,
-        // When it started and how many calls its latency stands for; `None` when its latency
-        // is not measured (an in-process call outside the sample).
-        timed: Option<(Instant, u64)>,
-        done: bool,
-    }
-
-    impl<'a, F> PinnedDrop for Measured<'a, F> {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if !*this.done {
-                this.in_flight.fetch_sub(1, Ordering::Relaxed);
-                let gone = HandlerError::new(ErrorCode::DeadlineExceeded, "the caller left");
-                this.route.record_timed(*this.timed, Err(&gone));
-            }
-        }
+        counting: Option<Counting<'a>>,
     }
 }
 
@@ -531,13 +563,9 @@ impl<'a, F> Measured<'a, F> {
         timed: Option<(Instant, u64)>,
         inner: F,
     ) -> Self {
-        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         Self {
             inner,
-            route: metrics.route(route),
-            in_flight: &metrics.in_flight,
-            timed,
-            done: false,
+            counting: Some(Counting::start(metrics, route, timed)),
         }
     }
 }
@@ -553,10 +581,9 @@ impl<T, F: std::future::Future<Output = Result<T, HandlerError>>> std::future::F
     ) -> std::task::Poll<F::Output> {
         let this = self.project();
         let outcome = std::task::ready!(this.inner.poll(cx));
-        *this.done = true;
-        this.in_flight.fetch_sub(1, Ordering::Relaxed);
-        this.route
-            .record_timed(*this.timed, outcome.as_ref().map(|_| ()));
+        if let Some(counting) = this.counting.take() {
+            counting.finish(outcome.as_ref().map(|_| ()));
+        }
         std::task::Poll::Ready(outcome)
     }
 }

@@ -15,7 +15,7 @@ use crate::layer::{self, CallService, EventService};
 use crate::message::Envelope;
 use crate::middleware::limiter::Limiter;
 use crate::middleware::{self, DeliveryService, Disposition, EventHandler};
-use crate::observe::{EventOutcome, Measured, ServedMetrics, TopicMetrics};
+use crate::observe::{Counting, EventOutcome, Measured, ServedMetrics, TopicMetrics};
 use crate::service::Service;
 use crate::values::Reply;
 
@@ -151,10 +151,24 @@ impl Served {
         }
     }
 
-    /// Whether a call goes straight to the service's dispatch: no service layers, no metrics.
+    /// Whether a call made in this process may await the in-place stack itself
+    /// (`Service::dispatch_in_place`): the service has no layers and spans are off.
     #[inline]
-    pub(crate) fn answers_plainly(&self) -> bool {
-        self.calls.is_none() && self.metrics.is_none()
+    pub(crate) fn answers_in_place(&self) -> bool {
+        self.calls.is_none() && !crate::middleware::trace::enabled()
+    }
+
+    /// A call of `route` made in this process and answered in place, counted when metrics are
+    /// recorded (see [`Counting`]); `timed` as for [`Served::call_local`].
+    #[inline]
+    pub(crate) fn count_local(
+        &self,
+        route: &str,
+        timed: Option<(Instant, u64)>,
+    ) -> Option<Counting<'_>> {
+        self.metrics
+            .as_ref()
+            .map(|metrics| Counting::start(metrics, route, timed))
     }
 
     /// A call made in this process, with its route and token borrowed; `timed` when its

@@ -14,14 +14,37 @@ use switchyard_core::testkit::metric as sample;
 async fn in_process_calls_are_all_counted_and_their_latency_sampled() {
     observe::install_prometheus().expect("recorder");
     let bus = Arc::new(MemTransport::new("local-metrics"));
-    let service = Service::new("local-metered").route("/n", rpc(|| async { 1u32 }));
+    let service = Service::new("local-metered")
+        .route("/n", rpc(|| async { 1u32 }))
+        .route(
+            "/slow",
+            rpc(|| async {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                1u32
+            }),
+        );
     let _served = server::serve(bus.clone(), service).await.expect("serve");
     let client = Client::new(bus).service("local-metered");
     const CALLS: f64 = 3_200.0;
     for _ in 0..3_200 {
         assert_eq!(client.call::<_, u32>("/n", ()).await.expect("call"), 1);
     }
+    // A call its caller stops waiting for is counted as a timeout, and is in flight no more.
+    let impatient = client
+        .clone()
+        .with_timeout(std::time::Duration::from_millis(50));
+    assert!(impatient.call::<_, u32>("/slow", ()).await.is_err());
     let text = observe::render().expect("metrics installed");
+    let slow = [
+        "service=\"local-metered\"",
+        "route=\"/slow\"",
+        "outcome=\"timeout\"",
+    ];
+    assert_eq!(
+        sample(&text, "switchyard_calls_total", &slow),
+        Some(1.0),
+        "{text}"
+    );
     let labels = ["service=\"local-metered\"", "route=\"/n\""];
     let ok = [labels[0], labels[1], "outcome=\"ok\""];
     assert_eq!(
