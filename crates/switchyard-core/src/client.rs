@@ -437,7 +437,7 @@ impl Client {
                     let timed = timed.then_some((now, crate::observe::LOCAL_LATENCY_SAMPLE));
                     // A service with no layers, spans off: the in-place stack itself, counted
                     // beside it, without the wrappers of the paths it does not take (nested
-                    // `Either`s cost this path 180 instructions and 25 ns).
+                    // `Either`s, each polled and dropped on every call).
                     let outcome = if served.answers_in_place() {
                         let counting = served.count_local(route, timed);
                         let dispatch = served.service().dispatch_in_place(call);

@@ -1,10 +1,11 @@
 //! The clock a call's deadline is reckoned from.
 //!
-//! A precise read of the monotonic clock (`Instant::now`) costs 20–30 ns on a virtual machine,
-//! a tenth of a call made in process. A call whose timeout is a second or more starts from the
-//! kernel's coarse clock instead: the same monotonic clock as it stood at its last tick, read
-//! in a few nanoseconds, never more than a tick (1–4 ms) away from the precise one — at most
-//! 0.4 % of such a timeout, finer than the millisecond of tokio's timers that enforce it.
+//! A precise read of the monotonic clock (`Instant::now`) is, on a virtual machine, a sizeable
+//! part of a call made in process (`docs/PERFORMANCE.md`). A call whose timeout is a second or
+//! more starts from the kernel's coarse clock instead: the same monotonic clock as it stood at
+//! its last tick, several times cheaper to read, never more than a tick (1–4 ms) away from the
+//! precise one — at most 0.4 % of such a timeout, finer than the millisecond of tokio's timers
+//! that enforce it.
 //! Shorter timeouts, and calls whose latency is measured, read the precise clock.
 //! Written here because `std` has no coarse clock; `rustix` reads it without `unsafe`.
 
