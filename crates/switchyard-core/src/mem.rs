@@ -276,12 +276,8 @@ impl Subscriber for MemTransport {
 
 impl MemTransport {
     /// An instance of the service named `name` on this bus, taking turns between instances.
-    fn pick(&self, name: &str) -> Option<Arc<Served>> {
-        self.pick_local(name).map(|local| local.served().clone())
-    }
-
-    /// [`MemTransport::pick`], and whether the caller may keep the instance.
-    fn pick_local(&self, name: &str) -> Option<LocalInstance> {
+    /// With it, when it is the only one, the count of the bus's changes it was picked at.
+    fn pick(&self, name: &str) -> Option<(Arc<Served>, Option<u64>)> {
         let services = self.bus.services.read().unwrap_or_else(|p| p.into_inner());
         let mut named = services.iter().filter(|s| s.name() == name);
         let first = named.next()?;
@@ -289,15 +285,11 @@ impl MemTransport {
         if others == 0 {
             // Read under the lock its writers hold: the count of the services seen here.
             let seen = self.bus.changes.load(AtomicOrdering::Acquire);
-            return Some(LocalInstance::kept_while(
-                first.clone(),
-                self.bus.changes.clone(),
-                seen,
-            ));
+            return Some((first.clone(), Some(seen)));
         }
         let i = self.bus.next.fetch_add(1, AtomicOrdering::Relaxed) % (others + 1);
         let served = services.iter().filter(|s| s.name() == name).nth(i)?;
-        Some(LocalInstance::new(served.clone()))
+        Some((served.clone(), None))
     }
 }
 
@@ -310,7 +302,7 @@ impl Requester for MemTransport {
                     transport: self.url(),
                 });
             };
-            let served = self.pick(&name).ok_or_else(|| CallError::Unreachable {
+            let (served, _) = self.pick(&name).ok_or_else(|| CallError::Unreachable {
                 target: format!("mem://{} (service {name})", self.name),
                 source: "no instance of the service is serving on this bus".into(),
             })?;
@@ -376,7 +368,11 @@ impl Transport for MemTransport {
     }
 
     fn local(&self, service: &str) -> Option<LocalInstance> {
-        self.pick_local(service)
+        let (served, seen) = self.pick(service)?;
+        Some(match seen {
+            Some(seen) => LocalInstance::kept_while(served, self.bus.changes.clone(), seen),
+            None => LocalInstance::new(served),
+        })
     }
 }
 

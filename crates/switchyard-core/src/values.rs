@@ -496,7 +496,7 @@ pub struct Held(std::pin::Pin<Box<dyn HoldsValue>>);
 
 impl Held {
     /// Holds what `holder` holds.
-    pub fn new(holder: std::pin::Pin<Box<dyn HoldsValue>>) -> Self {
+    pub(crate) fn new(holder: std::pin::Pin<Box<dyn HoldsValue>>) -> Self {
         Self(holder)
     }
 
@@ -512,7 +512,7 @@ impl fmt::Debug for Held {
 }
 
 /// What holds a handler's value once it has one: its finished future.
-pub trait HoldsValue: Send {
+pub(crate) trait HoldsValue: Send {
     /// The value, as an `Option<T>` (taken once).
     fn value(self: std::pin::Pin<&mut Self>) -> &mut dyn ValueSlot;
 }
@@ -575,13 +575,6 @@ pub trait IntoReply: Send + 'static {
     type Value: Serialize + Send + 'static;
     /// The value, or the handler's error.
     fn into_value(self) -> Result<Self::Value, HandlerError>;
-    /// Converts into a reply or a handler error.
-    fn into_reply(self) -> Result<Reply, HandlerError>
-    where
-        Self: Sized,
-    {
-        self.into_value().map(|v| Reply::Local(Box::new(v)))
-    }
 }
 
 /// Wraps any serializable value as a handler result, like axum's `Json`.
