@@ -55,6 +55,10 @@ pub const EJECT_AFTER: u32 = 5;
 pub const EJECT_FOR: Duration = Duration::from_secs(10);
 /// How long a failed call counts as having taken, at least: failing fast is not fast.
 const FAILURE_COST: Duration = Duration::from_secs(1);
+/// How fast what is known of an address's latency fades when no call refreshes it (the time
+/// for it to fall to 1/e; tower's and Finagle's default): an address once slow, and so passed
+/// over by every pick, is worth trying again a while later rather than never.
+const LATENCY_FADES_MS: f64 = 10_000.0;
 /// How soon an unreachable registry is asked again.
 const RESYNC_EVERY: Duration = Duration::from_secs(1);
 
@@ -86,6 +90,8 @@ struct Endpoint {
     address_hash: u64,
     instances: Vec<Instance>,
     ewma_ns: AtomicU64,
+    /// When `ewma_ns` was last set (ms since `Known::epoch`).
+    ewma_at_ms: AtomicU64,
     in_flight: AtomicU32,
     failures: AtomicU32,
     /// Left out until then (ms since `Known::epoch`), 0 when not.
@@ -118,6 +124,7 @@ impl Endpoint {
             address,
             instances,
             ewma_ns: AtomicU64::new(0),
+            ewma_at_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
@@ -130,23 +137,48 @@ impl Endpoint {
         self.instances.iter().any(|i| i.health == Health::Serving)
     }
 
-    fn cost(&self) -> u64 {
-        let ewma = self.ewma_ns.load(Ordering::Relaxed).max(1);
+    /// The latency estimate at `now_ms`, faded by the time since it was last set.
+    fn ewma_at(&self, now_ms: u64) -> u64 {
+        let ewma = self.ewma_ns.load(Ordering::Relaxed);
+        let since = now_ms.saturating_sub(self.ewma_at_ms.load(Ordering::Relaxed));
+        if since == 0 || ewma == 0 {
+            return ewma;
+        }
+        // Precision lost in the float round trip is far below what a pick can tell apart.
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let faded = (ewma as f64 * (-(since as f64) / LATENCY_FADES_MS).exp()) as u64;
+        faded
+    }
+
+    fn cost(&self, now_ms: u64) -> u64 {
+        let ewma = self.ewma_at(now_ms).max(1);
         ewma.saturating_mul(u64::from(self.in_flight.load(Ordering::Relaxed)) + 1)
     }
 
     /// Records a call's latency: a higher one is taken at once (peak), a lower one pulls the
-    /// average down by a quarter of the difference.
-    fn record(&self, took: Duration, failed: bool) {
+    /// (faded) average down by a quarter of the difference.
+    fn record(&self, took: Duration, failed: bool, now_ms: u64) {
         let took = if failed { took.max(FAILURE_COST) } else { took };
         let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        let old = self.ewma_ns.load(Ordering::Relaxed);
+        let old = self.ewma_at(now_ms);
         let new = if sample >= old || old == 0 {
             sample
         } else {
             old - (old - sample) / 4
         };
         self.ewma_ns.store(new, Ordering::Relaxed);
+        self.ewma_at_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Forgets what is known of the address's latency: it comes back (from ejection, or from
+    /// not being ready) as a new address would, tried at once rather than judged by the
+    /// calls that had it left out.
+    fn forget_latency(&self) {
+        self.ewma_ns.store(0, Ordering::Relaxed);
     }
 }
 
@@ -329,8 +361,14 @@ impl Known {
                     Some(old) if old.instances == instances => old.clone(),
                     Some(old) => {
                         let e = Endpoint::new(address, instances);
-                        e.ewma_ns
-                            .store(old.ewma_ns.load(Ordering::Relaxed), Ordering::Relaxed);
+                        // Health changed: one back to serving starts afresh; otherwise what is
+                        // known of the address stays.
+                        if !e.serving() || old.serving() {
+                            e.ewma_ns
+                                .store(old.ewma_ns.load(Ordering::Relaxed), Ordering::Relaxed);
+                            e.ewma_at_ms
+                                .store(old.ewma_at_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+                        }
                         Arc::new(e)
                     }
                     None => Arc::new(Endpoint::new(address, instances)),
@@ -448,7 +486,7 @@ impl Known {
                 let a = fastrand::usize(..n);
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
                 let (a, b) = (nth(a)?, nth(b)?);
-                Some(if a.cost() <= b.cost() { a } else { b })
+                Some(if a.cost(now) <= b.cost(now) { a } else { b })
             }
         }
     }
@@ -692,13 +730,15 @@ impl Requester for Discovery {
             let failed = outcome
                 .as_ref()
                 .is_err_and(crate::middleware::breaker::destination_failed);
-            endpoint.record(started.elapsed(), failed);
+            let now = known.now_ms();
+            endpoint.record(started.elapsed(), failed, now);
             if failed {
                 let n = endpoint.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 if n >= EJECT_AFTER {
-                    let until = known.now_ms() + u64::try_from(EJECT_FOR.as_millis()).unwrap_or(0);
+                    let until = now + u64::try_from(EJECT_FOR.as_millis()).unwrap_or(0);
                     endpoint.ejected_until_ms.store(until, Ordering::Relaxed);
                     endpoint.failures.store(0, Ordering::Relaxed);
+                    endpoint.forget_latency();
                     tracing::warn!(target: "switchyard", %service, address = %endpoint.address, "instance failing repeatedly: left out for a while");
                 }
             } else {
@@ -848,6 +888,53 @@ mod tests {
         (0..addresses.len())
             .max_by_key(|&i| rendezvous(k, stable_hash(addresses[i])))
             .unwrap_or(0)
+    }
+
+    #[test]
+    fn an_address_once_slow_is_tried_again_as_what_is_known_of_it_fades() {
+        let once_slow = Endpoint::new("mem://a".into(), Vec::new());
+        let steady = Endpoint::new("mem://b".into(), Vec::new());
+        once_slow.record(Duration::from_millis(1), true, 0);
+        steady.record(Duration::from_micros(100), false, 0);
+        assert!(once_slow.cost(1_000) > steady.cost(1_000));
+        // The steady one keeps being called; the other is not, and fades.
+        steady.record(Duration::from_micros(100), false, 120_000);
+        assert!(
+            once_slow.cost(120_000) < steady.cost(120_000),
+            "{} vs {}",
+            once_slow.cost(120_000),
+            steady.cost(120_000)
+        );
+        // A sample after the fade pulls from the faded value, not from the old peak.
+        once_slow.record(Duration::from_micros(50), false, 120_000);
+        assert!(once_slow.ewma_at(120_000) <= 50_000);
+    }
+
+    #[test]
+    fn an_address_back_to_serving_starts_afresh() {
+        let known = Known {
+            service: "books".into(),
+            endpoints: RwLock::default(),
+            route: RwLock::default(),
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        };
+        let at = |health| {
+            let mut i = Instance::new("books", "b1", ["mem://b1".to_string()]);
+            i.health = health;
+            vec![i]
+        };
+        let endpoint = |k: &Known| k.endpoints.read().map(|e| e[0].clone()).ok();
+        known.set(at(Health::Serving));
+        if let Some(e) = endpoint(&known) {
+            e.record(Duration::from_secs(1), true, known.now_ms());
+        }
+        known.set(at(Health::NotReady));
+        let kept = endpoint(&known).map(|e| e.ewma_ns.load(Ordering::Relaxed));
+        assert_eq!(kept, Some(1_000_000_000), "kept while not ready");
+        known.set(at(Health::Serving));
+        let afresh = endpoint(&known).map(|e| e.ewma_ns.load(Ordering::Relaxed));
+        assert_eq!(afresh, Some(0), "forgotten once serving again");
     }
 
     #[test]
