@@ -22,7 +22,7 @@ use crate::middleware::breaker::{self, Admission, Breaker};
 use crate::middleware::budget::RetryBudget;
 use crate::middleware::bulkhead::Bulkhead;
 use crate::middleware::{timeout, trace};
-use crate::observe::ClientMetrics;
+use crate::observe::{ClientMetrics, CountedWait};
 use crate::policy::CallPolicy;
 
 pub use crate::middleware::breaker::BreakerState;
@@ -439,11 +439,12 @@ impl Client {
                     // beside it, without the wrappers of the paths it does not take (nested
                     // `Either`s, each polled and dropped on every call).
                     let outcome = if served.answers_in_place() {
-                        let counting = served.count_local(route, timed);
-                        let dispatch = served.service().dispatch_in_place(call);
+                        let mut counting = served.count_local(timed);
+                        let dispatch = served.service().dispatch_in_place(call, counting.as_mut());
                         match counting {
                             None => FirstPollOrTimeout::new(Some(wait), dispatch).await,
                             Some(counting) => {
+                                let dispatch = CountedWait::new(&counting, dispatch);
                                 let outcome = FirstPollOrTimeout::new(Some(wait), dispatch).await;
                                 // Not finished (timed out): counted as the caller leaving, as
                                 // it drops.

@@ -301,13 +301,29 @@ pub enum RouteKind {
 }
 
 /// A handler ready to be registered, with its argument names and token.
-#[derive(Clone)]
 pub struct Route {
     pub(crate) handler: Arc<dyn ErasedHandler>,
     pub(crate) params: Vec<String>,
     pub(crate) token: Option<String>,
     pub(crate) arity: Option<usize>,
     pub(crate) kind: RouteKind,
+    /// The route's metric handles, once it is served with metrics on: found with the route,
+    /// no second lookup by path a call.
+    pub(crate) metrics: std::sync::OnceLock<Arc<crate::observe::RouteMetrics>>,
+}
+
+impl Clone for Route {
+    /// A copy to register anew: without the metric handles of the service it was served in.
+    fn clone(&self) -> Self {
+        Self {
+            handler: self.handler.clone(),
+            params: self.params.clone(),
+            token: self.token.clone(),
+            arity: self.arity,
+            kind: self.kind,
+            metrics: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Route {
@@ -372,6 +388,7 @@ pub fn rpc<H: Handler<T>, T: 'static>(handler: H) -> Route {
         token: None,
         arity: Some(H::ARITY),
         kind: RouteKind::Rpc,
+        metrics: std::sync::OnceLock::new(),
     }
 }
 
@@ -435,6 +452,7 @@ where
         token: None,
         arity: None,
         kind: RouteKind::Json,
+        metrics: std::sync::OnceLock::new(),
     }
 }
 
@@ -477,6 +495,7 @@ where
         token: None,
         arity: None,
         kind: RouteKind::Rpc,
+        metrics: std::sync::OnceLock::new(),
     }
 }
 

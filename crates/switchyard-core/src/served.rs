@@ -158,17 +158,14 @@ impl Served {
         self.calls.is_none() && !crate::middleware::trace::enabled()
     }
 
-    /// A call of `route` made in this process and answered in place, counted when metrics are
-    /// recorded (see [`Counting`]); `timed` as for [`Served::call_local`].
+    /// A call made in this process and answered in place, counted when metrics are recorded
+    /// (see [`Counting`]; `Service::dispatch_in_place` tells it the route); `timed` as for
+    /// [`Served::call_local`].
     #[inline]
-    pub(crate) fn count_local(
-        &self,
-        route: &str,
-        timed: Option<(Instant, u64)>,
-    ) -> Option<Counting<'_>> {
+    pub(crate) fn count_local(&self, timed: Option<(Instant, u64)>) -> Option<Counting<'_>> {
         self.metrics
             .as_ref()
-            .map(|metrics| Counting::start(metrics, route, timed))
+            .map(|metrics| Counting::start_unrouted(metrics, timed))
     }
 
     /// A call made in this process, with its route and token borrowed; `timed` when its

@@ -523,6 +523,13 @@ impl Service {
         self.routes.get(path)
     }
 
+    /// Every route with its path, in no order.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = (&str, &Route)> {
+        self.routes
+            .iter()
+            .map(|(path, route)| (path.as_str(), route))
+    }
+
     /// All route paths, sorted.
     pub fn route_paths(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.routes.keys().map(String::as_str).collect();
@@ -626,14 +633,21 @@ impl Service {
 
     /// [`Service::dispatch_parts`] of a call answered in its caller's task while spans are
     /// off: the in-place stack alone, with none of the others' wrappers around its future.
+    /// `counting` (metrics on) is told the route found.
     pub(crate) fn dispatch_in_place<'s>(
         &'s self,
         call: CallParts<'_>,
+        counting: Option<&mut crate::observe::Counting<'s>>,
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + 's {
         use futures::future::{ready, Either};
         use tower::Service as _;
         match self.routed(call, false) {
-            Ok(routed) => Either::Right(routed::in_place_stack().call(routed)),
+            Ok(routed) => {
+                if let Some(counting) = counting {
+                    counting.route_found(routed.route);
+                }
+                Either::Right(routed::in_place_stack().call(routed))
+            }
             Err(unknown) => Either::Left(ready(Err(unknown))),
         }
     }

@@ -29,6 +29,21 @@ async fn in_process_calls_are_all_counted_and_their_latency_sampled() {
     for _ in 0..3_200 {
         assert_eq!(client.call::<_, u32>("/n", ()).await.expect("call"), 1);
     }
+    // A call that waits is in flight while it does (one that ends in the poll it starts in is
+    // not counted so: nothing could see it).
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.call::<_, u32>("/slow", ()).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let text = observe::render().expect("metrics installed");
+    let service = ["service=\"local-metered\""];
+    assert_eq!(
+        sample(&text, "switchyard_calls_in_flight", &service),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(waiting.await.expect("joined").expect("call"), 1);
     // A call its caller stops waiting for is counted as a timeout, and is in flight no more.
     let impatient = client
         .clone()
