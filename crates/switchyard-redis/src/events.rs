@@ -1,8 +1,8 @@
 //! Events: XADD to publish, consumer groups (XREADGROUP, XAUTOCLAIM) or XREAD to subscribe,
 //! XACK to settle.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -50,6 +50,41 @@ pub(crate) struct RedisAcker {
     consumer: Arc<str>,
     entry: String,
     _permit: Option<OwnedSemaphorePermit>,
+    /// Marks the entry as in flight with its reader until it is settled.
+    held: Option<Held>,
+}
+
+/// The entries a group member has read and not settled yet, by stream and id.
+type InFlight = Arc<Mutex<HashSet<(String, String)>>>;
+
+/// An entry in flight with the member that read it, until dropped (once it is settled or
+/// handed back). The member's XAUTOCLAIM takes back entries idle for `claim_idle`, its own
+/// among them: one it still holds (a slow handler, a letter `yard dlq` holds for a look)
+/// would otherwise be delivered to it a second time, handled twice, and — if the second
+/// delivery is dropped with the subscription — copied to the retry stream beside the first.
+struct Held {
+    in_flight: InFlight,
+    key: (String, String),
+}
+
+impl Held {
+    /// Marks `key` in flight; `None` when it is already (a second delivery of it).
+    fn mark(in_flight: &InFlight, key: (String, String)) -> Option<Self> {
+        let mut set = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(key.clone()).then(|| Self {
+            in_flight: in_flight.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 impl RedisAcker {
@@ -99,13 +134,17 @@ impl Acker for RedisAcker {
             key,
             group,
             entry,
+            held,
             ..
         } = *self;
         Box::pin(async move {
-            match group {
+            let settled = match group {
                 Some(g) => settle(&mut con, &key, &g, &entry).await,
                 None => Ok(()),
-            }
+            };
+            // In flight until the broker has it settled: no claim of ours takes it meanwhile.
+            drop(held);
+            settled
         })
     }
 
@@ -144,9 +183,11 @@ impl Acker for RedisAcker {
                     group,
                     consumer,
                     entry,
+                    held,
                     ..
                 } = *self;
                 Box::pin(async move {
+                    let _held = held;
                     let Some(g) = group else { return Ok(()) };
                     redis::cmd("XCLAIM")
                         .arg(&key)
@@ -202,17 +243,18 @@ impl RedisAcker {
             group,
             retry_key,
             entry,
+            held,
             ..
         } = self;
         let group = group?;
-        Some(RedisAcker::requeue_to(
-            con,
-            (key, retry_key),
-            group,
-            entry,
-            envelope,
-            delay,
-        ))
+        let requeue = RedisAcker::requeue_to(con, (key, retry_key), group, entry, envelope, delay);
+        // The slot is free at once (the delay runs beside the consumer), but the entry stays
+        // marked in flight until its copy is added and it is settled.
+        Some(async move {
+            let requeued = requeue.await;
+            drop(held);
+            requeued
+        })
     }
 }
 
@@ -486,6 +528,7 @@ impl Subscriber for RedisTransport {
                 let replaying = replay.is_some();
                 let mut last_id = replay.unwrap_or_else(|| "$".to_string());
                 let mut last_claim = Instant::now() - claim_idle;
+                let in_flight = InFlight::default();
                 while !tx.is_closed() {
                     let Ok(first) = slots.clone().acquire_owned().await else {
                         break;
@@ -607,6 +650,18 @@ impl Subscriber for RedisTransport {
                         }
                     }
                     for (stream, entry) in entries {
+                        // Of a group: marked in flight, or passed over when it is already (our
+                        // own claim took back one we still hold).
+                        let held = match &group {
+                            Some(_) => {
+                                let key = (stream.clone(), entry.id.clone());
+                                match Held::mark(&in_flight, key) {
+                                    Some(held) => Some(held),
+                                    None => continue,
+                                }
+                            }
+                            None => None,
+                        };
                         let mut env = envelope_of(&topic, &entry);
                         if replaying {
                             env.headers
@@ -627,6 +682,7 @@ impl Subscriber for RedisTransport {
                             entry: entry.id.clone(),
                             // Handed back on nack or abandon: no copy per delivery.
                             _permit: permit,
+                            held,
                         };
                         if tx
                             .send(Ok(Delivery::new(env, Box::new(acker))))

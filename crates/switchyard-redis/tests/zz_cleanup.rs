@@ -9,7 +9,12 @@ async fn delete_conformance_keys() {
     let Ok(mut con) = client.get_multiplexed_async_connection().await else {
         return; // nothing to clean where there is no server
     };
-    for pattern in ["sy:s:conformance.*", "sy:r:*conformance.*", "sy:rpc:conf*"] {
+    for pattern in [
+        "sy:s:conformance.*",
+        "sy:r:*conformance.*",
+        "sy:rpc:conf*",
+        "sy:s:held.*",
+    ] {
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = match redis::cmd("SCAN")
