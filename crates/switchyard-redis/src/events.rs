@@ -258,6 +258,72 @@ impl RedisAcker {
     }
 }
 
+/// Keeps the entries a member holds its own while it lives: every third of `claim_idle`,
+/// those still in flight and still pending to it are claimed again by it (their idle time
+/// back to zero), so that no other member's XAUTOCLAIM takes over an entry whose handler is
+/// slow but alive. Ends when the subscription and all its deliveries are gone; a member that
+/// dies keeps nothing, and its entries are taken over after `claim_idle` as before.
+async fn keep_leases(
+    in_flight: std::sync::Weak<Mutex<HashSet<(String, String)>>>,
+    mut con: ConnectionManager,
+    group: String,
+    consumer: Arc<str>,
+    claim_idle: Duration,
+) {
+    let mut every = tokio::time::interval(claim_idle / 3);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(in_flight) = in_flight.upgrade() else {
+            return;
+        };
+        let mut by_stream: HashMap<String, Vec<String>> = HashMap::new();
+        for (stream, id) in in_flight.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            by_stream
+                .entry(stream.clone())
+                .or_default()
+                .push(id.clone());
+        }
+        drop(in_flight);
+        for (stream, ids) in by_stream {
+            for chunk in ids.chunks(256) {
+                let kept: Result<i64, _> = KEEP_MINE
+                    .key(&stream)
+                    .arg(&group)
+                    .arg(consumer.as_ref())
+                    .arg(chunk)
+                    .invoke_async(&mut con)
+                    .await;
+                if let Err(e) = kept {
+                    tracing::debug!(target: "switchyard", error = %e, %stream, "could not renew the entries held");
+                }
+            }
+        }
+    }
+}
+
+/// Claims again, for `consumer`, those of the entries named that are still pending to it
+/// (not to another member that took one over meanwhile: XCLAIM alone does not look), in one
+/// step. `JUSTID`: their delivery counts stay as they are.
+static KEEP_MINE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local mine = {}
+        for i = 3, #ARGV do
+            local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+            if #p > 0 then mine[#mine + 1] = ARGV[i] end
+        end
+        local n = #mine
+        if n > 0 then
+            mine[n + 1] = 'JUSTID'
+            redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(mine))
+        end
+        return n
+        ",
+    )
+});
+
 /// Creates consumer group `group` on the stream `key` (and the stream), reading from its
 /// start; one that exists is kept as it is.
 async fn create_group(
@@ -529,6 +595,15 @@ impl Subscriber for RedisTransport {
                 let mut last_id = replay.unwrap_or_else(|| "$".to_string());
                 let mut last_claim = Instant::now() - claim_idle;
                 let in_flight = InFlight::default();
+                if let Some(g) = &group {
+                    tokio::spawn(keep_leases(
+                        Arc::downgrade(&in_flight),
+                        manager.clone(),
+                        g.clone(),
+                        consumer.clone(),
+                        claim_idle,
+                    ));
+                }
                 while !tx.is_closed() {
                     let Ok(first) = slots.clone().acquire_owned().await else {
                         break;

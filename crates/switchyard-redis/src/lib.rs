@@ -3,7 +3,8 @@
 //!
 //! - **Events** live in Redis Streams (`sy:s:<topic>`): a consumer group per switchyard group
 //!   (`XREADGROUP`, `XACK` after the handler succeeded), messages left pending by a consumer
-//!   that died are taken over with `XAUTOCLAIM` after `claim_idle_ms` (default 30 s), a nack
+//!   that died are taken over with `XAUTOCLAIM` after `claim_idle_ms` (default 30 s; a live
+//!   consumer renews what it holds every third of that, however slow its handler), a nack
 //!   re-adds the message with its attempt count raised (after the delay) to the group's own
 //!   retry stream (`sy:r:<len>:<group>:<topic>`, read beside the topic's: a retry must not
 //!   reach the other groups again) and acks the old entry. A stream holds at most `max_len`

@@ -28,9 +28,10 @@ pub struct RedisOptions {
     pub server: String,
     /// Calls and events of services in different namespaces never meet (`?ns=`; `default`).
     pub namespace: String,
-    /// How long an event stays with a consumer that took it and did not acknowledge it
-    /// before another consumer of its group claims it (`?claim_idle_ms=`, at least 50 ms;
-    /// 30 s).
+    /// How long an event stays with a consumer that took it, did not acknowledge it and
+    /// stopped renewing it (it died) before another consumer of its group claims it
+    /// (`?claim_idle_ms=`, at least 50 ms; 30 s). A live consumer renews what it holds every
+    /// third of this, so a slow handler keeps its event.
     pub claim_idle: Duration,
     /// The largest payload `publish` accepts (`?max_message_bytes=`; 1 MiB).
     pub max_message_bytes: usize,

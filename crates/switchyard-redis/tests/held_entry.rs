@@ -81,20 +81,40 @@ async fn another_member_takes_over_what_a_dead_one_held() {
         return;
     }
     let topic = format!("held.{}", &switchyard_core::message::new_id()[..8]);
-    let t = RedisTransport::from_url(URL).expect("url");
-    let mut dying = t
-        .subscribe(&topic, SubscribeOptions::group("g"))
+    // The stream key switchyard uses for a topic (docs/TRANSPORTS.md).
+    let key = format!("sy:s:{topic}");
+    let client = redis::Client::open("redis://127.0.0.1:6379").expect("client");
+    let mut con = client
+        .get_multiplexed_async_connection()
         .await
-        .expect("subscribe");
+        .expect("redis");
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("g")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut con)
+        .await
+        .expect("group");
+    let t = RedisTransport::from_url(URL).expect("url");
     t.publish(Envelope::new(&topic, b"{}".to_vec()))
         .await
         .expect("publish");
-    let held = ids_within(&mut dying, Duration::from_millis(500)).await;
-    assert_eq!(held.len(), 1, "{held:?}");
-    // The member dies holding it (nothing settled, nothing handed back).
-    drop(dying);
-    let other = RedisTransport::from_url(URL).expect("url");
-    let mut taking_over = other
+    // A member that read it and died: a plain XREADGROUP, never acknowledged nor renewed.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("dead")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&key)
+        .arg(">")
+        .query_async(&mut con)
+        .await
+        .expect("read by the member that dies");
+    let mut taking_over = t
         .subscribe(&topic, SubscribeOptions::group("g"))
         .await
         .expect("subscribe");
@@ -103,6 +123,45 @@ async fn another_member_takes_over_what_a_dead_one_held() {
         .expect("taken over in time")
         .expect("open")
         .expect("delivery");
-    assert_eq!(d.envelope.id, held[0]);
+    assert_eq!(d.envelope.subject, topic);
     d.ack().await.expect("ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_held_by_a_live_member_is_not_taken_over() {
+    if !require_server(
+        "an_entry_held_by_a_live_member_is_not_taken_over",
+        "Redis",
+        "127.0.0.1:6379",
+    ) {
+        return;
+    }
+    let topic = format!("held.{}", &switchyard_core::message::new_id()[..8]);
+    let t = RedisTransport::from_url(URL).expect("url");
+    // A prefetch of one: the member's only slot is taken by the entry it holds, so its own
+    // reading loop claims nothing meanwhile; only its lease keeps the entry.
+    let mut holder = t
+        .subscribe(&topic, SubscribeOptions::group("g").prefetch(1))
+        .await
+        .expect("subscribe");
+    t.publish(Envelope::new(&topic, b"{}".to_vec()))
+        .await
+        .expect("publish");
+    let held = tokio::time::timeout(Duration::from_secs(10), holder.next())
+        .await
+        .expect("delivered in time")
+        .expect("open")
+        .expect("delivery");
+    let other = RedisTransport::from_url(URL).expect("url");
+    let mut waiting = other
+        .subscribe(&topic, SubscribeOptions::group("g"))
+        .await
+        .expect("subscribe");
+    // Held, alive, for ten times `claim_idle`: the other member never gets it.
+    let taken = ids_within(&mut waiting, Duration::from_secs(2)).await;
+    assert!(taken.is_empty(), "taken over from a live member: {taken:?}");
+    held.ack().await.expect("ack");
+    assert!(ids_within(&mut waiting, Duration::from_millis(600))
+        .await
+        .is_empty());
 }
