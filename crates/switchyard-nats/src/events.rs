@@ -1,6 +1,8 @@
 //! Events: publish to JetStream, subscribe with durable or ephemeral pull consumers, settle.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{
@@ -21,6 +23,80 @@ use crate::NatsTransport;
 struct NatsAcker {
     message: Option<jetstream::Message>,
     flush: Arc<FlushOnDrop>,
+    /// Renewed while held; given up once settled (see [`Leases`]).
+    lease: Option<Lease>,
+}
+
+/// The deliveries of a subscription not settled yet, by their reply subjects. JetStream
+/// redelivers a message not acknowledged within the ack wait, to any member: a handler slower
+/// than that (or a letter `yard dlq` holds for a look) would have its message run a second
+/// time beside it. While a delivery is held, a task tells the server it is still being worked
+/// on (`+WPI`, which restarts the ack wait) every third of the ack wait; a member that dies
+/// tells nothing, and its messages are redelivered after the ack wait as before.
+#[derive(Default)]
+struct Leases {
+    next: AtomicU64,
+    held: Mutex<HashMap<u64, async_nats::Subject>>,
+}
+
+/// One held delivery's place in [`Leases`], given up when dropped.
+struct Lease {
+    leases: Arc<Leases>,
+    id: u64,
+}
+
+impl Leases {
+    fn hold(self: &Arc<Self>, reply: async_nats::Subject) -> Lease {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, reply);
+        Lease {
+            leases: self.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.leases
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Renews the held deliveries of `leases` every `every` (see [`Leases`]), until the
+/// subscription and every delivery it gave are gone.
+async fn keep_leases(leases: Weak<Leases>, client: async_nats::Client, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(leases) = leases.upgrade() else {
+            return;
+        };
+        let held: Vec<async_nats::Subject> = leases
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        drop(leases);
+        for reply in held {
+            if let Err(e) = client
+                .publish(reply, bytes::Bytes::from_static(b"+WPI"))
+                .await
+            {
+                tracing::debug!(target: "switchyard", error = %e, "could not renew a message held");
+            }
+        }
+    }
 }
 
 /// An ack is a plain publish, written by the client's connection task some time later, and
@@ -52,15 +128,18 @@ impl Acker for NatsAcker {
         // until the ack is handed to the client.
         let reply = self.message.take().and_then(|m| m.message.reply);
         let flush = self.flush.clone();
+        let lease = self.lease.take();
         Box::pin(async move {
-            match reply {
+            let acked = match reply {
                 Some(reply) => flush
                     .0
                     .publish(reply, bytes::Bytes::new())
                     .await
                     .map_err(TransportError::other),
                 None => Ok(()),
-            }
+            };
+            drop(lease);
+            acked
         })
     }
 
@@ -69,17 +148,20 @@ impl Acker for NatsAcker {
         delay: Option<Duration>,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
         let m = self.message.take();
+        let lease = self.lease.take();
         // Handed back as it is: not straight back to a reader that is stopping (it would be
         // in flight to a pull stream about to go, and wait out the ack wait there).
         let delay = delay.or(Some(HAND_BACK_DELAY));
         Box::pin(async move {
-            match m {
+            let nacked = match m {
                 Some(m) => m
                     .ack_with(AckKind::Nak(delay))
                     .await
                     .map_err(TransportError::Other),
                 None => Ok(()),
-            }
+            };
+            drop(lease);
+            nacked
         })
     }
 }
@@ -306,6 +388,16 @@ impl Subscriber for NatsTransport {
                 .map_err(TransportError::other)?;
             let messages = consumer.messages().await.map_err(TransportError::other)?;
             let topic = Arc::new(topic);
+            let leases = (!replay).then(|| {
+                let leases = Arc::new(Leases::default());
+                let ack_wait = consumer.cached_info().config.ack_wait;
+                tokio::spawn(keep_leases(
+                    Arc::downgrade(&leases),
+                    client.clone(),
+                    (ack_wait / 3).max(Duration::from_millis(10)),
+                ));
+                leases
+            });
             let pump = Pump {
                 topic: topic.clone(),
                 flush: Arc::new(FlushOnDrop(client)),
@@ -319,6 +411,7 @@ impl Subscriber for NatsTransport {
                 }),
                 side: None,
                 replay,
+                leases,
             };
             Ok(Box::pin(pump) as Subscription)
         })
@@ -345,6 +438,8 @@ struct Pump {
     side: Option<Side>,
     // A log reader: each delivery says where it stands; nothing is acknowledged.
     replay: bool,
+    /// The deliveries held, renewed until settled; `None` for a log reader.
+    leases: Option<Arc<Leases>>,
 }
 
 enum Side {
@@ -423,9 +518,14 @@ impl futures::Stream for Pump {
                     } else {
                         Some(m)
                     };
+                    let lease = match (&this.leases, &message) {
+                        (Some(leases), Some(m)) => m.message.reply.clone().map(|r| leases.hold(r)),
+                        _ => None,
+                    };
                     let acker = NatsAcker {
                         message,
                         flush: this.flush.clone(),
+                        lease,
                     };
                     return Poll::Ready(Some(Ok(Delivery::new(env, Box::new(acker)))));
                 }

@@ -35,7 +35,8 @@ pub struct NatsOptions {
     pub namespace: String,
     /// How long JetStream waits for an ack before it redelivers to another consumer
     /// (`?ack_wait_ms=`, at least 100 ms; 30 s). It bounds how long a message of a consumer
-    /// that died stays stuck; a handler that runs longer gets its message redelivered.
+    /// that died stays stuck; a live consumer renews what it holds (`+WPI`) every third of
+    /// it, so a handler that runs longer keeps its message.
     pub ack_wait: Duration,
     /// The largest message `publish` accepts, payload and headers (`?max_message_bytes=`;
     /// default and at most: the server's `max_payload`).
