@@ -1,7 +1,9 @@
 //! Events: XADD to publish, consumer groups (XREADGROUP, XAUTOCLAIM) or XREAD to subscribe,
 //! XACK to settle.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use rustc_hash::FxHashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,8 +56,9 @@ pub(crate) struct RedisAcker {
     held: Option<Held>,
 }
 
-/// The entries a group member has read and not settled yet, by stream and id.
-type InFlight = Arc<Mutex<HashSet<(String, String)>>>;
+/// The entries a group member has read and not settled yet: whether from the group's retry
+/// stream (else the topic's), and the id.
+type InFlight = Arc<Mutex<FxHashSet<(bool, String)>>>;
 
 /// An entry in flight with the member that read it, until dropped (once it is settled or
 /// handed back). The member's XAUTOCLAIM takes back entries idle for `claim_idle`, its own
@@ -64,12 +67,12 @@ type InFlight = Arc<Mutex<HashSet<(String, String)>>>;
 /// delivery is dropped with the subscription — copied to the retry stream beside the first.
 struct Held {
     in_flight: InFlight,
-    key: (String, String),
+    key: (bool, String),
 }
 
 impl Held {
     /// Marks `key` in flight; `None` when it is already (a second delivery of it).
-    fn mark(in_flight: &InFlight, key: (String, String)) -> Option<Self> {
+    fn mark(in_flight: &InFlight, key: (bool, String)) -> Option<Self> {
         let mut set = in_flight.lock().unwrap_or_else(|p| p.into_inner());
         set.insert(key.clone()).then(|| Self {
             in_flight: in_flight.clone(),
@@ -264,8 +267,9 @@ impl RedisAcker {
 /// slow but alive. Ends when the subscription and all its deliveries are gone; a member that
 /// dies keeps nothing, and its entries are taken over after `claim_idle` as before.
 async fn keep_leases(
-    in_flight: std::sync::Weak<Mutex<HashSet<(String, String)>>>,
+    in_flight: std::sync::Weak<Mutex<FxHashSet<(bool, String)>>>,
     mut con: ConnectionManager,
+    [topic_stream, retry_stream]: [String; 2],
     group: String,
     consumer: Arc<str>,
     claim_idle: Duration,
@@ -278,18 +282,15 @@ async fn keep_leases(
         let Some(in_flight) = in_flight.upgrade() else {
             return;
         };
-        let mut by_stream: HashMap<String, Vec<String>> = HashMap::new();
-        for (stream, id) in in_flight.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            by_stream
-                .entry(stream.clone())
-                .or_default()
-                .push(id.clone());
+        let mut by_stream: [Vec<String>; 2] = Default::default();
+        for (retry, id) in in_flight.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            by_stream[usize::from(*retry)].push(id.clone());
         }
         drop(in_flight);
-        for (stream, ids) in by_stream {
+        for (stream, ids) in [&topic_stream, &retry_stream].into_iter().zip(by_stream) {
             for chunk in ids.chunks(256) {
                 let kept: Result<i64, _> = KEEP_MINE
-                    .key(&stream)
+                    .key(stream)
                     .arg(&group)
                     .arg(consumer.as_ref())
                     .arg(chunk)
@@ -599,6 +600,7 @@ impl Subscriber for RedisTransport {
                     tokio::spawn(keep_leases(
                         Arc::downgrade(&in_flight),
                         manager.clone(),
+                        [key.clone(), retries.clone()],
                         g.clone(),
                         consumer.clone(),
                         claim_idle,
@@ -729,7 +731,7 @@ impl Subscriber for RedisTransport {
                         // own claim took back one we still hold).
                         let held = match &group {
                             Some(_) => {
-                                let key = (stream.clone(), entry.id.clone());
+                                let key = (stream == retries, entry.id.clone());
                                 match Held::mark(&in_flight, key) {
                                     Some(held) => Some(held),
                                     None => continue,
