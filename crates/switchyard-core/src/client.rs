@@ -16,7 +16,7 @@ use crate::call::{CallParts, CallRequest};
 use crate::codec::Codec;
 use crate::context::{self, FirstPollOrTimeout};
 use crate::error::{CallError, TransportError};
-use crate::layer::{self, ClientService, LayerFn, LayerFor, PublishService};
+use crate::layer::{self, LayerFn, LayerFor};
 use crate::message::{header, Envelope, Headers};
 use crate::middleware::breaker::{self, Admission, Breaker};
 use crate::middleware::budget::RetryBudget;
@@ -59,8 +59,8 @@ pub struct Client {
     publish_layers: Vec<LayerFn<Envelope, (), TransportError>>,
     // The layers composed around the transport; `None` without layers, when a call goes
     // straight to the transport (or, in process, to the served service) with no boxed future.
-    calls: Option<ClientService>,
-    publishes: Option<PublishService>,
+    calls: Option<Arc<layer::Stack<CallRequest, Reply, CallError>>>,
+    publishes: Option<Arc<layer::Stack<Envelope, (), TransportError>>>,
     // Retries, budget and breaker, shared by the client's clones: one destination, one state.
     guard: GuardSlot,
     // In process, without layers: the named service's instance, while it is the only one
@@ -288,31 +288,31 @@ impl Client {
     }
 
     /// Wraps every call this client makes in `layer` (a tower [`Layer`](tower::Layer) over a
-    /// [`ClientService`]). The first layer added is the outermost. In process, the call to
+    /// [`ClientService`](crate::layer::ClientService)). The first layer added is the outermost. In process, the call to
     /// the served service runs inside these layers, as a transport would.
     pub fn layer(mut self, layer: impl LayerFor<CallRequest, Reply, CallError>) -> Self {
         let Some(layer) = layer.erased().0 else {
             return self;
         };
         self.call_layers.push(layer);
-        self.calls = Some(layer::stack(
+        self.calls = Some(Arc::new(layer::Stack::new(layer::stack(
             &self.call_layers,
             layer::Boxed::from_boxed(TransportCall(self.transport.clone())),
-        ));
+        ))));
         self
     }
 
     /// Wraps every event this client publishes in `layer` (a tower [`Layer`](tower::Layer)
-    /// over a [`PublishService`]). The first layer added is the outermost.
+    /// over a [`PublishService`](crate::layer::PublishService)). The first layer added is the outermost.
     pub fn publish_layer(mut self, layer: impl LayerFor<Envelope, (), TransportError>) -> Self {
         let Some(layer) = layer.erased().0 else {
             return self;
         };
         self.publish_layers.push(layer);
-        self.publishes = Some(layer::stack(
+        self.publishes = Some(Arc::new(layer::Stack::new(layer::stack(
             &self.publish_layers,
             layer::Boxed::from_boxed(TransportPublish(self.transport.clone())),
-        ));
+        ))));
         self
     }
 

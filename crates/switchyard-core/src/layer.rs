@@ -148,10 +148,7 @@ impl<Req: Send + 'static, Res: Send + 'static, E: Send + 'static> Boxed<Req, Res
     /// layers with no back-pressure of their own is, and otherwise once it is (tower's
     /// `oneshot`, whose state machine moves the request and the future through it on every
     /// call, is kept for that case).
-    pub(crate) fn call_once(
-        &self,
-        request: Req,
-    ) -> Either<BoxFuture<'static, Result<Res, E>>, Oneshot<Self, Req>> {
+    pub(crate) fn call_once(&self, request: Req) -> CallOnce<Req, Res, E> {
         let mut service = self.clone();
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
         match service.poll_ready(&mut cx) {
@@ -160,6 +157,65 @@ impl<Req: Send + 'static, Res: Send + 'static, E: Send + 'static> Boxed<Req, Res
             // Polled again, with the caller's waker, by `oneshot`.
             Poll::Pending => Either::Right(service.oneshot(request)),
         }
+    }
+}
+
+/// A call of a stack: its future, or tower's `oneshot` waiting for it to be ready.
+pub(crate) type CallOnce<Req, Res, E> =
+    Either<BoxFuture<'static, Result<Res, E>>, Oneshot<Boxed<Req, Res, E>, Req>>;
+
+/// A composed stack, called in place while no other call is in it (a caller in sequence, the
+/// usual case in process), and through a clone of it while one is: cloning an erased stack
+/// costs a box for each of its services, on every call. tower's contract holds either way:
+/// each call goes to an instance that said it was ready, and an instance not ready is polled
+/// again, with its caller's waker, until it is (it may hold a place in a queue). (A layer
+/// whose services keep state of their own, per instance, sees one instance between calls in
+/// sequence and clones beside it.)
+pub(crate) struct Stack<Req, Res, E> {
+    /// The instance calls take turns in.
+    in_turn: std::sync::Mutex<Boxed<Req, Res, E>>,
+    /// What a call finding `in_turn` busy clones.
+    prototype: Boxed<Req, Res, E>,
+}
+
+impl<Req: Send + 'static, Res: Send + 'static, E: Send + 'static> Stack<Req, Res, E> {
+    pub(crate) fn new(stack: Boxed<Req, Res, E>) -> Self {
+        Self {
+            in_turn: std::sync::Mutex::new(stack.clone()),
+            prototype: stack,
+        }
+    }
+
+    /// Calls the stack with `request` (see [`Stack`]).
+    pub(crate) fn call_once(&self, request: Req) -> CallOnce<Req, Res, E> {
+        let in_turn = match self.in_turn.try_lock() {
+            Ok(service) => Some(service),
+            // A layer that panicked in `call`: its instance is as good as a clone of it.
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let Some(mut service) = in_turn else {
+            return self.prototype.call_once(request);
+        };
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        match service.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Either::Left(service.call(request)),
+            Poll::Ready(Err(e)) => Either::Left(Box::pin(std::future::ready(Err(e)))),
+            // Not ready: this very instance waits for readiness (it may hold its place in a
+            // queue, as a limit's semaphore does), polled again with the caller's waker; a
+            // clone takes its turn here.
+            Poll::Pending => {
+                let waiting = std::mem::replace(&mut *service, self.prototype.clone());
+                drop(service);
+                Either::Right(waiting.oneshot(request))
+            }
+        }
+    }
+}
+
+impl<Req, Res, E> std::fmt::Debug for Stack<Req, Res, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stack")
     }
 }
 
@@ -231,4 +287,91 @@ pub(crate) fn stack<Req, Res, E>(
         .iter()
         .rev()
         .fold(innermost, |inner, layer| layer(inner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A service counting its clones and the calls running in it at once.
+    struct Counted {
+        clones: Arc<AtomicUsize>,
+        running: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+    }
+
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.clones.fetch_add(1, Ordering::SeqCst);
+            Self {
+                clones: self.clones.clone(),
+                running: self.running.clone(),
+                most: self.most.clone(),
+            }
+        }
+    }
+
+    impl Service<u32> for Counted {
+        type Response = u32;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<'static, Result<u32, std::convert::Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, n: u32) -> Self::Future {
+            let (running, most) = (self.running.clone(), self.most.clone());
+            Box::pin(async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(n)
+            })
+        }
+    }
+
+    fn counted() -> (Counted, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (clones, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let service = Counted {
+            clones: clones.clone(),
+            running: Arc::new(AtomicUsize::new(0)),
+            most: most.clone(),
+        };
+        (service, clones, most)
+    }
+
+    #[tokio::test]
+    async fn calls_in_sequence_take_turns_in_one_instance_of_the_stack() {
+        let (service, clones, _) = counted();
+        let stack = Stack::new(Boxed::new(service));
+        let made = clones.load(Ordering::SeqCst);
+        for n in 0..10 {
+            assert_eq!(stack.call_once(n).await, Ok(n));
+        }
+        assert_eq!(clones.load(Ordering::SeqCst), made, "no clone a call");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stack_not_ready_is_waited_for_and_its_bound_holds() {
+        let (service, _, most) = counted();
+        // One call at a time: the instance in turn is not ready while one runs, so the next
+        // call waits in it until it is (a clone of the stack, sharing the limit, takes its
+        // turn); an instance left waiting unpolled would keep the one permit to itself.
+        let limited = tower::limit::ConcurrencyLimitLayer::new(1).layer(service);
+        let stack = Arc::new(Stack::new(Boxed::new(limited)));
+        let calls: Vec<_> = (0..6)
+            .map(|n| {
+                let stack = stack.clone();
+                tokio::spawn(async move { stack.call_once(n).await })
+            })
+            .collect();
+        for (n, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.await.expect("joined"), Ok(n as u32));
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1, "the limit of one held");
+    }
 }

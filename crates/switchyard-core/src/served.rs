@@ -11,7 +11,7 @@ use futures::future::{ready, BoxFuture, Either};
 
 use crate::call::{CallParts, CallRequest};
 use crate::error::HandlerError;
-use crate::layer::{self, CallService, EventService};
+use crate::layer::{self, EventService};
 use crate::message::Envelope;
 use crate::middleware::limiter::Limiter;
 use crate::middleware::{self, DeliveryService, Disposition, EventHandler};
@@ -27,7 +27,7 @@ pub struct Served {
     instance: String,
     // `None` when the service has no layers: calls then go straight to `Service::dispatch`,
     // with no boxed future of their own.
-    calls: Option<CallService>,
+    calls: Option<layer::Stack<CallRequest, Reply, HandlerError>>,
     events: Option<EventService>,
     // What an event pushed over HTTP goes through (`receive_event`).
     pushed: DeliveryService,
@@ -50,10 +50,10 @@ impl Served {
     /// `service` with its layers composed, as a new instance with a fresh id.
     pub fn new(service: Arc<Service>) -> Self {
         let calls = (!service.call_layers.is_empty()).then(|| {
-            layer::stack(
+            layer::Stack::new(layer::stack(
                 &service.call_layers,
                 layer::Boxed::from_boxed(Dispatch(service.clone())),
-            )
+            ))
         });
         let events = (!service.event_layers.is_empty()).then(|| {
             layer::stack(

@@ -39,10 +39,11 @@ impl<'a, 'c, S: CallInner<'a, 'c>> tower::Service<Routed<'a, 'c>> for Deadline<S
     call_ready!();
 
     fn call(&mut self, call: Routed<'a, 'c>) -> Self::Future {
-        let remaining = if call.enforce_deadline {
-            call.context.remaining()
-        } else {
-            None
+        let remaining = match call.context.deadline {
+            Some(deadline) if call.enforce_deadline => {
+                Some(crate::clock::remaining_until(deadline))
+            }
+            _ => None,
         };
         let path = call.path;
         if remaining.is_some_and(|r| r.is_zero()) {
