@@ -288,8 +288,9 @@ impl Client {
     }
 
     /// Wraps every call this client makes in `layer` (a tower [`Layer`](tower::Layer) over a
-    /// [`ClientService`](crate::layer::ClientService)). The first layer added is the outermost. In process, the call to
-    /// the served service runs inside these layers, as a transport would.
+    /// [`ClientService`](crate::layer::ClientService)). The first layer added is the
+    /// outermost. In process, the call to the served service runs inside these layers, as a
+    /// transport would.
     pub fn layer(mut self, layer: impl LayerFor<CallRequest, Reply, CallError>) -> Self {
         let Some(layer) = layer.erased().0 else {
             return self;
@@ -303,7 +304,8 @@ impl Client {
     }
 
     /// Wraps every event this client publishes in `layer` (a tower [`Layer`](tower::Layer)
-    /// over a [`PublishService`](crate::layer::PublishService)). The first layer added is the outermost.
+    /// over a [`PublishService`](crate::layer::PublishService)). The first layer added is the
+    /// outermost.
     pub fn publish_layer(mut self, layer: impl LayerFor<Envelope, (), TransportError>) -> Self {
         let Some(layer) = layer.erased().0 else {
             return self;

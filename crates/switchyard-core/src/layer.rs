@@ -190,8 +190,13 @@ impl<Req: Send + 'static, Res: Send + 'static, E: Send + 'static> Stack<Req, Res
     pub(crate) fn call_once(&self, request: Req) -> CallOnce<Req, Res, E> {
         let in_turn = match self.in_turn.try_lock() {
             Ok(service) => Some(service),
-            // A layer that panicked in `call`: its instance is as good as a clone of it.
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            // A layer panicked in `call`, in this instance: a fresh clone takes its place.
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                let mut service = p.into_inner();
+                *service = self.prototype.clone();
+                self.in_turn.clear_poison();
+                Some(service)
+            }
             Err(std::sync::TryLockError::WouldBlock) => None,
         };
         let Some(mut service) = in_turn else {
@@ -323,6 +328,7 @@ mod tests {
         }
 
         fn call(&mut self, n: u32) -> Self::Future {
+            assert_ne!(n, u32::MAX, "a layer that panics in `call`");
             let (running, most) = (self.running.clone(), self.most.clone());
             Box::pin(async move {
                 let now = running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -353,6 +359,28 @@ mod tests {
             assert_eq!(stack.call_once(n).await, Ok(n));
         }
         assert_eq!(clones.load(Ordering::SeqCst), made, "no clone a call");
+    }
+
+    #[tokio::test]
+    async fn a_stack_whose_layer_panicked_in_call_goes_on_with_a_fresh_instance() {
+        let (service, clones, _) = counted();
+        let stack = Stack::new(Boxed::new(service));
+        let panicked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stack.call_once(u32::MAX)));
+        assert!(panicked.is_err());
+        let made = clones.load(Ordering::SeqCst);
+        assert_eq!(stack.call_once(1).await, Ok(1));
+        assert_eq!(
+            clones.load(Ordering::SeqCst),
+            made + 1,
+            "one fresh instance"
+        );
+        assert_eq!(stack.call_once(2).await, Ok(2));
+        assert_eq!(
+            clones.load(Ordering::SeqCst),
+            made + 1,
+            "then in turn again"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
