@@ -3,8 +3,10 @@
 //! A service takes layers around the calls it answers ([`Service::layer`]) and the events it
 //! handles ([`Service::event_layer`]); a client takes layers around the calls it makes
 //! ([`Client::layer`]) and the events it publishes ([`Client::publish_layer`]). Layers are
-//! composed once, when a service is served or a layer is added to a client, so a call still
-//! costs one boxed future per layer and none when there is no layer.
+//! composed once, when a service is served or a layer is added to a client, and a call takes
+//! its turn in that one composed stack ([`Stack`]) rather than a copy of it: it costs a boxed
+//! future for the innermost service and one for each layer that makes a future of its own,
+//! and nothing when there is no layer (tower's `Identity` is no layer).
 //!
 //! [`Service::layer`]: crate::service::Service::layer
 //! [`Service::event_layer`]: crate::service::Service::event_layer
