@@ -504,9 +504,10 @@ impl TopicMetrics {
     }
 }
 
-/// A served service's handles: per route, per topic, and calls in flight.
+/// A served service's handles: per route (each route keeps its own, see
+/// [`Route`](crate::handler::Route)), per topic, and calls in flight.
 pub(crate) struct ServedMetrics {
-    routes: FxHashMap<String, Arc<RouteMetrics>>,
+    service: Arc<crate::service::Service>,
     unknown: RouteMetrics,
     topics: FxHashMap<String, TopicMetrics>,
     pub(crate) in_flight: Arc<Tally>,
@@ -514,22 +515,19 @@ pub(crate) struct ServedMetrics {
 
 impl ServedMetrics {
     /// Handles for `service`'s routes and topics, or `None` when nothing is recorded. Each
-    /// route keeps its own handles too, for calls that find them with the route.
-    pub(crate) fn new(service: &crate::service::Service) -> Option<Self> {
+    /// route keeps its handles itself, for calls that find them with the route.
+    pub(crate) fn new(service: &Arc<crate::service::Service>) -> Option<Self> {
         if !enabled() {
             return None;
         }
         let name = service.name();
+        for (path, route) in service.routes() {
+            route
+                .metrics
+                .get_or_init(|| Arc::new(RouteMetrics::new(name, path)));
+        }
         Some(Self {
-            routes: service
-                .routes()
-                .map(|(path, route)| {
-                    let handles = route
-                        .metrics
-                        .get_or_init(|| Arc::new(RouteMetrics::new(name, path)));
-                    (path.to_string(), handles.clone())
-                })
-                .collect(),
+            service: service.clone(),
             unknown: RouteMetrics::new(name, "<unknown>"),
             topics: service
                 .topics()
@@ -540,8 +538,12 @@ impl ServedMetrics {
         })
     }
 
-    pub(crate) fn route(&self, route: &str) -> &RouteMetrics {
-        self.routes.get(route).map_or(&self.unknown, |r| r)
+    /// The handles of the route at `path` (the unknown route's when the service has none).
+    pub(crate) fn route(&self, path: &str) -> &RouteMetrics {
+        self.service
+            .route_at(path)
+            .and_then(|route| route.metrics.get())
+            .map_or(&self.unknown, |handles| handles)
     }
 
     pub(crate) fn topic(&self, topic: &str) -> Option<&TopicMetrics> {
