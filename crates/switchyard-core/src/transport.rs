@@ -693,6 +693,81 @@ impl<K: Eq + std::hash::Hash + Clone, T> PendingReplies<K, T> {
     }
 }
 
+/// The deliveries a subscription holds unsettled, by a key of the transport's (an entry id, a
+/// reply subject), for a broker that takes back what is not acknowledged in time (JetStream's
+/// ack wait, a Redis group's idle claim): while a delivery is held, the transport renews it
+/// with the broker ([`HeldDeliveries::renew_every`]), so a slow handler keeps its message and
+/// a member that died (renewing nothing) still has its messages taken over; and a delivery of
+/// a key already held is one to pass over ([`HeldDeliveries::hold`] says so).
+#[derive(Debug)]
+pub struct HeldDeliveries<K>(Arc<std::sync::Mutex<rustc_hash::FxHashSet<K>>>);
+
+impl<K> Default for HeldDeliveries<K> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+/// One delivery held (see [`HeldDeliveries`]), until dropped: once it is settled or handed
+/// back.
+#[derive(Debug)]
+pub struct Holding<K: Eq + std::hash::Hash> {
+    held: Arc<std::sync::Mutex<rustc_hash::FxHashSet<K>>>,
+    key: K,
+}
+
+impl<K: Eq + std::hash::Hash> Drop for Holding<K> {
+    fn drop(&mut self) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone + Send + 'static> HeldDeliveries<K> {
+    /// Holds `key` until the returned guard is dropped; `None` when it is held already (a
+    /// second delivery of it).
+    pub fn hold(&self, key: K) -> Option<Holding<K>> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.insert(key.clone()).then(|| Holding {
+            held: self.0.clone(),
+            key,
+        })
+    }
+
+    /// Calls `renew` with the keys held, every `every` (the first time after one period),
+    /// in a task of its own that ends once these deliveries and every guard of them are gone.
+    pub fn renew_every<F, Fut>(&self, every: Duration, mut renew: F)
+    where
+        F: FnMut(Vec<K>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let held = Arc::downgrade(&self.0);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(held) = held.upgrade() else {
+                    return;
+                };
+                let keys: Vec<K> = held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                drop(held);
+                if !keys.is_empty() {
+                    renew(keys).await;
+                }
+            }
+        });
+    }
+}
+
 /// One call's wait for its reply: `Some(reply)`, or `None` once
 /// [`PendingReplies::clear`] ran. Dropped early, it forgets its key.
 #[derive(Debug)]

@@ -1,8 +1,6 @@
 //! Events: publish to JetStream, subscribe with durable or ephemeral pull consumers, settle.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{
@@ -14,7 +12,8 @@ use switchyard_core::error::TransportError;
 use switchyard_core::event_log::{position, LogCursor, SINGLE_LANE};
 use switchyard_core::message::{header as h, Envelope};
 use switchyard_core::transport::{
-    Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionMode,
+    Acker, Delivery, HeldDeliveries, Holding, Publisher, SubscribeOptions, Subscriber,
+    Subscription, SubscriptionMode,
 };
 
 use crate::binding::*;
@@ -23,80 +22,41 @@ use crate::NatsTransport;
 struct NatsAcker {
     message: Option<jetstream::Message>,
     flush: Arc<FlushOnDrop>,
-    /// Renewed while held; given up once settled (see [`Leases`]).
-    lease: Option<Lease>,
+    /// Renewed while held; given up once settled (see [`keep_held`]).
+    lease: Option<Holding<Reply>>,
 }
 
-/// The deliveries of a subscription not settled yet, by their reply subjects. JetStream
-/// redelivers a message not acknowledged within the ack wait, to any member: a handler slower
-/// than that (or a letter `yard dlq` holds for a look) would have its message run a second
-/// time beside it. While a delivery is held, a task tells the server it is still being worked
-/// on (`+WPI`, which restarts the ack wait) every third of the ack wait; a member that dies
-/// tells nothing, and its messages are redelivered after the ack wait as before.
-#[derive(Default)]
-struct Leases {
-    next: AtomicU64,
-    held: Mutex<HashMap<u64, async_nats::Subject>>,
-}
+/// A delivery's reply subject, what its acknowledgements go to: the key it is held by
+/// (`async_nats::Subject` is not `Hash`; its text is, and copying the subject is a count).
+#[derive(Clone, PartialEq, Eq)]
+struct Reply(async_nats::Subject);
 
-/// One held delivery's place in [`Leases`], given up when dropped.
-struct Lease {
-    leases: Arc<Leases>,
-    id: u64,
-}
-
-impl Leases {
-    fn hold(self: &Arc<Self>, reply: async_nats::Subject) -> Lease {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, reply);
-        Lease {
-            leases: self.clone(),
-            id,
-        }
+impl std::hash::Hash for Reply {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_str().hash(state);
     }
 }
 
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.leases
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
-    }
-}
-
-/// Renews the held deliveries of `leases` every `every` (see [`Leases`]), until the
-/// subscription and every delivery it gave are gone.
-async fn keep_leases(leases: Weak<Leases>, client: async_nats::Client, every: Duration) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        let Some(leases) = leases.upgrade() else {
-            return;
-        };
-        let held: Vec<async_nats::Subject> = leases
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        drop(leases);
-        for reply in held {
-            if let Err(e) = client
-                .publish(reply, bytes::Bytes::from_static(b"+WPI"))
-                .await
-            {
-                tracing::debug!(target: "switchyard", error = %e, "could not renew a message held");
+/// Renews, while held, the deliveries of a subscription: JetStream redelivers a message not
+/// acknowledged within the ack wait, to any member, so a handler slower than that (or a letter
+/// `yard dlq` holds for a look) would have its message run a second time beside it. Every
+/// third of the ack wait, each held delivery's reply subject is told it is still being worked
+/// on (`+WPI`, which restarts the ack wait); a member that dies tells nothing, and its
+/// messages are redelivered after the ack wait as before.
+fn keep_held(held: &HeldDeliveries<Reply>, client: async_nats::Client, ack_wait: Duration) {
+    held.renew_every((ack_wait / 3).max(Duration::from_millis(10)), move |replies| {
+        let client = client.clone();
+        async move {
+            for Reply(reply) in replies {
+                if let Err(e) = client
+                    .publish(reply, bytes::Bytes::from_static(b"+WPI"))
+                    .await
+                {
+                    tracing::debug!(target: "switchyard", error = %e, "could not renew a message held");
+                }
             }
         }
-    }
+    });
 }
 
 /// An ack is a plain publish, written by the client's connection task some time later, and
@@ -388,15 +348,14 @@ impl Subscriber for NatsTransport {
                 .map_err(TransportError::other)?;
             let messages = consumer.messages().await.map_err(TransportError::other)?;
             let topic = Arc::new(topic);
-            let leases = (!replay).then(|| {
-                let leases = Arc::new(Leases::default());
-                let ack_wait = consumer.cached_info().config.ack_wait;
-                tokio::spawn(keep_leases(
-                    Arc::downgrade(&leases),
+            let held = (!replay).then(|| {
+                let held = HeldDeliveries::default();
+                keep_held(
+                    &held,
                     client.clone(),
-                    (ack_wait / 3).max(Duration::from_millis(10)),
-                ));
-                leases
+                    consumer.cached_info().config.ack_wait,
+                );
+                held
             });
             let pump = Pump {
                 topic: topic.clone(),
@@ -411,7 +370,7 @@ impl Subscriber for NatsTransport {
                 }),
                 side: None,
                 replay,
-                leases,
+                held,
             };
             Ok(Box::pin(pump) as Subscription)
         })
@@ -439,7 +398,7 @@ struct Pump {
     // A log reader: each delivery says where it stands; nothing is acknowledged.
     replay: bool,
     /// The deliveries held, renewed until settled; `None` for a log reader.
-    leases: Option<Arc<Leases>>,
+    held: Option<HeldDeliveries<Reply>>,
 }
 
 enum Side {
@@ -518,8 +477,10 @@ impl futures::Stream for Pump {
                     } else {
                         Some(m)
                     };
-                    let lease = match (&this.leases, &message) {
-                        (Some(leases), Some(m)) => m.message.reply.clone().map(|r| leases.hold(r)),
+                    let lease = match (&this.held, &message) {
+                        (Some(held), Some(m)) => {
+                            m.message.reply.clone().and_then(|r| held.hold(Reply(r)))
+                        }
                         _ => None,
                     };
                     let acker = NatsAcker {

@@ -3,8 +3,7 @@
 
 use std::collections::HashMap;
 
-use rustc_hash::FxHashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -14,7 +13,8 @@ use switchyard_core::error::TransportError;
 use switchyard_core::event_log::{position, LogCursor, SINGLE_LANE};
 use switchyard_core::message::{header as h, Envelope};
 use switchyard_core::transport::{
-    Acker, Delivery, Publisher, SubscribeOptions, Subscriber, Subscription, SubscriptionMode,
+    Acker, Delivery, HeldDeliveries, Holding, Publisher, SubscribeOptions, Subscriber,
+    Subscription, SubscriptionMode,
 };
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -52,43 +52,17 @@ pub(crate) struct RedisAcker {
     consumer: Arc<str>,
     entry: String,
     _permit: Option<OwnedSemaphorePermit>,
-    /// Marks the entry as in flight with its reader until it is settled.
-    held: Option<Held>,
+    /// Holds the entry with its reader until it is settled (see [`EntryKey`]).
+    held: Option<Holding<EntryKey>>,
 }
 
-/// The entries a group member has read and not settled yet: whether from the group's retry
-/// stream (else the topic's), and the id.
-type InFlight = Arc<Mutex<FxHashSet<(bool, String)>>>;
-
-/// An entry in flight with the member that read it, until dropped (once it is settled or
-/// handed back). The member's XAUTOCLAIM takes back entries idle for `claim_idle`, its own
-/// among them: one it still holds (a slow handler, a letter `yard dlq` holds for a look)
-/// would otherwise be delivered to it a second time, handled twice, and — if the second
-/// delivery is dropped with the subscription — copied to the retry stream beside the first.
-struct Held {
-    in_flight: InFlight,
-    key: (bool, String),
-}
-
-impl Held {
-    /// Marks `key` in flight; `None` when it is already (a second delivery of it).
-    fn mark(in_flight: &InFlight, key: (bool, String)) -> Option<Self> {
-        let mut set = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        set.insert(key.clone()).then(|| Self {
-            in_flight: in_flight.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
-    }
-}
+/// An entry of a group held by the member that read it, until settled or handed back: whether
+/// it is from the group's retry stream (else the topic's), and its id. The member's
+/// XAUTOCLAIM takes back entries idle for `claim_idle`, its own among them: one it still holds
+/// (a slow handler, a letter `yard dlq` holds for a look) would otherwise be delivered to it a
+/// second time, handled twice, and — if the second delivery is dropped with the subscription
+/// — copied to the retry stream beside the first.
+type EntryKey = (bool, String);
 
 impl RedisAcker {
     async fn requeue_to(
@@ -262,46 +236,43 @@ impl RedisAcker {
 }
 
 /// Keeps the entries a member holds its own while it lives: every third of `claim_idle`,
-/// those still in flight and still pending to it are claimed again by it (their idle time
-/// back to zero), so that no other member's XAUTOCLAIM takes over an entry whose handler is
-/// slow but alive. Ends when the subscription and all its deliveries are gone; a member that
-/// dies keeps nothing, and its entries are taken over after `claim_idle` as before.
-async fn keep_leases(
-    in_flight: std::sync::Weak<Mutex<FxHashSet<(bool, String)>>>,
-    mut con: ConnectionManager,
-    [topic_stream, retry_stream]: [String; 2],
+/// those still held and still pending to it are claimed again by it (their idle time back to
+/// zero), so that no other member's XAUTOCLAIM takes over an entry whose handler is slow but
+/// alive; a member that dies keeps nothing, and its entries are taken over after
+/// `claim_idle` as before.
+fn keep_held(
+    held: &HeldDeliveries<EntryKey>,
+    con: ConnectionManager,
+    streams: [String; 2],
     group: String,
     consumer: Arc<str>,
     claim_idle: Duration,
 ) {
-    let mut every = tokio::time::interval(claim_idle / 3);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    every.tick().await;
-    loop {
-        every.tick().await;
-        let Some(in_flight) = in_flight.upgrade() else {
-            return;
-        };
-        let mut by_stream: [Vec<String>; 2] = Default::default();
-        for (retry, id) in in_flight.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            by_stream[usize::from(*retry)].push(id.clone());
-        }
-        drop(in_flight);
-        for (stream, ids) in [&topic_stream, &retry_stream].into_iter().zip(by_stream) {
-            for chunk in ids.chunks(256) {
-                let kept: Result<i64, _> = KEEP_MINE
-                    .key(stream)
-                    .arg(&group)
-                    .arg(consumer.as_ref())
-                    .arg(chunk)
-                    .invoke_async(&mut con)
-                    .await;
-                if let Err(e) = kept {
-                    tracing::debug!(target: "switchyard", error = %e, %stream, "could not renew the entries held");
+    let renew = Arc::new((streams, group, consumer));
+    held.renew_every(claim_idle / 3, move |keys| {
+        let (mut con, renew) = (con.clone(), renew.clone());
+        async move {
+            let ([topic_stream, retry_stream], group, consumer) = &*renew;
+            let mut by_stream: [Vec<String>; 2] = Default::default();
+            for (retry, id) in keys {
+                by_stream[usize::from(retry)].push(id);
+            }
+            for (stream, ids) in [topic_stream, retry_stream].into_iter().zip(by_stream) {
+                for chunk in ids.chunks(256) {
+                    let kept: Result<i64, _> = KEEP_MINE
+                        .key(stream)
+                        .arg(group)
+                        .arg(consumer.as_ref())
+                        .arg(chunk)
+                        .invoke_async(&mut con)
+                        .await;
+                    if let Err(e) = kept {
+                        tracing::debug!(target: "switchyard", error = %e, %stream, "could not renew the entries held");
+                    }
                 }
             }
         }
-    }
+    });
 }
 
 /// Claims again, for `consumer`, those of the entries named that are still pending to it
@@ -595,16 +566,16 @@ impl Subscriber for RedisTransport {
                 let replaying = replay.is_some();
                 let mut last_id = replay.unwrap_or_else(|| "$".to_string());
                 let mut last_claim = Instant::now() - claim_idle;
-                let in_flight = InFlight::default();
+                let held_entries = HeldDeliveries::<EntryKey>::default();
                 if let Some(g) = &group {
-                    tokio::spawn(keep_leases(
-                        Arc::downgrade(&in_flight),
+                    keep_held(
+                        &held_entries,
                         manager.clone(),
                         [key.clone(), retries.clone()],
                         g.clone(),
                         consumer.clone(),
                         claim_idle,
-                    ));
+                    );
                 }
                 while !tx.is_closed() {
                     let Ok(first) = slots.clone().acquire_owned().await else {
@@ -732,7 +703,7 @@ impl Subscriber for RedisTransport {
                         let held = match &group {
                             Some(_) => {
                                 let key = (stream == retries, entry.id.clone());
-                                match Held::mark(&in_flight, key) {
+                                match held_entries.hold(key) {
                                     Some(held) => Some(held),
                                     None => continue,
                                 }
