@@ -361,7 +361,7 @@ impl Subscriber for NatsTransport {
                 topic: topic.clone(),
                 flush: Arc::new(FlushOnDrop(client)),
                 consumer,
-                messages,
+                messages: Some(messages),
                 advisories,
                 recovery: Arc::new(Recovery {
                     topic,
@@ -389,7 +389,9 @@ struct Pump {
     topic: Arc<String>,
     flush: Arc<FlushOnDrop>,
     consumer: jetstream::consumer::PullConsumer,
-    messages: pull::Stream,
+    /// `None` only once dropped: the stream is handed to the task that hands back its last
+    /// messages.
+    messages: Option<pull::Stream>,
     advisories: async_nats::Subscriber,
     recovery: Arc<Recovery>,
     // What the pump is doing besides reading: restarting the pull stream, or bringing back a
@@ -406,28 +408,40 @@ enum Side {
     Recover(BoxFuture<'static, Option<Delivery>>),
 }
 
+/// How long a reader that stopped still takes what JetStream sends it, to hand it back. The
+/// server keeps a stopped reader's open pull request until it learns the reader unsubscribed,
+/// and a message published meanwhile (by another connection) goes to it and would wait out the
+/// ack wait. Shorter than [`HAND_BACK_DELAY`], so what it hands back is not sent to it again.
+const STOPPING_GRACE: Duration = Duration::from_millis(300);
+
 impl Drop for Pump {
     fn drop(&mut self) {
-        // Messages the pull stream already received but nobody took would wait out the ack
-        // wait before anybody else got them (a reader that stops, a service that stops): each
-        // is handed back at once instead.
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        // Messages the pull stream already received but nobody took, and those still on their
+        // way to it, would wait out the ack wait before anybody else got them (a reader that
+        // stops, a service that stops): each is handed back instead, for a moment after the
+        // reader is gone. What the stream asks for in that moment is handed back too.
+        let (Some(mut messages), Ok(rt)) =
+            (self.messages.take(), tokio::runtime::Handle::try_current())
+        else {
             return;
         };
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let mut buffered = Vec::new();
-        while let std::task::Poll::Ready(Some(m)) = self.messages.poll_next_unpin(&mut cx) {
-            if let Ok(m) = m {
-                buffered.push(m);
-            }
-        }
-        if !buffered.is_empty() {
-            rt.spawn(async move {
-                for m in buffered {
-                    let _ = m.ack_with(AckKind::Nak(None)).await;
+        rt.spawn(async move {
+            let gone = tokio::time::sleep(STOPPING_GRACE);
+            tokio::pin!(gone);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut gone => break,
+                    m = messages.next() => match m {
+                        Some(Ok(m)) => {
+                            let _ = m.ack_with(AckKind::Nak(Some(HAND_BACK_DELAY))).await;
+                        }
+                        Some(Err(_)) => {}
+                        None => break,
+                    },
                 }
-            });
-        }
+            }
+        });
     }
 }
 
@@ -448,7 +462,7 @@ impl futures::Stream for Pump {
                     Poll::Ready(restarted) => {
                         this.side = None;
                         if let Some(m) = restarted {
-                            this.messages = m;
+                            this.messages = Some(m);
                         }
                     }
                     Poll::Pending => return Poll::Pending,
@@ -464,7 +478,10 @@ impl futures::Stream for Pump {
                 },
                 None => {}
             }
-            match this.messages.poll_next_unpin(cx) {
+            let Some(messages) = this.messages.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match messages.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(m))) => {
                     let info = m.info().ok().map(|i| (i.delivered, i.stream_sequence));
                     let mut env = envelope_of(&this.topic, &m.message, info.map(|i| i.0));

@@ -20,6 +20,7 @@ async fn delete_conformance_streams() {
             || name.starts_with("SY_crash_")
             || name.starts_with("SY_lag_")
             || name.starts_with("SY_held_")
+            || name.starts_with("SY_stopping_")
             || name.starts_with("KV_sy_registry_registry")
             || name.starts_with("KV_sy_config_registry")
         {
