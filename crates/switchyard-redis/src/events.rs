@@ -475,6 +475,23 @@ async fn trim_settled(
     Ok(())
 }
 
+/// The id of the last entry of the stream `key` (`None` when it has none).
+async fn last_entry(
+    con: &mut ConnectionManager,
+    key: &str,
+) -> Result<Option<String>, TransportError> {
+    let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(con)
+        .await
+        .map_err(TransportError::other)?;
+    Ok(last.ids.into_iter().next().map(|e| e.id))
+}
+
 /// A stream entry id `ms-seq` as numbers, which order as the ids do.
 fn entry_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
@@ -510,18 +527,9 @@ impl Subscriber for RedisTransport {
         let key = stream_key(topic);
         Box::pin(async move {
             let mut con = self.con().await?;
-            let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-                .arg(&key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut con)
-                .await
-                .map_err(TransportError::other)?;
             let mut end = LogCursor::new();
-            if let Some(e) = last.ids.first() {
-                end.set(SINGLE_LANE, e.id.clone());
+            if let Some(last) = last_entry(&mut con, &key).await? {
+                end.set(SINGLE_LANE, last);
             }
             Ok(Some(end))
         })
@@ -535,13 +543,14 @@ impl Subscriber for RedisTransport {
         let topic = topic.to_string();
         Box::pin(async move {
             let key = stream_key(&topic);
-            let manager = self.con().await?;
+            let mut manager = self.con().await?;
             let mut reader = self.connect().await?;
             let prefetch = options.prefetch.max(1);
             let (tx, rx) = mpsc::channel::<Result<Delivery, TransportError>>(prefetch);
             // A log reader reads from the beginning (or after its cursor's entry); a
             // broadcast subscriber from what comes next.
             let mut replay = None;
+            let mut broadcast_from = None;
             let group = match options.mode {
                 SubscriptionMode::Group(g) => {
                     create_group(&mut reader, &key, &g).await?;
@@ -553,7 +562,15 @@ impl Subscriber for RedisTransport {
                     replay = Some(from.unwrap_or("0-0").to_string());
                     None
                 }
-                _ => None,
+                // A broadcast subscriber reads after where the stream ends when `subscribe`
+                // returns, found before it does: its reader's `$` would be where it ends when
+                // that read is sent (later, on its own task), and what was published between
+                // would be missed.
+                _ => {
+                    let end = last_entry(&mut manager, &key).await?;
+                    broadcast_from = Some(end.unwrap_or_else(|| "0-0".to_string()));
+                    None
+                }
             };
             // The group's retries are read beside the topic's stream.
             let retries = retry_key(group.as_deref().unwrap_or_default(), &topic);
@@ -564,7 +581,7 @@ impl Subscriber for RedisTransport {
                 let consumer_name = switchyard_core::message::new_id();
                 let consumer: Arc<str> = consumer_name.as_str().into();
                 let replaying = replay.is_some();
-                let mut last_id = replay.unwrap_or_else(|| "$".to_string());
+                let mut last_id = replay.or(broadcast_from).unwrap_or_default();
                 let mut last_claim = Instant::now() - claim_idle;
                 let held_entries = HeldDeliveries::<EntryKey>::default();
                 if let Some(g) = &group {
