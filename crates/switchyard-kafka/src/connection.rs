@@ -22,6 +22,7 @@ pub(crate) struct Inner {
     pub(crate) brokers: String,
     pub(crate) partitions: i32,
     pub(crate) max_message: usize,
+    pub(crate) max_poll_interval: Duration,
     pub(crate) producer: OnceCell<FutureProducer>,
     pub(crate) admin: OnceCell<AdminClient<DefaultClientContext>>,
     pub(crate) topics: Mutex<HashSet<String>>,

@@ -32,6 +32,10 @@ use crate::KafkaTransport;
 /// Largest event payload published by default (1 MiB, Kafka's own default message limit).
 pub(crate) const MAX_MESSAGE: usize = 1024 * 1024;
 
+/// How long a group member may go without polling before it leaves its group, by default
+/// (Kafka's own default).
+pub(crate) const MAX_POLL_INTERVAL: Duration = Duration::from_secs(300);
+
 /// Offsets handed out and not yet settled, per partition: the committed position is the
 /// lowest of them, so a later offset is never committed before an earlier one is done.
 #[derive(Default)]
@@ -91,6 +95,8 @@ pub(crate) struct GroupContext {
     // rdkafka keeps no connection state to ask: its statistics (every second) say whether
     // a broker is up, its "all brokers down" error says at once when none is.
     pub(crate) link: Mutex<Link>,
+    // Whether the reader paused its partitions; a new assignment is not paused.
+    pub(crate) paused: Arc<AtomicBool>,
 }
 
 impl GroupContext {
@@ -121,6 +127,7 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(_) => {
+                self.paused.store(false, AtomicOrdering::Relaxed);
                 let _ = self.assigned.send(true);
             }
             Rebalance::Revoke(tpl) => self
@@ -259,6 +266,9 @@ pub(crate) struct Shared {
     // A delivery the keeper read (at most one: it reads again only once this is taken).
     pub(crate) kept: Mutex<Option<Delivery>>,
     pub(crate) has_kept: AtomicBool,
+    // Whether the partitions are paused (changed only by whoever holds `polling`, and by a
+    // rebalance, which runs inside a poll).
+    pub(crate) paused: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -274,6 +284,44 @@ impl Shared {
     fn keep(&self, d: Delivery) {
         *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
         self.has_kept.store(true, AtomicOrdering::Release);
+    }
+
+    /// Stops fetching while the handlers hold every message they may (a member must still
+    /// poll, or after `max.poll.interval.ms` it leaves its group and another member is given
+    /// the messages it holds, to handle a second time). Polled while paused, it reads
+    /// nothing; on resuming it reads from after the last message it handed over.
+    fn pause(&self) {
+        if self.paused.load(AtomicOrdering::Relaxed) {
+            return;
+        }
+        if let Ok(assigned) = self.consumer.assignment() {
+            if self.consumer.pause(&assigned).is_ok() {
+                self.paused.store(true, AtomicOrdering::Relaxed);
+            }
+        }
+    }
+
+    fn resume(&self) {
+        // Read first: every read comes this way, and a read costs less than a swap.
+        if self.paused.load(AtomicOrdering::Relaxed) {
+            self.paused.store(false, AtomicOrdering::Relaxed);
+            if let Ok(assigned) = self.consumer.assignment() {
+                let _ = self.consumer.resume(&assigned);
+            }
+        }
+    }
+
+    /// Puts back a message read while paused (from a partition assigned since, which is not
+    /// paused): its partition is read from it again once resumed.
+    fn put_back(&self, m: BorrowedMessage<'_>) {
+        let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
+        drop(m);
+        // A seek forgets the position handed over, so the pause that follows keeps it.
+        let _ = self
+            .consumer
+            .seek(&topic, partition, Offset::Offset(offset), Duration::ZERO);
+        self.paused.store(false, AtomicOrdering::Relaxed);
+        self.pause();
     }
 
     fn delivery(&self, m: BorrowedMessage<'_>, permit: OwnedSemaphorePermit) -> Delivery {
@@ -337,6 +385,7 @@ impl Reader {
         if let Some(d) = shared.take_kept() {
             return Ok(d);
         }
+        shared.resume();
         match shared.consumer.recv().await {
             Ok(m) => Ok(shared.delivery(m, permit)),
             Err(e) => {
@@ -361,21 +410,35 @@ pub(crate) async fn keeper(shared: Weak<Shared>) {
         let idle = reads == seen && !shared.has_kept.load(AtomicOrdering::Acquire);
         seen = reads;
         if idle {
-            // Without a free permit nothing may be read: the handlers are full, as a reader
-            // would wait too.
-            if let (Ok(_polling), Ok(permit)) = (
-                shared.polling.try_lock(),
-                shared.room.clone().try_acquire_owned(),
-            ) {
-                tokio::select! {
-                    m = shared.consumer.recv() => {
-                        if let Ok(m) = m {
-                            let d = shared.delivery(m, permit);
-                            shared.keep(d);
+            if let Ok(_polling) = shared.polling.try_lock() {
+                match shared.room.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        shared.resume();
+                        tokio::select! {
+                            m = shared.consumer.recv() => {
+                                if let Ok(m) = m {
+                                    let d = shared.delivery(m, permit);
+                                    shared.keep(d);
+                                }
+                            }
+                            _ = shared.wanted.notified() => {}
+                            _ = tokio::time::sleep(IDLE) => {}
                         }
                     }
-                    _ = shared.wanted.notified() => {}
-                    _ = tokio::time::sleep(IDLE) => {}
+                    // The handlers are full, so nothing may be read (a reader waits too); the
+                    // member polls on with its partitions paused.
+                    Err(_) => {
+                        shared.pause();
+                        tokio::select! {
+                            m = shared.consumer.recv() => {
+                                if let Ok(m) = m {
+                                    shared.put_back(m);
+                                }
+                            }
+                            _ = shared.wanted.notified() => {}
+                            _ = tokio::time::sleep(IDLE) => {}
+                        }
+                    }
                 }
                 continue;
             }
@@ -512,10 +575,12 @@ impl Subscriber for KafkaTransport {
             let positions: Arc<Mutex<Positions>> = Arc::default();
             let (assigned_tx, mut assigned) = watch::channel(false);
             let context_assigned = assigned_tx.clone();
+            let paused = Arc::new(AtomicBool::new(false));
             let context = GroupContext {
                 assigned: assigned_tx,
                 positions: positions.clone(),
                 link: Mutex::new(self.inner.links.link()),
+                paused: paused.clone(),
             };
             let consumer: GroupConsumer = self
                 .inner
@@ -533,6 +598,10 @@ impl Subscriber for KafkaTransport {
                 .set("heartbeat.interval.ms", "500")
                 .set("enable.partition.eof", "false")
                 .set("statistics.interval.ms", "1000")
+                .set(
+                    "max.poll.interval.ms",
+                    self.inner.max_poll_interval.as_millis().to_string(),
+                )
                 .create_with_context(context)
                 .map_err(|e| self.inner.unreachable(e))?;
             let consumer = Arc::new(consumer);
@@ -614,6 +683,7 @@ impl Subscriber for KafkaTransport {
                 reads: AtomicU64::new(0),
                 kept: Mutex::new(None),
                 has_kept: AtomicBool::new(false),
+                paused,
             });
             // The keeper polls during the join, which runs the rebalance callbacks.
             tokio::spawn(keeper(Arc::downgrade(&shared)));

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use switchyard_core::error::TransportError;
 use switchyard_core::url_options::UrlOptions;
@@ -33,6 +34,10 @@ pub struct KafkaOptions {
     pub partitions: i32,
     /// The largest message `publish` accepts (`?max_message_bytes=`; 1 MiB).
     pub max_message_bytes: usize,
+    /// How long a group member may go without polling before it leaves its group (Kafka's
+    /// `max.poll.interval.ms`; 5 min). A subscription polls on its own, even while its
+    /// handlers hold every message it may have, so only a blocked runtime reaches it.
+    pub max_poll_interval: Duration,
 }
 
 impl FromStr for KafkaOptions {
@@ -62,6 +67,7 @@ impl FromStr for KafkaOptions {
             brokers,
             partitions,
             max_message_bytes: options.number("max_message_bytes")?.unwrap_or(MAX_MESSAGE),
+            max_poll_interval: MAX_POLL_INTERVAL,
         })
     }
 }
@@ -70,6 +76,12 @@ impl KafkaOptions {
     /// Sets the partitions of the topics the transport creates.
     pub fn partitions(mut self, partitions: i32) -> Self {
         self.partitions = partitions.max(1);
+        self
+    }
+
+    /// Sets how long a group member may go without polling before it leaves its group.
+    pub fn max_poll_interval(mut self, interval: Duration) -> Self {
+        self.max_poll_interval = interval;
         self
     }
 
@@ -95,6 +107,7 @@ impl KafkaTransport {
                 brokers: options.brokers,
                 partitions: options.partitions,
                 max_message: options.max_message_bytes,
+                max_poll_interval: options.max_poll_interval,
                 producer: OnceCell::new(),
                 admin: OnceCell::new(),
                 topics: Mutex::new(HashSet::new()),

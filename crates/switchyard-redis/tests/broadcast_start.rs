@@ -18,7 +18,10 @@ async fn what_is_published_once_subscribed_is_received() {
     if !require_server("broadcast_start", "Redis", "127.0.0.1:6379") {
         return;
     }
-    let topic = format!("broadcast_start_{}", &switchyard_core::message::new_id()[..8]);
+    let topic = format!(
+        "broadcast_start_{}",
+        &switchyard_core::message::new_id()[..8]
+    );
     let subscriber = RedisTransport::from_url(URL).expect("url");
     let publisher = RedisTransport::from_url(URL).expect("url");
     publisher
