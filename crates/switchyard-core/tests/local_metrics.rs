@@ -68,7 +68,7 @@ async fn in_process_calls_are_all_counted_and_their_latency_sampled() {
         "{text}"
     );
     // One call in 16 measured, counted 16 times: the count is a multiple of 16 and, with
-    // 200 calls measured on average (a standard deviation of 14), within five deviations of
+    // 200 calls measured on average (a standard deviation under 14), within five deviations of
     // the calls made.
     let counted = sample(&text, "switchyard_call_duration_seconds_count", &labels)
         .expect("a latency histogram for the route");
