@@ -32,6 +32,10 @@ use crate::KafkaTransport;
 /// Largest event payload published by default (1 MiB, Kafka's own default message limit).
 pub(crate) const MAX_MESSAGE: usize = 1024 * 1024;
 
+/// How long a group member may go without a heartbeat before the group gives its partitions
+/// to others.
+pub(crate) const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+
 /// How long a group member may go without polling before it leaves its group, by default
 /// (Kafka's own default).
 pub(crate) const MAX_POLL_INTERVAL: Duration = Duration::from_secs(300);
@@ -630,7 +634,10 @@ impl Subscriber for KafkaTransport {
                     if committing { "earliest" } else { "latest" },
                 )
                 // Joins take ~3 s instead of ~23 s with the defaults.
-                .set("session.timeout.ms", "6000")
+                .set(
+                    "session.timeout.ms",
+                    SESSION_TIMEOUT.as_millis().to_string(),
+                )
                 .set("heartbeat.interval.ms", "500")
                 .set("enable.partition.eof", "false")
                 .set("statistics.interval.ms", "1000")

@@ -79,9 +79,10 @@ impl KafkaOptions {
         self
     }
 
-    /// Sets how long a group member may go without polling before it leaves its group.
+    /// Sets how long a group member may go without polling before it leaves its group; at
+    /// least the group's session timeout (6 s), as the client requires.
     pub fn max_poll_interval(mut self, interval: Duration) -> Self {
-        self.max_poll_interval = interval;
+        self.max_poll_interval = interval.max(SESSION_TIMEOUT);
         self
     }
 
@@ -114,5 +115,20 @@ impl KafkaTransport {
                 links: Default::default(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_poll_interval_is_at_least_the_session_timeout() {
+        let options: KafkaOptions = "kafka://127.0.0.1:9092".parse().expect("url");
+        assert_eq!(options.max_poll_interval, MAX_POLL_INTERVAL);
+        let short = options.clone().max_poll_interval(Duration::from_secs(1));
+        assert_eq!(short.max_poll_interval, SESSION_TIMEOUT);
+        let long = options.max_poll_interval(Duration::from_secs(60));
+        assert_eq!(long.max_poll_interval, Duration::from_secs(60));
     }
 }
