@@ -714,6 +714,7 @@ impl Subscriber for RedisTransport {
                             }
                         }
                     }
+                    let mut stopped = false;
                     for (stream, entry) in entries {
                         // Of a group: marked in flight, or passed over when it is already (our
                         // own claim took back one we still hold).
@@ -749,13 +750,16 @@ impl Subscriber for RedisTransport {
                             _permit: permit,
                             held,
                         };
-                        if tx
-                            .send(Ok(Delivery::new(env, Box::new(acker))))
-                            .await
-                            .is_err()
-                        {
-                            return;
+                        // Once the subscription is gone, what this read brought is handed
+                        // back (a delivery dropped unsettled is), not left pending to this
+                        // member until another one's XAUTOCLAIM takes it after `claim_idle`.
+                        let delivery = Delivery::new(env, Box::new(acker));
+                        if stopped || tx.send(Ok(delivery)).await.is_err() {
+                            stopped = true;
                         }
+                    }
+                    if stopped {
+                        return;
                     }
                 }
             });
