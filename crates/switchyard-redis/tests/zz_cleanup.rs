@@ -14,6 +14,7 @@ async fn delete_conformance_keys() {
         "sy:r:*conformance.*",
         "sy:rpc:conf*",
         "sy:s:held.*",
+        "sy:r:*held.*",
         "sy:s:broadcast_start_*",
     ] {
         let mut cursor: u64 = 0;
