@@ -451,34 +451,25 @@ pub(crate) async fn keeper(shared: Weak<Shared>) {
         seen = reads;
         if idle {
             if let Ok(_polling) = shared.polling.try_lock() {
-                match shared.room.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        shared.resume();
-                        tokio::select! {
-                            m = shared.consumer.recv() => {
-                                if let Ok(m) = m {
-                                    let d = shared.delivery(m, permit);
-                                    shared.keep(d);
-                                }
-                            }
-                            _ = shared.wanted.notified() => {}
-                            _ = tokio::time::sleep(IDLE) => {}
+                // Without a free permit the handlers are full, so nothing may be read (a
+                // reader waits too): the member polls on with its partitions paused.
+                let permit = shared.room.clone().try_acquire_owned().ok();
+                if permit.is_some() {
+                    shared.resume();
+                } else {
+                    shared.pause();
+                }
+                tokio::select! {
+                    m = shared.consumer.recv() => match (m, permit) {
+                        (Ok(m), Some(permit)) => {
+                            let d = shared.delivery(m, permit);
+                            shared.keep(d);
                         }
-                    }
-                    // The handlers are full, so nothing may be read (a reader waits too); the
-                    // member polls on with its partitions paused.
-                    Err(_) => {
-                        shared.pause();
-                        tokio::select! {
-                            m = shared.consumer.recv() => {
-                                if let Ok(m) = m {
-                                    shared.put_back(m);
-                                }
-                            }
-                            _ = shared.wanted.notified() => {}
-                            _ = tokio::time::sleep(IDLE) => {}
-                        }
-                    }
+                        (Ok(m), None) => shared.put_back(m),
+                        (Err(_), _) => {}
+                    },
+                    _ = shared.wanted.notified() => {}
+                    _ = tokio::time::sleep(IDLE) => {}
                 }
                 continue;
             }

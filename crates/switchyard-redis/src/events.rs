@@ -547,19 +547,19 @@ impl Subscriber for RedisTransport {
             let mut reader = self.connect().await?;
             let prefetch = options.prefetch.max(1);
             let (tx, rx) = mpsc::channel::<Result<Delivery, TransportError>>(prefetch);
-            // A log reader reads from the beginning (or after its cursor's entry); a
-            // broadcast subscriber from what comes next.
-            let mut replay = None;
-            let mut broadcast_from = None;
+            // Where a reader of no group starts: the entry it reads after.
+            let mut after = String::new();
+            let replaying = matches!(options.mode, SubscriptionMode::Replay { .. });
             let group = match options.mode {
                 SubscriptionMode::Group(g) => {
                     create_group(&mut reader, &key, &g).await?;
                     create_group(&mut reader, &retry_key(&g, &topic), &g).await?;
                     Some(g)
                 }
-                SubscriptionMode::Replay { after } => {
-                    let from = after.as_ref().and_then(|a| a.get(SINGLE_LANE));
-                    replay = Some(from.unwrap_or("0-0").to_string());
+                // A log reader reads from the beginning, or after its cursor's entry.
+                SubscriptionMode::Replay { after: cursor } => {
+                    let from = cursor.as_ref().and_then(|c| c.get(SINGLE_LANE));
+                    after = from.unwrap_or("0-0").to_string();
                     None
                 }
                 // A broadcast subscriber reads after where the stream ends when `subscribe`
@@ -568,7 +568,7 @@ impl Subscriber for RedisTransport {
                 // would be missed.
                 _ => {
                     let end = last_entry(&mut manager, &key).await?;
-                    broadcast_from = Some(end.unwrap_or_else(|| "0-0".to_string()));
+                    after = end.unwrap_or_else(|| "0-0".to_string());
                     None
                 }
             };
@@ -580,8 +580,7 @@ impl Subscriber for RedisTransport {
             tokio::spawn(async move {
                 let consumer_name = switchyard_core::message::new_id();
                 let consumer: Arc<str> = consumer_name.as_str().into();
-                let replaying = replay.is_some();
-                let mut last_id = replay.or(broadcast_from).unwrap_or_default();
+                let mut last_id = after;
                 let mut last_claim = Instant::now() - claim_idle;
                 let held_entries = HeldDeliveries::<EntryKey>::default();
                 if let Some(g) = &group {
