@@ -24,6 +24,11 @@ pub struct CallRequest {
     /// When the caller stops waiting. Wire transports send it as the relative
     /// `x-deadline-ms` header; in process it stays an `Instant`.
     pub deadline: Option<Instant>,
+    /// Whether the caller runs this call in its own task and bounds the whole of it, layers
+    /// included, by its own timeout (a client calling a service in process): the serving side
+    /// then arms no timer of its own for the deadline, which would never be the first to fire.
+    /// Set only by the framework; a request made elsewhere is bounded where it is served.
+    pub(crate) bounded_by_caller: bool,
 }
 
 impl CallRequest {
@@ -36,6 +41,7 @@ impl CallRequest {
             token: None,
             headers: Headers::new(),
             deadline: None,
+            bounded_by_caller: false,
         }
     }
 

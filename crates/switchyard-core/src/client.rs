@@ -388,9 +388,9 @@ impl Client {
         extra: &[(String, String)],
     ) -> Result<Reply, CallError> {
         // Whether this call's latency is measured, if it is answered in process (see
-        // `observe::LOCAL_LATENCY_SAMPLE`): then its start is read from the precise clock.
+        // `observe::LOCAL_LATENCY_SAMPLE`).
         let timed = crate::observe::enabled() && crate::observe::sample_local_latency();
-        let now = crate::clock::call_start(timeout, timed);
+        let now = crate::clock::call_start(timeout);
         // Inside a handler: pass its trace on and never wait past its deadline.
         let mut headers = Headers::new();
         // The caller's own first: the framework's, set below, are not overridden by them.
@@ -436,7 +436,10 @@ impl Client {
                         headers,
                         deadline: Some(deadline),
                     };
-                    let timed = timed.then_some((now, crate::observe::LOCAL_LATENCY_SAMPLE));
+                    let timed = timed.then(|| {
+                        let watch = crate::clock::Stopwatch::start();
+                        (watch, crate::observe::LOCAL_LATENCY_SAMPLE)
+                    });
                     // A service with no layers, spans off: the in-place stack itself, counted
                     // beside it, without the wrappers of the paths it does not take (nested
                     // `Either`s, each polled and dropped on every call).
@@ -563,8 +566,9 @@ impl Client {
                 headers,
                 deadline: Some(deadline),
             };
-            let outcome =
-                FirstPollOrTimeout::new(Some(wait), served.call_local(call, Some((now, 1)))).await;
+            // An attempt of a retried call: measured, as each is its own (rare) call.
+            let timed = crate::observe::enabled().then(|| (crate::clock::Stopwatch::start(), 1));
+            let outcome = FirstPollOrTimeout::new(Some(wait), served.call_local(call, timed)).await;
             return local_outcome(route, wait, outcome);
         }
         let Some(args) = args.into_owned() else {
@@ -577,6 +581,7 @@ impl Client {
             token: token.map(str::to_string),
             headers,
             deadline: Some(deadline),
+            bounded_by_caller: false,
         };
         let call = match (&self.calls, self.transport.requester()) {
             (Some(stack), _) => Either::Left(stack.call_once(request)),
@@ -763,8 +768,25 @@ impl tower::Service<CallRequest> for TransportCall {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: CallRequest) -> Self::Future {
-        // In process, the requester is the bus: it calls the named service's instance itself.
+    fn call(&mut self, mut request: CallRequest) -> Self::Future {
+        // In process: the named service's instance, called in this task, as a call without
+        // layers is; the client awaits this stack within its timeout, so the instance arms no
+        // timer of its own.
+        let local = request
+            .service
+            .as_deref()
+            .and_then(|name| self.0.local(name));
+        if let Some(found) = local {
+            let served = found.served().clone();
+            request.bounded_by_caller = true;
+            return Box::pin(async move {
+                let route = request.route.clone();
+                served.call(request).await.map_err(|e| CallError::Remote {
+                    route,
+                    error: e.into_remote(),
+                })
+            });
+        }
         let transport = self.0.clone();
         Box::pin(async move {
             match transport.requester() {

@@ -27,6 +27,7 @@ use ::metrics::{counter, gauge, Counter, Gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rustc_hash::FxHashMap;
 
+use crate::clock::Stopwatch;
 use crate::error::{ErrorCode, HandlerError};
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -475,16 +476,16 @@ impl RouteMetrics {
 
     /// Records a call that started at `started`.
     pub(crate) fn record(&self, started: Instant, result: Result<(), &HandlerError>) {
-        self.record_timed(Some((started, 1)), result);
+        self.record_timed(Some((started.elapsed(), 1)), result);
     }
 
-    /// Records a call, with its latency when it was measured: since `started`, counted
-    /// `weight` times (see [`LOCAL_LATENCY_SAMPLE`]).
+    /// Records a call, with its latency when it was measured: `took`, counted `weight` times
+    /// (see [`LOCAL_LATENCY_SAMPLE`]).
     #[inline]
-    fn record_timed(&self, timed: Option<(Instant, u64)>, result: Result<(), &HandlerError>) {
+    fn record_timed(&self, took: Option<(Duration, u64)>, result: Result<(), &HandlerError>) {
         self.calls.add(outcome(result), 1);
-        if let Some((started, weight)) = timed {
-            self.seconds.record_many(started.elapsed(), weight);
+        if let Some((took, weight)) = took {
+            self.seconds.record_many(took, weight);
         }
     }
 }
@@ -619,11 +620,10 @@ pub(crate) struct Counting<'a> {
     route: Option<&'a RouteMetrics>,
     // When it started and how many calls its latency stands for; `None` when its latency is
     // not measured (an in-process call outside the sample).
-    timed: Option<(Instant, u64)>,
+    timed: Option<(Stopwatch, u64)>,
     /// Whether it is counted in flight. Atomic only to be shared with the future that waits
     /// (a plain load and store, never contended).
     in_flight: AtomicBool,
-    done: bool,
 }
 
 impl<'a> Counting<'a> {
@@ -631,7 +631,7 @@ impl<'a> Counting<'a> {
     pub(crate) fn start(
         metrics: &'a ServedMetrics,
         route: &str,
-        timed: Option<(Instant, u64)>,
+        timed: Option<(Stopwatch, u64)>,
     ) -> Self {
         let mut counting = Self::start_unrouted(metrics, timed);
         counting.route = Some(metrics.route(route));
@@ -645,14 +645,13 @@ impl<'a> Counting<'a> {
     /// is over before anything could read the gauge: it spares the gauge's two updates.
     pub(crate) fn start_unrouted(
         metrics: &'a ServedMetrics,
-        timed: Option<(Instant, u64)>,
+        timed: Option<(Stopwatch, u64)>,
     ) -> Self {
         Self {
             metrics,
             route: None,
             timed,
             in_flight: AtomicBool::new(false),
-            done: false,
         }
     }
 
@@ -673,18 +672,20 @@ impl<'a> Counting<'a> {
 
     /// The call ended with `result`.
     #[inline]
-    pub(crate) fn finish(mut self, result: Result<(), &HandlerError>) {
+    pub(crate) fn finish(self, result: Result<(), &HandlerError>) {
         self.count(result);
+        // Counted: nothing left for `drop` to count (a `Counting` owns nothing to free).
+        std::mem::forget(self);
     }
 
-    fn count(&mut self, result: Result<(), &HandlerError>) {
-        self.done = true;
+    #[inline]
+    fn count(&self, result: Result<(), &HandlerError>) {
         if self.in_flight.load(Ordering::Relaxed) {
             self.metrics.in_flight.add(0, u64::MAX);
         }
         self.route
             .unwrap_or(&self.metrics.unknown)
-            .record_timed(self.timed, result);
+            .record_timed(self.timed.map(|(watch, n)| (watch.elapsed(), n)), result);
     }
 }
 
@@ -721,11 +722,10 @@ impl<F: std::future::Future> std::future::Future for CountedWait<'_, '_, F> {
 }
 
 impl Drop for Counting<'_> {
+    /// Dropped before it was finished: its caller gave up.
     fn drop(&mut self) {
-        if !self.done {
-            let gone = HandlerError::new(ErrorCode::DeadlineExceeded, "the caller left");
-            self.count(Err(&gone));
-        }
+        let gone = HandlerError::new(ErrorCode::DeadlineExceeded, "the caller left");
+        self.count(Err(&gone));
     }
 }
 
@@ -740,7 +740,12 @@ pin_project_lite::pin_project! {
 
 impl<'a, F> Measured<'a, F> {
     /// `inner`, a call of `route` that started at `started`, measured.
-    pub(crate) fn new(metrics: &'a ServedMetrics, route: &str, started: Instant, inner: F) -> Self {
+    pub(crate) fn new(
+        metrics: &'a ServedMetrics,
+        route: &str,
+        started: Stopwatch,
+        inner: F,
+    ) -> Self {
         Self::sampled(metrics, route, Some((started, 1)), inner)
     }
 
@@ -749,7 +754,7 @@ impl<'a, F> Measured<'a, F> {
     pub(crate) fn sampled(
         metrics: &'a ServedMetrics,
         route: &str,
-        timed: Option<(Instant, u64)>,
+        timed: Option<(Stopwatch, u64)>,
         inner: F,
     ) -> Self {
         Self {

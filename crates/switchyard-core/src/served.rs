@@ -10,6 +10,7 @@ use std::time::Instant;
 use futures::future::{ready, BoxFuture, Either};
 
 use crate::call::{CallParts, CallRequest};
+use crate::clock::Stopwatch;
 use crate::error::HandlerError;
 use crate::layer::{self, EventService};
 use crate::message::Envelope;
@@ -111,10 +112,12 @@ impl Served {
         &self,
         request: CallRequest,
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + '_ {
-        let metrics = self.metrics.as_ref().map(|m| (m, request.route.clone()));
-        let started = (metrics.is_some() || self.limiter.is_some()).then(Instant::now);
-        let admitted = match (&self.limiter, started) {
-            (Some(limiter), Some(now)) => match limiter.try_admit(now) {
+        let metrics = self
+            .metrics
+            .as_ref()
+            .map(|m| (m, request.route.clone(), Stopwatch::start()));
+        let admitted = match &self.limiter {
+            Some(limiter) => match limiter.try_admit(Instant::now()) {
                 Ok(admitted) => Some(admitted),
                 Err(limit) => {
                     let refused = HandlerError::unavailable(format!(
@@ -122,17 +125,20 @@ impl Served {
                     ));
                     let refused = Either::Right(Either::Left(ready(Err(refused))));
                     return match metrics {
-                        Some((metrics, route)) => {
-                            Either::Right(Measured::new(metrics, &route, now, refused))
+                        Some((metrics, route, started)) => {
+                            Either::Right(Measured::new(metrics, &route, started, refused))
                         }
                         None => Either::Left(refused),
                     };
                 }
             },
-            _ => None,
+            None => None,
         };
         let call = match &self.calls {
-            None => Either::Left(self.service.dispatch(request)),
+            None if request.bounded_by_caller => {
+                Either::Left(Either::Left(self.service.dispatch_bounded(request)))
+            }
+            None => Either::Left(Either::Right(self.service.dispatch(request))),
             Some(stack) => Either::Right(stack.call_once(request)),
         };
         let call = match admitted {
@@ -143,11 +149,11 @@ impl Served {
                 outcome
             })),
         };
-        match (metrics, started) {
-            (Some((metrics, route)), Some(started)) => {
+        match metrics {
+            Some((metrics, route, started)) => {
                 Either::Right(Measured::new(metrics, &route, started, call))
             }
-            _ => Either::Left(call),
+            None => Either::Left(call),
         }
     }
 
@@ -162,7 +168,7 @@ impl Served {
     /// (see [`Counting`]; `Service::dispatch_in_place` tells it the route); `timed` as for
     /// [`Served::call_local`].
     #[inline]
-    pub(crate) fn count_local(&self, timed: Option<(Instant, u64)>) -> Option<Counting<'_>> {
+    pub(crate) fn count_local(&self, timed: Option<(Stopwatch, u64)>) -> Option<Counting<'_>> {
         self.metrics
             .as_ref()
             .map(|metrics| Counting::start_unrouted(metrics, timed))
@@ -174,7 +180,7 @@ impl Served {
     pub(crate) fn call_local<'a>(
         &'a self,
         call: CallParts<'a>,
-        timed: Option<(Instant, u64)>,
+        timed: Option<(Stopwatch, u64)>,
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + 'a {
         let route = call.route;
         let call = self.call_local_unmeasured(call);
@@ -202,6 +208,8 @@ impl Served {
                     token: call.token.map(str::to_string),
                     headers: call.headers,
                     deadline: call.deadline,
+                    // Made by a client in this process, which awaits it within its timeout.
+                    bounded_by_caller: true,
                 };
                 Either::Right(Either::Right(stack.call_once(request)))
             }
@@ -284,6 +292,9 @@ impl tower::Service<CallRequest> for Dispatch {
 
     fn call(&mut self, request: CallRequest) -> Self::Future {
         let service = self.0.clone();
+        if request.bounded_by_caller {
+            return Box::pin(async move { service.dispatch_bounded(request).await });
+        }
         Box::pin(async move { service.dispatch(request).await })
     }
 }

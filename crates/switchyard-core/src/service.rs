@@ -583,6 +583,24 @@ impl Service {
         &self,
         req: CallRequest,
     ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + '_ {
+        self.dispatch_owned(req, true)
+    }
+
+    /// [`Service::dispatch`] of a call whose caller bounds it by its own timeout
+    /// ([`CallRequest::bounded_by_caller`]): without the deadline layer.
+    pub(crate) fn dispatch_bounded(
+        &self,
+        req: CallRequest,
+    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + '_ {
+        self.dispatch_owned(req, false)
+    }
+
+    #[inline]
+    fn dispatch_owned(
+        &self,
+        req: CallRequest,
+        enforce_deadline: bool,
+    ) -> impl Future<Output = Result<Reply, HandlerError>> + Send + '_ {
         let CallRequest {
             route,
             args,
@@ -598,7 +616,7 @@ impl Service {
             headers,
             deadline,
         };
-        self.dispatch_parts(call, true)
+        self.dispatch_parts(call, enforce_deadline)
     }
 
     /// Dispatches a call whose route and token are borrowed: finds the route (`404`), then

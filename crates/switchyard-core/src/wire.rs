@@ -91,14 +91,11 @@ pub fn decode_call(
     match serde_json::from_slice::<CallBody>(body) {
         Ok(body) => {
             let (args, token) = body.into_parts();
-            Ok(crate::call::CallRequest {
-                service: None,
-                route,
-                args,
-                token,
-                headers,
-                deadline,
-            })
+            let mut request = crate::call::CallRequest::new(route, args);
+            request.token = token;
+            request.headers = headers;
+            request.deadline = deadline;
+            Ok(request)
         }
         Err(e) => Err(RemoteError::new(
             crate::error::ErrorCode::BadRequest,

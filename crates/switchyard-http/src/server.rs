@@ -478,14 +478,10 @@ async fn entry(State(state): State<ServerState>, req: Request) -> Response {
         .and_then(|v| v.parse::<u64>().ok())
         .map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
     let headers = context_headers(&parts.headers);
-    let request = CallRequest {
-        service: None,
-        route: path,
-        args,
-        token,
-        deadline,
-        headers,
-    };
+    let mut request = CallRequest::new(path, args);
+    request.token = token;
+    request.deadline = deadline;
+    request.headers = headers;
     match served.call(request).await {
         Ok(reply) => ok_response(reply, codec),
         Err(e) => error_response(e.code(), e.message()),

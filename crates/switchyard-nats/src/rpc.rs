@@ -28,6 +28,7 @@ impl Requester for NatsTransport {
             token,
             headers: call_headers,
             deadline,
+            ..
         } = request;
         let Some(service) = service else {
             return Box::pin(futures::future::ready(Err(CallError::NoService {

@@ -39,6 +39,7 @@ impl<'a, 'c, S: CallInner<'a, 'c>> tower::Service<Routed<'a, 'c>> for Recover<S>
 
     call_ready!();
 
+    #[inline]
     fn call(&mut self, call: Routed<'a, 'c>) -> Self::Future {
         let path = call.path;
         // A closure that panics before it returns its future fails this call only, like one
