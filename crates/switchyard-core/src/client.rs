@@ -298,7 +298,10 @@ impl Client {
         self.call_layers.push(layer);
         self.calls = Some(Arc::new(layer::Stack::new(layer::stack(
             &self.call_layers,
-            layer::Boxed::from_boxed(TransportCall(self.transport.clone())),
+            layer::Boxed::from_boxed(TransportCall {
+                transport: self.transport.clone(),
+                local: Arc::default(),
+            }),
         ))));
         self
     }
@@ -598,21 +601,12 @@ impl Client {
     /// Without client layers, in process: the named service's instance, called directly in
     /// this task (the client's timeout bounds it). With layers, the in-process call is their
     /// innermost service instead.
-    #[inline]
+    #[inline(always)]
     fn local_instance(&self) -> Option<Arc<crate::served::Served>> {
         let (None, Some(name)) = (&self.calls, self.service.as_deref()) else {
             return None;
         };
-        if let Some(served) = self.local.get().and_then(KeptInstance::current) {
-            return Some(served);
-        }
-        let found = self.transport.local(name)?;
-        // Kept by the first pick that may be kept; once the bus's services change, this
-        // client asks the bus on every call (a lock and a count) instead.
-        if let Some(kept) = KeptInstance::of(&found) {
-            let _ = self.local.set(kept);
-        }
-        Some(found.served().clone())
+        local_instance(self.transport.as_ref(), name, &self.local)
     }
 
     /// How long a call of `route` waits: the policy's timeout for the route, else the
@@ -708,6 +702,26 @@ fn local_outcome(
     }
 }
 
+/// The instance of the service `name` in this process, if `transport` has one: `kept` while
+/// it may be kept, else asked of the transport.
+#[inline(always)]
+fn local_instance(
+    transport: &dyn Transport,
+    name: &str,
+    kept: &OnceLock<KeptInstance>,
+) -> Option<Arc<crate::served::Served>> {
+    if let Some(served) = kept.get().and_then(KeptInstance::current) {
+        return Some(served);
+    }
+    let found = transport.local(name)?;
+    // Kept by the first pick that may be kept; once the bus's services change, this client
+    // asks the bus on every call (a lock and a count) instead.
+    if let Some(instance) = KeptInstance::of(&found) {
+        let _ = kept.set(instance);
+    }
+    Some(found.served().clone())
+}
+
 /// An in-process instance a client keeps calling while it is the only one of its service and
 /// the bus's services are unchanged: no lock taken to find it. Held weakly: a call holds the
 /// instance while it runs, and a stopping server waits for those calls, not for its clients.
@@ -754,7 +768,11 @@ fn no_request_reply(transport: &dyn Transport) -> CallError {
 /// The innermost service of a client's call stack: the transport, or in process the served
 /// service itself.
 #[derive(Clone)]
-struct TransportCall(Arc<dyn Transport>);
+struct TransportCall {
+    transport: Arc<dyn Transport>,
+    // In process: the instance kept, as a client without layers keeps it.
+    local: Arc<OnceLock<KeptInstance>>,
+}
 
 impl tower::Service<CallRequest> for TransportCall {
     type Response = Reply;
@@ -768,26 +786,40 @@ impl tower::Service<CallRequest> for TransportCall {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: CallRequest) -> Self::Future {
-        // In process: the named service's instance, called in this task, as a call without
-        // layers is; the client awaits this stack within its timeout, so the instance arms no
-        // timer of its own.
+    fn call(&mut self, request: CallRequest) -> Self::Future {
+        // In process: the named service's instance, called in this task as a call without
+        // layers is (its route and token lent, its latency sampled), within the client's
+        // timeout, which awaits this stack: the instance arms no timer of its own.
         let local = request
             .service
             .as_deref()
-            .and_then(|name| self.0.local(name));
-        if let Some(found) = local {
-            let served = found.served().clone();
-            request.bounded_by_caller = true;
+            .and_then(|name| local_instance(self.transport.as_ref(), name, &self.local));
+        if let Some(served) = local {
             return Box::pin(async move {
-                let route = request.route.clone();
-                served.call(request).await.map_err(|e| CallError::Remote {
+                let CallRequest {
+                    route,
+                    args,
+                    token,
+                    headers,
+                    deadline,
+                    ..
+                } = request;
+                let call = CallParts {
+                    route: &route,
+                    args: args.into(),
+                    token: token.as_deref(),
+                    headers,
+                    deadline,
+                };
+                let timed = crate::observe::local_latency_sample();
+                let outcome = served.call_local(call, timed).await;
+                outcome.map_err(|e| CallError::Remote {
                     route,
                     error: e.into_remote(),
                 })
             });
         }
-        let transport = self.0.clone();
+        let transport = self.transport.clone();
         Box::pin(async move {
             match transport.requester() {
                 Some(requester) => requester.request(request).await,

@@ -415,6 +415,14 @@ pub(crate) fn enabled() -> bool {
 /// which take microseconds, are all measured.
 pub(crate) const LOCAL_LATENCY_SAMPLE: u64 = 16;
 
+/// Whether the latency of an in-process call starting now is measured (metrics installed,
+/// and the call in the sample, see [`sample_local_latency`]): then its stopwatch, started, and
+/// the number of calls it stands for.
+#[inline]
+pub(crate) fn local_latency_sample() -> Option<(Stopwatch, u64)> {
+    (enabled() && sample_local_latency()).then(|| (Stopwatch::start(), LOCAL_LATENCY_SAMPLE))
+}
+
 thread_local! {
     /// In-process calls this thread makes before its next measured one.
     static UNTIL_SAMPLED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };

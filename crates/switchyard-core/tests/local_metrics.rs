@@ -16,6 +16,7 @@ async fn in_process_calls_are_all_counted_and_their_latency_sampled() {
     let bus = Arc::new(MemTransport::new("local-metrics"));
     let service = Service::new("local-metered")
         .route("/n", rpc(|| async { 1u32 }))
+        .route("/m", rpc(|| async { 2u32 }))
         .route(
             "/slow",
             rpc(|| async {
@@ -85,4 +86,22 @@ async fn in_process_calls_are_all_counted_and_their_latency_sampled() {
         Some(0.0),
         "{text}"
     );
+
+    // Through a client's layer, whose innermost call reaches the instance in place: the same.
+    let layered = client.layer(tower::layer::layer_fn(|inner| inner));
+    for _ in 0..3_200 {
+        assert_eq!(layered.call::<_, u32>("/m", ()).await.expect("call"), 2);
+    }
+    let text = observe::render().expect("metrics installed");
+    let labels = ["service=\"local-metered\"", "route=\"/m\""];
+    let ok = [labels[0], labels[1], "outcome=\"ok\""];
+    assert_eq!(
+        sample(&text, "switchyard_calls_total", &ok),
+        Some(CALLS),
+        "{text}"
+    );
+    let counted = sample(&text, "switchyard_call_duration_seconds_count", &labels)
+        .expect("a latency histogram for the route");
+    assert_eq!(counted % 16.0, 0.0, "{counted}");
+    assert!((counted - CALLS).abs() <= 5.0 * 16.0 * 14.0, "{counted}");
 }
