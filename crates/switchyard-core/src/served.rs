@@ -135,10 +135,7 @@ impl Served {
             None => None,
         };
         let call = match &self.calls {
-            None if request.bounded_by_caller => {
-                Either::Left(Either::Left(self.service.dispatch_bounded(request)))
-            }
-            None => Either::Left(Either::Right(self.service.dispatch(request))),
+            None => Either::Left(self.service.dispatch(request)),
             Some(stack) => Either::Right(stack.call_once(request)),
         };
         let call = match admitted {
