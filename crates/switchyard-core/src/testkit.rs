@@ -820,8 +820,10 @@ pub async fn competing_consumers(h: &Harness) -> Outcome {
     assert_eq!(
         distinct.len(),
         n,
-        "messages lost: got {} of {n}",
-        distinct.len()
+        "messages lost: got {} of {n} (one member {}, the other {})",
+        distinct.len(),
+        got_a.len(),
+        got_b.len()
     );
     if publisher.capabilities().delivery == DeliveryGuarantee::AtMostOnce {
         assert_eq!(all.len(), n, "a message went to both members of the group");
@@ -1956,9 +1958,9 @@ pub async fn reconnect_after_restart(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
-/// Counts what passes through it: the user layer of [`layers_see_every_call_and_event`].
+/// Counts what passes through it: the service [`CountLayer`] makes.
 #[derive(Clone)]
-struct Count<S> {
+pub struct Count<S> {
     inner: S,
     seen: Arc<AtomicUsize>,
 }
@@ -1981,8 +1983,10 @@ impl<S: tower::Service<R>, R> tower::Service<R> for Count<S> {
     }
 }
 
+/// A user layer that counts the calls or events passing through it and passes each on
+/// unchanged: what a layer that only looks costs, and proof that a path went through it.
 #[derive(Clone, Default)]
-struct CountLayer(Arc<AtomicUsize>);
+pub struct CountLayer(Arc<AtomicUsize>);
 
 impl<S> tower::Layer<S> for CountLayer {
     type Service = Count<S>;
@@ -1996,7 +2000,8 @@ impl<S> tower::Layer<S> for CountLayer {
 }
 
 impl CountLayer {
-    fn seen(&self) -> usize {
+    /// How many calls or events passed through it.
+    pub fn seen(&self) -> usize {
         self.0.load(AtomicOrdering::SeqCst)
     }
 }

@@ -14,35 +14,7 @@ use switchyard_core::handler::rpc;
 use switchyard_core::mem::MemTransport;
 use switchyard_core::server;
 use switchyard_core::service::Service;
-
-/// A layer that passes each call on, as a user's layer that only looks would.
-#[derive(Clone, Copy)]
-struct ForwardLayer;
-
-impl<S> tower::Layer<S> for ForwardLayer {
-    type Service = Forward<S>;
-    fn layer(&self, inner: S) -> Forward<S> {
-        Forward(inner)
-    }
-}
-
-#[derive(Clone)]
-struct Forward<S>(S);
-
-impl<S: tower::Service<R>, R> tower::Service<R> for Forward<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
-        self.0.poll_ready(cx)
-    }
-    fn call(&mut self, request: R) -> S::Future {
-        self.0.call(request)
-    }
-}
+use switchyard_core::testkit::CountLayer;
 
 /// Counts the handlers stopped before they finished.
 struct Stopped(Arc<AtomicUsize>);
@@ -79,15 +51,16 @@ async fn a_layered_call_in_process_is_bounded_by_its_callers_timeout() {
                 }
             }),
         );
+        let (served_calls, made_calls) = (CountLayer::default(), CountLayer::default());
         if service_layer {
-            service = service.layer(ForwardLayer);
+            service = service.layer(served_calls.clone());
         }
         let _served = server::serve(bus.clone(), service).await.expect("serve");
         let mut client = Client::new(bus.clone())
             .service("slow")
             .with_timeout(TIMEOUT);
         if client_layer {
-            client = client.layer(ForwardLayer);
+            client = client.layer(made_calls.clone());
         }
         let case = format!("service layer {service_layer}, client layer {client_layer}");
 
@@ -106,6 +79,11 @@ async fn a_layered_call_in_process_is_bounded_by_its_callers_timeout() {
             stopped.load(Ordering::SeqCst),
             1,
             "{case}: the handler was not stopped with its caller"
+        );
+        assert_eq!(
+            (served_calls.seen(), made_calls.seen()),
+            (usize::from(service_layer), usize::from(client_layer)),
+            "{case}: the layers saw the call"
         );
         let left = deadlines.lock().expect("lock").pop().flatten();
         assert!(
