@@ -306,6 +306,9 @@ pub(crate) struct Shared {
     // A delivery the keeper read (at most one: it reads again only once this is taken).
     pub(crate) kept: Mutex<Option<Delivery>>,
     pub(crate) has_kept: AtomicBool,
+    // The keeper tells a reader waiting for room that it kept a delivery (which holds the
+    // room the reader waits for).
+    pub(crate) was_kept: Notify,
     // Whether the partitions are paused (changed only by whoever holds `polling`, and by a
     // rebalance, which runs inside a poll).
     pub(crate) paused: Arc<AtomicBool>,
@@ -324,6 +327,7 @@ impl Shared {
     fn keep(&self, d: Delivery) {
         *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
         self.has_kept.store(true, AtomicOrdering::Release);
+        self.was_kept.notify_one();
     }
 
     /// Stops fetching while the handlers hold every message they may (a member must still
@@ -408,12 +412,28 @@ impl Reader {
         if let Some(d) = shared.take_kept() {
             return Ok(d);
         }
-        let permit = shared
-            .room
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(TransportError::other)?;
+        let permit = match shared.room.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            // The room is held by handlers, or by the keeper polling in this reader's place:
+            // the keeper is asked to hand polling back, and what it reads meanwhile is taken
+            // (it holds the room waited for: waiting for the room alone, the reader waited
+            // for good, and so did the keeper, for the reader to take what it kept).
+            Err(_) => {
+                shared.wanted.notify_one();
+                loop {
+                    tokio::select! {
+                        permit = shared.room.clone().acquire_owned() => {
+                            break permit.map_err(TransportError::other)?;
+                        }
+                        () = shared.was_kept.notified() => {
+                            if let Some(d) = shared.take_kept() {
+                                return Ok(d);
+                            }
+                        }
+                    }
+                }
+            }
+        };
         let _polling = match shared.polling.try_lock() {
             Ok(g) => g,
             Err(_) => {
@@ -717,6 +737,7 @@ impl Subscriber for KafkaTransport {
                 reads: AtomicU64::new(0),
                 kept: Mutex::new(None),
                 has_kept: AtomicBool::new(false),
+                was_kept: Notify::new(),
                 paused,
             });
             // The keeper polls during the join, which runs the rebalance callbacks.
