@@ -49,9 +49,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(200_000);
     let mode = args.next().unwrap_or_else(|| "plain".into());
     // A process of one thread gets glibc's allocator's faster path (no arena locking): the
-    // metrics exporter's thread took it away from the `metrics` runs alone, ≈ 25 ns a call
-    // here that metrics do not cost (a served process has threads of its own anyway). Every
-    // run has one idle thread more.
+    // metrics exporter's thread took it away from the `metrics` runs alone, a cost metrics do
+    // not have (a served process has threads of its own anyway; docs/PERFORMANCE.md,
+    // "2026-12-06 (later)"). Every run has one idle thread more.
     let _idle = std::thread::Builder::new()
         .name("idle".into())
         .spawn(|| loop {
