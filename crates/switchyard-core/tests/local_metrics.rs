@@ -26,7 +26,6 @@ async fn in_process_calls_are_all_counted_and_their_latency_sampled() {
         );
     let _served = server::serve(bus.clone(), service).await.expect("serve");
     let client = Client::new(bus).service("local-metered");
-    const CALLS: f64 = 3_200.0;
     for _ in 0..3_200 {
         assert_eq!(client.call::<_, u32>("/n", ()).await.expect("call"), 1);
     }
@@ -62,19 +61,7 @@ async fn in_process_calls_are_all_counted_and_their_latency_sampled() {
         "{text}"
     );
     let labels = ["service=\"local-metered\"", "route=\"/n\""];
-    let ok = [labels[0], labels[1], "outcome=\"ok\""];
-    assert_eq!(
-        sample(&text, "switchyard_calls_total", &ok),
-        Some(CALLS),
-        "{text}"
-    );
-    // One call in 16 measured, counted 16 times: the count is a multiple of 16 and, with
-    // 200 calls measured on average (a standard deviation under 14), within five deviations of
-    // the calls made.
-    let counted = sample(&text, "switchyard_call_duration_seconds_count", &labels)
-        .expect("a latency histogram for the route");
-    assert_eq!(counted % 16.0, 0.0, "{counted}");
-    assert!((counted - CALLS).abs() <= 5.0 * 16.0 * 14.0, "{counted}");
+    let counted = all_counted_and_sampled(&text, &labels);
     let sum = sample(&text, "switchyard_call_duration_seconds_sum", &labels).expect("sum");
     assert!(
         sum > 0.0 && sum / counted < 0.01,
@@ -93,15 +80,27 @@ async fn in_process_calls_are_all_counted_and_their_latency_sampled() {
         assert_eq!(layered.call::<_, u32>("/m", ()).await.expect("call"), 2);
     }
     let text = observe::render().expect("metrics installed");
-    let labels = ["service=\"local-metered\"", "route=\"/m\""];
+    all_counted_and_sampled(&text, &["service=\"local-metered\"", "route=\"/m\""]);
+}
+
+/// The calls made to each route.
+const CALLS: f64 = 3_200.0;
+
+/// Checks in `text` that the route `labels` name counted all `CALLS` calls as ok, and that
+/// their latency was sampled; returns the histogram's count.
+fn all_counted_and_sampled(text: &str, labels: &[&str; 2]) -> f64 {
     let ok = [labels[0], labels[1], "outcome=\"ok\""];
     assert_eq!(
-        sample(&text, "switchyard_calls_total", &ok),
+        sample(text, "switchyard_calls_total", &ok),
         Some(CALLS),
         "{text}"
     );
-    let counted = sample(&text, "switchyard_call_duration_seconds_count", &labels)
+    // One call in 16 measured, counted 16 times: the count is a multiple of 16 and, with
+    // 200 calls measured on average (a standard deviation under 14), within five deviations of
+    // the calls made.
+    let counted = sample(text, "switchyard_call_duration_seconds_count", labels)
         .expect("a latency histogram for the route");
     assert_eq!(counted % 16.0, 0.0, "{counted}");
     assert!((counted - CALLS).abs() <= 5.0 * 16.0 * 14.0, "{counted}");
+    counted
 }
